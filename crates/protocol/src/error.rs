@@ -1,0 +1,242 @@
+//! The OpenAI error envelope and the platform's stable error codes.
+//!
+//! Every failure a client can see maps to exactly one [`ErrorCode`]. The code decides the HTTP
+//! status, the OpenAI `type`, and the `code` string, which is also the metric label. The same body
+//! is used for a plain JSON error response and for an SSE error event mid-stream.
+
+use serde::{Deserialize, Serialize};
+
+/// A stable, client-visible error code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The body is not valid JSON.
+    InvalidJson,
+    /// The body is JSON but not an acceptable request (wrong shape or field type).
+    InvalidRequest,
+    /// No pool serves the requested model.
+    ModelNotFound,
+    /// The body is larger than the configured limit.
+    RequestTooLarge,
+    /// No `Authorization: Bearer` header while API keys are configured.
+    MissingApiKey,
+    /// The bearer token matches no configured key.
+    InvalidApiKey,
+    /// The pool's backlog is at `max_queue`.
+    QueueFull,
+    /// No worker started the job before its deadline.
+    QueueTimeout,
+    /// Redis cannot be reached.
+    QueueUnavailable,
+    /// The engine failed (refused, 5xx after every attempt, died mid-stream, stalled).
+    UpstreamError,
+    /// The engine rejected the request with a 4xx; status and message are the engine's.
+    EngineRejected,
+    /// The gateway is draining and takes no new work.
+    ShuttingDown,
+    /// A bug or an unexpected state; details are in the log only.
+    InternalError,
+}
+
+impl ErrorCode {
+    /// All codes, for documentation and metric pre-registration.
+    pub const ALL: [ErrorCode; 13] = [
+        Self::InvalidJson,
+        Self::InvalidRequest,
+        Self::ModelNotFound,
+        Self::RequestTooLarge,
+        Self::MissingApiKey,
+        Self::InvalidApiKey,
+        Self::QueueFull,
+        Self::QueueTimeout,
+        Self::QueueUnavailable,
+        Self::UpstreamError,
+        Self::EngineRejected,
+        Self::ShuttingDown,
+        Self::InternalError,
+    ];
+
+    /// The `code` string; stable, also used as a metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidJson => "invalid_json",
+            Self::InvalidRequest => "invalid_request",
+            Self::ModelNotFound => "model_not_found",
+            Self::RequestTooLarge => "request_too_large",
+            Self::MissingApiKey => "missing_api_key",
+            Self::InvalidApiKey => "invalid_api_key",
+            Self::QueueFull => "queue_full",
+            Self::QueueTimeout => "queue_timeout",
+            Self::QueueUnavailable => "queue_unavailable",
+            Self::UpstreamError => "upstream_error",
+            Self::EngineRejected => "engine_rejected",
+            Self::ShuttingDown => "shutting_down",
+            Self::InternalError => "internal_error",
+        }
+    }
+
+    /// The HTTP status. [`ErrorCode::EngineRejected`] carries the engine's own status instead;
+    /// 400 is its fallback.
+    pub const fn status(self) -> u16 {
+        match self {
+            Self::InvalidJson | Self::InvalidRequest | Self::EngineRejected => 400,
+            Self::MissingApiKey | Self::InvalidApiKey => 401,
+            Self::ModelNotFound => 404,
+            Self::RequestTooLarge => 413,
+            Self::QueueFull => 429,
+            Self::InternalError => 500,
+            Self::UpstreamError => 502,
+            Self::QueueTimeout | Self::QueueUnavailable | Self::ShuttingDown => 503,
+        }
+    }
+
+    /// The OpenAI error `type`.
+    pub const fn error_type(self) -> &'static str {
+        match self {
+            Self::InvalidJson
+            | Self::InvalidRequest
+            | Self::ModelNotFound
+            | Self::RequestTooLarge
+            | Self::EngineRejected => "invalid_request_error",
+            Self::MissingApiKey | Self::InvalidApiKey => "authentication_error",
+            Self::QueueFull => "rate_limit_error",
+            Self::QueueTimeout
+            | Self::QueueUnavailable
+            | Self::UpstreamError
+            | Self::ShuttingDown
+            | Self::InternalError => "server_error",
+        }
+    }
+
+    /// Whether a client may retry the same request later (a `Retry-After` is sent).
+    pub const fn retryable(self) -> bool {
+        matches!(
+            self,
+            Self::QueueFull | Self::QueueTimeout | Self::QueueUnavailable | Self::ShuttingDown
+        )
+    }
+
+    /// Parses [`ErrorCode::as_str`] back.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `{"error": {...}}`, the OpenAI error envelope.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorEnvelope {
+    /// The error object.
+    pub error: ErrorBody,
+}
+
+/// The inner OpenAI error object.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Human-readable message.
+    pub message: String,
+    /// OpenAI error type, e.g. `invalid_request_error`.
+    #[serde(rename = "type")]
+    pub error_type: String,
+    /// Stable code, see [`ErrorCode`]; `null` only when an engine sent none.
+    pub code: Option<String>,
+    /// The offending request field, when there is one.
+    #[serde(default)]
+    pub param: Option<String>,
+}
+
+impl ErrorEnvelope {
+    /// An envelope for one of the platform's codes.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            error: ErrorBody {
+                message: message.into(),
+                error_type: code.error_type().to_owned(),
+                code: Some(code.as_str().to_owned()),
+                param: None,
+            },
+        }
+    }
+
+    /// The same envelope naming the offending field.
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.error.param = Some(param.into());
+        self
+    }
+
+    /// Serialises to JSON bytes (cannot fail for this type).
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_else(|_| b"{\"error\":{}}".to_vec())
+    }
+
+    /// Turns an engine's error body into an OpenAI envelope with code `engine_rejected`, keeping
+    /// the engine's message, type and param. vLLM has sent both `{"error": {...}}` and the older
+    /// flat `{"object": "error", "message": ...}`; anything else becomes the message verbatim.
+    pub fn from_engine(status: u16, body: &[u8]) -> Self {
+        let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+        let obj = parsed.as_ref().and_then(|v| match v.get("error") {
+            Some(inner @ serde_json::Value::Object(_)) => Some(inner),
+            _ if v.get("message").is_some() => Some(v),
+            _ => None,
+        });
+        let text = |key: &str| obj.and_then(|o| o.get(key)).and_then(|v| v.as_str());
+        let message = text("message").map(str::to_owned).unwrap_or_else(|| {
+            let raw = String::from_utf8_lossy(body);
+            if raw.trim().is_empty() {
+                format!("engine answered {status}")
+            } else {
+                raw.into_owned()
+            }
+        });
+        let mut env = Self::new(ErrorCode::EngineRejected, message);
+        if let Some(t) = text("type") {
+            env.error.error_type = t.to_owned();
+        }
+        env.error.param = text("param").map(str::to_owned);
+        env
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_are_unique() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+        }
+        let mut names: Vec<_> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), ErrorCode::ALL.len());
+    }
+
+    #[test]
+    fn envelope_has_openai_shape() {
+        let v: serde_json::Value =
+            serde_json::from_slice(&ErrorEnvelope::new(ErrorCode::QueueFull, "full").to_json())
+                .unwrap();
+        assert_eq!(v["error"]["message"], "full");
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        assert_eq!(v["error"]["code"], "queue_full");
+    }
+
+    #[test]
+    fn engine_errors_of_both_vllm_generations_keep_their_message() {
+        let new = br#"{"error":{"message":"too long","type":"BadRequestError","param":"max_tokens","code":400}}"#;
+        let e = ErrorEnvelope::from_engine(400, new);
+        assert_eq!(e.error.message, "too long");
+        assert_eq!(e.error.error_type, "BadRequestError");
+        assert_eq!(e.error.param.as_deref(), Some("max_tokens"));
+        assert_eq!(e.error.code.as_deref(), Some("engine_rejected"));
+        let old = br#"{"object":"error","message":"bad","type":"BadRequestError","code":400}"#;
+        assert_eq!(ErrorEnvelope::from_engine(400, old).error.message, "bad");
+        assert_eq!(ErrorEnvelope::from_engine(422, b"nope").error.message, "nope");
+        assert_eq!(ErrorEnvelope::from_engine(404, b"").error.message, "engine answered 404");
+    }
+}

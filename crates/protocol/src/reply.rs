@@ -1,0 +1,180 @@
+//! Reply events: what a worker sends back on the owning gateway's reply stream.
+//!
+//! A streaming job produces `Head`, then `Data`…, then `End` (or `Fail` once the head is out).
+//! A non-streaming job, or any job that fails before its head, produces one `Full` or `Fail`.
+//! `KeepAlive` proves a worker still owns a job that has nothing to say yet. Events of one job are
+//! written by one worker task in order, and a Redis stream keeps that order.
+
+use crate::EpochMillis;
+use crate::job::{DecodeError, number, text};
+
+/// One event for one job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The job id.
+    pub job: String,
+    /// What happened.
+    pub event: ReplyEvent,
+}
+
+/// The event kinds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplyEvent {
+    /// The engine accepted a streaming request; the gateway may send its response head.
+    Head {
+        /// Worker that runs the job.
+        worker: String,
+        /// When the worker claimed the job.
+        claimed_ms: EpochMillis,
+    },
+    /// Raw SSE bytes from the engine, one or more whole events.
+    Data(Vec<u8>),
+    /// The stream is complete.
+    End,
+    /// A complete response: the non-streaming answer, or an engine 4xx as an OpenAI error.
+    Full {
+        /// HTTP status.
+        status: u16,
+        /// Worker that ran the job.
+        worker: String,
+        /// When the worker claimed the job.
+        claimed_ms: EpochMillis,
+        /// The response body (JSON).
+        body: Vec<u8>,
+    },
+    /// The platform failed the job; `body` is an OpenAI error envelope.
+    Fail {
+        /// HTTP status (used only if no head was sent).
+        status: u16,
+        /// Worker that reports it.
+        worker: String,
+        /// OpenAI error envelope, JSON.
+        body: Vec<u8>,
+    },
+    /// Nothing new, but the job is alive.
+    KeepAlive,
+}
+
+impl Reply {
+    /// The stream fields.
+    pub fn to_fields(&self) -> Vec<(&'static str, Vec<u8>)> {
+        let mut f = vec![("job", self.job.clone().into_bytes())];
+        match &self.event {
+            ReplyEvent::Head { worker, claimed_ms } => {
+                f.push(("k", b"h".to_vec()));
+                f.push(("worker", worker.clone().into_bytes()));
+                f.push(("claimed", claimed_ms.to_string().into_bytes()));
+            }
+            ReplyEvent::Data(d) => {
+                f.push(("k", b"d".to_vec()));
+                f.push(("data", d.clone()));
+            }
+            ReplyEvent::End => f.push(("k", b"e".to_vec())),
+            ReplyEvent::Full {
+                status,
+                worker,
+                claimed_ms,
+                body,
+            } => {
+                f.push(("k", b"f".to_vec()));
+                f.push(("status", status.to_string().into_bytes()));
+                f.push(("worker", worker.clone().into_bytes()));
+                f.push(("claimed", claimed_ms.to_string().into_bytes()));
+                f.push(("data", body.clone()));
+            }
+            ReplyEvent::Fail {
+                status,
+                worker,
+                body,
+            } => {
+                f.push(("k", b"x".to_vec()));
+                f.push(("status", status.to_string().into_bytes()));
+                f.push(("worker", worker.clone().into_bytes()));
+                f.push(("data", body.clone()));
+            }
+            ReplyEvent::KeepAlive => f.push(("k", b"k".to_vec())),
+        }
+        f
+    }
+
+    /// Decodes an entry; `take` removes and returns one field's value.
+    pub fn from_fields(mut take: impl FnMut(&str) -> Option<Vec<u8>>) -> Result<Self, DecodeError> {
+        let job = text("job", take("job"))?;
+        let kind = take("k").ok_or_else(|| DecodeError("missing field `k`".into()))?;
+        let data = |take: &mut dyn FnMut(&str) -> Option<Vec<u8>>| {
+            take("data").ok_or_else(|| DecodeError("missing field `data`".into()))
+        };
+        let event = match kind.as_slice() {
+            b"h" => ReplyEvent::Head {
+                worker: text("worker", take("worker"))?,
+                claimed_ms: number("claimed", take("claimed"))?,
+            },
+            b"d" => ReplyEvent::Data(data(&mut take)?),
+            b"e" => ReplyEvent::End,
+            b"f" => ReplyEvent::Full {
+                status: number("status", take("status"))?,
+                worker: text("worker", take("worker"))?,
+                claimed_ms: number("claimed", take("claimed"))?,
+                body: data(&mut take)?,
+            },
+            b"x" => ReplyEvent::Fail {
+                status: number("status", take("status"))?,
+                worker: text("worker", take("worker"))?,
+                body: data(&mut take)?,
+            },
+            b"k" => ReplyEvent::KeepAlive,
+            other => {
+                return Err(DecodeError(format!(
+                    "unknown reply kind {:?}",
+                    String::from_utf8_lossy(other)
+                )));
+            }
+        };
+        Ok(Self { job, event })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn every_event_round_trips() {
+        let events = [
+            ReplyEvent::Head {
+                worker: "w".into(),
+                claimed_ms: 5,
+            },
+            ReplyEvent::Data(b"data: {}\n\n".to_vec()),
+            ReplyEvent::End,
+            ReplyEvent::Full {
+                status: 200,
+                worker: "w".into(),
+                claimed_ms: 7,
+                body: b"{}".to_vec(),
+            },
+            ReplyEvent::Fail {
+                status: 502,
+                worker: "w".into(),
+                body: b"{\"error\":{}}".to_vec(),
+            },
+            ReplyEvent::KeepAlive,
+        ];
+        for event in events {
+            let r = Reply {
+                job: "j".into(),
+                event,
+            };
+            let mut map: HashMap<&str, Vec<u8>> = r.to_fields().into_iter().collect();
+            assert_eq!(Reply::from_fields(|k| map.remove(k)).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn unknown_kind_is_an_error() {
+        let mut map: HashMap<&str, Vec<u8>> =
+            [("job", b"j".to_vec()), ("k", b"?".to_vec())].into_iter().collect();
+        assert!(Reply::from_fields(|k| map.remove(k)).is_err());
+    }
+}
