@@ -2,7 +2,8 @@
 //!
 //! A streaming job produces `Head`, then `Data`…, then `End` (or `Fail` once the head is out).
 //! A non-streaming job, or any job that fails before its head, produces one `Full` or `Fail`.
-//! `KeepAlive` proves a worker still owns a job that has nothing to say yet. Events of one job are
+//! `KeepAlive` proves a worker still owns a job that has nothing to say yet; `Requeued` says the
+//! job went back to the queue for another worker. Events of one job are
 //! written by one worker task in order, and a Redis stream keeps that order.
 
 use crate::EpochMillis;
@@ -53,6 +54,14 @@ pub enum ReplyEvent {
     },
     /// Nothing new, but the job is alive.
     KeepAlive,
+    /// The engine refused the job before any output; it is back on the queue under a new entry
+    /// with a new deadline, waiting for another worker.
+    Requeued {
+        /// The new stream entry id.
+        entry_id: String,
+        /// The new start deadline.
+        deadline_ms: EpochMillis,
+    },
 }
 
 impl Reply {
@@ -93,6 +102,14 @@ impl Reply {
                 f.push(("data", body.clone()));
             }
             ReplyEvent::KeepAlive => f.push(("k", b"k".to_vec())),
+            ReplyEvent::Requeued {
+                entry_id,
+                deadline_ms,
+            } => {
+                f.push(("k", b"r".to_vec()));
+                f.push(("entry", entry_id.clone().into_bytes()));
+                f.push(("deadline", deadline_ms.to_string().into_bytes()));
+            }
         }
         f
     }
@@ -123,6 +140,10 @@ impl Reply {
                 body: data(&mut take)?,
             },
             b"k" => ReplyEvent::KeepAlive,
+            b"r" => ReplyEvent::Requeued {
+                entry_id: text("entry", take("entry"))?,
+                deadline_ms: number("deadline", take("deadline"))?,
+            },
             other => {
                 return Err(DecodeError(format!(
                     "unknown reply kind {:?}",
@@ -160,6 +181,10 @@ mod tests {
                 body: b"{\"error\":{}}".to_vec(),
             },
             ReplyEvent::KeepAlive,
+            ReplyEvent::Requeued {
+                entry_id: "1-0".into(),
+                deadline_ms: 9,
+            },
         ];
         for event in events {
             let r = Reply {

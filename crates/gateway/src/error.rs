@@ -1,0 +1,103 @@
+//! The one error → HTTP conversion.
+//!
+//! Status, OpenAI envelope and `Retry-After` all come from [`ErrorCode`]; the same error renders
+//! as an SSE error event once a stream has started.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use ssw_protocol::error::{ErrorCode, ErrorEnvelope};
+
+/// A client-visible failure.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// The message shown to the client (generic for 5xx; details go to the log).
+    pub message: String,
+    /// Offending request field.
+    pub param: Option<String>,
+    /// `Retry-After` for retryable codes.
+    pub retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    /// An error with a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            param: None,
+            retry_after: code.retryable().then_some(Duration::from_secs(1)),
+        }
+    }
+
+    /// Sets `Retry-After`.
+    pub fn retry_after(mut self, d: Duration) -> Self {
+        self.retry_after = Some(d);
+        self
+    }
+
+    /// The envelope.
+    pub fn envelope(&self) -> ErrorEnvelope {
+        let env = ErrorEnvelope::new(self.code, self.message.clone());
+        match &self.param {
+            Some(p) => env.with_param(p.clone()),
+            None => env,
+        }
+    }
+
+    /// The SSE error event (`data: {...}`) that ends a stream, followed by `[DONE]` as vLLM does.
+    pub fn sse(&self) -> Bytes {
+        sse_error(&self.envelope().to_json())
+    }
+}
+
+/// An SSE error event for an already-encoded envelope, then `[DONE]`.
+pub fn sse_error(envelope_json: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(envelope_json.len() + 32);
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(envelope_json);
+    out.extend_from_slice(b"\n\ndata: [DONE]\n\n");
+    Bytes::from(out)
+}
+
+impl From<ssw_protocol::chat::RequestError> for ApiError {
+    fn from(e: ssw_protocol::chat::RequestError) -> Self {
+        Self {
+            code: e.code,
+            message: e.message,
+            param: e.param,
+            retry_after: None,
+        }
+    }
+}
+
+/// A JSON response with a given status.
+pub fn json_response(status: u16, body: impl Into<axum::body::Body>) -> Response {
+    let mut resp = Response::new(body.into());
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = json_response(self.code.status(), self.envelope().to_json());
+        if let Some(d) = self.retry_after {
+            let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if matches!(self.code, ErrorCode::MissingApiKey | ErrorCode::InvalidApiKey) {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}

@@ -1,0 +1,83 @@
+//! `/healthz`, `/readyz`, `/metrics`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::state::AppState;
+
+/// Process alive.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+#[derive(Serialize)]
+struct PoolReadiness {
+    pool: String,
+    ready: bool,
+    live_workers: usize,
+    serving_workers: usize,
+    backlog: u64,
+    pending: u64,
+}
+
+#[derive(Serialize)]
+struct Readiness {
+    ready: bool,
+    draining: bool,
+    redis: &'static str,
+    pools: Vec<PoolReadiness>,
+}
+
+/// 200 only when Redis answers, every pool has a live worker whose engine is up, and the
+/// gateway is not draining; the body says which part is missing.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let now = ssw_queue::now_ms();
+    let mut pools = Vec::new();
+    let mut redis_ok = true;
+    for pool in state.router.pools() {
+        match state.redis.pool_stats(&pool.name, now).await {
+            Ok(stats) => pools.push(PoolReadiness {
+                pool: pool.name.to_string(),
+                ready: stats.serving() > 0,
+                live_workers: stats.workers.len(),
+                serving_workers: stats.serving(),
+                backlog: stats.backlog,
+                pending: stats.pending,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "readiness: redis unavailable");
+                redis_ok = false;
+                break;
+            }
+        }
+    }
+    let draining = state.is_draining();
+    let ready = redis_ok && !draining && pools.iter().all(|p| p.ready);
+    let body = Readiness {
+        ready,
+        draining,
+        redis: if redis_ok { "ok" } else { "unavailable" },
+        pools,
+    };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Prometheus text exposition.
+pub async fn metrics() -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::recorder().render(),
+    )
+        .into_response()
+}

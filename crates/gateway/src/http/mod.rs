@@ -1,0 +1,98 @@
+//! HTTP surface: routes, request-id and auth middleware.
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use ssw_protocol::error::ErrorCode;
+
+use crate::auth::AuthError;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub mod chat;
+pub mod health;
+pub mod models;
+
+/// `x-request-id`.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `x-ssw-pool`: routes a request (request) / names the pool that served it (response).
+pub static X_SSW_POOL: HeaderName = HeaderName::from_static("x-ssw-pool");
+/// `x-ssw-worker`: the worker that ran the job.
+pub static X_SSW_WORKER: HeaderName = HeaderName::from_static("x-ssw-worker");
+
+/// The request id of the request being handled.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// The gateway's routes.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.gateway.max_body.bytes() as usize;
+    let v1 = Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{*id}", get(models::get))
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(DefaultBodyLimit::max(max_body));
+    Router::new()
+        .merge(v1)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .fallback(not_found)
+        .layer(middleware::from_fn(request_id))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::InvalidRequest, "no such endpoint")
+}
+
+fn valid_request_id(v: &HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?;
+    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())).then(|| s.to_owned())
+}
+
+/// 32 random hex digits.
+pub fn new_request_id() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+/// Takes the client's `x-request-id` (if sane) or makes one, and echoes it on the response.
+async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(valid_request_id)
+        .unwrap_or_else(new_request_id);
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut resp = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
+    }
+    resp
+}
+
+/// Requires a valid bearer token when API keys are configured.
+async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(keys) = &state.api_keys {
+        let header = req
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        if let Err(e) = keys.check(header) {
+            let err = match e {
+                AuthError::Missing => ApiError::new(
+                    ErrorCode::MissingApiKey,
+                    "missing API key: send `Authorization: Bearer <key>`",
+                ),
+                AuthError::Invalid => ApiError::new(ErrorCode::InvalidApiKey, "invalid API key"),
+            };
+            crate::metrics::request_done("none", false, 401, err.code.as_str());
+            return err.into_response();
+        }
+    }
+    next.run(req).await
+}

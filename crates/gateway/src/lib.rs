@@ -1,0 +1,57 @@
+//! The SSW gateway: the OpenAI-compatible front door.
+//!
+//! A request is parsed and validated ([`ssw_protocol::chat`]), routed to a pool
+//! ([`routing`]), admitted and enqueued on the pool's Redis stream, and answered from the events
+//! the worker sends back on this gateway's reply stream ([`replies`]). [`lifecycle`] owns one
+//! request's wait, deadline and cancellation.
+//!
+//! # Layout
+//! - [`http`]: routes, middleware, handlers (thin: extract, call, return).
+//! - [`routing`]: pool resolution.
+//! - [`lifecycle`]: the per-request [`lifecycle::Ticket`].
+//! - [`replies`]: the reply-stream reader and demultiplexer.
+//! - [`auth`]: API keys. [`error`]: error → HTTP. [`metrics`]: metric names.
+//! - [`state`]: [`AppState`].
+
+pub mod auth;
+pub mod error;
+pub mod http;
+pub mod lifecycle;
+pub mod metrics;
+pub mod replies;
+pub mod routing;
+pub mod state;
+
+pub use state::{AppState, StartError};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Serves on `listener` until `shutdown` is cancelled, then drains: readiness fails, new
+/// requests are refused, responses in flight complete, and the function returns.
+pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
+    metrics::recorder();
+    let background = CancellationToken::new();
+    let reader = tokio::spawn(replies::run_reader(
+        state.redis.clone(),
+        state.replies.clone(),
+        background.clone(),
+    ));
+    let keeper = tokio::spawn(replies::run_keeper(
+        state.redis.clone(),
+        state.replies.clone(),
+        background.clone(),
+    ));
+    tracing::info!(addr = %listener.local_addr()?, gateway = %state.id, "gateway listening");
+    let drain_state = state.clone();
+    let result = axum::serve(listener, http::router(state))
+        .with_graceful_shutdown(async move {
+            shutdown.cancelled().await;
+            drain_state.start_draining();
+            tracing::info!("draining: refusing new requests, finishing the ones in flight");
+        })
+        .await;
+    background.cancel();
+    let _ = tokio::join!(reader, keeper);
+    result
+}

@@ -1,0 +1,212 @@
+//! One request's life after admission: waiting in the queue, running, and cancellation.
+//!
+//! A [`Ticket`] owns the request's place in the reply table. Dropping it before the job
+//! finished — the client disconnected, so axum dropped the handler or the response body —
+//! cancels the job in Redis: a queued job is removed and never runs, a running one is aborted by
+//! its worker within the worker's cancel-poll interval.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ssw_protocol::error::ErrorCode;
+use ssw_protocol::reply::ReplyEvent;
+use ssw_queue::producer::Expiry;
+use tokio::time::Instant;
+
+use crate::error::ApiError;
+use crate::replies::EventRx;
+use crate::state::AppState;
+
+/// How long a cancellation marker lives: longer than any job could still be claimed.
+const CANCEL_TTL: Duration = Duration::from_secs(3600);
+
+enum Phase {
+    /// On the stream; no worker has said anything yet.
+    Queued { deadline: Instant },
+    /// A worker owns it; silence longer than the stall timeout is a failure.
+    Running,
+}
+
+/// What the waiting produced.
+pub enum Next {
+    /// An event from the worker (never `KeepAlive` or `Requeued`, which are handled here).
+    Event(ReplyEvent),
+    /// A failure decided by the gateway (timeout, stall, Redis down).
+    Failed(ApiError),
+}
+
+/// A request in flight.
+pub struct Ticket {
+    state: AppState,
+    pool: Arc<str>,
+    job: String,
+    entry_id: String,
+    rx: EventRx,
+    phase: Phase,
+    stream: bool,
+    /// No cancellation needed on drop (answered, expired, or never enqueued).
+    finished: bool,
+    /// The request has been counted in the metrics.
+    recorded: bool,
+}
+
+impl Ticket {
+    /// Registers `job` in the reply table; call before enqueueing so no event can be missed.
+    pub fn register(
+        state: &AppState,
+        pool: Arc<str>,
+        job: String,
+        deadline_ms: u64,
+        stream: bool,
+    ) -> Self {
+        let rx = state.replies.register(&job);
+        Self {
+            state: state.clone(),
+            pool,
+            job,
+            entry_id: String::new(),
+            rx,
+            phase: Phase::Queued {
+                deadline: instant_of(deadline_ms),
+            },
+            stream,
+            finished: false,
+            recorded: false,
+        }
+    }
+
+    /// Records the stream entry id once enqueued.
+    pub fn enqueued(&mut self, entry_id: String) {
+        self.entry_id = entry_id;
+    }
+
+    /// Marks the job as over (answered, or refused before it was enqueued): no cancellation.
+    pub fn finish(&mut self) {
+        self.finished = true;
+    }
+
+    /// Counts the request's outcome once (`code` is `ok` or an error code).
+    pub fn record(&mut self, status: u16, code: &'static str) {
+        if !self.recorded {
+            self.recorded = true;
+            crate::metrics::request_done(&self.pool, self.stream, status, code);
+        }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Arc<str> {
+        &self.pool
+    }
+
+    /// Waits for the next meaningful event.
+    pub async fn next(&mut self) -> Next {
+        let stall = self.state.config.gateway.stall_timeout;
+        loop {
+            let event = match self.phase {
+                Phase::Queued { deadline } => {
+                    tokio::select! {
+                        ev = self.rx.recv() => ev,
+                        _ = tokio::time::sleep_until(deadline) => {
+                            match self.on_deadline().await {
+                                Ok(()) => continue,
+                                Err(e) => return Next::Failed(e),
+                            }
+                        }
+                    }
+                }
+                Phase::Running => match tokio::time::timeout(stall, self.rx.recv()).await {
+                    Ok(ev) => ev,
+                    Err(_) => {
+                        tracing::warn!(job = %self.job, pool = %self.pool, "worker went silent; failing the request");
+                        return Next::Failed(ApiError::new(
+                            ErrorCode::UpstreamError,
+                            format!("the worker stopped responding for {}s", stall.as_secs_f32()),
+                        ));
+                    }
+                },
+            };
+            match event {
+                None => {
+                    return Next::Failed(ApiError::new(
+                        ErrorCode::QueueUnavailable,
+                        "the gateway lost its reply stream",
+                    ));
+                }
+                Some(ReplyEvent::KeepAlive) => self.phase = Phase::Running,
+                Some(ReplyEvent::Requeued {
+                    entry_id,
+                    deadline_ms,
+                }) => {
+                    tracing::info!(job = %self.job, "engine refused the job; requeued for another worker");
+                    self.entry_id = entry_id;
+                    self.phase = Phase::Queued {
+                        deadline: instant_of(deadline_ms),
+                    };
+                }
+                Some(ev) => {
+                    self.phase = Phase::Running;
+                    return Next::Event(ev);
+                }
+            }
+        }
+    }
+
+    async fn on_deadline(&mut self) -> Result<(), ApiError> {
+        let timeout = self.timeout_error();
+        match self
+            .state
+            .redis
+            .expire(&self.pool, &self.job, &self.entry_id, CANCEL_TTL)
+            .await
+        {
+            Ok(Expiry::Expired) => {
+                self.finished = true;
+                Err(timeout)
+            }
+            Ok(Expiry::Running(_)) => {
+                self.phase = Phase::Running;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, job = %self.job, "cannot expire job");
+                Err(ApiError::new(ErrorCode::QueueUnavailable, "the queue is unavailable"))
+            }
+        }
+    }
+
+    fn timeout_error(&self) -> ApiError {
+        ApiError::new(
+            ErrorCode::QueueTimeout,
+            "no worker could start this request in time; retry later",
+        )
+        .retry_after(Duration::from_secs(5))
+    }
+}
+
+fn instant_of(deadline_ms: u64) -> Instant {
+    let now = ssw_queue::now_ms();
+    Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now))
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.state.replies.unregister(&self.job);
+        if !self.recorded {
+            // nginx's 499: the client closed the connection before the answer was complete.
+            self.record(499, "client_closed");
+        }
+        if self.finished || self.entry_id.is_empty() {
+            return;
+        }
+        // The client is gone mid-request. Cancelling needs Redis, so it runs on its own task.
+        let redis = self.state.redis.clone();
+        let (pool, job, entry) = (self.pool.clone(), std::mem::take(&mut self.job), std::mem::take(&mut self.entry_id));
+        tracing::info!(%job, %pool, "client disconnected; cancelling the job");
+        crate::metrics::client_disconnected(&pool);
+        tokio::spawn(async move {
+            if let Err(e) = redis.cancel(&pool, &job, &entry, CANCEL_TTL).await {
+                tracing::warn!(error = %e, %job, "cannot cancel job; its worker will find the client gone");
+            }
+        });
+    }
+}

@@ -1,0 +1,127 @@
+//! The gateway's shared state, built once from the configuration.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use ssw_config::Config;
+use ssw_queue::Redis;
+
+use crate::auth::ApiKeys;
+use crate::replies::Replies;
+use crate::routing::Router;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The Redis settings are unusable.
+    #[error("redis: {0}")]
+    Redis(#[from] ssw_queue::QueueError),
+    /// A secret file could not be read.
+    #[error("{field}: cannot read {path}: {source}")]
+    Secret {
+        /// Config field naming the file.
+        field: &'static str,
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+/// The shared parts.
+pub struct Inner {
+    /// The configuration it was built from.
+    pub config: Config,
+    /// This gateway's id.
+    pub id: String,
+    /// Routing table.
+    pub router: Router,
+    /// Redis handle.
+    pub redis: Redis,
+    /// Requests in flight and their event channels.
+    pub replies: Arc<Replies>,
+    /// API keys, when configured.
+    pub api_keys: Option<ApiKeys>,
+    /// Set on SIGTERM: readiness fails and new requests are refused.
+    pub draining: AtomicBool,
+    /// Unix seconds at start (`created` of model cards).
+    pub started_s: u64,
+    job_seq: AtomicU64,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Builds the state: reads secrets, prepares the Redis pool (no I/O yet).
+    pub fn new(config: Config) -> Result<Self, StartError> {
+        let password = match &config.redis.password_file {
+            Some(p) => Some(ssw_config::read_secret(p).map_err(|source| StartError::Secret {
+                field: "redis.password_file",
+                path: p.display().to_string(),
+                source,
+            })?),
+            None => None,
+        };
+        let api_keys = match &config.gateway.api_keys_file {
+            Some(p) => Some(ApiKeys::load(p).map_err(|source| StartError::Secret {
+                field: "gateway.api_keys_file",
+                path: p.display().to_string(),
+                source,
+            })?),
+            None => None,
+        };
+        let redis = Redis::new(&config.redis, password)?;
+        let id = config.gateway.id.clone().unwrap_or_else(default_id);
+        let replies = Arc::new(Replies::new(redis.keys().replies(&id)));
+        let started_s = ssw_queue::now_ms() / 1000;
+        Ok(Self(Arc::new(Inner {
+            router: Router::new(&config),
+            config,
+            id,
+            redis,
+            replies,
+            api_keys,
+            draining: AtomicBool::new(false),
+            started_s,
+            job_seq: AtomicU64::new(0),
+        })))
+    }
+
+    /// A job id unique across gateways: this gateway's id and a counter.
+    pub fn next_job_id(&self) -> String {
+        let n = self.job_seq.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n:x}", self.id)
+    }
+
+    /// Whether SIGTERM has been received.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Starts draining.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+}
+
+/// `<host>-<pid>-<random>`: unique per process, readable in `ssw status`.
+fn default_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "gw".to_owned());
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(32)
+        .collect();
+    format!("{host}-{}-{:04x}", std::process::id(), fastrand::u16(..))
+}

@@ -1,0 +1,244 @@
+//! A pooled Redis handle with a deadline on every command.
+//!
+//! deadpool-redis' own manager sends a PING on every checkout, which doubles the round trips of
+//! a platform that does a handful of single commands per request. [`CheapRecycle`] wraps it:
+//! connections are created by deadpool-redis, handed out without a PING, and detached from the
+//! pool as soon as a command on them fails or times out, so a Redis restart costs one failed
+//! command per pooled connection and nothing after.
+
+use std::time::Duration;
+
+use deadpool::managed::{self, Metrics, Object, RecycleResult};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, FromRedisValue, RedisError};
+use ssw_config::RedisConfig;
+use ssw_protocol::keys::Keys;
+
+/// Why a queue operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// Redis cannot be reached or did not answer in time.
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+    /// Redis answered with an error.
+    #[error("redis error: {0}")]
+    Redis(String),
+    /// Redis answered something this code does not understand.
+    #[error("unexpected redis reply: {0}")]
+    Malformed(String),
+}
+
+impl QueueError {
+    fn from_redis(e: RedisError) -> Self {
+        if e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+            || e.is_unrecoverable_error()
+        {
+            Self::Unavailable(e.to_string())
+        } else {
+            Self::Redis(e.to_string())
+        }
+    }
+
+    /// Whether the error is Redis' `NOGROUP` (the consumer group does not exist, e.g. after a
+    /// restart without persistence).
+    pub fn is_nogroup(&self) -> bool {
+        matches!(self, Self::Redis(m) if m.contains("NOGROUP"))
+    }
+}
+
+/// deadpool manager: deadpool-redis' connection factory, recycling without a round trip.
+pub struct CheapRecycle(deadpool_redis::Manager);
+
+impl managed::Manager for CheapRecycle {
+    type Type = MultiplexedConnection;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<MultiplexedConnection, RedisError> {
+        managed::Manager::create(&self.0).await
+    }
+
+    async fn recycle(
+        &self,
+        _conn: &mut MultiplexedConnection,
+        _: &Metrics,
+    ) -> RecycleResult<RedisError> {
+        // Broken connections never come back: `Redis::run` detaches them on error.
+        Ok(())
+    }
+}
+
+type Pool = managed::Pool<CheapRecycle>;
+
+/// A cheap-to-clone handle on one Redis server.
+#[derive(Clone)]
+pub struct Redis {
+    pool: Pool,
+    client: redis::Client,
+    conn_config: AsyncConnectionConfig,
+    keys: Keys,
+    op_timeout: Duration,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis").field("keys", &self.keys).finish()
+    }
+}
+
+impl Redis {
+    /// Builds the handle; connects lazily. `password` overrides any password in the URL.
+    pub fn new(cfg: &RedisConfig, password: Option<String>) -> Result<Self, QueueError> {
+        use redis::IntoConnectionInfo;
+        let mut info = cfg
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| QueueError::Redis(format!("redis.url: {e}")))?;
+        if let Some(pw) = password {
+            let settings = info.redis_settings().clone().set_password(pw);
+            info = info.set_redis_settings(settings);
+        }
+        // Our own deadline wraps every command (`op_timeout`, longer for blocking reads), so the
+        // connection's response timeout is off.
+        let conn_config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(cfg.op_timeout))
+            .set_response_timeout(None);
+        let manager = deadpool_redis::Manager::new_with_config(info.clone(), conn_config.clone())
+            .map_err(|e| QueueError::Redis(e.to_string()))?;
+        let pool = Pool::builder(CheapRecycle(manager))
+            .max_size(cfg.pool_size)
+            .wait_timeout(Some(cfg.op_timeout))
+            .create_timeout(Some(cfg.op_timeout))
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .map_err(|e| QueueError::Redis(e.to_string()))?;
+        let client = redis::Client::open(info).map_err(|e| QueueError::Redis(e.to_string()))?;
+        Ok(Self {
+            pool,
+            client,
+            conn_config,
+            keys: Keys::new(cfg.key_prefix.clone()),
+            op_timeout: cfg.op_timeout,
+        })
+    }
+
+    /// The key schema.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The per-command deadline.
+    pub fn op_timeout(&self) -> Duration {
+        self.op_timeout
+    }
+
+    async fn checkout(&self) -> Result<Object<CheapRecycle>, QueueError> {
+        self.pool.get().await.map_err(|e| match e {
+            managed::PoolError::Backend(e) => QueueError::from_redis(e),
+            other => QueueError::Unavailable(other.to_string()),
+        })
+    }
+
+    /// Runs one command (or pipeline, or script invocation) on a pooled connection within
+    /// `op_timeout`. A connection that fails or times out is dropped from the pool.
+    pub async fn run<T, F, Fut>(&self, f: F) -> Result<T, QueueError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let obj = self.checkout().await?;
+        // A multiplexed connection is a cheap handle; the clone shares the socket.
+        let conn = (*obj).clone();
+        match tokio::time::timeout(self.op_timeout, f(conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                let err = QueueError::from_redis(e);
+                if matches!(err, QueueError::Unavailable(_)) {
+                    drop(Object::take(obj));
+                }
+                Err(err)
+            }
+            Err(_) => {
+                drop(Object::take(obj));
+                Err(QueueError::Unavailable(format!(
+                    "no answer within {:?}",
+                    self.op_timeout
+                )))
+            }
+        }
+    }
+
+    /// Runs one plain command.
+    pub async fn query<T: FromRedisValue + Send>(&self, cmd: &redis::Cmd) -> Result<T, QueueError> {
+        self.run(|mut c| async move { cmd.query_async(&mut c).await }).await
+    }
+
+    /// Runs a pipeline.
+    pub async fn pipe<T: FromRedisValue + Send>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, QueueError> {
+        self.run(|mut c| async move { pipe.query_async(&mut c).await })
+            .await
+    }
+
+    /// Runs a Lua script (EVALSHA, loading it on NOSCRIPT).
+    pub async fn script<T: FromRedisValue + Send>(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, QueueError> {
+        self.run(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await
+    }
+
+    /// A connection of its own, outside the pool, for blocking reads (`XREAD BLOCK`), which
+    /// would stall every other command multiplexed on a shared connection.
+    pub async fn dedicated(&self) -> Result<Dedicated, QueueError> {
+        let conn = tokio::time::timeout(
+            self.op_timeout,
+            self.client
+                .get_multiplexed_async_connection_with_config(&self.conn_config),
+        )
+        .await
+        .map_err(|_| QueueError::Unavailable("connect timed out".into()))?
+        .map_err(QueueError::from_redis)?;
+        Ok(Dedicated {
+            conn,
+            op_timeout: self.op_timeout,
+        })
+    }
+
+    /// `PING`.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        let pong: String = self.query(&redis::cmd("PING")).await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(QueueError::Malformed(pong))
+        }
+    }
+}
+
+/// A connection for blocking commands; drop it after any error.
+pub struct Dedicated {
+    conn: MultiplexedConnection,
+    op_timeout: Duration,
+}
+
+impl Dedicated {
+    /// Runs a command that may block server-side for up to `block`.
+    pub async fn blocking<T: FromRedisValue + Send>(
+        &mut self,
+        cmd: &redis::Cmd,
+        block: Duration,
+    ) -> Result<T, QueueError> {
+        match tokio::time::timeout(block + self.op_timeout, cmd.query_async(&mut self.conn)).await
+        {
+            Ok(r) => r.map_err(QueueError::from_redis),
+            Err(_) => Err(QueueError::Unavailable("blocking read timed out".into())),
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! The Redis Streams queue between gateways and workers.
+//!
+//! All Redis I/O of the platform lives here, so the key schema of `ssw_protocol::keys` is used
+//! in one place and every multi-step change is one atomic Lua script.
+//!
+//! # Layout
+//! - [`client`]: [`Redis`], a pooled handle whose every command has a deadline; connections are
+//!   recycled without a PING and dropped after any error.
+//! - [`producer`]: gateway side — admission + enqueue, cancel, expire, reply stream upkeep and
+//!   reads, pool statistics.
+//! - [`consumer`]: worker side — group set-up, pulling, claiming, reclaiming, replies, requeue,
+//!   finish, cancellation polling, heartbeats.
+//! - [`resp`]: decoding of raw replies.
+
+pub mod client;
+pub mod consumer;
+pub mod producer;
+pub mod resp;
+
+pub use client::{QueueError, Redis};
+
+/// Milliseconds since the Unix epoch, from the local clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

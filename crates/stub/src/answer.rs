@@ -1,0 +1,337 @@
+//! What the stub answers: deterministic tokens that name the served model and the request,
+//! tool calls when the request forces one, and vLLM's chunk and response shapes.
+
+use serde_json::{Value, json};
+
+/// The request as the stub understood it.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// `chatcmpl-<request id>`.
+    pub id: String,
+    /// The request id (`x-request-id` or generated).
+    pub request_id: String,
+    /// Served model name.
+    pub model: String,
+    /// Prompt tokens (whitespace-separated words of every message).
+    pub prompt_tokens: u32,
+    /// Output tokens to produce.
+    pub tokens: Vec<String>,
+    /// `stop` or `length`, or `tool_calls`.
+    pub finish_reason: &'static str,
+    /// A forced tool call: function name and arguments (JSON text).
+    pub tool_call: Option<(String, String)>,
+    /// Reasoning text, when the request enabled thinking.
+    pub reasoning: Option<String>,
+    /// Whether `logprobs` was requested.
+    pub logprobs: bool,
+    /// Whether the stream ends with a usage chunk.
+    pub include_usage: bool,
+    /// Unix seconds.
+    pub created: u64,
+}
+
+/// A vLLM-style error body.
+pub fn error_body(status: u16, kind: &str, message: &str) -> Value {
+    json!({"error": {"message": message, "type": kind, "param": null, "code": status}})
+}
+
+fn count_words(v: &Value) -> u32 {
+    match v {
+        Value::String(s) => s.split_whitespace().count() as u32,
+        Value::Array(parts) => parts
+            .iter()
+            .map(|p| p.get("text").map(count_words).unwrap_or(0))
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// Token `i` of the answer to `request_id` from `model`.
+pub fn token(model: &str, request_id: &str, i: u32) -> String {
+    match i {
+        0 => format!("[{model}]"),
+        1 => format!(" {request_id}"),
+        n => format!(" t{n}"),
+    }
+}
+
+impl Plan {
+    /// Plans the answer, or returns a vLLM-style (status, error) refusal.
+    pub fn new(
+        body: &Value,
+        request_id: String,
+        model: &str,
+        output_tokens: u32,
+        max_model_len: u32,
+    ) -> Result<Self, (u16, Value)> {
+        let bad = |m: String| (400, error_body(400, "BadRequestError", &m));
+        let messages = body
+            .get("messages")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("messages: field required".into()))?;
+        let requested = body.get("model").and_then(Value::as_str).unwrap_or(model);
+        if requested != model {
+            return Err((
+                404,
+                error_body(404, "NotFoundError", &format!("The model `{requested}` does not exist.")),
+            ));
+        }
+        if body.get("n").and_then(Value::as_u64).is_some_and(|n| n != 1) {
+            return Err(bad("n must be 1".into()));
+        }
+        let prompt_tokens: u32 = messages
+            .iter()
+            .map(|m| m.get("content").map(count_words).unwrap_or(0) + 4)
+            .sum();
+        let max_tokens = body
+            .get("max_completion_tokens")
+            .or_else(|| body.get("max_tokens"))
+            .and_then(Value::as_u64)
+            .map(|n| n as u32);
+        let asked = max_tokens.unwrap_or(output_tokens);
+        if u64::from(prompt_tokens) + u64::from(asked) > u64::from(max_model_len) {
+            return Err(bad(format!(
+                "This model's maximum context length is {max_model_len} tokens. However, you requested {} tokens ({prompt_tokens} in the messages, {asked} in the completion). Please reduce the length of the messages or completion.",
+                u64::from(prompt_tokens) + u64::from(asked)
+            )));
+        }
+        let n = asked.min(output_tokens);
+        let mut finish_reason = if n < output_tokens { "length" } else { "stop" };
+        let stops: Vec<String> = match body.get("stop") {
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(a)) => a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect(),
+            _ => Vec::new(),
+        };
+        let mut tokens = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let t = token(model, &request_id, i);
+            if stops.iter().any(|s| !s.is_empty() && t.trim() == s) {
+                finish_reason = "stop";
+                break;
+            }
+            tokens.push(t);
+        }
+        let tool_call = forced_tool(body).map(|name| {
+            (name, json!({"request_id": request_id, "model": model}).to_string())
+        });
+        if tool_call.is_some() {
+            finish_reason = "tool_calls";
+        }
+        let thinking = body
+            .pointer("/chat_template_kwargs/enable_thinking")
+            .and_then(Value::as_bool)
+            == Some(true);
+        Ok(Self {
+            id: format!("chatcmpl-{request_id}"),
+            reasoning: thinking.then(|| format!("thinking about {request_id}")),
+            request_id,
+            model: model.to_owned(),
+            prompt_tokens,
+            tokens,
+            finish_reason,
+            tool_call,
+            logprobs: body.get("logprobs").and_then(Value::as_bool) == Some(true),
+            include_usage: body
+                .pointer("/stream_options/include_usage")
+                .and_then(Value::as_bool)
+                == Some(true),
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        })
+    }
+
+    /// Output tokens produced (a tool call counts its argument fragments).
+    pub fn completion_tokens(&self) -> u32 {
+        if self.tool_call.is_some() {
+            4
+        } else {
+            self.tokens.len() as u32
+        }
+    }
+
+    fn usage(&self) -> Value {
+        let c = self.completion_tokens();
+        json!({"prompt_tokens": self.prompt_tokens, "total_tokens": self.prompt_tokens + c, "completion_tokens": c, "prompt_tokens_details": null})
+    }
+
+    fn logprobs_of<'a>(&self, tokens: impl Iterator<Item = &'a String>) -> Value {
+        if !self.logprobs {
+            return Value::Null;
+        }
+        let content: Vec<Value> = tokens
+            .map(|t| json!({"token": t, "logprob": -0.125, "bytes": t.as_bytes(), "top_logprobs": []}))
+            .collect();
+        json!({ "content": content })
+    }
+
+    fn tool_calls(&self) -> Option<Value> {
+        self.tool_call.as_ref().map(|(name, args)| {
+            json!([{"id": format!("chatcmpl-tool-{}", self.request_id), "type": "function", "function": {"name": name, "arguments": args}}])
+        })
+    }
+
+    /// The non-streaming `chat.completion` body.
+    pub fn completion(&self) -> Value {
+        let content: Option<String> = if self.tool_call.is_some() {
+            None
+        } else {
+            Some(self.tokens.concat())
+        };
+        let mut message = json!({"role": "assistant", "content": content, "tool_calls": self.tool_calls().unwrap_or(json!([]))});
+        if let Some(r) = &self.reasoning {
+            message["reasoning_content"] = json!(r);
+        }
+        json!({
+            "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "message": message, "logprobs": self.logprobs_of(self.tokens.iter()), "finish_reason": self.finish_reason, "stop_reason": null}],
+            "usage": self.usage(), "prompt_logprobs": null
+        })
+    }
+
+    fn chunk(&self, delta: Value, logprobs: Value, finish: Option<&str>) -> Value {
+        let mut c = json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]
+        });
+        if self.include_usage {
+            c["usage"] = Value::Null;
+        }
+        c
+    }
+
+    /// The SSE events of a streamed answer after the first (role) chunk, each paired with
+    /// whether producing it costs a token step.
+    pub fn stream_events(&self) -> Vec<(bool, Value)> {
+        let mut out = Vec::new();
+        out.push((false, self.chunk(json!({"role": "assistant", "content": ""}), Value::Null, None)));
+        if let Some(r) = &self.reasoning {
+            out.push((false, self.chunk(json!({"reasoning_content": r}), Value::Null, None)));
+        }
+        if let Some((name, args)) = &self.tool_call {
+            let call_id = format!("chatcmpl-tool-{}", self.request_id);
+            out.push((true, self.chunk(
+                json!({"tool_calls": [{"index": 0, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
+                Value::Null,
+                None,
+            )));
+            let cut = args.len() / 3;
+            for part in [&args[..cut], &args[cut..2 * cut], &args[2 * cut..]] {
+                out.push((true, self.chunk(
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}),
+                    Value::Null,
+                    None,
+                )));
+            }
+        } else {
+            for t in &self.tokens {
+                out.push((true, self.chunk(json!({"content": t}), self.logprobs_of(std::iter::once(t)), None)));
+            }
+        }
+        out.push((false, self.chunk(json!({}), Value::Null, Some(self.finish_reason))));
+        if self.include_usage {
+            out.push((false, json!({
+                "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                "choices": [], "usage": self.usage()
+            })));
+        }
+        out
+    }
+}
+
+/// The first tool's or the named tool's name, when the request forces a tool call.
+fn forced_tool(body: &Value) -> Option<String> {
+    let tools = body.get("tools")?.as_array()?;
+    let first = tools
+        .first()?
+        .pointer("/function/name")?
+        .as_str()?
+        .to_owned();
+    match body.get("tool_choice")? {
+        Value::String(s) if s == "required" => Some(first),
+        Value::Object(o) => o
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(body: Value) -> Plan {
+        Plan::new(&body, "r1".into(), "m", 8, 100).unwrap()
+    }
+
+    #[test]
+    fn answer_names_model_and_request_and_honours_max_tokens() {
+        let p = plan(json!({"model": "m", "messages": [{"role": "user", "content": "a b c"}], "max_tokens": 3}));
+        assert_eq!(p.tokens.concat(), "[m] r1 t2");
+        assert_eq!(p.finish_reason, "length");
+        assert_eq!(p.prompt_tokens, 7);
+        let p = plan(json!({"messages": [{"role": "user", "content": "x"}]}));
+        assert_eq!(p.tokens.len(), 8);
+        assert_eq!(p.finish_reason, "stop");
+        let p = plan(json!({"messages": [], "max_completion_tokens": 2, "max_tokens": 5}));
+        assert_eq!(p.tokens.len(), 2);
+    }
+
+    #[test]
+    fn stop_strings_end_the_answer() {
+        let p = plan(json!({"messages": [], "stop": ["t3"]}));
+        assert_eq!(p.tokens.len(), 3);
+        assert_eq!(p.finish_reason, "stop");
+    }
+
+    #[test]
+    fn refusals_look_like_vllm() {
+        let e = Plan::new(&json!({"model": "x", "messages": []}), "r".into(), "m", 8, 100).unwrap_err();
+        assert_eq!(e.0, 404);
+        let e = Plan::new(&json!({"messages": [], "max_tokens": 200}), "r".into(), "m", 8, 100).unwrap_err();
+        assert_eq!(e.0, 400);
+        assert!(e.1["error"]["message"].as_str().unwrap().contains("maximum context length is 100"));
+    }
+
+    #[test]
+    fn forced_tool_calls_are_well_formed() {
+        let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {}}}, {"type": "function", "function": {"name": "other"}}]);
+        let p = plan(json!({"messages": [], "tools": tools, "tool_choice": "required"}));
+        let c = p.completion();
+        let call = &c["choices"][0]["message"]["tool_calls"][0];
+        assert_eq!(call["function"]["name"], "get_weather");
+        let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args["request_id"], "r1");
+        assert_eq!(c["choices"][0]["finish_reason"], "tool_calls");
+        let p = plan(json!({"messages": [], "tools": tools, "tool_choice": {"type": "function", "function": {"name": "other"}}}));
+        assert_eq!(p.tool_call.unwrap().0, "other");
+        let p = plan(json!({"messages": [], "tools": tools, "tool_choice": "auto"}));
+        assert!(p.tool_call.is_none());
+    }
+
+    #[test]
+    fn streamed_tool_call_arguments_reassemble() {
+        let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+        let p = plan(json!({"messages": [], "tools": tools, "tool_choice": "required", "stream": true}));
+        let args: String = p
+            .stream_events()
+            .iter()
+            .filter_map(|(_, c)| c.pointer("/choices/0/delta/tool_calls/0/function/arguments")?.as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(args, p.tool_call.unwrap().1);
+    }
+
+    #[test]
+    fn usage_chunk_closes_the_stream_when_asked() {
+        let p = plan(json!({"messages": [], "stream_options": {"include_usage": true}}));
+        let ev = p.stream_events();
+        let last = &ev.last().unwrap().1;
+        assert_eq!(last["choices"], json!([]));
+        assert_eq!(last["usage"]["completion_tokens"], 8);
+        assert_eq!(ev[0].1["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(ev.iter().filter(|(_, c)| !c["choices"].as_array().unwrap().is_empty() && !c["choices"][0]["finish_reason"].is_null()).count(), 1);
+    }
+}

@@ -1,0 +1,266 @@
+//! `ssw stub`: a vLLM stand-in for tests, demos and VM tests.
+//!
+//! It speaks vLLM's OpenAI server dialect (`/v1/chat/completions` streaming and not,
+//! `/v1/models`, `/health`, `/metrics` with vLLM's metric names) and answers deterministically:
+//! token 0 names the served model, token 1 the request id, so a test can prove which engine
+//! answered what. Requests beyond `max_num_seqs` wait and show in `vllm:num_requests_waiting`.
+//! A request whose client disconnects before the answer is complete counts in
+//! `ssw_stub_aborted_requests_total`, which is how tests prove cancellation.
+//!
+//! # Layout
+//! - [`answer`]: what to answer (tokens, tool calls, chunk shapes).
+//! - this file: the server, the admission semaphore, metrics, the request log.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use ssw_config::StubConfig;
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+pub mod answer;
+
+use answer::{Plan, error_body};
+
+/// How many recent request bodies `/stub/requests` keeps.
+const LOG_LEN: usize = 512;
+
+#[derive(Default)]
+struct Counters {
+    running: AtomicU64,
+    waiting: AtomicU64,
+    prompt_tokens: AtomicU64,
+    generation_tokens: AtomicU64,
+    success: AtomicU64,
+    errors: AtomicU64,
+    aborted: AtomicU64,
+}
+
+struct Stub {
+    cfg: StubConfig,
+    seqs: Arc<Semaphore>,
+    counters: Counters,
+    log: Mutex<VecDeque<(String, Value)>>,
+}
+
+/// Serves until `shutdown`.
+pub async fn serve(listener: TcpListener, cfg: StubConfig, shutdown: CancellationToken) -> std::io::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, model = %cfg.served_model, "stub engine listening");
+    let stub = Arc::new(Stub {
+        seqs: Arc::new(Semaphore::new(cfg.max_num_seqs as usize)),
+        cfg,
+        counters: Counters::default(),
+        log: Mutex::new(VecDeque::new()),
+    });
+    let app = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/models", get(models))
+        .route("/health", get(|| async { StatusCode::OK }))
+        .route("/metrics", get(metrics))
+        .route("/stub/requests", get(requests))
+        .with_state(stub);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+fn json_resp(status: u16, v: &Value) -> Response {
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+/// Counts a request as aborted unless it completed: dropped with the handler future or the
+/// response body when the client goes away.
+struct InFlight {
+    stub: Arc<Stub>,
+    _permit: OwnedSemaphorePermit,
+    done: bool,
+}
+
+impl InFlight {
+    fn complete(&mut self, plan: &Plan) {
+        self.done = true;
+        let c = &self.stub.counters;
+        c.success.fetch_add(1, Ordering::Relaxed);
+        c.prompt_tokens
+            .fetch_add(u64::from(plan.prompt_tokens), Ordering::Relaxed);
+        c.generation_tokens
+            .fetch_add(u64::from(plan.completion_tokens()), Ordering::Relaxed);
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let c = &self.stub.counters;
+        c.running.fetch_sub(1, Ordering::Relaxed);
+        if !self.done {
+            c.aborted.fetch_add(1, Ordering::Relaxed);
+            tracing::info!("request aborted: client disconnected");
+        }
+    }
+}
+
+/// Decrements the waiting gauge even if the request is dropped while waiting.
+struct Waiting<'a>(&'a AtomicU64);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn chat(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: Bytes) -> Response {
+    let body: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => return json_resp(400, &error_body(400, "BadRequestError", "body must be a JSON object")),
+    };
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{:016x}", fastrand::u64(..)));
+    {
+        let mut log = stub.log.lock().unwrap_or_else(|p| p.into_inner());
+        if log.len() == LOG_LEN {
+            log.pop_front();
+        }
+        log.push_back((request_id.clone(), body.clone()));
+    }
+    let cfg = &stub.cfg;
+    let plan = match Plan::new(&body, request_id, &cfg.served_model, cfg.output_tokens, cfg.max_model_len) {
+        Ok(p) => p,
+        Err((status, err)) => {
+            stub.counters.errors.fetch_add(1, Ordering::Relaxed);
+            return json_resp(status, &err);
+        }
+    };
+    if cfg.error_rate > 0.0 && fastrand::f64() < cfg.error_rate {
+        stub.counters.errors.fetch_add(1, Ordering::Relaxed);
+        return json_resp(500, &error_body(500, "InternalServerError", "stub: injected engine failure"));
+    }
+    let permit = {
+        stub.counters.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&stub.counters.waiting);
+        match stub.seqs.clone().acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => return json_resp(503, &error_body(503, "ServiceUnavailable", "shutting down")),
+        }
+    };
+    stub.counters.running.fetch_add(1, Ordering::Relaxed);
+    let mut flight = InFlight {
+        stub: stub.clone(),
+        _permit: permit,
+        done: false,
+    };
+    let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
+    let (ttft, tpot) = (cfg.ttft, cfg.tpot);
+    if !stream {
+        sleep(ttft).await;
+        for _ in 1..plan.completion_tokens() {
+            sleep(tpot).await;
+        }
+        flight.complete(&plan);
+        return json_resp(200, &plan.completion());
+    }
+    let events = plan.stream_events();
+    let body = futures::stream::unfold(
+        (events.into_iter(), flight, plan, true),
+        move |(mut events, mut flight, plan, first_token)| async move {
+            let Some((costs_step, chunk)) = events.next() else {
+                flight.complete(&plan);
+                return None;
+            };
+            let mut first = first_token;
+            if costs_step {
+                sleep(if first { ttft } else { tpot }).await;
+                first = false;
+            }
+            let mut out = Vec::with_capacity(256);
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(chunk.to_string().as_bytes());
+            out.extend_from_slice(b"\n\n");
+            if events.len() == 0 {
+                out.extend_from_slice(b"data: [DONE]\n\n");
+            }
+            Some((Ok::<_, std::convert::Infallible>(Bytes::from(out)), (events, flight, plan, first)))
+        },
+    );
+    (
+        [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+async fn sleep(d: Duration) {
+    if !d.is_zero() {
+        tokio::time::sleep(d).await;
+    }
+}
+
+async fn models(State(stub): State<Arc<Stub>>) -> Response {
+    let m = &stub.cfg.served_model;
+    json_resp(
+        200,
+        &json!({"object": "list", "data": [{
+            "id": m, "object": "model", "created": 0, "owned_by": "vllm", "root": m,
+            "parent": null, "max_model_len": stub.cfg.max_model_len, "permission": []
+        }]}),
+    )
+}
+
+async fn metrics(State(stub): State<Arc<Stub>>) -> Response {
+    let c = &stub.counters;
+    let l = format!("model_name=\"{}\",engine=\"0\"", stub.cfg.served_model);
+    let running = c.running.load(Ordering::Relaxed);
+    let kv = running as f64 / f64::from(stub.cfg.max_num_seqs);
+    let text = format!(
+        "# HELP vllm:num_requests_running Number of requests in model execution batches.\n\
+         # TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{{{l}}} {running}\n\
+         # HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n\
+         # TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{{{l}}} {}\n\
+         # HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n\
+         # TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{{{l}}} {kv}\n\
+         # HELP vllm:prompt_tokens_total Number of prefill tokens processed.\n\
+         # TYPE vllm:prompt_tokens_total counter\nvllm:prompt_tokens_total{{{l}}} {}\n\
+         # HELP vllm:generation_tokens_total Number of generation tokens processed.\n\
+         # TYPE vllm:generation_tokens_total counter\nvllm:generation_tokens_total{{{l}}} {}\n\
+         # HELP vllm:request_success_total Count of successfully processed requests.\n\
+         # TYPE vllm:request_success_total counter\nvllm:request_success_total{{{l}}} {}\n\
+         # HELP ssw_stub_request_errors_total Requests the stub refused or failed on purpose.\n\
+         # TYPE ssw_stub_request_errors_total counter\nssw_stub_request_errors_total {}\n\
+         # HELP ssw_stub_aborted_requests_total Requests whose client disconnected before the answer was complete.\n\
+         # TYPE ssw_stub_aborted_requests_total counter\nssw_stub_aborted_requests_total {}\n",
+        c.waiting.load(Ordering::Relaxed),
+        c.prompt_tokens.load(Ordering::Relaxed),
+        c.generation_tokens.load(Ordering::Relaxed),
+        c.success.load(Ordering::Relaxed),
+        c.errors.load(Ordering::Relaxed),
+        c.aborted.load(Ordering::Relaxed),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// The recent request bodies as received, by request id (newest last).
+async fn requests(State(stub): State<Arc<Stub>>) -> Response {
+    let log = stub.log.lock().unwrap_or_else(|p| p.into_inner());
+    let items: Vec<Value> = log
+        .iter()
+        .map(|(id, body)| json!({"request_id": id, "body": body}))
+        .collect();
+    json_resp(200, &Value::Array(items))
+}
