@@ -536,6 +536,11 @@ impl Config {
         Ok(())
     }
 
+    /// The configuration as TOML (a file `ssw --config` reads back to the same value).
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(|e| invalid("(whole config)", e.to_string()))
+    }
+
     /// The pool a worker serves (after [`Config::validate`] for [`Role::Worker`]).
     pub fn worker_pool(&self) -> Option<(&str, &PoolConfig)> {
         let name = self.worker.pool.as_deref()?;
@@ -655,6 +660,17 @@ mod tests {
             let err = load(toml, role).expect_err(toml);
             assert!(err.contains(field), "{toml:?}: error {err:?} does not name {field}");
         }
+    }
+
+    #[test]
+    fn toml_round_trips() {
+        let mut c = Config::default();
+        c.pools = default_pools();
+        c.worker.pool = Some("light".into());
+        c.stub.ttft = Duration::from_millis(25);
+        let text = c.to_toml().unwrap();
+        let back = load(&text, Role::Worker).unwrap();
+        assert_eq!(back, c);
     }
 
     #[test]

@@ -160,7 +160,9 @@ pub async fn run_reader(redis: Redis, replies: Arc<Replies>, shutdown: Cancellat
 
 /// Renews the reply stream's TTL and notices if it vanished between renewals.
 pub async fn run_keeper(redis: Redis, replies: Arc<Replies>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(REPLY_TTL / 3);
+    // The reader creates the stream at start-up; the first renewal is one period later.
+    let period = REPLY_TTL / 3;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -1,0 +1,250 @@
+//! `ssw`: one binary, one subcommand per role. Parses arguments and configuration, sets up
+//! logging and signals, and hands over to the role's library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use figment::Figment;
+use ssw_config::{Config, Role};
+use tokio_util::sync::CancellationToken;
+
+mod listen;
+mod telemetry;
+mod up;
+
+#[derive(Parser, Debug)]
+#[command(name = "ssw", version, about = "SSW inference platform: OpenAI gateway → Redis queues → workers → vLLM")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = telemetry::LogFormat::Auto)]
+    log_format: telemetry::LogFormat,
+    /// Log level when RUST_LOG is not set.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the OpenAI-compatible gateway.
+    Gateway {
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Listen address (`gateway.listen`).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Redis URL (`redis.url`).
+        #[arg(long)]
+        redis_url: Option<String>,
+    },
+    /// Run a worker in front of one engine.
+    Worker {
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Pool to serve (`worker.pool`).
+        #[arg(long)]
+        pool: Option<String>,
+        /// Worker id (`worker.id`).
+        #[arg(long)]
+        id: Option<String>,
+        /// Engine base URL (`worker.engine_url`).
+        #[arg(long)]
+        engine_url: Option<String>,
+        /// Redis URL (`redis.url`).
+        #[arg(long)]
+        redis_url: Option<String>,
+    },
+    /// Run the stub engine (a vLLM stand-in).
+    Stub {
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Listen address (`stub.listen`).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Served model name (`stub.served_model`).
+        #[arg(long)]
+        served_model: Option<String>,
+    },
+    /// Run the whole platform locally: Redis, two stub engines per pool, workers, gateway.
+    Up(up::UpArgs),
+    /// Validate a config file for a role; names the bad field.
+    CheckConfig {
+        /// The file.
+        file: PathBuf,
+        /// Role to check for (default: every role the file configures).
+        #[arg(long, value_enum)]
+        role: Option<RoleArg>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum RoleArg {
+    Gateway,
+    Worker,
+    Stub,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Gateway => Role::Gateway,
+            RoleArg::Worker => Role::Worker,
+            RoleArg::Stub => Role::Stub,
+        }
+    }
+}
+
+/// Loads the configuration: defaults → file → `SSW_` env → CLI overrides; then validates.
+fn load(file: Option<&PathBuf>, overrides: &[(&str, Option<String>)], role: Role) -> anyhow::Result<Config> {
+    let mut fig: Figment = Config::figment(file.map(PathBuf::as_path));
+    for (key, value) in overrides {
+        if let Some(v) = value {
+            fig = fig.merge((*key, v.clone()));
+        }
+    }
+    let config = Config::from_figment(&fig)?;
+    config.validate(role)?;
+    Ok(config)
+}
+
+/// Cancelled on the first SIGTERM or SIGINT.
+fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let t = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        t.cancel();
+    });
+    Ok(token)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format, &cli.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Gateway {
+            config,
+            listen,
+            redis_url,
+        } => {
+            let cfg = load(
+                config.as_ref(),
+                &[
+                    ("gateway.listen", listen.map(|a| a.to_string())),
+                    ("redis.url", redis_url),
+                ],
+                Role::Gateway,
+            )?;
+            let shutdown = shutdown_on_signals()?;
+            let listener = listen::listener(cfg.gateway.listen, "gateway.listen").await?;
+            let grace = cfg.gateway.shutdown_timeout;
+            let state = ssw_gateway::AppState::new(cfg)?;
+            let serve = ssw_gateway::serve(listener, state, shutdown.clone());
+            tokio::pin!(serve);
+            tokio::select! {
+                r = &mut serve => r.context("gateway")?,
+                _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                    anyhow::bail!("responses still in flight after gateway.shutdown_timeout ({grace:?})");
+                }
+            }
+            Ok(())
+        }
+        Command::Worker {
+            config,
+            pool,
+            id,
+            engine_url,
+            redis_url,
+        } => {
+            let cfg = load(
+                config.as_ref(),
+                &[
+                    ("worker.pool", pool),
+                    ("worker.id", id),
+                    ("worker.engine_url", engine_url),
+                    ("redis.url", redis_url),
+                ],
+                Role::Worker,
+            )?;
+            let shutdown = shutdown_on_signals()?;
+            ssw_worker::run(cfg, shutdown).await?;
+            Ok(())
+        }
+        Command::Stub {
+            config,
+            listen,
+            served_model,
+        } => {
+            let cfg = load(
+                config.as_ref(),
+                &[
+                    ("stub.listen", listen.map(|a| a.to_string())),
+                    ("stub.served_model", served_model),
+                ],
+                Role::Stub,
+            )?;
+            let shutdown = shutdown_on_signals()?;
+            let listener = listen::listener(cfg.stub.listen, "stub.listen").await?;
+            ssw_stub::serve(listener, cfg.stub, shutdown).await?;
+            Ok(())
+        }
+        Command::Up(args) => up::run(args).await,
+        Command::CheckConfig { file, role } => check_config(&file, role),
+    }
+}
+
+fn check_config(file: &PathBuf, role: Option<RoleArg>) -> anyhow::Result<()> {
+    anyhow::ensure!(file.is_file(), "{}: no such file", file.display());
+    let fig = Figment::from(figment::providers::Serialized::defaults(Config::default()))
+        .merge(<figment::providers::Toml as figment::providers::Format>::file_exact(file));
+    let config = Config::from_figment(&fig).with_context(|| format!("{}", file.display()))?;
+    let roles: Vec<Role> = match role {
+        Some(r) => vec![r.into()],
+        None if config.worker.pool.is_some() => vec![Role::Gateway, Role::Worker, Role::Stub],
+        None => vec![Role::Gateway, Role::Stub],
+    };
+    for role in roles {
+        config
+            .validate(role)
+            .with_context(|| format!("{} (as {role:?} config)", file.display()))?;
+    }
+    println!("{}: ok", file.display());
+    Ok(())
+}
+
+/// Parses `1s`, `250ms`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}

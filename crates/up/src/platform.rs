@@ -1,0 +1,287 @@
+//! The whole platform on one machine: Redis, engines, workers, gateway.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use ssw_config::{Config, StubConfig};
+
+use crate::process::Child;
+use crate::redis::RedisServer;
+use crate::{UpError, io};
+
+/// What serves a replica's requests.
+#[derive(Clone, Debug)]
+pub enum EngineSpec {
+    /// An `ssw stub` child with these settings (its `served_model` is set to the pool's).
+    Stub(StubConfig),
+    /// A running engine (a real vLLM) at this base URL.
+    External(String),
+}
+
+/// One replica: an engine and the worker in front of it.
+#[derive(Clone, Debug)]
+pub struct ReplicaSpec {
+    /// Worker id (`heavy-0`).
+    pub id: String,
+    /// Pool it serves.
+    pub pool: String,
+    /// Its engine.
+    pub engine: EngineSpec,
+    /// GPU indices (reported in status).
+    pub gpus: Vec<u32>,
+}
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct PlatformSpec {
+    /// The `ssw` binary.
+    pub ssw: PathBuf,
+    /// Base configuration: pools, gateway and worker settings.
+    pub config: Config,
+    /// Use this Redis instead of starting one.
+    pub redis_url: Option<String>,
+    /// Where the gateway listens (port 0: any free port).
+    pub gateway_listen: SocketAddr,
+    /// The replicas.
+    pub replicas: Vec<ReplicaSpec>,
+    /// Extra environment for every child (e.g. `RUST_LOG`).
+    pub env: Vec<(String, String)>,
+}
+
+impl PlatformSpec {
+    /// The A40 layout with stub engines: for every pool, one replica on each of GPUs 0 and 1.
+    pub fn a40_stubs(ssw: PathBuf, config: Config, stub: StubConfig) -> Self {
+        let mut replicas = Vec::new();
+        for gpu in 0..2u32 {
+            for pool in config.pools.keys() {
+                replicas.push(ReplicaSpec {
+                    id: format!("{pool}-{gpu}"),
+                    pool: pool.clone(),
+                    engine: EngineSpec::Stub(stub.clone()),
+                    gpus: vec![gpu],
+                });
+            }
+        }
+        Self {
+            ssw,
+            gateway_listen: config.gateway.listen,
+            config,
+            redis_url: None,
+            replicas,
+            env: Vec::new(),
+        }
+    }
+}
+
+/// A directory removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A fresh directory under the system temp dir.
+    pub fn new(prefix: &str) -> Result<Self, UpError> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).map_err(io(format!("creating {}", path.display())))?;
+        Ok(Self(path))
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The running platform. Dropping it kills every child.
+#[derive(Debug)]
+pub struct Platform {
+    /// The started Redis, unless an external one is used.
+    pub redis: Option<RedisServer>,
+    /// The Redis URL everything uses.
+    pub redis_url: String,
+    /// Gateway base URL (`http://127.0.0.1:PORT`).
+    pub gateway_url: String,
+    /// The gateway process.
+    pub gateway: Option<Child>,
+    /// Worker processes by id.
+    pub workers: BTreeMap<String, Child>,
+    /// Stub processes and their URLs, by replica id.
+    pub stubs: BTreeMap<String, (Child, String)>,
+    spec: PlatformSpec,
+    dir: TempDir,
+}
+
+fn bind_loopback() -> Result<(TcpListener, String), UpError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(io("binding a loopback listener"))?;
+    let addr = l.local_addr().map_err(io("reading a listener's address"))?;
+    Ok((l, format!("http://{addr}")))
+}
+
+impl Platform {
+    /// Starts everything (Redis first, then engines, workers, the gateway); does not wait for
+    /// readiness (see [`Platform::wait_ready`]).
+    pub async fn start(spec: PlatformSpec) -> Result<Self, UpError> {
+        let dir = TempDir::new("ssw-up")?;
+        let (redis, redis_url) = match &spec.redis_url {
+            Some(url) => (None, url.clone()),
+            None => {
+                let r = RedisServer::start(dir.path()).await?;
+                let url = r.url();
+                (Some(r), url)
+            }
+        };
+        let gateway_listener = TcpListener::bind(spec.gateway_listen)
+            .map_err(io(format!("binding the gateway to {}", spec.gateway_listen)))?;
+        let gateway_url = format!(
+            "http://{}",
+            gateway_listener.local_addr().map_err(io("gateway address"))?
+        );
+        let mut platform = Self {
+            redis,
+            redis_url,
+            gateway_url,
+            gateway: None,
+            workers: BTreeMap::new(),
+            stubs: BTreeMap::new(),
+            spec,
+            dir,
+        };
+        for replica in platform.spec.replicas.clone() {
+            let engine_url = match &replica.engine {
+                EngineSpec::External(url) => url.clone(),
+                EngineSpec::Stub(stub) => platform.spawn_stub(&replica, stub.clone())?,
+            };
+            platform.spawn_worker(&replica.id, &replica.pool, &engine_url, replica.gpus.clone())?;
+        }
+        let cfg = platform.base_config();
+        let path = platform.write_config("gateway", &cfg)?;
+        platform.gateway = Some(platform.spawn_ssw("gateway", "gateway", &path, Some(gateway_listener))?);
+        Ok(platform)
+    }
+
+    /// The configuration every child starts from (Redis URL filled in).
+    pub fn base_config(&self) -> Config {
+        let mut cfg = self.spec.config.clone();
+        cfg.redis.url = self.redis_url.clone();
+        cfg
+    }
+
+    /// The working directory (config files, Redis data).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn write_config(&self, name: &str, cfg: &Config) -> Result<PathBuf, UpError> {
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, cfg.to_toml()?).map_err(io(format!("writing {}", path.display())))?;
+        Ok(path)
+    }
+
+    fn spawn_ssw(&self, role: &str, name: &str, config: &Path, listener: Option<TcpListener>) -> Result<Child, UpError> {
+        let env: Vec<(&str, String)> = self
+            .spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        let config = config.to_string_lossy();
+        Child::spawn(format!("{role} {name}"), &self.spec.ssw, &[role, "--config", &config], &env, listener, None)
+    }
+
+    fn spawn_stub(&mut self, replica: &ReplicaSpec, mut stub: StubConfig) -> Result<String, UpError> {
+        if let Some(pool) = self.spec.config.pools.get(&replica.pool) {
+            stub.served_model = pool.served_model.clone();
+        }
+        let (listener, url) = bind_loopback()?;
+        let mut cfg = self.base_config();
+        cfg.stub = stub;
+        let path = self.write_config(&format!("stub-{}", replica.id), &cfg)?;
+        let child = self.spawn_ssw("stub", &replica.id, &path, Some(listener))?;
+        self.stubs.insert(replica.id.clone(), (child, url.clone()));
+        Ok(url)
+    }
+
+    /// Starts (or restarts) a worker process.
+    pub fn spawn_worker(&mut self, id: &str, pool: &str, engine_url: &str, gpus: Vec<u32>) -> Result<(), UpError> {
+        let mut cfg = self.base_config();
+        cfg.worker.pool = Some(pool.to_owned());
+        cfg.worker.id = Some(id.to_owned());
+        cfg.worker.engine_url = engine_url.to_owned();
+        cfg.worker.gpus = gpus;
+        let path = self.write_config(&format!("worker-{id}"), &cfg)?;
+        let child = self.spawn_ssw("worker", id, &path, None)?;
+        self.workers.insert(id.to_owned(), child);
+        Ok(())
+    }
+
+    /// The URL of a replica's stub engine.
+    pub fn stub_url(&self, id: &str) -> Option<&str> {
+        self.stubs.get(id).map(|(_, u)| u.as_str())
+    }
+
+    /// Waits until the gateway's `/readyz` answers 200.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<(), UpError> {
+        let client = reqwest::Client::new();
+        let url = format!("{}/readyz", self.gateway_url);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = String::from("no answer");
+        while tokio::time::Instant::now() < deadline {
+            if let Some(name) = self.exited() {
+                return Err(UpError::NotReady(format!("{name} exited during start-up")));
+            }
+            match client.get(&url).timeout(Duration::from_secs(2)).send().await {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) => last = r.text().await.unwrap_or_default(),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(UpError::NotReady(format!("the platform was not ready after {timeout:?}: {last}")))
+    }
+
+    /// The name of a child that has exited, if any.
+    pub fn exited(&mut self) -> Option<String> {
+        let gateway = self.gateway.iter_mut();
+        let workers = self.workers.values_mut();
+        let stubs = self.stubs.values_mut().map(|(c, _)| c);
+        for c in gateway.chain(workers).chain(stubs) {
+            if let Some(status) = c.try_wait() {
+                return Some(format!("{} ({status})", c.name));
+            }
+        }
+        None
+    }
+
+    /// Stops everything in order: gateway, workers (they drain), engines, Redis.
+    pub async fn shutdown(mut self, grace: Duration) {
+        if let Some(mut g) = self.gateway.take() {
+            g.stop(grace).await;
+        }
+        let mut workers: Vec<Child> = std::mem::take(&mut self.workers).into_values().collect();
+        for w in &workers {
+            w.signal(libc::SIGTERM);
+        }
+        for w in &mut workers {
+            w.stop(grace).await;
+        }
+        for (_, (mut s, _)) in std::mem::take(&mut self.stubs) {
+            s.stop(grace).await;
+        }
+        if let Some(mut r) = self.redis.take() {
+            r.kill().await;
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Child processes with an inherited listener, killed with their parent.
+
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use crate::{UpError, io};
+
+/// The fd number a listener is handed over as.
+pub const LISTEN_FD: i32 = 3;
+
+/// A running child.
+#[derive(Debug)]
+pub struct Child {
+    /// Name for logs (`worker heavy-0`).
+    pub name: String,
+    inner: tokio::process::Child,
+}
+
+impl Child {
+    /// Spawns `program args`, optionally handing `listener` over as fd 3 (`LISTEN_FDS=1`, as
+    /// systemd socket activation does). Output goes to `log` if given, else is inherited.
+    /// The child gets SIGTERM if this process dies, and SIGKILL when the handle is dropped.
+    pub fn spawn(
+        name: impl Into<String>,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, String)],
+        listener: Option<TcpListener>,
+        log: Option<&Path>,
+    ) -> Result<Self, UpError> {
+        let name = name.into();
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let fd = listener.as_ref().map(AsRawFd::as_raw_fd);
+        if fd.is_some() {
+            cmd.env("LISTEN_FDS", "1").env_remove("LISTEN_PID");
+        }
+        if let Some(path) = log {
+            let f = std::fs::File::create(path).map_err(io(format!("creating {}", path.display())))?;
+            let f2 = f.try_clone().map_err(io("log file"))?;
+            cmd.stdout(f).stderr(f2);
+        }
+        // SAFETY: only async-signal-safe calls (prctl, dup2, fcntl) run between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(fd) = fd {
+                    if fd == LISTEN_FD {
+                        // dup2 onto itself keeps close-on-exec; clear it instead.
+                        if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    } else if libc::dup2(fd, LISTEN_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let inner = cmd.spawn().map_err(io(format!("starting {name} ({})", program.display())))?;
+        // The child holds its own copy of the listener now.
+        drop(listener);
+        Ok(Self { name, inner })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.inner.id()
+    }
+
+    /// Sends a signal (`libc::SIGTERM`, `libc::SIGKILL`, …).
+    pub fn signal(&self, sig: i32) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(pid as i32, sig);
+            }
+        }
+    }
+
+    /// Waits for the child to exit.
+    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        self.inner.wait().await
+    }
+
+    /// Whether it has exited (without waiting).
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.inner.try_wait().ok().flatten()
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; returns the exit status.
+    pub async fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
+        self.signal(libc::SIGTERM);
+        match tokio::time::timeout(grace, self.inner.wait()).await {
+            Ok(status) => status.ok(),
+            Err(_) => {
+                tracing::warn!(name = %self.name, "did not stop in time; killing it");
+                let _ = self.inner.kill().await;
+                self.inner.wait().await.ok()
+            }
+        }
+    }
+}

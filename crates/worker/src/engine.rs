@@ -1,0 +1,217 @@
+//! The worker's engine: an HTTP client for it, and the probe of its health and load.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ssw_config::WorkerConfig;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Load figures read from the engine's `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EngineLoad {
+    /// `vllm:num_requests_running`.
+    pub running: Option<f64>,
+    /// `vllm:num_requests_waiting`.
+    pub waiting: Option<f64>,
+    /// `vllm:kv_cache_usage_perc`, or the older `vllm:gpu_cache_usage_perc`.
+    pub kv_cache_usage: Option<f64>,
+}
+
+/// Parses the vLLM gauges the worker uses from Prometheus text; sums over label sets.
+pub fn parse_load(text: &str) -> EngineLoad {
+    let mut load = EngineLoad::default();
+    let mut legacy_kv = None;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((name_labels, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let name = name_labels.split('{').next().unwrap_or_default().trim();
+        let slot = match name {
+            "vllm:num_requests_running" => &mut load.running,
+            "vllm:num_requests_waiting" => &mut load.waiting,
+            "vllm:kv_cache_usage_perc" => &mut load.kv_cache_usage,
+            "vllm:gpu_cache_usage_perc" => &mut legacy_kv,
+            _ => continue,
+        };
+        *slot = Some(slot.unwrap_or(0.0) + value);
+    }
+    if load.kv_cache_usage.is_none() {
+        load.kv_cache_usage = legacy_kv;
+    }
+    load
+}
+
+/// What the worker knows of its engine.
+#[derive(Debug)]
+pub struct EngineState {
+    up: AtomicBool,
+    detail: Mutex<Option<String>>,
+    load: Mutex<EngineLoad>,
+    /// Signalled when the engine comes up or its load drops, so the pull loop resumes at once.
+    pub changed: Notify,
+}
+
+impl Default for EngineState {
+    fn default() -> Self {
+        Self {
+            up: AtomicBool::new(false),
+            detail: Mutex::new(Some("not probed yet".into())),
+            load: Mutex::new(EngineLoad::default()),
+            changed: Notify::new(),
+        }
+    }
+}
+
+impl EngineState {
+    /// Whether the last probe found it healthy.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Why it is down.
+    pub fn detail(&self) -> Option<String> {
+        self.detail.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The last load reading.
+    pub fn load(&self) -> EngineLoad {
+        *self.load.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a probe or request outcome.
+    pub fn set_up(&self, up: bool, detail: Option<String>) {
+        let was = self.up.swap(up, Ordering::Relaxed);
+        if was != up {
+            if up {
+                tracing::info!("engine is up; pulling jobs");
+            } else {
+                tracing::warn!(detail = detail.as_deref().unwrap_or(""), "engine is down; stopped pulling");
+            }
+        }
+        *self.detail.lock().unwrap_or_else(|p| p.into_inner()) = detail;
+        if up {
+            self.changed.notify_waiters();
+        }
+    }
+
+    fn set_load(&self, load: EngineLoad) {
+        let before = std::mem::replace(&mut *self.load.lock().unwrap_or_else(|p| p.into_inner()), load);
+        if before.waiting.unwrap_or(0.0) > 0.0 && load.waiting.unwrap_or(0.0) == 0.0 {
+            self.changed.notify_waiters();
+        }
+    }
+}
+
+/// HTTP client for one engine.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    /// Base URL without a trailing slash.
+    pub base: String,
+    /// Shared client (connection pool to the engine).
+    pub http: reqwest::Client,
+}
+
+impl Engine {
+    /// A client for the configured engine.
+    pub fn new(cfg: &WorkerConfig) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(cfg.engine_connect_timeout)
+            .pool_max_idle_per_host(cfg.max_inflight as usize)
+            .tcp_nodelay(true)
+            .http1_only()
+            .build()?;
+        Ok(Self {
+            base: cfg.engine_url.trim_end_matches('/').to_owned(),
+            http,
+        })
+    }
+
+    /// One probe: `/health`, then `/metrics` for the load.
+    async fn probe(&self, state: &EngineState, timeout: Duration) {
+        let health = self
+            .http
+            .get(format!("{}/health", self.base))
+            .timeout(timeout)
+            .send()
+            .await;
+        match health {
+            Ok(r) if r.status().is_success() => state.set_up(true, None),
+            Ok(r) => {
+                state.set_up(false, Some(format!("/health answered {}", r.status())));
+                return;
+            }
+            Err(e) => {
+                state.set_up(false, Some(format!("/health: {}", error_chain(&e))));
+                return;
+            }
+        }
+        let metrics = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .timeout(timeout)
+            .send()
+            .await;
+        match metrics {
+            Ok(r) if r.status().is_success() => match r.text().await {
+                Ok(text) => state.set_load(parse_load(&text)),
+                Err(e) => tracing::debug!(error = %e, "cannot read engine metrics"),
+            },
+            Ok(r) => tracing::debug!(status = %r.status(), "engine /metrics not available"),
+            Err(e) => tracing::debug!(error = %e, "engine /metrics not available"),
+        }
+    }
+
+    /// Probes every `interval` until `shutdown`.
+    pub async fn monitor(self, state: std::sync::Arc<EngineState>, interval: Duration, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let timeout = interval.max(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => self.probe(&state, timeout).await,
+            }
+        }
+    }
+}
+
+/// An error with its causes, for logs (reqwest hides "connection refused" in the source chain).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_current_and_legacy_vllm_gauges() {
+        let text = "# HELP x\nvllm:num_requests_running{model_name=\"m\",engine=\"0\"} 3\n\
+            vllm:num_requests_running{model_name=\"m\",engine=\"1\"} 2\n\
+            vllm:num_requests_waiting{model_name=\"m\"} 0.0\n\
+            vllm:kv_cache_usage_perc{model_name=\"m\"} 0.25\n\
+            vllm:num_requests_waiting_total 99\n";
+        let l = parse_load(text);
+        assert_eq!(l.running, Some(5.0));
+        assert_eq!(l.waiting, Some(0.0));
+        assert_eq!(l.kv_cache_usage, Some(0.25));
+        let old = parse_load("vllm:gpu_cache_usage_perc{model_name=\"m\"} 0.5\n");
+        assert_eq!(old.kv_cache_usage, Some(0.5));
+        assert_eq!(old.waiting, None);
+    }
+}

@@ -1,0 +1,262 @@
+//! Running one job on the engine and reporting back.
+//!
+//! Outcomes: the engine's answer goes back chunk by chunk (streaming) or whole; an engine 4xx
+//! goes back as an OpenAI error with the engine's status; a refused connection or a 5xx before
+//! any output puts the job back on the queue for another worker (bounded attempts, then 502);
+//! a failure after output is an explicit error event. A cancelled job's engine request is
+//! dropped, which closes the connection: vLLM aborts a request whose client goes away.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use ssw_protocol::error::{ErrorCode, ErrorEnvelope};
+use ssw_protocol::job::Job;
+use ssw_protocol::reply::{Reply, ReplyEvent};
+use tokio_util::sync::CancellationToken;
+
+use crate::Ctx;
+use crate::engine::error_chain;
+
+/// How a job ended, as far as the queue is concerned.
+enum Outcome {
+    /// Send this last event (if any) and remove the job.
+    Done(Option<ReplyEvent>),
+    /// Nothing reached the client; another worker may try.
+    Retry(String),
+    /// The client or its gateway is gone, or the job was aborted: remove it silently.
+    Gone,
+}
+
+fn fail(ctx: &Ctx, code: ErrorCode, message: &str) -> ReplyEvent {
+    ReplyEvent::Fail {
+        status: code.status(),
+        worker: ctx.id.clone(),
+        body: ErrorEnvelope::new(code, message).to_json(),
+    }
+}
+
+/// Runs a claimed job to its end, then frees its slot.
+pub async fn run(ctx: Arc<Ctx>, entry_id: String, job: Job, claimed_ms: u64, cancel: CancellationToken) {
+    let started = tokio::time::Instant::now();
+    let mut head_sent = false;
+    let outcome = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => None,
+        r = tokio::time::timeout(ctx.cfg.engine_request_timeout, execute(&ctx, &job, claimed_ms, &mut head_sent)) => Some(r),
+    };
+    let outcome = match outcome {
+        Some(Ok(o)) => o,
+        Some(Err(_)) => Outcome::Done(Some(fail(&ctx, ErrorCode::UpstreamError, "the engine took too long"))),
+        None if ctx.drain_aborted() => {
+            // Shutting down with the job unfinished: give it to another worker if the client
+            // has not seen anything yet.
+            if head_sent {
+                Outcome::Done(Some(fail(&ctx, ErrorCode::UpstreamError, "the worker shut down mid-answer")))
+            } else {
+                Outcome::Retry("worker shut down".into())
+            }
+        }
+        None => {
+            tracing::info!("job cancelled by its client; engine request dropped");
+            Outcome::Gone
+        }
+    };
+    let pool = &ctx.pool;
+    let result = match outcome {
+        Outcome::Done(event) => {
+            let reply = event.map(|event| Reply {
+                job: job.id.clone(),
+                event,
+            });
+            ctx.redis
+                .finish(pool, &entry_id, &job.reply_to, reply.as_ref(), &job.id)
+                .await
+                .map(|_| ())
+        }
+        Outcome::Gone => ctx.redis.finish(pool, &entry_id, &job.reply_to, None, &job.id).await.map(|_| ()),
+        Outcome::Retry(reason) => retry(&ctx, &entry_id, job.clone(), reason).await,
+    };
+    if let Err(e) = result {
+        // The entry stays pending; another worker reclaims it after `reclaim_idle`.
+        tracing::warn!(error = %e, "cannot report the job's end to redis");
+    }
+    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "job done");
+}
+
+async fn retry(ctx: &Ctx, entry_id: &str, mut job: Job, reason: String) -> Result<(), ssw_queue::QueueError> {
+    if job.attempt >= ctx.max_attempts {
+        tracing::warn!(attempt = job.attempt, %reason, "engine failed the job on every attempt");
+        let reply = Reply {
+            job: job.id.clone(),
+            event: fail(ctx, ErrorCode::UpstreamError, "the engine failed this request on every attempt"),
+        };
+        return ctx
+            .redis
+            .finish(&ctx.pool, entry_id, &job.reply_to, Some(&reply), &job.id)
+            .await
+            .map(|_| ());
+    }
+    job.attempt += 1;
+    job.deadline_ms = ssw_queue::now_ms() + ctx.queue_timeout.as_millis() as u64;
+    tracing::info!(attempt = job.attempt, %reason, "engine refused the job; putting it back");
+    if let Some(new_entry) = ctx.redis.requeue(&ctx.pool, entry_id, &job).await? {
+        let reply = Reply {
+            job: job.id.clone(),
+            event: ReplyEvent::Requeued {
+                entry_id: new_entry,
+                deadline_ms: job.deadline_ms,
+            },
+        };
+        ctx.redis.send_reply(&job.reply_to, &reply).await?;
+    }
+    Ok(())
+}
+
+/// Waits for `fut`, sending a keep-alive for the job whenever it takes longer than the
+/// keep-alive interval, so the gateway knows the job is alive.
+async fn with_keepalive<F: Future>(ctx: &Ctx, job: &Job, fut: F) -> Result<F::Output, Outcome> {
+    tokio::pin!(fut);
+    let every = ctx.cfg.keepalive_interval;
+    loop {
+        tokio::select! {
+            out = &mut fut => return Ok(out),
+            _ = tokio::time::sleep(every) => {
+                let ka = Reply { job: job.id.clone(), event: ReplyEvent::KeepAlive };
+                match ctx.redis.send_reply(&job.reply_to, &ka).await {
+                    Ok(true) => {}
+                    Ok(false) => return Err(Outcome::Gone),
+                    Err(e) => tracing::warn!(error = %e, "keep-alive not sent"),
+                }
+            }
+        }
+    }
+}
+
+async fn execute(ctx: &Ctx, job: &Job, claimed_ms: u64, head_sent: &mut bool) -> Outcome {
+    let request = ctx
+        .engine
+        .http
+        .post(format!("{}/v1/chat/completions", ctx.engine.base))
+        .header("content-type", "application/json")
+        .header("x-request-id", &job.request_id)
+        .body(job.body.clone())
+        .send();
+    let resp = match with_keepalive(ctx, job, request).await {
+        Err(o) => return o,
+        Ok(Err(e)) => {
+            let detail = error_chain(&e);
+            if e.is_connect() {
+                // Stop pulling until a probe finds the engine healthy again.
+                ctx.engine_state.set_up(false, Some(detail.clone()));
+            }
+            return Outcome::Retry(detail);
+        }
+        Ok(Ok(r)) => r,
+    };
+    let status = resp.status().as_u16();
+    if status >= 500 {
+        let body = resp.bytes().await.unwrap_or_default();
+        return Outcome::Retry(format!("engine answered {status}: {}", String::from_utf8_lossy(&body)));
+    }
+    if status >= 400 || !job.stream {
+        let body = match with_keepalive(ctx, job, resp.bytes()).await {
+            Err(o) => return o,
+            Ok(Err(e)) => return Outcome::Retry(format!("engine response cut short: {}", error_chain(&e))),
+            Ok(Ok(b)) => b,
+        };
+        let body = if status >= 400 {
+            tracing::info!(status, "engine rejected the request");
+            ErrorEnvelope::from_engine(status, &body).to_json()
+        } else {
+            body.to_vec()
+        };
+        return Outcome::Done(Some(ReplyEvent::Full {
+            status,
+            worker: ctx.id.clone(),
+            claimed_ms,
+            body,
+        }));
+    }
+    let head = Reply {
+        job: job.id.clone(),
+        event: ReplyEvent::Head {
+            worker: ctx.id.clone(),
+            claimed_ms,
+        },
+    };
+    match ctx
+        .redis
+        .commit_reply(&ctx.pool, &ctx.id, &job.reply_to, &head, ctx.state_ttl)
+        .await
+    {
+        Ok(true) => *head_sent = true,
+        Ok(false) => return Outcome::Gone,
+        Err(e) => return Outcome::Retry(format!("cannot send the head: {e}")),
+    }
+    stream_body(ctx, job, resp).await
+}
+
+async fn stream_body(ctx: &Ctx, job: &Job, resp: reqwest::Response) -> Outcome {
+    let mut body = resp.bytes_stream();
+    let every = ctx.cfg.keepalive_interval;
+    loop {
+        let next = tokio::select! {
+            n = body.next() => n,
+            _ = tokio::time::sleep(every) => {
+                let ka = Reply { job: job.id.clone(), event: ReplyEvent::KeepAlive };
+                if let Ok(false) = ctx.redis.send_reply(&job.reply_to, &ka).await {
+                    return Outcome::Gone;
+                }
+                continue;
+            }
+        };
+        let mut chunk = match next {
+            None => return Outcome::Done(Some(ReplyEvent::End)),
+            Some(Err(e)) => {
+                tracing::warn!(error = %error_chain(&e), "engine stream broke");
+                return Outcome::Done(Some(fail(ctx, ErrorCode::UpstreamError, "the engine failed mid-answer")));
+            }
+            Some(Ok(c)) => c.to_vec(),
+        };
+        // Coalesce whatever else the engine has already sent: one Redis write for many tokens.
+        let (mut ended, mut broken) = (false, false);
+        while let Some(more) = body.next().now_or_never() {
+            match more {
+                Some(Ok(c)) => chunk.extend_from_slice(&c),
+                None => {
+                    ended = true;
+                    break;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %error_chain(&e), "engine stream broke");
+                    broken = true;
+                    break;
+                }
+            }
+        }
+        let data = Reply {
+            job: job.id.clone(),
+            event: ReplyEvent::Data(chunk),
+        };
+        match ctx.redis.send_reply(&job.reply_to, &data).await {
+            Ok(true) => {}
+            Ok(false) => return Outcome::Gone,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot forward a chunk");
+                return Outcome::Done(Some(fail(ctx, ErrorCode::UpstreamError, "the worker lost its queue mid-answer")));
+            }
+        }
+        if broken {
+            return Outcome::Done(Some(fail(ctx, ErrorCode::UpstreamError, "the engine failed mid-answer")));
+        }
+        if ended {
+            return Outcome::Done(Some(ReplyEvent::End));
+        }
+    }
+}
+
+/// How long job state markers live (longer than any job runs).
+pub fn state_ttl(cfg: &ssw_config::WorkerConfig) -> Duration {
+    cfg.engine_request_timeout + Duration::from_secs(600)
+}

@@ -1,0 +1,416 @@
+//! The SSW worker: one per engine replica.
+//!
+//! It pulls jobs of one pool from the pool's Redis stream only while it has a free slot
+//! (`max_inflight`), its engine is healthy and the engine reports no waiting requests: the
+//! backlog stays in Redis, where whichever replica has room takes it. Each job runs on its own
+//! task ([`job`]); background tasks probe the engine ([`engine`]), publish heartbeats, abort
+//! jobs whose client cancelled, keep running jobs from being reclaimed, and reclaim jobs of
+//! workers that died.
+//!
+//! # Layout
+//! - this file: [`run`], the pull loop and the background tasks.
+//! - [`job`]: one job's execution and outcome.
+//! - [`engine`]: engine client, health and load probe.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ssw_config::{Config, WorkerConfig};
+use ssw_protocol::heartbeat::WorkerStatus;
+use ssw_queue::consumer::{Claim, Pulled};
+use ssw_queue::{QueueError, Redis};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub mod engine;
+pub mod job;
+
+use engine::{Engine, EngineState};
+
+/// Why the worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// `worker.pool` is missing or unknown (validate the config first).
+    #[error("worker.pool: not set or not a configured pool")]
+    NoPool,
+    /// Redis settings unusable.
+    #[error("redis: {0}")]
+    Redis(#[from] QueueError),
+    /// Engine client could not be built.
+    #[error("worker.engine_url: {0}")]
+    Engine(#[from] reqwest::Error),
+    /// Secret file unreadable.
+    #[error("redis.password_file: {0}")]
+    Secret(std::io::Error),
+}
+
+/// A job this worker is running.
+struct Running {
+    entry_id: String,
+    cancel: CancellationToken,
+}
+
+/// Shared context of the worker's tasks.
+pub struct Ctx {
+    /// Worker settings.
+    pub cfg: WorkerConfig,
+    /// Worker id.
+    pub id: String,
+    /// Pool served.
+    pub pool: String,
+    /// The pool's `max_attempts`.
+    pub max_attempts: u32,
+    /// The pool's queue timeout (deadline of requeued jobs).
+    pub queue_timeout: Duration,
+    /// Redis.
+    pub redis: Redis,
+    /// Engine client.
+    pub engine: Engine,
+    /// Engine health and load.
+    pub engine_state: Arc<EngineState>,
+    /// TTL of job state markers.
+    pub state_ttl: Duration,
+    running: Mutex<HashMap<String, Running>>,
+    inflight: AtomicU32,
+    slot_freed: Notify,
+    draining: AtomicBool,
+    drain_aborted: AtomicBool,
+    started_ms: u64,
+}
+
+impl Ctx {
+    /// Whether jobs are being aborted because the drain timed out.
+    pub fn drain_aborted(&self) -> bool {
+        self.drain_aborted.load(Ordering::Relaxed)
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn free_slots(&self) -> u32 {
+        self.cfg.max_inflight.saturating_sub(self.inflight.load(Ordering::Relaxed))
+    }
+
+    /// Why the worker should not pull now, if it should not.
+    fn pull_blocked(&self) -> Option<&'static str> {
+        if self.free_slots() == 0 {
+            Some("no free slot")
+        } else if !self.engine_state.is_up() {
+            Some("engine down")
+        } else if self.cfg.respect_engine_waiting && self.engine_state.load().waiting.unwrap_or(0.0) > 0.0 {
+            Some("engine has waiting requests")
+        } else {
+            None
+        }
+    }
+
+    fn status(&self) -> WorkerStatus {
+        let load = self.engine_state.load();
+        WorkerStatus {
+            worker: self.id.clone(),
+            pool: self.pool.clone(),
+            engine_url: self.engine.base.clone(),
+            engine_up: self.engine_state.is_up(),
+            engine_detail: self.engine_state.detail(),
+            inflight: self.inflight.load(Ordering::Relaxed),
+            max_inflight: self.cfg.max_inflight,
+            engine_running: load.running,
+            engine_waiting: load.waiting,
+            kv_cache_usage: load.kv_cache_usage,
+            draining: self.draining.load(Ordering::Relaxed),
+            gpus: self.cfg.gpus.clone(),
+            started_ms: self.started_ms,
+            heartbeat_ms: ssw_queue::now_ms(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+}
+
+fn default_id(pool: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".to_owned());
+    format!("{pool}-{host}-{}", std::process::id())
+}
+
+/// Runs the worker until `shutdown`, then drains: stops pulling, lets in-flight jobs finish
+/// within `drain_timeout` (then hands unfinished ones back or fails them), and deregisters.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    let (pool, pool_cfg) = config.worker_pool().ok_or(StartError::NoPool)?;
+    let password = match &config.redis.password_file {
+        Some(p) => Some(ssw_config::read_secret(p).map_err(StartError::Secret)?),
+        None => None,
+    };
+    let cfg = config.worker.clone();
+    let ctx = Arc::new(Ctx {
+        id: cfg.id.clone().unwrap_or_else(|| default_id(pool)),
+        pool: pool.to_owned(),
+        max_attempts: pool_cfg.max_attempts,
+        queue_timeout: pool_cfg.queue_timeout,
+        redis: Redis::new(&config.redis, password)?,
+        engine: Engine::new(&cfg)?,
+        engine_state: Arc::new(EngineState::default()),
+        state_ttl: job::state_ttl(&cfg),
+        running: Mutex::new(HashMap::new()),
+        inflight: AtomicU32::new(0),
+        slot_freed: Notify::new(),
+        draining: AtomicBool::new(false),
+        drain_aborted: AtomicBool::new(false),
+        started_ms: ssw_queue::now_ms(),
+        cfg,
+    });
+    tracing::info!(worker = %ctx.id, pool = %ctx.pool, engine = %ctx.engine.base, "worker starting");
+    let background = CancellationToken::new();
+    let bg = TaskTracker::new();
+    bg.spawn(ctx.engine.clone().monitor(
+        ctx.engine_state.clone(),
+        ctx.cfg.engine_poll_interval,
+        background.clone(),
+    ));
+    bg.spawn(heartbeats(ctx.clone(), background.clone()));
+    bg.spawn(watch_running(ctx.clone(), background.clone()));
+    bg.close();
+
+    let jobs = TaskTracker::new();
+    pull_loop(&ctx, &jobs, &shutdown).await;
+
+    ctx.draining.store(true, Ordering::Relaxed);
+    jobs.close();
+    tracing::info!(inflight = jobs.len(), "draining: pulling stopped, finishing jobs in flight");
+    if tokio::time::timeout(ctx.cfg.drain_timeout, jobs.wait()).await.is_err() {
+        tracing::warn!(left = jobs.len(), "drain timeout: handing unfinished jobs back");
+        ctx.drain_aborted.store(true, Ordering::Relaxed);
+        for r in ctx.running().values() {
+            r.cancel.cancel();
+        }
+        jobs.wait().await;
+    }
+    background.cancel();
+    bg.wait().await;
+    if let Err(e) = ctx.redis.deregister(&ctx.pool, &ctx.id).await {
+        tracing::warn!(error = %e, "could not deregister; the heartbeat will expire");
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+async fn backoff_sleep(backoff: &mut Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(*backoff) => {}
+    }
+    *backoff = (*backoff * 2).min(Duration::from_secs(2));
+}
+
+async fn pull_loop(ctx: &Arc<Ctx>, jobs: &TaskTracker, shutdown: &CancellationToken) {
+    let mut backoff = Duration::from_millis(50);
+    let mut conn = None;
+    let mut last_reclaim = tokio::time::Instant::now();
+    let reclaim_every = ctx.cfg.reclaim_idle / 2;
+    let mut group_ready = false;
+    while !shutdown.is_cancelled() {
+        if let Some(why) = ctx.pull_blocked() {
+            tracing::trace!(why, "not pulling");
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = ctx.slot_freed.notified() => {}
+                _ = ctx.engine_state.changed.notified() => {}
+                _ = tokio::time::sleep(ctx.cfg.engine_poll_interval) => {}
+            }
+            continue;
+        }
+        if !group_ready {
+            match ctx.redis.ensure_group(&ctx.pool).await {
+                Ok(()) => group_ready = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot create the consumer group; retrying");
+                    backoff_sleep(&mut backoff, shutdown).await;
+                    continue;
+                }
+            }
+        }
+        let free = ctx.free_slots() as usize;
+        let pulled = if last_reclaim.elapsed() >= reclaim_every {
+            last_reclaim = tokio::time::Instant::now();
+            ctx.redis
+                .reclaim(&ctx.pool, &ctx.id, ctx.cfg.reclaim_idle, free)
+                .await
+                .inspect(|p| {
+                    if !p.is_empty() {
+                        tracing::info!(count = p.len(), "reclaimed jobs of a dead worker");
+                    }
+                })
+        } else {
+            if conn.is_none() {
+                match ctx.redis.dedicated().await {
+                    Ok(c) => conn = Some(c),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot reach redis; retrying");
+                        backoff_sleep(&mut backoff, shutdown).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = conn.as_mut() else { continue };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = ctx.redis.pull(c, &ctx.pool, &ctx.id, free, Duration::from_secs(1)) => r,
+            }
+        };
+        match pulled {
+            Ok(batch) => {
+                backoff = Duration::from_millis(50);
+                if !batch.is_empty() {
+                    start_jobs(ctx, jobs, batch).await;
+                }
+            }
+            Err(e) => {
+                if e.is_nogroup() {
+                    group_ready = false;
+                } else {
+                    tracing::warn!(error = %e, "pulling failed; reconnecting");
+                    conn = None;
+                }
+                backoff_sleep(&mut backoff, shutdown).await;
+            }
+        }
+    }
+}
+
+/// Claims a pulled batch and starts the jobs this worker may run.
+async fn start_jobs(ctx: &Arc<Ctx>, jobs: &TaskTracker, batch: Vec<Pulled>) {
+    let mut valid = Vec::with_capacity(batch.len());
+    for p in batch {
+        match p.job {
+            Ok(job) => valid.push((p.entry_id, job)),
+            Err(e) => {
+                tracing::error!(entry = %p.entry_id, error = %e, "dropping an undecodable job");
+                let _ = ctx.redis.drop_entry(&ctx.pool, &p.entry_id).await;
+            }
+        }
+    }
+    let now = ssw_queue::now_ms();
+    let ids: Vec<(&str, u64)> = valid.iter().map(|(_, j)| (j.id.as_str(), j.deadline_ms)).collect();
+    let claims = match ctx.redis.claim(&ctx.pool, &ctx.id, &ids, now, ctx.state_ttl).await {
+        Ok(c) => c,
+        Err(e) => {
+            // Left pending: reclaimed after `reclaim_idle` by whoever is alive.
+            tracing::warn!(error = %e, "cannot claim pulled jobs");
+            return;
+        }
+    };
+    for ((entry_id, job), claim) in valid.into_iter().zip(claims) {
+        match claim {
+            Claim::Run => {
+                let cancel = CancellationToken::new();
+                ctx.inflight.fetch_add(1, Ordering::Relaxed);
+                ctx.running().insert(
+                    job.id.clone(),
+                    Running {
+                        entry_id: entry_id.clone(),
+                        cancel: cancel.clone(),
+                    },
+                );
+                let span = tracing::info_span!("job", request_id = %job.request_id, job = %job.id, pool = %ctx.pool, worker = %ctx.id, attempt = job.attempt);
+                let c = ctx.clone();
+                jobs.spawn(tracing::Instrument::instrument(
+                    async move {
+                        tracing::debug!(queued_ms = now.saturating_sub(job.enqueued_ms), "claimed");
+                        let job_id = job.id.clone();
+                        job::run(c.clone(), entry_id, job, now, cancel).await;
+                        c.running().remove(&job_id);
+                        c.inflight.fetch_sub(1, Ordering::Relaxed);
+                        c.slot_freed.notify_waiters();
+                    },
+                    span,
+                ));
+            }
+            Claim::Cancelled | Claim::Expired => {
+                tracing::debug!(job = %job.id, ?claim, "skipping a job nobody waits for");
+                let _ = ctx.redis.drop_entry(&ctx.pool, &entry_id).await;
+            }
+            Claim::Orphaned => {
+                tracing::warn!(job = %job.id, "job's worker died mid-answer; telling its client");
+                let reply = ssw_protocol::reply::Reply {
+                    job: job.id.clone(),
+                    event: ssw_protocol::reply::ReplyEvent::Fail {
+                        status: 502,
+                        worker: ctx.id.clone(),
+                        body: ssw_protocol::error::ErrorEnvelope::new(
+                            ssw_protocol::error::ErrorCode::UpstreamError,
+                            "the worker running this request died mid-answer",
+                        )
+                        .to_json(),
+                    },
+                };
+                let _ = ctx
+                    .redis
+                    .finish(&ctx.pool, &entry_id, &job.reply_to, Some(&reply), &job.id)
+                    .await;
+            }
+        }
+    }
+}
+
+async fn heartbeats(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(ctx.cfg.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = ctx
+            .redis
+            .heartbeat(&ctx.status(), ssw_queue::now_ms(), ctx.cfg.heartbeat_ttl)
+            .await
+        {
+            tracing::warn!(error = %e, "heartbeat failed");
+        }
+    }
+}
+
+/// Aborts running jobs whose client cancelled, and refreshes the idle time of the others so no
+/// live job is reclaimed.
+async fn watch_running(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(ctx.cfg.cancel_poll_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let touch_every = ctx.cfg.reclaim_idle / 3;
+    let mut last_touch = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let (ids, entries): (Vec<String>, Vec<String>) = ctx
+            .running()
+            .iter()
+            .map(|(id, r)| (id.clone(), r.entry_id.clone()))
+            .unzip();
+        if ids.is_empty() {
+            continue;
+        }
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        match ctx.redis.cancelled(&ctx.pool, &refs).await {
+            Ok(flags) => {
+                let running = ctx.running();
+                for (id, cancelled) in ids.iter().zip(flags) {
+                    if cancelled && let Some(r) = running.get(id) {
+                        r.cancel.cancel();
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot check for cancelled jobs"),
+        }
+        if last_touch.elapsed() >= touch_every {
+            last_touch = tokio::time::Instant::now();
+            if let Err(e) = ctx.redis.touch(&ctx.pool, &ctx.id, &entries).await {
+                tracing::warn!(error = %e, "cannot refresh running jobs");
+            }
+        }
+    }
+}
