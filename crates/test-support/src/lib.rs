@@ -1,1 +1,219 @@
-//! placeholder
+//! Test harness: the real platform on loopback.
+//!
+//! [`TestPlatform`] starts a real `redis-server` on a free port and real `ssw` processes (stub
+//! engines, workers, gateway) through [`ssw_up`], with timings shortened so failure paths
+//! (heartbeat expiry, reclaim, stall) play out in about a second. Helpers parse SSE streams and
+//! Prometheus text.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use ssw_config::{Config, StubConfig};
+use ssw_up::platform::{EngineSpec, Platform, PlatformSpec, ReplicaSpec};
+
+pub use ssw_up;
+
+/// Fast timings for tests: workers notice cancellation, death and engine state within ~1 s.
+pub fn test_config() -> Config {
+    let mut c = Config::default();
+    c.pools = ssw_config::default_pools();
+    c.gateway.listen = "127.0.0.1:0".parse().expect("address");
+    c.gateway.stall_timeout = Duration::from_secs(2);
+    let w = &mut c.worker;
+    w.heartbeat_interval = Duration::from_millis(100);
+    w.heartbeat_ttl = Duration::from_secs(1);
+    w.engine_poll_interval = Duration::from_millis(100);
+    w.reclaim_idle = Duration::from_secs(1);
+    w.cancel_poll_interval = Duration::from_millis(100);
+    w.keepalive_interval = Duration::from_millis(250);
+    w.drain_timeout = Duration::from_secs(10);
+    c
+}
+
+/// A stub with small delays, so requests take measurable time.
+pub fn test_stub() -> StubConfig {
+    StubConfig {
+        ttft: Duration::from_millis(5),
+        tpot: Duration::from_millis(1),
+        output_tokens: 8,
+        ..StubConfig::default()
+    }
+}
+
+/// The platform under test, torn down (every process killed) on drop.
+pub struct TestPlatform {
+    /// The processes.
+    pub platform: Platform,
+    /// A client for the gateway.
+    pub http: reqwest::Client,
+}
+
+impl TestPlatform {
+    /// The A40 layout (two stubs per pool) with test timings, ready to serve.
+    pub async fn start(ssw: &Path) -> Self {
+        Self::start_with(ssw, |_| {}).await
+    }
+
+    /// Like [`TestPlatform::start`], after `tweak` adjusted the spec; waits for readiness only if
+    /// every pool has a replica.
+    pub async fn start_with(ssw: &Path, tweak: impl FnOnce(&mut PlatformSpec)) -> Self {
+        let mut spec = PlatformSpec::a40_stubs(ssw.to_owned(), test_config(), test_stub());
+        spec.env.push((
+            "RUST_LOG".into(),
+            std::env::var("SSW_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        ));
+        tweak(&mut spec);
+        let every_pool_served = spec
+            .config
+            .pools
+            .keys()
+            .all(|p| spec.replicas.iter().any(|r| &r.pool == p));
+        let mut platform = Platform::start(spec)
+            .await
+            .unwrap_or_else(|e| panic!("starting the platform: {e}"));
+        if every_pool_served {
+            platform
+                .wait_ready(Duration::from_secs(20))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        Self {
+            platform,
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(256)
+                .build()
+                .expect("client"),
+        }
+    }
+
+    /// `gateway_url + path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.platform.gateway_url)
+    }
+
+    /// POSTs a chat completion.
+    pub async fn chat(&self, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("gateway reachable")
+    }
+
+    /// GETs a stub replica's path as text.
+    pub async fn stub_get(&self, replica: &str, path: &str) -> String {
+        let base = self.platform.stub_url(replica).expect("stub replica");
+        self.http
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .expect("stub reachable")
+            .text()
+            .await
+            .expect("stub body")
+    }
+
+    /// A metric of a stub replica (summed over label sets).
+    pub async fn stub_metric(&self, replica: &str, name: &str) -> f64 {
+        metric(&self.stub_get(replica, "/metrics").await, name, &[]).unwrap_or(0.0)
+    }
+
+    /// The request ids a stub replica has received.
+    pub async fn stub_request_ids(&self, replica: &str) -> Vec<String> {
+        let v: Value = serde_json::from_str(&self.stub_get(replica, "/stub/requests").await).expect("json");
+        v.as_array()
+            .map(|a| a.iter().filter_map(|r| r["request_id"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    }
+
+    /// The body a stub replica received for `request_id`.
+    pub async fn stub_request(&self, replica: &str, request_id: &str) -> Option<Value> {
+        let v: Value = serde_json::from_str(&self.stub_get(replica, "/stub/requests").await).expect("json");
+        v.as_array()?
+            .iter()
+            .find(|r| r["request_id"] == request_id)
+            .map(|r| r["body"].clone())
+    }
+
+    /// Waits until `cond` holds, polling every 50 ms, or panics with `what` after `timeout`.
+    pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if cond().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("timed out after {timeout:?} waiting for: {what}");
+    }
+}
+
+/// A replica spec with a stub engine.
+pub fn stub_replica(id: &str, pool: &str, stub: StubConfig) -> ReplicaSpec {
+    ReplicaSpec {
+        id: id.into(),
+        pool: pool.into(),
+        engine: EngineSpec::Stub(stub),
+        gpus: vec![],
+    }
+}
+
+/// A minimal chat body.
+pub fn chat_body(model: &str) -> Value {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hello there"}]})
+}
+
+/// The JSON `data:` events of an SSE body, and whether it ended with `[DONE]`.
+pub fn sse_events(body: &str) -> (Vec<Value>, bool) {
+    let mut events = Vec::new();
+    let mut done = false;
+    for line in body.lines() {
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            done = true;
+        } else {
+            events.push(serde_json::from_str(data).unwrap_or_else(|e| panic!("bad SSE event {data:?}: {e}")));
+        }
+    }
+    (events, done)
+}
+
+/// The value of `name` with all of `labels`, summed over matching series, from Prometheus text.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut sum = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+        if n != name {
+            continue;
+        }
+        if labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+            && let Ok(v) = value.parse::<f64>()
+        {
+            sum = Some(sum.unwrap_or(0.0) + v);
+        }
+    }
+    sum
+}
+
+/// Sends `sig` to a process.
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a pid this test started.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
