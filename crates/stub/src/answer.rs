@@ -201,17 +201,18 @@ impl Plan {
         c
     }
 
-    /// The SSE events of a streamed answer after the first (role) chunk, each paired with
-    /// whether producing it costs a token step.
+    /// The SSE events of a streamed answer, each paired with whether one engine step passes
+    /// before it. Like vLLM, the role chunk arrives with the first token (after prefill), the
+    /// first token right with it, then one token per decode step.
     pub fn stream_events(&self) -> Vec<(bool, Value)> {
         let mut out = Vec::new();
-        out.push((false, self.chunk(json!({"role": "assistant", "content": ""}), Value::Null, None)));
+        out.push((true, self.chunk(json!({"role": "assistant", "content": ""}), Value::Null, None)));
         if let Some(r) = &self.reasoning {
             out.push((false, self.chunk(json!({"reasoning_content": r}), Value::Null, None)));
         }
         if let Some((name, args)) = &self.tool_call {
             let call_id = format!("chatcmpl-tool-{}", self.request_id);
-            out.push((true, self.chunk(
+            out.push((false, self.chunk(
                 json!({"tool_calls": [{"index": 0, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
                 Value::Null,
                 None,
@@ -225,8 +226,8 @@ impl Plan {
                 )));
             }
         } else {
-            for t in &self.tokens {
-                out.push((true, self.chunk(json!({"content": t}), self.logprobs_of(std::iter::once(t)), None)));
+            for (i, t) in self.tokens.iter().enumerate() {
+                out.push((i > 0, self.chunk(json!({"content": t}), self.logprobs_of(std::iter::once(t)), None)));
             }
         }
         out.push((false, self.chunk(json!({}), Value::Null, Some(self.finish_reason))));

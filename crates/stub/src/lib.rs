@@ -179,13 +179,13 @@ async fn chat(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: Bytes) ->
     let events = plan.stream_events();
     let body = futures::stream::unfold(
         (events.into_iter(), flight, plan, true),
-        move |(mut events, mut flight, plan, first_token)| async move {
-            let Some((costs_step, chunk)) = events.next() else {
+        move |(mut events, mut flight, plan, first_step)| async move {
+            let Some((step, chunk)) = events.next() else {
                 flight.complete(&plan);
                 return None;
             };
-            let mut first = first_token;
-            if costs_step {
+            let mut first = first_step;
+            if step {
                 sleep(if first { ttft } else { tpot }).await;
                 first = false;
             }

@@ -108,18 +108,19 @@ impl Drop for TempDir {
 /// The running platform. Dropping it kills every child.
 #[derive(Debug)]
 pub struct Platform {
-    /// The started Redis, unless an external one is used.
-    pub redis: Option<RedisServer>,
-    /// The Redis URL everything uses.
-    pub redis_url: String,
-    /// Gateway base URL (`http://127.0.0.1:PORT`).
-    pub gateway_url: String,
+    // Fields drop in order: clients of Redis go before Redis.
     /// The gateway process.
     pub gateway: Option<Child>,
     /// Worker processes by id.
     pub workers: BTreeMap<String, Child>,
     /// Stub processes and their URLs, by replica id.
     pub stubs: BTreeMap<String, (Child, String)>,
+    /// The started Redis, unless an external one is used.
+    pub redis: Option<RedisServer>,
+    /// The Redis URL everything uses.
+    pub redis_url: String,
+    /// Gateway base URL (`http://127.0.0.1:PORT`).
+    pub gateway_url: String,
     spec: PlatformSpec,
     dir: TempDir,
 }
@@ -199,6 +200,17 @@ impl Platform {
             .collect();
         let config = config.to_string_lossy();
         Child::spawn(format!("{role} {name}"), &self.spec.ssw, &[role, "--config", &config], &env, listener, None)
+    }
+
+    /// Starts a stub engine for `pool` with no worker in front of it; returns its URL.
+    pub fn add_stub(&mut self, id: &str, pool: &str, stub: StubConfig) -> Result<String, UpError> {
+        let replica = ReplicaSpec {
+            id: id.to_owned(),
+            pool: pool.to_owned(),
+            engine: EngineSpec::Stub(stub.clone()),
+            gpus: Vec::new(),
+        };
+        self.spawn_stub(&replica, stub)
     }
 
     fn spawn_stub(&mut self, replica: &ReplicaSpec, mut stub: StubConfig) -> Result<String, UpError> {

@@ -178,26 +178,13 @@ async fn execute(ctx: &Ctx, job: &Job, claimed_ms: u64, head_sent: &mut bool) ->
             body,
         }));
     }
-    let head = Reply {
-        job: job.id.clone(),
-        event: ReplyEvent::Head {
-            worker: ctx.id.clone(),
-            claimed_ms,
-        },
-    };
-    match ctx
-        .redis
-        .commit_reply(&ctx.pool, &ctx.id, &job.reply_to, &head, ctx.state_ttl)
-        .await
-    {
-        Ok(true) => *head_sent = true,
-        Ok(false) => return Outcome::Gone,
-        Err(e) => return Outcome::Retry(format!("cannot send the head: {e}")),
-    }
-    stream_body(ctx, job, resp).await
+    stream_body(ctx, job, claimed_ms, resp, head_sent).await
 }
 
-async fn stream_body(ctx: &Ctx, job: &Job, resp: reqwest::Response) -> Outcome {
+/// Forwards the engine's SSE bytes. The response is committed (head sent, job marked as
+/// answered) only with the first chunk: until then nothing reached the client, so if this
+/// worker dies during prefill another one may run the job from the start.
+async fn stream_body(ctx: &Ctx, job: &Job, claimed_ms: u64, resp: reqwest::Response, head_sent: &mut bool) -> Outcome {
     let mut body = resp.bytes_stream();
     let every = ctx.cfg.keepalive_interval;
     loop {
@@ -213,6 +200,7 @@ async fn stream_body(ctx: &Ctx, job: &Job, resp: reqwest::Response) -> Outcome {
         };
         let mut chunk = match next {
             None => return Outcome::Done(Some(ReplyEvent::End)),
+            Some(Err(e)) if !*head_sent => return Outcome::Retry(format!("engine stream broke before output: {}", error_chain(&e))),
             Some(Err(e)) => {
                 tracing::warn!(error = %error_chain(&e), "engine stream broke");
                 return Outcome::Done(Some(fail(ctx, ErrorCode::UpstreamError, "the engine failed mid-answer")));
@@ -239,12 +227,31 @@ async fn stream_body(ctx: &Ctx, job: &Job, resp: reqwest::Response) -> Outcome {
             job: job.id.clone(),
             event: ReplyEvent::Data(chunk),
         };
-        match ctx.redis.send_reply(&job.reply_to, &data).await {
-            Ok(true) => {}
-            Ok(false) => return Outcome::Gone,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot forward a chunk");
-                return Outcome::Done(Some(fail(ctx, ErrorCode::UpstreamError, "the worker lost its queue mid-answer")));
+        if !*head_sent {
+            let head = Reply {
+                job: job.id.clone(),
+                event: ReplyEvent::Head {
+                    worker: ctx.id.clone(),
+                    claimed_ms,
+                },
+            };
+            match ctx
+                .redis
+                .commit_reply(&ctx.pool, &ctx.id, &job.reply_to, &[head, data], ctx.state_ttl)
+                .await
+            {
+                Ok(true) => *head_sent = true,
+                Ok(false) => return Outcome::Gone,
+                Err(e) => return Outcome::Retry(format!("cannot send the head: {e}")),
+            }
+        } else {
+            match ctx.redis.send_reply(&job.reply_to, &data).await {
+                Ok(true) => {}
+                Ok(false) => return Outcome::Gone,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot forward a chunk");
+                    return Outcome::Done(Some(fail(ctx, ErrorCode::UpstreamError, "the worker lost its queue mid-answer")));
+                }
             }
         }
         if broken {
