@@ -23,7 +23,9 @@ pub async fn listener(addr: SocketAddr, field: &str) -> anyhow::Result<tokio::ne
         // SAFETY: the parent handed this fd over for exactly this purpose, nothing else in this
         // process owns it, and the flag above makes sure it is adopted once.
         let std_listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-        std_listener.set_nonblocking(true).context("inherited listener")?;
+        std_listener
+            .set_nonblocking(true)
+            .context("inherited listener")?;
         return tokio::net::TcpListener::from_std(std_listener).context("inherited listener");
     }
     tokio::net::TcpListener::bind(addr)

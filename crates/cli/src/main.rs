@@ -17,7 +17,11 @@ mod telemetry;
 mod up;
 
 #[derive(Parser, Debug)]
-#[command(name = "ssw", version, about = "SSW inference platform: OpenAI gateway → Redis queues → workers → vLLM")]
+#[command(
+    name = "ssw",
+    version,
+    about = "SSW inference platform: OpenAI gateway → Redis queues → workers → vLLM"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = telemetry::LogFormat::Auto)]
@@ -103,7 +107,11 @@ impl From<RoleArg> for Role {
 }
 
 /// Loads the configuration: defaults → file → `SSW_` env → CLI overrides; then validates.
-fn load(file: Option<&PathBuf>, overrides: &[(&str, Option<String>)], role: Role) -> anyhow::Result<Config> {
+fn load(
+    file: Option<&PathBuf>,
+    overrides: &[(&str, Option<String>)],
+    role: Role,
+) -> anyhow::Result<Config> {
     let mut fig: Figment = Config::figment(file.map(PathBuf::as_path));
     for (key, value) in overrides {
         if let Some(v) = value {
@@ -135,7 +143,10 @@ fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format, &cli.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -21,7 +21,8 @@ pub enum LogFormat {
 
 /// Installs the global subscriber. `RUST_LOG` overrides `default_level`.
 pub fn init(format: LogFormat, default_level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let format = match format {
         LogFormat::Auto if std::env::var_os("JOURNAL_STREAM").is_some() => LogFormat::Journald,
         LogFormat::Auto => LogFormat::Text,
@@ -30,14 +31,22 @@ pub fn init(format: LogFormat, default_level: &str) {
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Journald => match tracing_journald::layer() {
-            Ok(layer) => registry.with(layer.with_syslog_identifier("ssw".into())).init(),
+            Ok(layer) => registry
+                .with(layer.with_syslog_identifier("ssw".into()))
+                .init(),
             Err(e) => {
-                registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).init();
+                registry
+                    .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                    .init();
                 tracing::warn!(error = %e, "journald unavailable; logging to stderr");
             }
         },
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
             .init(),
         LogFormat::Text | LogFormat::Auto => registry
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))

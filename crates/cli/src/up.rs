@@ -60,11 +60,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut spec = PlatformSpec::a40_stubs(ssw, config, stub);
     spec.redis_url = args.redis_url;
     for (pool, _) in &args.engines {
-        anyhow::ensure!(spec.config.pools.contains_key(pool), "--engine {pool}=…: no pool `{pool}`");
+        anyhow::ensure!(
+            spec.config.pools.contains_key(pool),
+            "--engine {pool}=…: no pool `{pool}`"
+        );
     }
     if !args.engines.is_empty() {
         let mut counts = std::collections::BTreeMap::<String, usize>::new();
-        spec.replicas.retain(|r| !args.engines.iter().any(|(p, _)| *p == r.pool));
+        spec.replicas
+            .retain(|r| !args.engines.iter().any(|(p, _)| *p == r.pool));
         for (pool, url) in args.engines {
             let n = counts.entry(pool.clone()).or_default();
             spec.replicas.push(ssw_up::platform::ReplicaSpec {

@@ -344,8 +344,7 @@ impl Default for StubConfig {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
 }
 
@@ -388,10 +387,16 @@ impl Config {
 
     fn validate_common(&self) -> Result<(), ConfigError> {
         if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("rediss://") {
-            return Err(invalid("redis.url", "must start with redis:// or rediss://"));
+            return Err(invalid(
+                "redis.url",
+                "must start with redis:// or rediss://",
+            ));
         }
         if !valid_name(&self.redis.key_prefix) {
-            return Err(invalid("redis.key_prefix", "use letters, digits, `-`, `_`, `.`"));
+            return Err(invalid(
+                "redis.key_prefix",
+                "use letters, digits, `-`, `_`, `.`",
+            ));
         }
         if self.redis.pool_size == 0 {
             return Err(invalid("redis.pool_size", "must be at least 1"));
@@ -424,7 +429,10 @@ impl Config {
                 return Err(invalid(at("max_attempts"), "must be at least 1"));
             }
             let routable = std::iter::once((name.as_str(), format!("pools.{name}")))
-                .chain(std::iter::once((pool.served_model.as_str(), at("served_model"))))
+                .chain(std::iter::once((
+                    pool.served_model.as_str(),
+                    at("served_model"),
+                )))
                 .chain(
                     pool.aliases
                         .iter()
@@ -489,7 +497,10 @@ impl Config {
             return Err(invalid("worker.id", "use letters, digits, `-`, `_`, `.`"));
         }
         if !w.engine_url.starts_with("http://") && !w.engine_url.starts_with("https://") {
-            return Err(invalid("worker.engine_url", "must start with http:// or https://"));
+            return Err(invalid(
+                "worker.engine_url",
+                "must start with http:// or https://",
+            ));
         }
         if w.max_inflight == 0 {
             return Err(invalid("worker.max_inflight", "must be at least 1"));
@@ -555,6 +566,7 @@ pub fn read_secret(path: &Path) -> std::io::Result<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail closures return figment::Error
 mod tests {
     use super::*;
     use figment::Jail;
@@ -572,7 +584,10 @@ mod tests {
     #[test]
     fn defaults_give_the_a40_pools() {
         let c = load("", Role::Gateway).unwrap();
-        assert_eq!(c.pools["heavy"].served_model, "Qwen/Qwen2.5-14B-Instruct-AWQ");
+        assert_eq!(
+            c.pools["heavy"].served_model,
+            "Qwen/Qwen2.5-14B-Instruct-AWQ"
+        );
         assert_eq!(c.pools["light"].served_model, "Qwen/Qwen3-8B-AWQ");
         assert_eq!(
             c.pools["light"].defaults["chat_template_kwargs"]["enable_thinking"],
@@ -624,13 +639,29 @@ mod tests {
     #[test]
     fn every_bad_field_is_named() {
         let cases = [
-            ("[gateway]\nmax_body = \"8 parsecs\"", Role::Gateway, "max_body"),
+            (
+                "[gateway]\nmax_body = \"8 parsecs\"",
+                Role::Gateway,
+                "max_body",
+            ),
             ("[gateway]\nlisten = \"nowhere\"", Role::Gateway, "listen"),
-            ("[gateway]\nstall_timeout = \"soon\"", Role::Gateway, "stall_timeout"),
+            (
+                "[gateway]\nstall_timeout = \"soon\"",
+                Role::Gateway,
+                "stall_timeout",
+            ),
             ("[gateway]\nbogus = 1", Role::Gateway, "bogus"),
             ("[redis]\nurl = \"http://x\"", Role::Gateway, "redis.url"),
-            ("[pools.a]\nserved_model = \"\"", Role::Gateway, "pools.a.served_model"),
-            ("[pools.a]\nserved_model = \"m\"\nmax_queue = 0", Role::Gateway, "pools.a.max_queue"),
+            (
+                "[pools.a]\nserved_model = \"\"",
+                Role::Gateway,
+                "pools.a.served_model",
+            ),
+            (
+                "[pools.a]\nserved_model = \"m\"\nmax_queue = 0",
+                Role::Gateway,
+                "pools.a.max_queue",
+            ),
             ("[pools.a]\naliases = []", Role::Gateway, "served_model"),
             (
                 "[pools.a]\nserved_model = \"m\"\n[pools.b]\nserved_model = \"m\"",
@@ -642,12 +673,28 @@ mod tests {
                 Role::Gateway,
                 "pools.b",
             ),
-            ("[pools.\"a b\"]\nserved_model = \"m\"", Role::Gateway, "pools.a b"),
-            ("[gateway]\nstall_timeout = \"1s\"", Role::Gateway, "gateway.stall_timeout"),
+            (
+                "[pools.\"a b\"]\nserved_model = \"m\"",
+                Role::Gateway,
+                "pools.a b",
+            ),
+            (
+                "[gateway]\nstall_timeout = \"1s\"",
+                Role::Gateway,
+                "gateway.stall_timeout",
+            ),
             ("", Role::Worker, "worker.pool"),
             ("[worker]\npool = \"nope\"", Role::Worker, "worker.pool"),
-            ("[worker]\npool = \"heavy\"\nmax_inflight = 0", Role::Worker, "worker.max_inflight"),
-            ("[worker]\npool = \"heavy\"\nengine_url = \"x\"", Role::Worker, "worker.engine_url"),
+            (
+                "[worker]\npool = \"heavy\"\nmax_inflight = 0",
+                Role::Worker,
+                "worker.max_inflight",
+            ),
+            (
+                "[worker]\npool = \"heavy\"\nengine_url = \"x\"",
+                Role::Worker,
+                "worker.engine_url",
+            ),
             (
                 "[worker]\npool = \"heavy\"\nheartbeat_ttl = \"1s\"",
                 Role::Worker,
@@ -658,14 +705,19 @@ mod tests {
         ];
         for (toml, role, field) in cases {
             let err = load(toml, role).expect_err(toml);
-            assert!(err.contains(field), "{toml:?}: error {err:?} does not name {field}");
+            assert!(
+                err.contains(field),
+                "{toml:?}: error {err:?} does not name {field}"
+            );
         }
     }
 
     #[test]
     fn toml_round_trips() {
-        let mut c = Config::default();
-        c.pools = default_pools();
+        let mut c = Config {
+            pools: default_pools(),
+            ..Config::default()
+        };
         c.worker.pool = Some("light".into());
         c.stub.ttft = Duration::from_millis(25);
         let text = c.to_toml().unwrap();

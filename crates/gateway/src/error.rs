@@ -94,7 +94,10 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
-        if matches!(self.code, ErrorCode::MissingApiKey | ErrorCode::InvalidApiKey) {
+        if matches!(
+            self.code,
+            ErrorCode::MissingApiKey | ErrorCode::InvalidApiKey
+        ) {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

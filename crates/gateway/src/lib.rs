@@ -11,7 +11,7 @@
 //! - [`lifecycle`]: the per-request [`lifecycle::Ticket`].
 //! - [`replies`]: the reply-stream reader and demultiplexer.
 //! - [`auth`]: API keys. [`error`]: error → HTTP. [`metrics`]: metric names.
-//! - [`state`]: [`AppState`].
+//! - [`state`]: [`AppState`], built once from the config.
 
 pub mod auth;
 pub mod error;
@@ -29,7 +29,11 @@ use tokio_util::sync::CancellationToken;
 
 /// Serves on `listener` until `shutdown` is cancelled, then drains: readiness fails, new
 /// requests are refused, responses in flight complete, and the function returns.
-pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     metrics::recorder();
     let background = CancellationToken::new();
     let reader = tokio::spawn(replies::run_reader(

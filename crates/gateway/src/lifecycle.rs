@@ -169,7 +169,10 @@ impl Ticket {
             }
             Err(e) => {
                 tracing::warn!(error = %e, job = %self.job, "cannot expire job");
-                Err(ApiError::new(ErrorCode::QueueUnavailable, "the queue is unavailable"))
+                Err(ApiError::new(
+                    ErrorCode::QueueUnavailable,
+                    "the queue is unavailable",
+                ))
             }
         }
     }
@@ -200,7 +203,11 @@ impl Drop for Ticket {
         }
         // The client is gone mid-request. Cancelling needs Redis, so it runs on its own task.
         let redis = self.state.redis.clone();
-        let (pool, job, entry) = (self.pool.clone(), std::mem::take(&mut self.job), std::mem::take(&mut self.entry_id));
+        let (pool, job, entry) = (
+            self.pool.clone(),
+            std::mem::take(&mut self.job),
+            std::mem::take(&mut self.entry_id),
+        );
         tracing::info!(%job, %pool, "client disconnected; cancelling the job");
         crate::metrics::client_disconnected(&pool);
         tokio::spawn(async move {

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ssw_protocol::error::ErrorEnvelope;
 use ssw_protocol::error::ErrorCode;
+use ssw_protocol::error::ErrorEnvelope;
 use ssw_protocol::reply::{Reply, ReplyEvent};
 use ssw_queue::Redis;
 use ssw_queue::producer::ReplyReader;
@@ -64,7 +64,9 @@ impl Replies {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<ReplyEvent>>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<ReplyEvent>>> {
         // A panic while holding this lock cannot leave the map inconsistent (single inserts and
         // removes), so a poisoned lock is still usable.
         self.routes.lock().unwrap_or_else(|p| p.into_inner())
@@ -121,8 +123,13 @@ pub async fn run_reader(redis: Redis, replies: Arc<Replies>, shutdown: Cancellat
             }
         };
         if connected_once && !existed {
-            tracing::error!("reply stream vanished (redis lost its data); failing requests in flight");
-            replies.fail_all(ErrorCode::QueueUnavailable, "the queue lost this request; retry it");
+            tracing::error!(
+                "reply stream vanished (redis lost its data); failing requests in flight"
+            );
+            replies.fail_all(
+                ErrorCode::QueueUnavailable,
+                "the queue lost this request; retry it",
+            );
             reader = ReplyReader::new(replies.key().to_owned(), "0-0".to_owned());
         }
         connected_once = true;
@@ -173,7 +180,10 @@ pub async fn run_keeper(redis: Redis, replies: Arc<Replies>, shutdown: Cancellat
             Ok(true) => {}
             Ok(false) => {
                 tracing::error!("reply stream had vanished; failing requests in flight");
-                replies.fail_all(ErrorCode::QueueUnavailable, "the queue lost this request; retry it");
+                replies.fail_all(
+                    ErrorCode::QueueUnavailable,
+                    "the queue lost this request; retry it",
+                );
             }
             Err(e) => tracing::warn!(error = %e, "cannot renew the reply stream"),
         }

@@ -96,7 +96,11 @@ impl Router {
     }
 
     /// Resolves a request: the `x-ssw-pool` header (a pool name) wins, then `model`.
-    pub fn resolve(&self, header: Option<&str>, model: Option<&str>) -> Result<&Arc<Pool>, RouteError> {
+    pub fn resolve(
+        &self,
+        header: Option<&str>,
+        model: Option<&str>,
+    ) -> Result<&Arc<Pool>, RouteError> {
         if let Some(h) = header {
             return self
                 .by_pool_name
@@ -104,7 +108,9 @@ impl Router {
                 .ok_or_else(|| RouteError::Unknown(h.to_owned()));
         }
         match model {
-            Some(m) => self.by_model(m).ok_or_else(|| RouteError::Unknown(m.to_owned())),
+            Some(m) => self
+                .by_model(m)
+                .ok_or_else(|| RouteError::Unknown(m.to_owned())),
             None => Err(RouteError::Missing),
         }
     }
@@ -115,8 +121,10 @@ mod tests {
     use super::*;
 
     fn router() -> Router {
-        let mut c = Config::default();
-        c.pools = ssw_config::default_pools();
+        let mut c = Config {
+            pools: ssw_config::default_pools(),
+            ..Config::default()
+        };
         c.pools.get_mut("heavy").unwrap().aliases = vec!["gpt-4o".into()];
         Router::new(&c)
     }
@@ -124,7 +132,9 @@ mod tests {
     #[test]
     fn header_wins_over_model() {
         let r = router();
-        let p = r.resolve(Some("light"), Some("Qwen/Qwen2.5-14B-Instruct-AWQ")).unwrap();
+        let p = r
+            .resolve(Some("light"), Some("Qwen/Qwen2.5-14B-Instruct-AWQ"))
+            .unwrap();
         assert_eq!(&*p.name, "light");
     }
 
@@ -134,14 +144,23 @@ mod tests {
         for m in ["heavy", "gpt-4o", "Qwen/Qwen2.5-14B-Instruct-AWQ"] {
             assert_eq!(&*r.resolve(None, Some(m)).unwrap().name, "heavy", "{m}");
         }
-        assert_eq!(&*r.resolve(None, Some("Qwen/Qwen3-8B-AWQ")).unwrap().name, "light");
+        assert_eq!(
+            &*r.resolve(None, Some("Qwen/Qwen3-8B-AWQ")).unwrap().name,
+            "light"
+        );
     }
 
     #[test]
     fn unknown_and_missing_are_errors() {
         let r = router();
-        assert_eq!(r.resolve(None, Some("gpt-5")).unwrap_err(), RouteError::Unknown("gpt-5".into()));
-        assert_eq!(r.resolve(Some("medium"), None).unwrap_err(), RouteError::Unknown("medium".into()));
+        assert_eq!(
+            r.resolve(None, Some("gpt-5")).unwrap_err(),
+            RouteError::Unknown("gpt-5".into())
+        );
+        assert_eq!(
+            r.resolve(Some("medium"), None).unwrap_err(),
+            RouteError::Unknown("medium".into())
+        );
         assert_eq!(r.resolve(None, None).unwrap_err(), RouteError::Missing);
     }
 }

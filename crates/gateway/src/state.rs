@@ -64,11 +64,13 @@ impl AppState {
     /// Builds the state: reads secrets, prepares the Redis pool (no I/O yet).
     pub fn new(config: Config) -> Result<Self, StartError> {
         let password = match &config.redis.password_file {
-            Some(p) => Some(ssw_config::read_secret(p).map_err(|source| StartError::Secret {
-                field: "redis.password_file",
-                path: p.display().to_string(),
-                source,
-            })?),
+            Some(p) => Some(
+                ssw_config::read_secret(p).map_err(|source| StartError::Secret {
+                    field: "redis.password_file",
+                    path: p.display().to_string(),
+                    source,
+                })?,
+            ),
             None => None,
         };
         let api_keys = match &config.gateway.api_keys_file {

@@ -188,7 +188,11 @@ impl ChatRequest {
 
     /// The body for the engine: `model` set to the pool's served name and every pool default
     /// the client did not set merged in (objects merge key by key; the client's value wins).
-    pub fn into_engine_body(mut self, served_model: &str, defaults: &Map<String, Value>) -> Vec<u8> {
+    pub fn into_engine_body(
+        mut self,
+        served_model: &str,
+        defaults: &Map<String, Value>,
+    ) -> Vec<u8> {
         self.body
             .insert("model".to_owned(), Value::String(served_model.to_owned()));
         merge_defaults(&mut self.body, defaults);
@@ -225,7 +229,10 @@ mod tests {
         assert_eq!(req.model.as_deref(), Some("heavy"));
         assert!(req.stream);
         let keys: Vec<_> = req.body.keys().cloned().collect();
-        assert_eq!(keys, ["zeta", "model", "messages", "stream", "vendor_x", "tools"]);
+        assert_eq!(
+            keys,
+            ["zeta", "model", "messages", "stream", "vendor_x", "tools"]
+        );
         let out: Value =
             serde_json::from_slice(&req.into_engine_body("Qwen/X", &Map::new())).unwrap();
         assert_eq!(out["model"], "Qwen/X");
@@ -237,9 +244,15 @@ mod tests {
         assert_eq!(err("{nope").code, ErrorCode::InvalidJson);
         assert_eq!(err("[1]").code, ErrorCode::InvalidRequest);
         assert_eq!(err(r#"{"model":"m"}"#).param.as_deref(), Some("messages"));
-        assert_eq!(err(r#"{"messages":"hi"}"#).param.as_deref(), Some("messages"));
+        assert_eq!(
+            err(r#"{"messages":"hi"}"#).param.as_deref(),
+            Some("messages")
+        );
         assert_eq!(err(r#"{"messages":[]}"#).param.as_deref(), Some("messages"));
-        assert_eq!(err(r#"{"messages":[{"content":"x"}]}"#).param.as_deref(), Some("messages[0]"));
+        assert_eq!(
+            err(r#"{"messages":[{"content":"x"}]}"#).param.as_deref(),
+            Some("messages[0]")
+        );
         let m = r#""messages":[{"role":"user","content":"x"}]"#;
         for (field, bad) in [
             ("model", "5"),
@@ -258,7 +271,9 @@ mod tests {
             assert_eq!(e.code, ErrorCode::InvalidRequest, "{field}={bad}");
             assert_eq!(e.param.as_deref(), Some(field), "{field}={bad}");
         }
-        let e = err(&format!("{{{m},\"stream_options\":{{\"include_usage\":3}}}}"));
+        let e = err(&format!(
+            "{{{m},\"stream_options\":{{\"include_usage\":3}}}}"
+        ));
         assert_eq!(e.param.as_deref(), Some("stream_options.include_usage"));
     }
 
@@ -274,21 +289,32 @@ mod tests {
 
     #[test]
     fn defaults_fill_only_what_the_client_left_out() {
-        let defaults = json!({"chat_template_kwargs": {"enable_thinking": false}, "temperature": 0.7});
+        let defaults =
+            json!({"chat_template_kwargs": {"enable_thinking": false}, "temperature": 0.7});
         let defaults = defaults.as_object().unwrap();
         let mut a = json!({"messages": []}).as_object().unwrap().clone();
         merge_defaults(&mut a, defaults);
         assert_eq!(a["chat_template_kwargs"]["enable_thinking"], false);
         assert_eq!(a["temperature"], 0.7);
-        let mut b = json!({"chat_template_kwargs": {"enable_thinking": true, "x": 1}, "temperature": 0})
+        let mut b =
+            json!({"chat_template_kwargs": {"enable_thinking": true, "x": 1}, "temperature": 0})
+                .as_object()
+                .unwrap()
+                .clone();
+        merge_defaults(&mut b, defaults);
+        assert_eq!(
+            b["chat_template_kwargs"],
+            json!({"enable_thinking": true, "x": 1})
+        );
+        assert_eq!(b["temperature"], 0);
+        let mut c = json!({"chat_template_kwargs": {"other": 2}})
             .as_object()
             .unwrap()
             .clone();
-        merge_defaults(&mut b, defaults);
-        assert_eq!(b["chat_template_kwargs"], json!({"enable_thinking": true, "x": 1}));
-        assert_eq!(b["temperature"], 0);
-        let mut c = json!({"chat_template_kwargs": {"other": 2}}).as_object().unwrap().clone();
         merge_defaults(&mut c, defaults);
-        assert_eq!(c["chat_template_kwargs"], json!({"other": 2, "enable_thinking": false}));
+        assert_eq!(
+            c["chat_template_kwargs"],
+            json!({"other": 2, "enable_thinking": false})
+        );
     }
 }

@@ -236,7 +236,13 @@ mod tests {
         assert_eq!(e.error.code.as_deref(), Some("engine_rejected"));
         let old = br#"{"object":"error","message":"bad","type":"BadRequestError","code":400}"#;
         assert_eq!(ErrorEnvelope::from_engine(400, old).error.message, "bad");
-        assert_eq!(ErrorEnvelope::from_engine(422, b"nope").error.message, "nope");
-        assert_eq!(ErrorEnvelope::from_engine(404, b"").error.message, "engine answered 404");
+        assert_eq!(
+            ErrorEnvelope::from_engine(422, b"nope").error.message,
+            "nope"
+        );
+        assert_eq!(
+            ErrorEnvelope::from_engine(404, b"").error.message,
+            "engine answered 404"
+        );
     }
 }

@@ -62,7 +62,14 @@ impl Job {
             ("reply", self.reply_to.clone().into_bytes()),
             ("enq", self.enqueued_ms.to_string().into_bytes()),
             ("deadline", self.deadline_ms.to_string().into_bytes()),
-            ("stream", if self.stream { b"1".to_vec() } else { b"0".to_vec() }),
+            (
+                "stream",
+                if self.stream {
+                    b"1".to_vec()
+                } else {
+                    b"0".to_vec()
+                },
+            ),
             ("attempt", self.attempt.to_string().into_bytes()),
             ("body", self.body.clone()),
         ]
@@ -108,8 +115,14 @@ mod tests {
     fn missing_or_bad_fields_are_named() {
         let e = Job::from_fields(|_| None).unwrap_err();
         assert!(e.0.contains("`id`"), "{e}");
-        let e = Job::from_fields(|k| Some(if k == "enq" { b"x".to_vec() } else { b"1".to_vec() }))
-            .unwrap_err();
+        let e = Job::from_fields(|k| {
+            Some(if k == "enq" {
+                b"x".to_vec()
+            } else {
+                b"1".to_vec()
+            })
+        })
+        .unwrap_err();
         assert!(e.0.contains("`enq`"), "{e}");
     }
 }

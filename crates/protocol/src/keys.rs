@@ -91,7 +91,8 @@ impl JobState {
         if let Some(w) = s.strip_prefix("started:") {
             return Some(Self::Started(w.to_owned()));
         }
-        s.strip_prefix("output:").map(|w| Self::Output(w.to_owned()))
+        s.strip_prefix("output:")
+            .map(|w| Self::Output(w.to_owned()))
     }
 }
 

@@ -198,8 +198,9 @@ mod tests {
 
     #[test]
     fn unknown_kind_is_an_error() {
-        let mut map: HashMap<&str, Vec<u8>> =
-            [("job", b"j".to_vec()), ("k", b"?".to_vec())].into_iter().collect();
+        let mut map: HashMap<&str, Vec<u8>> = [("job", b"j".to_vec()), ("k", b"?".to_vec())]
+            .into_iter()
+            .collect();
         assert!(Reply::from_fields(|k| map.remove(k)).is_err());
     }
 }

@@ -173,7 +173,8 @@ impl Redis {
 
     /// Runs one plain command.
     pub async fn query<T: FromRedisValue + Send>(&self, cmd: &redis::Cmd) -> Result<T, QueueError> {
-        self.run(|mut c| async move { cmd.query_async(&mut c).await }).await
+        self.run(|mut c| async move { cmd.query_async(&mut c).await })
+            .await
     }
 
     /// Runs a pipeline.
@@ -235,8 +236,7 @@ impl Dedicated {
         cmd: &redis::Cmd,
         block: Duration,
     ) -> Result<T, QueueError> {
-        match tokio::time::timeout(block + self.op_timeout, cmd.query_async(&mut self.conn)).await
-        {
+        match tokio::time::timeout(block + self.op_timeout, cmd.query_async(&mut self.conn)).await {
             Ok(r) => r.map_err(QueueError::from_redis),
             Err(_) => Err(QueueError::Unavailable("blocking read timed out".into())),
         }

@@ -189,12 +189,21 @@ impl Redis {
             .await?;
         let mut parts = resp::array(v)?.into_iter();
         let _cursor = parts.next();
-        let claimed = parts.next().map(resp::entries).transpose()?.unwrap_or_default();
+        let claimed = parts
+            .next()
+            .map(resp::entries)
+            .transpose()?
+            .unwrap_or_default();
         Ok(pulled(claimed))
     }
 
     /// Resets the idle time of jobs this worker is running, so nobody reclaims them.
-    pub async fn touch(&self, pool: &str, consumer: &str, entry_ids: &[String]) -> Result<(), QueueError> {
+    pub async fn touch(
+        &self,
+        pool: &str,
+        consumer: &str,
+        entry_ids: &[String],
+    ) -> Result<(), QueueError> {
         if entry_ids.is_empty() {
             return Ok(());
         }
@@ -228,7 +237,9 @@ impl Redis {
         for (id, _) in jobs {
             inv.key(self.keys().job_state(pool, id));
         }
-        inv.arg(worker).arg(state_ttl.as_millis() as u64).arg(now_ms);
+        inv.arg(worker)
+            .arg(state_ttl.as_millis() as u64)
+            .arg(now_ms);
         for (_, deadline) in jobs {
             inv.arg(*deadline);
         }
@@ -278,7 +289,10 @@ impl Redis {
             .run(|mut c| async move {
                 let mut v: Vec<redis::Value> = pipe.query_async(&mut c).await?;
                 let prev = redis::from_redis_value(v.remove(0))?;
-                let ids = v.into_iter().map(redis::from_redis_value).collect::<Result<_, _>>()?;
+                let ids = v
+                    .into_iter()
+                    .map(redis::from_redis_value)
+                    .collect::<Result<_, _>>()?;
                 Ok((prev, ids))
             })
             .await?;
@@ -339,7 +353,12 @@ impl Redis {
     }
 
     /// Puts a job back with its attempt count raised; `None` if the client cancelled meanwhile.
-    pub async fn requeue(&self, pool: &str, entry_id: &str, job: &Job) -> Result<Option<String>, QueueError> {
+    pub async fn requeue(
+        &self,
+        pool: &str,
+        entry_id: &str,
+        job: &Job,
+    ) -> Result<Option<String>, QueueError> {
         let mut inv = REQUEUE.prepare_invoke();
         inv.key(self.keys().jobs(pool))
             .key(self.keys().job_state(pool, &job.id))
@@ -368,8 +387,14 @@ impl Redis {
     }
 
     /// Publishes a heartbeat valid until `now + ttl`.
-    pub async fn heartbeat(&self, status: &WorkerStatus, now_ms: u64, ttl: Duration) -> Result<(), QueueError> {
-        let json = serde_json::to_string(status).map_err(|e| QueueError::Malformed(e.to_string()))?;
+    pub async fn heartbeat(
+        &self,
+        status: &WorkerStatus,
+        now_ms: u64,
+        ttl: Duration,
+    ) -> Result<(), QueueError> {
+        let json =
+            serde_json::to_string(status).map_err(|e| QueueError::Malformed(e.to_string()))?;
         let mut inv = HEARTBEAT.prepare_invoke();
         inv.key(self.keys().workers(&status.pool))
             .key(self.keys().worker_status(&status.pool))

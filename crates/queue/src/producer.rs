@@ -148,7 +148,12 @@ fn entry_ms(id: &str) -> Option<u64> {
 
 impl Redis {
     /// Admits and enqueues a job on `pool`'s stream.
-    pub async fn enqueue(&self, pool: &str, job: &Job, max_queue: u64) -> Result<Enqueued, QueueError> {
+    pub async fn enqueue(
+        &self,
+        pool: &str,
+        job: &Job,
+        max_queue: u64,
+    ) -> Result<Enqueued, QueueError> {
         let mut inv = ENQUEUE.prepare_invoke();
         inv.key(self.keys().jobs(pool)).arg(GROUP).arg(max_queue);
         for (k, v) in job.to_fields() {
@@ -241,9 +246,22 @@ impl Redis {
             .arg(now_ms);
         let v: Value = self.script(&inv).await?;
         let mut parts = resp::array(v)?.into_iter();
-        let len = parts.next().as_ref().and_then(resp::int).unwrap_or(0).max(0) as u64;
-        let pending = parts.next().as_ref().and_then(resp::int).unwrap_or(0).max(0) as u64;
-        let oldest_waiting_ms = parts.next().and_then(resp::string).and_then(|id| entry_ms(&id));
+        let len = parts
+            .next()
+            .as_ref()
+            .and_then(resp::int)
+            .unwrap_or(0)
+            .max(0) as u64;
+        let pending = parts
+            .next()
+            .as_ref()
+            .and_then(resp::int)
+            .unwrap_or(0)
+            .max(0) as u64;
+        let oldest_waiting_ms = parts
+            .next()
+            .and_then(resp::string)
+            .and_then(|id| entry_ms(&id));
         let workers = match parts.next() {
             Some(v) => resp::array(v)?
                 .into_iter()

@@ -52,7 +52,9 @@ pub fn array(v: Value) -> Result<Vec<Value>, QueueError> {
     match v {
         Value::Array(a) | Value::Set(a) => Ok(a),
         Value::Nil => Ok(Vec::new()),
-        other => Err(QueueError::Malformed(format!("expected an array, got {other:?}"))),
+        other => Err(QueueError::Malformed(format!(
+            "expected an array, got {other:?}"
+        ))),
     }
 }
 

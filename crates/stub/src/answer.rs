@@ -73,10 +73,18 @@ impl Plan {
         if requested != model {
             return Err((
                 404,
-                error_body(404, "NotFoundError", &format!("The model `{requested}` does not exist.")),
+                error_body(
+                    404,
+                    "NotFoundError",
+                    &format!("The model `{requested}` does not exist."),
+                ),
             ));
         }
-        if body.get("n").and_then(Value::as_u64).is_some_and(|n| n != 1) {
+        if body
+            .get("n")
+            .and_then(Value::as_u64)
+            .is_some_and(|n| n != 1)
+        {
             return Err(bad("n must be 1".into()));
         }
         let prompt_tokens: u32 = messages
@@ -99,7 +107,10 @@ impl Plan {
         let mut finish_reason = if n < output_tokens { "length" } else { "stop" };
         let stops: Vec<String> = match body.get("stop") {
             Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(a)) => a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect(),
             _ => Vec::new(),
         };
         let mut tokens = Vec::with_capacity(n as usize);
@@ -112,7 +123,10 @@ impl Plan {
             tokens.push(t);
         }
         let tool_call = forced_tool(body).map(|name| {
-            (name, json!({"request_id": request_id, "model": model}).to_string())
+            (
+                name,
+                json!({"request_id": request_id, "model": model}).to_string(),
+            )
         });
         if tool_call.is_some() {
             finish_reason = "tool_calls";
@@ -206,9 +220,19 @@ impl Plan {
     /// first token right with it, then one token per decode step.
     pub fn stream_events(&self) -> Vec<(bool, Value)> {
         let mut out = Vec::new();
-        out.push((true, self.chunk(json!({"role": "assistant", "content": ""}), Value::Null, None)));
+        out.push((
+            true,
+            self.chunk(
+                json!({"role": "assistant", "content": ""}),
+                Value::Null,
+                None,
+            ),
+        ));
         if let Some(r) = &self.reasoning {
-            out.push((false, self.chunk(json!({"reasoning_content": r}), Value::Null, None)));
+            out.push((
+                false,
+                self.chunk(json!({"reasoning_content": r}), Value::Null, None),
+            ));
         }
         if let Some((name, args)) = &self.tool_call {
             let call_id = format!("chatcmpl-tool-{}", self.request_id);
@@ -219,18 +243,31 @@ impl Plan {
             )));
             let cut = args.len() / 3;
             for part in [&args[..cut], &args[cut..2 * cut], &args[2 * cut..]] {
-                out.push((true, self.chunk(
-                    json!({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}),
-                    Value::Null,
-                    None,
-                )));
+                out.push((
+                    true,
+                    self.chunk(
+                        json!({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}),
+                        Value::Null,
+                        None,
+                    ),
+                ));
             }
         } else {
             for (i, t) in self.tokens.iter().enumerate() {
-                out.push((i > 0, self.chunk(json!({"content": t}), self.logprobs_of(std::iter::once(t)), None)));
+                out.push((
+                    i > 0,
+                    self.chunk(
+                        json!({"content": t}),
+                        self.logprobs_of(std::iter::once(t)),
+                        None,
+                    ),
+                ));
             }
         }
-        out.push((false, self.chunk(json!({}), Value::Null, Some(self.finish_reason))));
+        out.push((
+            false,
+            self.chunk(json!({}), Value::Null, Some(self.finish_reason)),
+        ));
         if self.include_usage {
             out.push((false, json!({
                 "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
@@ -270,7 +307,9 @@ mod tests {
 
     #[test]
     fn answer_names_model_and_request_and_honours_max_tokens() {
-        let p = plan(json!({"model": "m", "messages": [{"role": "user", "content": "a b c"}], "max_tokens": 3}));
+        let p = plan(
+            json!({"model": "m", "messages": [{"role": "user", "content": "a b c"}], "max_tokens": 3}),
+        );
         assert_eq!(p.tokens.concat(), "[m] r1 t2");
         assert_eq!(p.finish_reason, "length");
         assert_eq!(p.prompt_tokens, 7);
@@ -290,11 +329,30 @@ mod tests {
 
     #[test]
     fn refusals_look_like_vllm() {
-        let e = Plan::new(&json!({"model": "x", "messages": []}), "r".into(), "m", 8, 100).unwrap_err();
+        let e = Plan::new(
+            &json!({"model": "x", "messages": []}),
+            "r".into(),
+            "m",
+            8,
+            100,
+        )
+        .unwrap_err();
         assert_eq!(e.0, 404);
-        let e = Plan::new(&json!({"messages": [], "max_tokens": 200}), "r".into(), "m", 8, 100).unwrap_err();
+        let e = Plan::new(
+            &json!({"messages": [], "max_tokens": 200}),
+            "r".into(),
+            "m",
+            8,
+            100,
+        )
+        .unwrap_err();
         assert_eq!(e.0, 400);
-        assert!(e.1["error"]["message"].as_str().unwrap().contains("maximum context length is 100"));
+        assert!(
+            e.1["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("maximum context length is 100")
+        );
     }
 
     #[test]
@@ -304,10 +362,13 @@ mod tests {
         let c = p.completion();
         let call = &c["choices"][0]["message"]["tool_calls"][0];
         assert_eq!(call["function"]["name"], "get_weather");
-        let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        let args: Value =
+            serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
         assert_eq!(args["request_id"], "r1");
         assert_eq!(c["choices"][0]["finish_reason"], "tool_calls");
-        let p = plan(json!({"messages": [], "tools": tools, "tool_choice": {"type": "function", "function": {"name": "other"}}}));
+        let p = plan(
+            json!({"messages": [], "tools": tools, "tool_choice": {"type": "function", "function": {"name": "other"}}}),
+        );
         assert_eq!(p.tool_call.unwrap().0, "other");
         let p = plan(json!({"messages": [], "tools": tools, "tool_choice": "auto"}));
         assert!(p.tool_call.is_none());
@@ -316,11 +377,17 @@ mod tests {
     #[test]
     fn streamed_tool_call_arguments_reassemble() {
         let tools = json!([{"type": "function", "function": {"name": "f"}}]);
-        let p = plan(json!({"messages": [], "tools": tools, "tool_choice": "required", "stream": true}));
+        let p = plan(
+            json!({"messages": [], "tools": tools, "tool_choice": "required", "stream": true}),
+        );
         let args: String = p
             .stream_events()
             .iter()
-            .filter_map(|(_, c)| c.pointer("/choices/0/delta/tool_calls/0/function/arguments")?.as_str().map(str::to_owned))
+            .filter_map(|(_, c)| {
+                c.pointer("/choices/0/delta/tool_calls/0/function/arguments")?
+                    .as_str()
+                    .map(str::to_owned)
+            })
             .collect();
         assert_eq!(args, p.tool_call.unwrap().1);
     }
@@ -333,6 +400,12 @@ mod tests {
         assert_eq!(last["choices"], json!([]));
         assert_eq!(last["usage"]["completion_tokens"], 8);
         assert_eq!(ev[0].1["choices"][0]["delta"]["role"], "assistant");
-        assert_eq!(ev.iter().filter(|(_, c)| !c["choices"].as_array().unwrap().is_empty() && !c["choices"][0]["finish_reason"].is_null()).count(), 1);
+        assert_eq!(
+            ev.iter()
+                .filter(|(_, c)| !c["choices"].as_array().unwrap().is_empty()
+                    && !c["choices"][0]["finish_reason"].is_null())
+                .count(),
+            1
+        );
     }
 }

@@ -54,7 +54,11 @@ struct Stub {
 }
 
 /// Serves until `shutdown`.
-pub async fn serve(listener: TcpListener, cfg: StubConfig, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    cfg: StubConfig,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, model = %cfg.served_model, "stub engine listening");
     let stub = Arc::new(Stub {
         seqs: Arc::new(Semaphore::new(cfg.max_num_seqs as usize)),
@@ -126,7 +130,12 @@ impl Drop for Waiting<'_> {
 async fn chat(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: Bytes) -> Response {
     let body: Value = match serde_json::from_slice(&body) {
         Ok(v @ Value::Object(_)) => v,
-        _ => return json_resp(400, &error_body(400, "BadRequestError", "body must be a JSON object")),
+        _ => {
+            return json_resp(
+                400,
+                &error_body(400, "BadRequestError", "body must be a JSON object"),
+            );
+        }
     };
     let request_id = headers
         .get("x-request-id")
@@ -141,7 +150,13 @@ async fn chat(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: Bytes) ->
         log.push_back((request_id.clone(), body.clone()));
     }
     let cfg = &stub.cfg;
-    let plan = match Plan::new(&body, request_id, &cfg.served_model, cfg.output_tokens, cfg.max_model_len) {
+    let plan = match Plan::new(
+        &body,
+        request_id,
+        &cfg.served_model,
+        cfg.output_tokens,
+        cfg.max_model_len,
+    ) {
         Ok(p) => p,
         Err((status, err)) => {
             stub.counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -150,14 +165,19 @@ async fn chat(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: Bytes) ->
     };
     if cfg.error_rate > 0.0 && fastrand::f64() < cfg.error_rate {
         stub.counters.errors.fetch_add(1, Ordering::Relaxed);
-        return json_resp(500, &error_body(500, "InternalServerError", "stub: injected engine failure"));
+        return json_resp(
+            500,
+            &error_body(500, "InternalServerError", "stub: injected engine failure"),
+        );
     }
     let permit = {
         stub.counters.waiting.fetch_add(1, Ordering::Relaxed);
         let _waiting = Waiting(&stub.counters.waiting);
         match stub.seqs.clone().acquire_owned().await {
             Ok(p) => p,
-            Err(_) => return json_resp(503, &error_body(503, "ServiceUnavailable", "shutting down")),
+            Err(_) => {
+                return json_resp(503, &error_body(503, "ServiceUnavailable", "shutting down"));
+            }
         }
     };
     stub.counters.running.fetch_add(1, Ordering::Relaxed);
@@ -196,11 +216,17 @@ async fn chat(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: Bytes) ->
             if events.len() == 0 {
                 out.extend_from_slice(b"data: [DONE]\n\n");
             }
-            Some((Ok::<_, std::convert::Infallible>(Bytes::from(out)), (events, flight, plan, first)))
+            Some((
+                Ok::<_, std::convert::Infallible>(Bytes::from(out)),
+                (events, flight, plan, first),
+            ))
         },
     );
     (
-        [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")],
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
         Body::from_stream(body),
     )
         .into_response()

@@ -16,8 +16,10 @@ pub use ssw_up;
 
 /// Fast timings for tests: workers notice cancellation, death and engine state within ~1 s.
 pub fn test_config() -> Config {
-    let mut c = Config::default();
-    c.pools = ssw_config::default_pools();
+    let mut c = Config {
+        pools: ssw_config::default_pools(),
+        ..Config::default()
+    };
     c.gateway.listen = "127.0.0.1:0".parse().expect("address");
     c.gateway.stall_timeout = Duration::from_secs(2);
     let w = &mut c.worker;
@@ -123,15 +125,21 @@ impl TestPlatform {
 
     /// The request ids a stub replica has received.
     pub async fn stub_request_ids(&self, replica: &str) -> Vec<String> {
-        let v: Value = serde_json::from_str(&self.stub_get(replica, "/stub/requests").await).expect("json");
+        let v: Value =
+            serde_json::from_str(&self.stub_get(replica, "/stub/requests").await).expect("json");
         v.as_array()
-            .map(|a| a.iter().filter_map(|r| r["request_id"].as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r["request_id"].as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     /// The body a stub replica received for `request_id`.
     pub async fn stub_request(&self, replica: &str, request_id: &str) -> Option<Value> {
-        let v: Value = serde_json::from_str(&self.stub_get(replica, "/stub/requests").await).expect("json");
+        let v: Value =
+            serde_json::from_str(&self.stub_get(replica, "/stub/requests").await).expect("json");
         v.as_array()?
             .iter()
             .find(|r| r["request_id"] == request_id)
@@ -181,7 +189,10 @@ pub fn sse_events(body: &str) -> (Vec<Value>, bool) {
         if data == "[DONE]" {
             done = true;
         } else {
-            events.push(serde_json::from_str(data).unwrap_or_else(|e| panic!("bad SSE event {data:?}: {e}")));
+            events.push(
+                serde_json::from_str(data)
+                    .unwrap_or_else(|e| panic!("bad SSE event {data:?}: {e}")),
+            );
         }
     }
     (events, done)

@@ -7,7 +7,7 @@
 //! and a child is reachable the moment it is spawned.
 //!
 //! # Layout
-//! - [`redis`]: [`redis::RedisServer`].
+//! - [`redis`]: [`redis::RedisServer`], a throw-away Redis.
 //! - [`process`]: [`process::Child`], spawning with an inherited listener.
 //! - [`platform`]: [`platform::Platform`], the whole local stack.
 

@@ -144,11 +144,15 @@ impl Platform {
                 (Some(r), url)
             }
         };
-        let gateway_listener = TcpListener::bind(spec.gateway_listen)
-            .map_err(io(format!("binding the gateway to {}", spec.gateway_listen)))?;
+        let gateway_listener = TcpListener::bind(spec.gateway_listen).map_err(io(format!(
+            "binding the gateway to {}",
+            spec.gateway_listen
+        )))?;
         let gateway_url = format!(
             "http://{}",
-            gateway_listener.local_addr().map_err(io("gateway address"))?
+            gateway_listener
+                .local_addr()
+                .map_err(io("gateway address"))?
         );
         let mut platform = Self {
             redis,
@@ -165,11 +169,17 @@ impl Platform {
                 EngineSpec::External(url) => url.clone(),
                 EngineSpec::Stub(stub) => platform.spawn_stub(&replica, stub.clone())?,
             };
-            platform.spawn_worker(&replica.id, &replica.pool, &engine_url, replica.gpus.clone())?;
+            platform.spawn_worker(
+                &replica.id,
+                &replica.pool,
+                &engine_url,
+                replica.gpus.clone(),
+            )?;
         }
         let cfg = platform.base_config();
         let path = platform.write_config("gateway", &cfg)?;
-        platform.gateway = Some(platform.spawn_ssw("gateway", "gateway", &path, Some(gateway_listener))?);
+        platform.gateway =
+            Some(platform.spawn_ssw("gateway", "gateway", &path, Some(gateway_listener))?);
         Ok(platform)
     }
 
@@ -191,7 +201,13 @@ impl Platform {
         Ok(path)
     }
 
-    fn spawn_ssw(&self, role: &str, name: &str, config: &Path, listener: Option<TcpListener>) -> Result<Child, UpError> {
+    fn spawn_ssw(
+        &self,
+        role: &str,
+        name: &str,
+        config: &Path,
+        listener: Option<TcpListener>,
+    ) -> Result<Child, UpError> {
         let env: Vec<(&str, String)> = self
             .spec
             .env
@@ -199,7 +215,14 @@ impl Platform {
             .map(|(k, v)| (k.as_str(), v.clone()))
             .collect();
         let config = config.to_string_lossy();
-        Child::spawn(format!("{role} {name}"), &self.spec.ssw, &[role, "--config", &config], &env, listener, None)
+        Child::spawn(
+            format!("{role} {name}"),
+            &self.spec.ssw,
+            &[role, "--config", &config],
+            &env,
+            listener,
+            None,
+        )
     }
 
     /// Starts a stub engine for `pool` with no worker in front of it; returns its URL.
@@ -213,7 +236,11 @@ impl Platform {
         self.spawn_stub(&replica, stub)
     }
 
-    fn spawn_stub(&mut self, replica: &ReplicaSpec, mut stub: StubConfig) -> Result<String, UpError> {
+    fn spawn_stub(
+        &mut self,
+        replica: &ReplicaSpec,
+        mut stub: StubConfig,
+    ) -> Result<String, UpError> {
         if let Some(pool) = self.spec.config.pools.get(&replica.pool) {
             stub.served_model = pool.served_model.clone();
         }
@@ -227,7 +254,13 @@ impl Platform {
     }
 
     /// Starts (or restarts) a worker process.
-    pub fn spawn_worker(&mut self, id: &str, pool: &str, engine_url: &str, gpus: Vec<u32>) -> Result<(), UpError> {
+    pub fn spawn_worker(
+        &mut self,
+        id: &str,
+        pool: &str,
+        engine_url: &str,
+        gpus: Vec<u32>,
+    ) -> Result<(), UpError> {
         let mut cfg = self.base_config();
         cfg.worker.pool = Some(pool.to_owned());
         cfg.worker.id = Some(id.to_owned());
@@ -254,14 +287,21 @@ impl Platform {
             if let Some(name) = self.exited() {
                 return Err(UpError::NotReady(format!("{name} exited during start-up")));
             }
-            match client.get(&url).timeout(Duration::from_secs(2)).send().await {
+            match client
+                .get(&url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+            {
                 Ok(r) if r.status().is_success() => return Ok(()),
                 Ok(r) => last = r.text().await.unwrap_or_default(),
                 Err(e) => last = e.to_string(),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(UpError::NotReady(format!("the platform was not ready after {timeout:?}: {last}")))
+        Err(UpError::NotReady(format!(
+            "the platform was not ready after {timeout:?}: {last}"
+        )))
     }
 
     /// The name of a child that has exited, if any.

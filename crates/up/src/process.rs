@@ -33,9 +33,7 @@ impl Child {
     ) -> Result<Self, UpError> {
         let name = name.into();
         let mut cmd = tokio::process::Command::new(program);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+        cmd.args(args).stdin(Stdio::null()).kill_on_drop(true);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -44,7 +42,8 @@ impl Child {
             cmd.env("LISTEN_FDS", "1").env_remove("LISTEN_PID");
         }
         if let Some(path) = log {
-            let f = std::fs::File::create(path).map_err(io(format!("creating {}", path.display())))?;
+            let f =
+                std::fs::File::create(path).map_err(io(format!("creating {}", path.display())))?;
             let f2 = f.try_clone().map_err(io("log file"))?;
             cmd.stdout(f).stderr(f2);
         }
@@ -67,7 +66,9 @@ impl Child {
                 Ok(())
             });
         }
-        let inner = cmd.spawn().map_err(io(format!("starting {name} ({})", program.display())))?;
+        let inner = cmd
+            .spawn()
+            .map_err(io(format!("starting {name} ({})", program.display())))?;
         // The child holds its own copy of the listener now.
         drop(listener);
         Ok(Self { name, inner })

@@ -72,8 +72,20 @@ impl RedisServer {
             "redis-server",
             &self.binary,
             &[
-                "--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", &dir, "--loglevel", "warning", "--maxclients", "10000",
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                &dir,
+                "--loglevel",
+                "warning",
+                "--maxclients",
+                "10000",
             ],
             &[],
             None,
@@ -91,7 +103,9 @@ impl RedisServer {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        Err(UpError::NotReady(format!("redis-server on port {port} did not answer PING")))
+        Err(UpError::NotReady(format!(
+            "redis-server on port {port} did not answer PING"
+        )))
     }
 
     /// The pid of the running server.

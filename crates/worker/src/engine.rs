@@ -78,7 +78,10 @@ impl EngineState {
 
     /// Why it is down.
     pub fn detail(&self) -> Option<String> {
-        self.detail.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.detail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The last load reading.
@@ -93,7 +96,10 @@ impl EngineState {
             if up {
                 tracing::info!("engine is up; pulling jobs");
             } else {
-                tracing::warn!(detail = detail.as_deref().unwrap_or(""), "engine is down; stopped pulling");
+                tracing::warn!(
+                    detail = detail.as_deref().unwrap_or(""),
+                    "engine is down; stopped pulling"
+                );
             }
         }
         *self.detail.lock().unwrap_or_else(|p| p.into_inner()) = detail;
@@ -103,7 +109,10 @@ impl EngineState {
     }
 
     fn set_load(&self, load: EngineLoad) {
-        let before = std::mem::replace(&mut *self.load.lock().unwrap_or_else(|p| p.into_inner()), load);
+        let before = std::mem::replace(
+            &mut *self.load.lock().unwrap_or_else(|p| p.into_inner()),
+            load,
+        );
         if before.waiting.unwrap_or(0.0) > 0.0 && load.waiting.unwrap_or(0.0) == 0.0 {
             self.changed.notify_waiters();
         }
@@ -170,7 +179,12 @@ impl Engine {
     }
 
     /// Probes every `interval` until `shutdown`.
-    pub async fn monitor(self, state: std::sync::Arc<EngineState>, interval: Duration, shutdown: CancellationToken) {
+    pub async fn monitor(
+        self,
+        state: std::sync::Arc<EngineState>,
+        interval: Duration,
+        shutdown: CancellationToken,
+    ) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let timeout = interval.max(Duration::from_secs(2));

@@ -37,7 +37,13 @@ fn fail(ctx: &Ctx, code: ErrorCode, message: &str) -> ReplyEvent {
 }
 
 /// Runs a claimed job to its end, then frees its slot.
-pub async fn run(ctx: Arc<Ctx>, entry_id: String, job: Job, claimed_ms: u64, cancel: CancellationToken) {
+pub async fn run(
+    ctx: Arc<Ctx>,
+    entry_id: String,
+    job: Job,
+    claimed_ms: u64,
+    cancel: CancellationToken,
+) {
     let started = tokio::time::Instant::now();
     let mut head_sent = false;
     let outcome = tokio::select! {
@@ -47,12 +53,20 @@ pub async fn run(ctx: Arc<Ctx>, entry_id: String, job: Job, claimed_ms: u64, can
     };
     let outcome = match outcome {
         Some(Ok(o)) => o,
-        Some(Err(_)) => Outcome::Done(Some(fail(&ctx, ErrorCode::UpstreamError, "the engine took too long"))),
+        Some(Err(_)) => Outcome::Done(Some(fail(
+            &ctx,
+            ErrorCode::UpstreamError,
+            "the engine took too long",
+        ))),
         None if ctx.drain_aborted() => {
             // Shutting down with the job unfinished: give it to another worker if the client
             // has not seen anything yet.
             if head_sent {
-                Outcome::Done(Some(fail(&ctx, ErrorCode::UpstreamError, "the worker shut down mid-answer")))
+                Outcome::Done(Some(fail(
+                    &ctx,
+                    ErrorCode::UpstreamError,
+                    "the worker shut down mid-answer",
+                )))
             } else {
                 Outcome::Retry("worker shut down".into())
             }
@@ -74,22 +88,38 @@ pub async fn run(ctx: Arc<Ctx>, entry_id: String, job: Job, claimed_ms: u64, can
                 .await
                 .map(|_| ())
         }
-        Outcome::Gone => ctx.redis.finish(pool, &entry_id, &job.reply_to, None, &job.id).await.map(|_| ()),
+        Outcome::Gone => ctx
+            .redis
+            .finish(pool, &entry_id, &job.reply_to, None, &job.id)
+            .await
+            .map(|_| ()),
         Outcome::Retry(reason) => retry(&ctx, &entry_id, job.clone(), reason).await,
     };
     if let Err(e) = result {
         // The entry stays pending; another worker reclaims it after `reclaim_idle`.
         tracing::warn!(error = %e, "cannot report the job's end to redis");
     }
-    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "job done");
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "job done"
+    );
 }
 
-async fn retry(ctx: &Ctx, entry_id: &str, mut job: Job, reason: String) -> Result<(), ssw_queue::QueueError> {
+async fn retry(
+    ctx: &Ctx,
+    entry_id: &str,
+    mut job: Job,
+    reason: String,
+) -> Result<(), ssw_queue::QueueError> {
     if job.attempt >= ctx.max_attempts {
         tracing::warn!(attempt = job.attempt, %reason, "engine failed the job on every attempt");
         let reply = Reply {
             job: job.id.clone(),
-            event: fail(ctx, ErrorCode::UpstreamError, "the engine failed this request on every attempt"),
+            event: fail(
+                ctx,
+                ErrorCode::UpstreamError,
+                "the engine failed this request on every attempt",
+            ),
         };
         return ctx
             .redis
@@ -157,12 +187,17 @@ async fn execute(ctx: &Ctx, job: &Job, claimed_ms: u64, head_sent: &mut bool) ->
     let status = resp.status().as_u16();
     if status >= 500 {
         let body = resp.bytes().await.unwrap_or_default();
-        return Outcome::Retry(format!("engine answered {status}: {}", String::from_utf8_lossy(&body)));
+        return Outcome::Retry(format!(
+            "engine answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        ));
     }
     if status >= 400 || !job.stream {
         let body = match with_keepalive(ctx, job, resp.bytes()).await {
             Err(o) => return o,
-            Ok(Err(e)) => return Outcome::Retry(format!("engine response cut short: {}", error_chain(&e))),
+            Ok(Err(e)) => {
+                return Outcome::Retry(format!("engine response cut short: {}", error_chain(&e)));
+            }
             Ok(Ok(b)) => b,
         };
         let body = if status >= 400 {
@@ -184,7 +219,13 @@ async fn execute(ctx: &Ctx, job: &Job, claimed_ms: u64, head_sent: &mut bool) ->
 /// Forwards the engine's SSE bytes. The response is committed (head sent, job marked as
 /// answered) only with the first chunk: until then nothing reached the client, so if this
 /// worker dies during prefill another one may run the job from the start.
-async fn stream_body(ctx: &Ctx, job: &Job, claimed_ms: u64, resp: reqwest::Response, head_sent: &mut bool) -> Outcome {
+async fn stream_body(
+    ctx: &Ctx,
+    job: &Job,
+    claimed_ms: u64,
+    resp: reqwest::Response,
+    head_sent: &mut bool,
+) -> Outcome {
     let mut body = resp.bytes_stream();
     let every = ctx.cfg.keepalive_interval;
     loop {
@@ -200,10 +241,19 @@ async fn stream_body(ctx: &Ctx, job: &Job, claimed_ms: u64, resp: reqwest::Respo
         };
         let mut chunk = match next {
             None => return Outcome::Done(Some(ReplyEvent::End)),
-            Some(Err(e)) if !*head_sent => return Outcome::Retry(format!("engine stream broke before output: {}", error_chain(&e))),
+            Some(Err(e)) if !*head_sent => {
+                return Outcome::Retry(format!(
+                    "engine stream broke before output: {}",
+                    error_chain(&e)
+                ));
+            }
             Some(Err(e)) => {
                 tracing::warn!(error = %error_chain(&e), "engine stream broke");
-                return Outcome::Done(Some(fail(ctx, ErrorCode::UpstreamError, "the engine failed mid-answer")));
+                return Outcome::Done(Some(fail(
+                    ctx,
+                    ErrorCode::UpstreamError,
+                    "the engine failed mid-answer",
+                )));
             }
             Some(Ok(c)) => c.to_vec(),
         };
@@ -237,7 +287,13 @@ async fn stream_body(ctx: &Ctx, job: &Job, claimed_ms: u64, resp: reqwest::Respo
             };
             match ctx
                 .redis
-                .commit_reply(&ctx.pool, &ctx.id, &job.reply_to, &[head, data], ctx.state_ttl)
+                .commit_reply(
+                    &ctx.pool,
+                    &ctx.id,
+                    &job.reply_to,
+                    &[head, data],
+                    ctx.state_ttl,
+                )
                 .await
             {
                 Ok(true) => *head_sent = true,
@@ -250,12 +306,20 @@ async fn stream_body(ctx: &Ctx, job: &Job, claimed_ms: u64, resp: reqwest::Respo
                 Ok(false) => return Outcome::Gone,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot forward a chunk");
-                    return Outcome::Done(Some(fail(ctx, ErrorCode::UpstreamError, "the worker lost its queue mid-answer")));
+                    return Outcome::Done(Some(fail(
+                        ctx,
+                        ErrorCode::UpstreamError,
+                        "the worker lost its queue mid-answer",
+                    )));
                 }
             }
         }
         if broken {
-            return Outcome::Done(Some(fail(ctx, ErrorCode::UpstreamError, "the engine failed mid-answer")));
+            return Outcome::Done(Some(fail(
+                ctx,
+                ErrorCode::UpstreamError,
+                "the engine failed mid-answer",
+            )));
         }
         if ended {
             return Outcome::Done(Some(ReplyEvent::End));

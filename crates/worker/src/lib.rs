@@ -92,7 +92,9 @@ impl Ctx {
     }
 
     fn free_slots(&self) -> u32 {
-        self.cfg.max_inflight.saturating_sub(self.inflight.load(Ordering::Relaxed))
+        self.cfg
+            .max_inflight
+            .saturating_sub(self.inflight.load(Ordering::Relaxed))
     }
 
     /// Why the worker should not pull now, if it should not.
@@ -101,7 +103,9 @@ impl Ctx {
             Some("no free slot")
         } else if !self.engine_state.is_up() {
             Some("engine down")
-        } else if self.cfg.respect_engine_waiting && self.engine_state.load().waiting.unwrap_or(0.0) > 0.0 {
+        } else if self.cfg.respect_engine_waiting
+            && self.engine_state.load().waiting.unwrap_or(0.0) > 0.0
+        {
             Some("engine has waiting requests")
         } else {
             None
@@ -180,9 +184,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
 
     ctx.draining.store(true, Ordering::Relaxed);
     jobs.close();
-    tracing::info!(inflight = jobs.len(), "draining: pulling stopped, finishing jobs in flight");
-    if tokio::time::timeout(ctx.cfg.drain_timeout, jobs.wait()).await.is_err() {
-        tracing::warn!(left = jobs.len(), "drain timeout: handing unfinished jobs back");
+    tracing::info!(
+        inflight = jobs.len(),
+        "draining: pulling stopped, finishing jobs in flight"
+    );
+    if tokio::time::timeout(ctx.cfg.drain_timeout, jobs.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = jobs.len(),
+            "drain timeout: handing unfinished jobs back"
+        );
         ctx.drain_aborted.store(true, Ordering::Relaxed);
         for r in ctx.running().values() {
             r.cancel.cancel();
@@ -294,8 +307,15 @@ async fn start_jobs(ctx: &Arc<Ctx>, jobs: &TaskTracker, batch: Vec<Pulled>) {
         }
     }
     let now = ssw_queue::now_ms();
-    let ids: Vec<(&str, u64)> = valid.iter().map(|(_, j)| (j.id.as_str(), j.deadline_ms)).collect();
-    let claims = match ctx.redis.claim(&ctx.pool, &ctx.id, &ids, now, ctx.state_ttl).await {
+    let ids: Vec<(&str, u64)> = valid
+        .iter()
+        .map(|(_, j)| (j.id.as_str(), j.deadline_ms))
+        .collect();
+    let claims = match ctx
+        .redis
+        .claim(&ctx.pool, &ctx.id, &ids, now, ctx.state_ttl)
+        .await
+    {
         Ok(c) => c,
         Err(e) => {
             // Left pending: reclaimed after `reclaim_idle` by whoever is alive.

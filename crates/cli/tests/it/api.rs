@@ -50,13 +50,22 @@ async fn routes_by_model_name_alias_and_served_name_and_header_wins() {
         let (status, headers, body) = json_of(req.send().await.unwrap()).await;
         assert_eq!(status, 200, "{model}: {body}");
         assert_eq!(headers["x-ssw-pool"], pool, "{model}");
-        assert!(headers["x-ssw-worker"].to_str().unwrap().starts_with(pool), "{model}");
-        assert_eq!(headers["x-request-id"], format!("route-{model}-{pool}").as_str());
+        assert!(
+            headers["x-ssw-worker"].to_str().unwrap().starts_with(pool),
+            "{model}"
+        );
+        assert_eq!(
+            headers["x-request-id"],
+            format!("route-{model}-{pool}").as_str()
+        );
         // The body's model is the served name, as vLLM returns it; the stub's first token
         // names the engine that answered and its second the request.
         assert_eq!(body["model"], served);
         let content = body["choices"][0]["message"]["content"].as_str().unwrap();
-        assert!(content.starts_with(&format!("[{served}] route-{model}-{pool}")), "{content}");
+        assert!(
+            content.starts_with(&format!("[{served}] route-{model}-{pool}")),
+            "{content}"
+        );
     }
 }
 
@@ -68,10 +77,22 @@ async fn unknown_model_is_404_before_any_stream_and_models_are_listed() {
         body["stream"] = json!(stream);
         let (status, headers, v) = json_of(p.chat(&body).await).await;
         assert_eq!(status, 404);
-        assert!(headers["content-type"].to_str().unwrap().starts_with("application/json"));
+        assert!(
+            headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json")
+        );
         assert_openai_error(&v, "model_not_found");
     }
-    let r = p.http.post(p.url("/v1/chat/completions")).header("x-ssw-pool", "medium").body(chat_body("heavy").to_string()).send().await.unwrap();
+    let r = p
+        .http
+        .post(p.url("/v1/chat/completions"))
+        .header("x-ssw-pool", "medium")
+        .body(chat_body("heavy").to_string())
+        .send()
+        .await
+        .unwrap();
     let (status, _, v) = json_of(r).await;
     assert_eq!(status, 404);
     assert_openai_error(&v, "model_not_found");
@@ -79,9 +100,32 @@ async fn unknown_model_is_404_before_any_stream_and_models_are_listed() {
     let (status, _, list) = json_of(p.http.get(p.url("/v1/models")).send().await.unwrap()).await;
     assert_eq!(status, 200);
     assert_eq!(list["object"], "list");
-    let ids: Vec<_> = list["data"].as_array().unwrap().iter().map(|m| (m["id"].as_str().unwrap().to_owned(), m["root"].as_str().unwrap().to_owned())).collect();
-    assert_eq!(ids, [("heavy".to_owned(), HEAVY.to_owned()), ("light".to_owned(), LIGHT.to_owned())]);
-    let (status, _, card) = json_of(p.http.get(p.url(&format!("/v1/models/{LIGHT}"))).send().await.unwrap()).await;
+    let ids: Vec<_> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap().to_owned(),
+                m["root"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("heavy".to_owned(), HEAVY.to_owned()),
+            ("light".to_owned(), LIGHT.to_owned())
+        ]
+    );
+    let (status, _, card) = json_of(
+        p.http
+            .get(p.url(&format!("/v1/models/{LIGHT}")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(card["id"], "light");
     let (status, _, v) = json_of(p.http.get(p.url("/v1/models/nope")).send().await.unwrap()).await;
@@ -100,7 +144,10 @@ async fn non_streaming_answer_carries_usage_and_honours_max_tokens() {
     assert_eq!(rid.len(), 32, "generated request id");
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["usage"]["completion_tokens"], 5);
-    assert_eq!(v["usage"]["total_tokens"], v["usage"]["prompt_tokens"].as_u64().unwrap() + 5);
+    assert_eq!(
+        v["usage"]["total_tokens"],
+        v["usage"]["prompt_tokens"].as_u64().unwrap() + 5
+    );
     assert_eq!(v["choices"][0]["finish_reason"], "length");
 }
 
@@ -113,13 +160,22 @@ async fn streaming_answer_has_role_first_one_finish_usage_and_done() {
     let r = p.chat(&body).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
-    assert!(r.headers()["x-ssw-worker"].to_str().unwrap().starts_with("light-"));
+    assert!(
+        r.headers()["x-ssw-worker"]
+            .to_str()
+            .unwrap()
+            .starts_with("light-")
+    );
     let (events, done) = sse_events(&r.text().await.unwrap());
     assert!(done, "stream ends with [DONE]");
     assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
     let finishes: Vec<_> = events
         .iter()
-        .filter_map(|e| e["choices"].get(0).and_then(|c| c["finish_reason"].as_str()))
+        .filter_map(|e| {
+            e["choices"]
+                .get(0)
+                .and_then(|c| c["finish_reason"].as_str())
+        })
         .collect();
     assert_eq!(finishes, ["stop"]);
     let last = events.last().unwrap();
@@ -127,7 +183,11 @@ async fn streaming_answer_has_role_first_one_finish_usage_and_done() {
     assert_eq!(last["usage"]["completion_tokens"], 8);
     let text: String = events
         .iter()
-        .filter_map(|e| e["choices"].get(0)?["delta"]["content"].as_str().map(str::to_owned))
+        .filter_map(|e| {
+            e["choices"].get(0)?["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
         .collect();
     assert!(text.starts_with(&format!("[{LIGHT}]")), "{text}");
     assert!(events.iter().all(|e| e["model"] == LIGHT));
@@ -145,7 +205,8 @@ async fn tool_calls_pass_through_streamed_and_not() {
     let call = &v["choices"][0]["message"]["tool_calls"][0];
     assert_eq!(call["type"], "function");
     assert_eq!(call["function"]["name"], "open_hangar");
-    let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
     assert_eq!(args["model"], HEAVY);
     assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
 
@@ -190,10 +251,20 @@ async fn request_reaches_engine_unchanged_but_model_and_pool_defaults() {
     let (status, headers, answer) = json_of(r).await;
     assert_eq!(status, 200, "{answer}");
     // The answer comes back unchanged, vendor fields (logprobs) included.
-    assert_eq!(answer["choices"][0]["logprobs"]["content"][0]["logprob"], -0.125);
-    assert!(answer["choices"][0]["message"].get("reasoning_content").is_none());
+    assert_eq!(
+        answer["choices"][0]["logprobs"]["content"][0]["logprob"],
+        -0.125
+    );
+    assert!(
+        answer["choices"][0]["message"]
+            .get("reasoning_content")
+            .is_none()
+    );
     let replica = headers["x-ssw-worker"].to_str().unwrap().to_owned();
-    let got = p.stub_request(&replica, "fidelity-1").await.expect("engine saw the request");
+    let got = p
+        .stub_request(&replica, "fidelity-1")
+        .await
+        .expect("engine saw the request");
     let mut expected = sent.clone();
     expected["model"] = json!(LIGHT);
     // The light pool's default fills in what the client did not set, key by key.
@@ -203,11 +274,26 @@ async fn request_reaches_engine_unchanged_but_model_and_pool_defaults() {
     let mut thinking = chat_body("light");
     thinking["chat_template_kwargs"] = json!({"enable_thinking": true});
     let (_, _, v) = json_of(p.chat(&thinking).await).await;
-    assert!(v["choices"][0]["message"]["reasoning_content"].as_str().unwrap().starts_with("thinking about"));
+    assert!(
+        v["choices"][0]["message"]["reasoning_content"]
+            .as_str()
+            .unwrap()
+            .starts_with("thinking about")
+    );
     // The heavy pool has no such default.
-    let r = p.http.post(p.url("/v1/chat/completions")).header("x-request-id", "fidelity-2").body(chat_body("heavy").to_string()).send().await.unwrap();
+    let r = p
+        .http
+        .post(p.url("/v1/chat/completions"))
+        .header("x-request-id", "fidelity-2")
+        .body(chat_body("heavy").to_string())
+        .send()
+        .await
+        .unwrap();
     let replica = r.headers()["x-ssw-worker"].to_str().unwrap().to_owned();
-    assert_eq!(p.stub_request(&replica, "fidelity-2").await.unwrap(), json!({"model": HEAVY, "messages": [{"role": "user", "content": "hello there"}]}));
+    assert_eq!(
+        p.stub_request(&replica, "fidelity-2").await.unwrap(),
+        json!({"model": HEAVY, "messages": [{"role": "user", "content": "hello there"}]})
+    );
 }
 
 #[tokio::test]
@@ -222,16 +308,46 @@ async fn bad_requests_get_openai_errors_with_the_right_status() {
         ("[1,2]".into(), 400, "invalid_request"),
         ("\"text\"".into(), 400, "invalid_request"),
         (r#"{"model":"heavy"}"#.into(), 400, "invalid_request"),
-        (r#"{"model":"heavy","messages":"hi"}"#.into(), 400, "invalid_request"),
+        (
+            r#"{"model":"heavy","messages":"hi"}"#.into(),
+            400,
+            "invalid_request",
+        ),
         (format!(r#"{{"model":5,{m}}}"#), 400, "invalid_request"),
-        (format!(r#"{{"model":"heavy","stream":"yes",{m}}}"#), 400, "invalid_request"),
-        (format!(r#"{{"model":"heavy","max_tokens":"ten",{m}}}"#), 400, "invalid_request"),
-        (format!(r#"{{"model":"heavy","temperature":"hot",{m}}}"#), 400, "invalid_request"),
+        (
+            format!(r#"{{"model":"heavy","stream":"yes",{m}}}"#),
+            400,
+            "invalid_request",
+        ),
+        (
+            format!(r#"{{"model":"heavy","max_tokens":"ten",{m}}}"#),
+            400,
+            "invalid_request",
+        ),
+        (
+            format!(r#"{{"model":"heavy","temperature":"hot",{m}}}"#),
+            400,
+            "invalid_request",
+        ),
         (format!(r#"{{{m}}}"#), 400, "invalid_request"),
-        (format!(r#"{{"model":"heavy",{m},"pad":"{}"}}"#, "x".repeat(70 * 1024)), 413, "request_too_large"),
+        (
+            format!(
+                r#"{{"model":"heavy",{m},"pad":"{}"}}"#,
+                "x".repeat(70 * 1024)
+            ),
+            413,
+            "request_too_large",
+        ),
     ];
     for (body, status, code) in cases {
-        let r = p.http.post(p.url("/v1/chat/completions")).header("content-type", "application/json").body(body.clone()).send().await.unwrap();
+        let r = p
+            .http
+            .post(p.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
         let (got, headers, v) = json_of(r).await;
         assert_eq!(got, status, "{}: {v}", &body[..body.len().min(60)]);
         assert!(headers.contains_key("x-request-id"));
@@ -243,7 +359,13 @@ async fn bad_requests_get_openai_errors_with_the_right_status() {
     let (status, headers, v) = json_of(p.chat(&too_long).await).await;
     assert_eq!(status, 400, "{v}");
     assert_openai_error(&v, "engine_rejected");
-    assert!(v["error"]["message"].as_str().unwrap().contains("maximum context length"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maximum context length"),
+        "{v}"
+    );
     assert!(headers.contains_key("x-ssw-worker"));
 }
 
@@ -253,9 +375,15 @@ async fn api_keys_are_required_when_configured() {
     std::fs::create_dir_all(&dir).unwrap();
     let keys = dir.join("keys");
     std::fs::write(&keys, "# game servers\nsk-alpha\nsk-beta\n").unwrap();
-    let p = TestPlatform::start_with(ssw(), |s| s.config.gateway.api_keys_file = Some(keys.clone())).await;
+    let p = TestPlatform::start_with(ssw(), |s| {
+        s.config.gateway.api_keys_file = Some(keys.clone())
+    })
+    .await;
     let send = |auth: Option<&'static str>| {
-        let mut r = p.http.post(p.url("/v1/chat/completions")).body(chat_body("light").to_string());
+        let mut r = p
+            .http
+            .post(p.url("/v1/chat/completions"))
+            .body(chat_body("light").to_string());
         if let Some(a) = auth {
             r = r.header("authorization", a);
         }
@@ -273,8 +401,14 @@ async fn api_keys_are_required_when_configured() {
     let r = p.http.get(p.url("/v1/models")).send().await.unwrap();
     assert_eq!(r.status(), 401);
     // Health and metrics stay open for probes and scrapers.
-    assert_eq!(p.http.get(p.url("/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(p.http.get(p.url("/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        p.http.get(p.url("/healthz")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        p.http.get(p.url("/readyz")).send().await.unwrap().status(),
+        200
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -293,8 +427,30 @@ async fn readyz_reports_each_pool_and_metrics_count_requests() {
         assert_eq!(p.chat(&chat_body("heavy")).await.status(), 200);
     }
     assert_eq!(p.chat(&chat_body("nope")).await.status(), 404);
-    let text = p.http.get(p.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    let count = |labels: &[(&str, &str)]| ssw_test_support::metric(&text, "ssw_gateway_requests_total", labels);
-    assert_eq!(count(&[("pool", "heavy"), ("status", "200"), ("code", "ok")]), Some(3.0), "{text}");
-    assert_eq!(count(&[("pool", "none"), ("status", "404"), ("code", "model_not_found")]), Some(1.0), "{text}");
+    let text = p
+        .http
+        .get(p.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |labels: &[(&str, &str)]| {
+        ssw_test_support::metric(&text, "ssw_gateway_requests_total", labels)
+    };
+    assert_eq!(
+        count(&[("pool", "heavy"), ("status", "200"), ("code", "ok")]),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        count(&[
+            ("pool", "none"),
+            ("status", "404"),
+            ("code", "model_not_found")
+        ]),
+        Some(1.0),
+        "{text}"
+    );
 }

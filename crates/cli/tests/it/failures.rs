@@ -43,11 +43,23 @@ async fn full_queue_answers_429_with_retry_after_before_enqueueing() {
         .map(|_| {
             let http = p.http.clone();
             let url = p.url("/v1/chat/completions");
-            tokio::spawn(async move { http.post(url).body(chat_body("heavy").to_string()).send().await })
+            tokio::spawn(async move {
+                http.post(url)
+                    .body(chat_body("heavy").to_string())
+                    .send()
+                    .await
+            })
         })
         .collect();
     TestPlatform::eventually(Duration::from_secs(5), "3 jobs queued", || async {
-        let v: Value = p.http.get(p.url("/readyz")).send().await.unwrap().json_value().await;
+        let v: Value = p
+            .http
+            .get(p.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json_value()
+            .await;
         v["pools"][0]["backlog"] == 3
     })
     .await;
@@ -56,7 +68,14 @@ async fn full_queue_answers_429_with_retry_after_before_enqueueing() {
     let (status, headers, v) = error_of(p.chat(&chat_body("heavy")).await).await;
     assert_eq!(status, 429, "{v}");
     assert_eq!(v["error"]["code"], "queue_full");
-    assert!(headers["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert!(
+        headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
     assert!(started.elapsed() < Duration::from_secs(1));
     // The light pool is unaffected.
     assert_eq!(p.chat(&chat_body("light")).await.status(), 200);
@@ -73,16 +92,31 @@ async fn a_job_nobody_starts_in_time_gets_503_and_never_runs() {
     })
     .await;
     let started = Instant::now();
-    let r = p.http.post(p.url("/v1/chat/completions")).header("x-request-id", "too-late").body(chat_body("heavy").to_string()).send().await.unwrap();
+    let r = p
+        .http
+        .post(p.url("/v1/chat/completions"))
+        .header("x-request-id", "too-late")
+        .body(chat_body("heavy").to_string())
+        .send()
+        .await
+        .unwrap();
     let (status, headers, v) = error_of(r).await;
     assert_eq!(status, 503, "{v}");
     assert_eq!(v["error"]["code"], "queue_timeout");
     assert!(headers.contains_key("retry-after"));
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(700) && waited < Duration::from_secs(3), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(700) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
     // A heavy worker that appears afterwards serves new requests but never runs the expired one.
-    let stub_url = p.platform.add_stub("heavy-late", "heavy", test_stub()).unwrap();
-    p.platform.spawn_worker("heavy-late", "heavy", &stub_url, vec![]).unwrap();
+    let stub_url = p
+        .platform
+        .add_stub("heavy-late", "heavy", test_stub())
+        .unwrap();
+    p.platform
+        .spawn_worker("heavy-late", "heavy", &stub_url, vec![])
+        .unwrap();
     TestPlatform::eventually(Duration::from_secs(5), "heavy served", || async {
         p.chat(&chat_body("heavy")).await.status() == 200
     })
@@ -105,8 +139,13 @@ async fn a_queued_job_whose_client_left_never_runs() {
         .await;
     assert!(r.is_err(), "the client gave up");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let stub_url = p.platform.add_stub("heavy-late", "heavy", test_stub()).unwrap();
-    p.platform.spawn_worker("heavy-late", "heavy", &stub_url, vec![]).unwrap();
+    let stub_url = p
+        .platform
+        .add_stub("heavy-late", "heavy", test_stub())
+        .unwrap();
+    p.platform
+        .spawn_worker("heavy-late", "heavy", &stub_url, vec![])
+        .unwrap();
     // The new worker serves new heavy requests, but not the abandoned one.
     TestPlatform::eventually(Duration::from_secs(5), "heavy served", || async {
         p.chat(&chat_body("heavy")).await.status() == 200
@@ -120,7 +159,10 @@ async fn a_queued_job_whose_client_left_never_runs() {
 #[tokio::test]
 async fn a_running_job_whose_client_left_is_aborted_on_the_engine_within_a_second() {
     let p = TestPlatform::start_with(ssw(), |s| {
-        s.replicas = vec![stub_replica("heavy-0", "heavy", slow_stub(50, 100, 200)), stub_replica("light-0", "light", test_stub())];
+        s.replicas = vec![
+            stub_replica("heavy-0", "heavy", slow_stub(50, 100, 200)),
+            stub_replica("light-0", "light", test_stub()),
+        ];
     })
     .await;
     // Streaming: read the first chunk, then hang up.
@@ -132,20 +174,46 @@ async fn a_running_job_whose_client_left_is_aborted_on_the_engine_within_a_secon
     chunks.next().await.expect("first chunk").expect("bytes");
     drop(chunks);
     let hung_up = Instant::now();
-    TestPlatform::eventually(Duration::from_secs(3), "stream abort reaches the engine", || async {
-        p.stub_metric("heavy-0", "ssw_stub_aborted_requests_total").await == 1.0
-    })
+    TestPlatform::eventually(
+        Duration::from_secs(3),
+        "stream abort reaches the engine",
+        || async {
+            p.stub_metric("heavy-0", "ssw_stub_aborted_requests_total")
+                .await
+                == 1.0
+        },
+    )
     .await;
-    assert!(hung_up.elapsed() < Duration::from_millis(1500), "{:?}", hung_up.elapsed());
+    assert!(
+        hung_up.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        hung_up.elapsed()
+    );
     // Non-streaming: the client times out while the engine is still generating.
-    let r = p.http.post(p.url("/v1/chat/completions")).timeout(Duration::from_millis(500)).body(chat_body("heavy").to_string()).send().await;
+    let r = p
+        .http
+        .post(p.url("/v1/chat/completions"))
+        .timeout(Duration::from_millis(500))
+        .body(chat_body("heavy").to_string())
+        .send()
+        .await;
     assert!(r.is_err());
     let hung_up = Instant::now();
-    TestPlatform::eventually(Duration::from_secs(3), "non-stream abort reaches the engine", || async {
-        p.stub_metric("heavy-0", "ssw_stub_aborted_requests_total").await == 2.0
-    })
+    TestPlatform::eventually(
+        Duration::from_secs(3),
+        "non-stream abort reaches the engine",
+        || async {
+            p.stub_metric("heavy-0", "ssw_stub_aborted_requests_total")
+                .await
+                == 2.0
+        },
+    )
     .await;
-    assert!(hung_up.elapsed() < Duration::from_millis(1500), "{:?}", hung_up.elapsed());
+    assert!(
+        hung_up.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        hung_up.elapsed()
+    );
     // The slot is free again: the engine runs nothing.
     TestPlatform::eventually(Duration::from_secs(2), "engine idle", || async {
         p.stub_metric("heavy-0", "vllm:num_requests_running").await == 0.0
@@ -155,7 +223,10 @@ async fn a_running_job_whose_client_left_is_aborted_on_the_engine_within_a_secon
 
 #[tokio::test]
 async fn engine_failures_are_retried_elsewhere_then_reported_as_502() {
-    let failing = StubConfig { error_rate: 1.0, ..test_stub() };
+    let failing = StubConfig {
+        error_rate: 1.0,
+        ..test_stub()
+    };
     let p = TestPlatform::start_with(ssw(), |s| {
         s.replicas = vec![
             stub_replica("heavy-bad", "heavy", failing.clone()),
@@ -174,13 +245,21 @@ async fn engine_failures_are_retried_elsewhere_then_reported_as_502() {
     let (status, _, v) = error_of(p.chat(&chat_body("light")).await).await;
     assert_eq!(status, 502, "{v}");
     assert_eq!(v["error"]["code"], "upstream_error");
-    assert_eq!(p.stub_metric("light-bad", "ssw_stub_request_errors_total").await, 3.0, "max_attempts deliveries");
+    assert_eq!(
+        p.stub_metric("light-bad", "ssw_stub_request_errors_total")
+            .await,
+        3.0,
+        "max_attempts deliveries"
+    );
 }
 
 #[tokio::test]
 async fn jobs_of_a_worker_killed_before_output_complete_on_another() {
     let mut p = TestPlatform::start_with(ssw(), |s| {
-        s.replicas = vec![stub_replica("heavy-0", "heavy", slow_stub(1500, 1, 4)), stub_replica("light-0", "light", test_stub())];
+        s.replicas = vec![
+            stub_replica("heavy-0", "heavy", slow_stub(1500, 1, 4)),
+            stub_replica("light-0", "light", test_stub()),
+        ];
     })
     .await;
     let clients: Vec<_> = (0..3)
@@ -191,7 +270,11 @@ async fn jobs_of_a_worker_killed_before_output_complete_on_another() {
             body["stream"] = json!(i % 2 == 0);
             tokio::spawn(async move {
                 let r = http.post(url).body(body.to_string()).send().await.unwrap();
-                (r.status().as_u16(), r.headers()["x-ssw-worker"].to_str().unwrap().to_owned(), r.text().await.unwrap())
+                (
+                    r.status().as_u16(),
+                    r.headers()["x-ssw-worker"].to_str().unwrap().to_owned(),
+                    r.text().await.unwrap(),
+                )
             })
         })
         .collect();
@@ -202,9 +285,14 @@ async fn jobs_of_a_worker_killed_before_output_complete_on_another() {
     let pid = p.platform.workers["heavy-0"].pid().unwrap();
     signal(pid, libc::SIGKILL);
     let stub_url = p.platform.stub_url("heavy-0").unwrap().to_owned();
-    p.platform.spawn_worker("heavy-1", "heavy", &stub_url, vec![]).unwrap();
+    p.platform
+        .spawn_worker("heavy-1", "heavy", &stub_url, vec![])
+        .unwrap();
     for c in clients {
-        let (status, worker, body) = tokio::time::timeout(Duration::from_secs(15), c).await.expect("answered").unwrap();
+        let (status, worker, body) = tokio::time::timeout(Duration::from_secs(15), c)
+            .await
+            .expect("answered")
+            .unwrap();
         assert_eq!(status, 200, "{body}");
         assert_eq!(worker, "heavy-1");
         assert!(body.contains("[Qwen/Qwen2.5-14B-Instruct-AWQ]"), "{body}");
@@ -214,7 +302,10 @@ async fn jobs_of_a_worker_killed_before_output_complete_on_another() {
 #[tokio::test]
 async fn a_worker_killed_mid_stream_ends_the_stream_with_an_explicit_error() {
     let p = TestPlatform::start_with(ssw(), |s| {
-        s.replicas = vec![stub_replica("heavy-0", "heavy", slow_stub(10, 200, 100)), stub_replica("light-0", "light", test_stub())];
+        s.replicas = vec![
+            stub_replica("heavy-0", "heavy", slow_stub(10, 200, 100)),
+            stub_replica("light-0", "light", test_stub()),
+        ];
     })
     .await;
     let mut body = chat_body("heavy");
@@ -232,7 +323,11 @@ async fn a_worker_killed_mid_stream_ends_the_stream_with_an_explicit_error() {
     })
     .await;
     assert!(rest.is_ok(), "the stream ended");
-    assert!(killed.elapsed() < Duration::from_secs(4), "within the stall timeout: {:?}", killed.elapsed());
+    assert!(
+        killed.elapsed() < Duration::from_secs(4),
+        "within the stall timeout: {:?}",
+        killed.elapsed()
+    );
     let (events, done) = sse_events(&text);
     assert!(done, "ends with [DONE]");
     let last = events.last().unwrap();
@@ -249,13 +344,25 @@ async fn redis_down_means_fast_503_and_service_resumes_when_it_is_back() {
     assert_eq!(status, 503, "{v}");
     assert_eq!(v["error"]["code"], "queue_unavailable");
     assert!(headers.contains_key("retry-after"));
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
-    assert_eq!(p.http.get(p.url("/readyz")).send().await.unwrap().status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        p.http.get(p.url("/readyz")).send().await.unwrap().status(),
+        503
+    );
     p.platform.redis.as_mut().unwrap().restart().await.unwrap();
     // Gateway and workers reconnect by themselves.
-    TestPlatform::eventually(Duration::from_secs(15), "both pools served again", || async {
-        p.chat(&chat_body("heavy")).await.status() == 200 && p.chat(&chat_body("light")).await.status() == 200
-    })
+    TestPlatform::eventually(
+        Duration::from_secs(15),
+        "both pools served again",
+        || async {
+            p.chat(&chat_body("heavy")).await.status() == 200
+                && p.chat(&chat_body("light")).await.status() == 200
+        },
+    )
     .await;
     let mut s = chat_body("light");
     s["stream"] = json!(true);
@@ -266,7 +373,10 @@ async fn redis_down_means_fast_503_and_service_resumes_when_it_is_back() {
 #[tokio::test]
 async fn sigterm_drains_workers_and_gateway_and_they_exit_zero() {
     let mut p = TestPlatform::start_with(ssw(), |s| {
-        s.replicas = vec![stub_replica("heavy-0", "heavy", slow_stub(10, 50, 20)), stub_replica("light-0", "light", slow_stub(10, 50, 20))];
+        s.replicas = vec![
+            stub_replica("heavy-0", "heavy", slow_stub(10, 50, 20)),
+            stub_replica("light-0", "light", slow_stub(10, 50, 20)),
+        ];
     })
     .await;
     let (http0, url0) = (p.http.clone(), p.url("/v1/chat/completions"));
@@ -290,7 +400,10 @@ async fn sigterm_drains_workers_and_gateway_and_they_exit_zero() {
     worker.signal(libc::SIGTERM);
     let (status, body) = job.await.unwrap();
     assert_eq!(status, 200, "{body}");
-    let exit = tokio::time::timeout(Duration::from_secs(10), worker.wait()).await.unwrap().unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(10), worker.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(exit.success(), "{exit}");
     // The gateway finishes a stream in flight, refuses new work, exits 0.
     let stream = send("light", true);
@@ -305,9 +418,15 @@ async fn sigterm_drains_workers_and_gateway_and_they_exit_zero() {
     let (events, done) = sse_events(&text);
     assert!(done, "the stream in flight completed");
     assert!(events.iter().all(|e| e.get("error").is_none()));
-    let exit = tokio::time::timeout(Duration::from_secs(10), gateway.wait()).await.unwrap().unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(10), gateway.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(exit.success(), "{exit}");
-    assert!(p.http.get(p.url("/healthz")).send().await.is_err(), "no longer accepting");
+    assert!(
+        p.http.get(p.url("/healthz")).send().await.is_err(),
+        "no longer accepting"
+    );
 }
 
 trait JsonValue {

@@ -38,7 +38,12 @@ async fn a_thousand_concurrent_requests_all_succeed_and_balance() {
             let mut body = chat_body(pool);
             body["stream"] = json!(i % 4 < 2);
             tokio::spawn(async move {
-                let r = http.post(url).body(body.to_string()).send().await.expect("response");
+                let r = http
+                    .post(url)
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .expect("response");
                 let status = r.status().as_u16();
                 let worker = r.headers()["x-ssw-worker"].to_str().unwrap().to_owned();
                 let text = r.text().await.expect("body");
@@ -53,18 +58,31 @@ async fn a_thousand_concurrent_requests_all_succeed_and_balance() {
         assert!(worker.starts_with(pool), "{pool} served by {worker}");
         if stream {
             let (events, done) = sse_events(&text);
-            assert!(done && events.iter().all(|e| e.get("error").is_none()), "{text}");
+            assert!(
+                done && events.iter().all(|e| e.get("error").is_none()),
+                "{text}"
+            );
         } else {
             assert!(text.contains("\"finish_reason\":\"stop\""), "{text}");
         }
         *by_worker.entry(worker).or_default() += 1;
     }
     for pool in ["heavy", "light"] {
-        let total: usize = by_worker.iter().filter(|(w, _)| w.starts_with(pool)).map(|(_, n)| n).sum();
+        let total: usize = by_worker
+            .iter()
+            .filter(|(w, _)| w.starts_with(pool))
+            .map(|(_, n)| n)
+            .sum();
         assert_eq!(total, 500);
         for gpu in 0..2 {
-            let n = by_worker.get(&format!("{pool}-{gpu}")).copied().unwrap_or(0);
-            assert!(n * 100 >= total * 30, "{pool}-{gpu} served {n} of {total}: {by_worker:?}");
+            let n = by_worker
+                .get(&format!("{pool}-{gpu}"))
+                .copied()
+                .unwrap_or(0);
+            assert!(
+                n * 100 >= total * 30,
+                "{pool}-{gpu} served {n} of {total}: {by_worker:?}"
+            );
         }
     }
 }

@@ -1,4 +1,5 @@
 //! Integration tests: the real `ssw` binary, real `redis-server`, HTTP over loopback.
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 mod api;
 mod failures;

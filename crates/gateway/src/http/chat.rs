@@ -12,6 +12,7 @@ use ssw_protocol::error::{ErrorCode, ErrorEnvelope};
 use ssw_protocol::job::Job;
 use ssw_protocol::reply::ReplyEvent;
 use ssw_queue::producer::Enqueued;
+use tracing::Instrument;
 
 use super::{RequestId, X_SSW_POOL, X_SSW_WORKER};
 use crate::error::{ApiError, json_response, sse_error};
@@ -52,37 +53,51 @@ pub async fn chat_completions(
         body: req.into_engine_body(&pool.served_model, &pool.defaults),
     };
     let span = tracing::info_span!("request", request_id = %job.request_id, job = %job.id, pool = %pool.name);
-    let _enter = span.enter();
-    let mut ticket = Ticket::register(&state, pool.name.clone(), job.id.clone(), deadline_ms, stream);
-    let refused = match state.redis.enqueue(&pool.name, &job, pool.max_queue).await {
-        Ok(Enqueued::Accepted(entry)) => {
-            tracing::debug!(%entry, "enqueued");
-            ticket.enqueued(entry);
-            None
+    let mut ticket = Ticket::register(
+        &state,
+        pool.name.clone(),
+        job.id.clone(),
+        deadline_ms,
+        stream,
+    );
+    let mut resp = async {
+        let refused = match state.redis.enqueue(&pool.name, &job, pool.max_queue).await {
+            Ok(Enqueued::Accepted(entry)) => {
+                tracing::debug!(%entry, "enqueued");
+                ticket.enqueued(entry);
+                None
+            }
+            Ok(Enqueued::Full { backlog }) => Some(
+                ApiError::new(
+                    ErrorCode::QueueFull,
+                    format!(
+                        "pool `{}` has {backlog} requests waiting; retry later",
+                        pool.name
+                    ),
+                )
+                .retry_after(state.config.gateway.retry_after),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot enqueue");
+                Some(ApiError::new(
+                    ErrorCode::QueueUnavailable,
+                    "the queue is unavailable; retry later",
+                ))
+            }
+        };
+        drop(job);
+        match refused {
+            Some(err) => {
+                ticket.finish();
+                ticket.record(err.code.status(), err.code.as_str());
+                err.into_response()
+            }
+            None if stream => stream_response(ticket).await,
+            None => full_response(ticket).await,
         }
-        Ok(Enqueued::Full { backlog }) => Some(
-            ApiError::new(
-                ErrorCode::QueueFull,
-                format!("pool `{}` has {backlog} requests waiting; retry later", pool.name),
-            )
-            .retry_after(state.config.gateway.retry_after),
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot enqueue");
-            Some(ApiError::new(ErrorCode::QueueUnavailable, "the queue is unavailable; retry later"))
-        }
-    };
-    drop(job);
-    drop(_enter);
-    let mut resp = match refused {
-        Some(err) => {
-            ticket.finish();
-            ticket.record(err.code.status(), err.code.as_str());
-            err.into_response()
-        }
-        None if stream => stream_response(ticket).await,
-        None => full_response(ticket).await,
-    };
+    }
+    .instrument(span)
+    .await;
     set_header(&mut resp, &X_SSW_POOL, &pool.name);
     resp
 }
@@ -96,20 +111,23 @@ fn admit(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(Arc<Pool>, ChatRequest), Refusal> {
     if state.is_draining() {
-        let err = ApiError::new(ErrorCode::ShuttingDown, "the gateway is shutting down; retry");
+        let err = ApiError::new(
+            ErrorCode::ShuttingDown,
+            "the gateway is shutting down; retry",
+        );
         return Err((None, false, err));
     }
     let body = body.map_err(|rej| {
         let err = if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 ErrorCode::RequestTooLarge,
-                format!(
-                    "request body exceeds {}",
-                    state.config.gateway.max_body
-                ),
+                format!("request body exceeds {}", state.config.gateway.max_body),
             )
         } else {
-            ApiError::new(ErrorCode::InvalidRequest, format!("cannot read request body: {rej}"))
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("cannot read request body: {rej}"),
+            )
         };
         (None, false, err)
     })?;
@@ -125,7 +143,14 @@ fn admit(
                         ErrorCode::ModelNotFound,
                         format!("the model `{m}` does not exist; see /v1/models"),
                     );
-                    err.param = Some(if header.is_some() { "x-ssw-pool" } else { "model" }.into());
+                    err.param = Some(
+                        if header.is_some() {
+                            "x-ssw-pool"
+                        } else {
+                            "model"
+                        }
+                        .into(),
+                    );
                     err
                 }
                 RouteError::Missing => {
@@ -183,7 +208,10 @@ fn failed(ticket: &mut Ticket, err: ApiError) -> Response {
 
 fn unexpected(ticket: &mut Ticket, what: &str) -> Response {
     tracing::error!(what, "unexpected reply event");
-    failed(ticket, ApiError::new(ErrorCode::InternalError, "internal error"))
+    failed(
+        ticket,
+        ApiError::new(ErrorCode::InternalError, "internal error"),
+    )
 }
 
 async fn full_response(mut ticket: Ticket) -> Response {
@@ -225,7 +253,10 @@ async fn stream_response(mut ticket: Ticket) -> Response {
         let mut ticket = ticket?;
         loop {
             return match ticket.next().await {
-                Next::Event(ReplyEvent::Data(d)) => Some((Ok::<_, std::convert::Infallible>(Bytes::from(d)), Some(ticket))),
+                Next::Event(ReplyEvent::Data(d)) => Some((
+                    Ok::<_, std::convert::Infallible>(Bytes::from(d)),
+                    Some(ticket),
+                )),
                 Next::Event(ReplyEvent::End) => {
                     ticket.finish();
                     ticket.record(200, "ok");
@@ -251,7 +282,10 @@ async fn stream_response(mut ticket: Ticket) -> Response {
     });
     let mut resp = Response::new(Body::from_stream(body));
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     set_header(&mut resp, &X_SSW_WORKER, &worker);
     resp

@@ -25,15 +25,28 @@ fn card(state: &AppState, pool: &Pool) -> ModelCard {
 pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
     Json(ModelList {
         object: "list".into(),
-        data: state.router.pools().iter().map(|p| card(&state, p)).collect(),
+        data: state
+            .router
+            .pools()
+            .iter()
+            .map(|p| card(&state, p))
+            .collect(),
     })
 }
 
 /// One pool, by any name that routes to it.
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<ModelCard>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ModelCard>, ApiError> {
     state
         .router
         .by_model(&id)
         .map(|p| Json(card(&state, p)))
-        .ok_or_else(|| ApiError::new(ErrorCode::ModelNotFound, format!("model `{id}` does not exist")))
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::ModelNotFound,
+                format!("model `{id}` does not exist"),
+            )
+        })
 }
