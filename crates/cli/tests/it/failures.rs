@@ -438,3 +438,80 @@ impl JsonValue for reqwest::Response {
         serde_json::from_str(&self.text().await.unwrap()).unwrap()
     }
 }
+
+#[tokio::test]
+async fn a_worker_whose_engine_is_down_stops_pulling_and_says_so() {
+    let mut p = TestPlatform::start(ssw()).await;
+    let (mut stub, _) = p.platform.stubs.remove("heavy-0").unwrap();
+    stub.signal(libc::SIGKILL);
+    stub.wait().await.unwrap();
+    TestPlatform::eventually(
+        Duration::from_secs(5),
+        "readyz shows one serving heavy worker",
+        || async {
+            let v: Value = p
+                .http
+                .get(p.url("/readyz"))
+                .send()
+                .await
+                .unwrap()
+                .json_value()
+                .await;
+            v["pools"][0]["live_workers"] == 2
+                && v["pools"][0]["serving_workers"] == 1
+                && v["ready"] == true
+        },
+    )
+    .await;
+    // Every heavy request lands on the replica whose engine is up.
+    for _ in 0..20 {
+        let r = p.chat(&chat_body("heavy")).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-ssw-worker"], "heavy-1");
+    }
+}
+
+#[tokio::test]
+async fn check_config_names_the_bad_field() {
+    let dir = std::env::temp_dir().join(format!("ssw-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |name: &str, text: &str, role: Option<&str>| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let mut cmd = std::process::Command::new(ssw());
+        cmd.arg("check-config").arg(&path);
+        if let Some(r) = role {
+            cmd.args(["--role", r]);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = run(
+        "good.toml",
+        "[worker]\npool = \"heavy\"\nengine_url = \"http://127.0.0.1:8001\"\n",
+        None,
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = run(
+        "bad-queue.toml",
+        "[pools.heavy]\nserved_model = \"m\"\nmax_queue = 0\n",
+        None,
+    );
+    assert!(!ok);
+    assert!(out.contains("pools.heavy.max_queue"), "{out}");
+    let (ok, out) = run(
+        "bad-duration.toml",
+        "[gateway]\nstall_timeout = \"forever\"\n",
+        None,
+    );
+    assert!(!ok);
+    assert!(out.contains("stall_timeout"), "{out}");
+    let (ok, out) = run("no-pool.toml", "", Some("worker"));
+    assert!(!ok);
+    assert!(out.contains("worker.pool"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Acceptance check: `ssw up`, then the official openai Python SDK against it (chat, stream with
+# usage, tools, 200 concurrent requests). Needs python3 with venv/pip and network to PyPI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v python3 >/dev/null || { echo "error: python3 not found; install it (apt-get install python3 python3-venv)" >&2; exit 1; }
+command -v redis-server >/dev/null || { echo "error: redis-server not found; install it (apt-get install redis-server)" >&2; exit 1; }
+
+venv="${SSW_SDK_VENV:-target/sdk-venv}"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/python" -c 'import openai' 2>/dev/null || "$venv/bin/pip" install -q openai
+
+cargo build --locked --bin ssw
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+log=$(mktemp)
+target/debug/ssw up --listen "127.0.0.1:$port" >"$log" 2>&1 &
+up=$!
+trap 'kill -TERM $up 2>/dev/null; wait $up 2>/dev/null || true; rm -f "$log"' EXIT
+for _ in $(seq 1 300); do
+  grep -q '^ready:' "$log" && break
+  kill -0 $up 2>/dev/null || { cat "$log"; echo "error: ssw up exited" >&2; exit 1; }
+  sleep 0.1
+done
+grep -q '^ready:' "$log" || { cat "$log"; echo "error: ssw up not ready after 30s" >&2; exit 1; }
+"$venv/bin/python" scripts/sdk_check.py "http://127.0.0.1:$port/v1"

@@ -1,0 +1,103 @@
+"""Drives a running gateway with the official `openai` SDK: chat, stream with usage, tools
+(streamed and not), and 200 concurrent requests. Exits non-zero on the first problem.
+
+Usage: python3 scripts/sdk_check.py http://127.0.0.1:8080/v1
+"""
+
+import asyncio
+import json
+import sys
+
+import openai
+
+BASE = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8080/v1"
+TOOLS = [{
+    "type": "function",
+    "function": {
+        "name": "dock_ship",
+        "description": "Dock a ship at a bay",
+        "parameters": {"type": "object", "properties": {"bay": {"type": "integer"}}, "required": ["bay"]},
+    },
+}]
+
+
+def check(cond, what):
+    if not cond:
+        raise SystemExit(f"FAILED: {what}")
+    print(f"ok: {what}")
+
+
+def sync_checks():
+    client = openai.OpenAI(base_url=BASE, api_key="unused", max_retries=0)
+    models = [m.id for m in client.models.list().data]
+    check(models == ["heavy", "light"], f"models.list -> {models}")
+
+    r = client.chat.completions.create(model="heavy", messages=[{"role": "user", "content": "Status report"}])
+    check(r.choices[0].message.content.startswith("[Qwen/Qwen2.5-14B-Instruct-AWQ]"), "chat (heavy)")
+    check(r.usage.completion_tokens > 0, "chat usage")
+
+    raw = client.chat.completions.with_raw_response.create(model="light", messages=[{"role": "user", "content": "hi"}])
+    check(raw.headers["x-ssw-pool"] == "light" and raw.headers["x-ssw-worker"].startswith("light-"), "routing headers")
+
+    stream = client.chat.completions.create(
+        model="light", messages=[{"role": "user", "content": "Tell a story"}],
+        stream=True, stream_options={"include_usage": True},
+    )
+    text, usage, finish = "", None, None
+    for chunk in stream:
+        if chunk.usage:
+            usage = chunk.usage
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+            finish = chunk.choices[0].finish_reason or finish
+    check(text.startswith("[Qwen/Qwen3-8B-AWQ]") and finish == "stop", "stream text and finish_reason")
+    check(usage is not None and usage.completion_tokens > 0, "stream usage chunk")
+
+    r = client.chat.completions.create(
+        model="heavy", messages=[{"role": "user", "content": "Dock at bay 7"}], tools=TOOLS, tool_choice="required",
+    )
+    call = r.choices[0].message.tool_calls[0]
+    check(call.function.name == "dock_ship" and json.loads(call.function.arguments), "tool call")
+
+    stream = client.chat.completions.create(
+        model="heavy", messages=[{"role": "user", "content": "Dock"}], tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "dock_ship"}}, stream=True,
+    )
+    name, args = None, ""
+    for chunk in stream:
+        for tc in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            name = tc.function.name or name
+            args += tc.function.arguments or ""
+    check(name == "dock_ship" and json.loads(args), "streamed tool call")
+
+    try:
+        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+        check(False, "unknown model raises")
+    except openai.NotFoundError as e:
+        check(e.code == "model_not_found", "unknown model -> NotFoundError model_not_found")
+
+
+async def concurrent_checks(n=200):
+    client = openai.AsyncOpenAI(base_url=BASE, api_key="unused", max_retries=0, timeout=60)
+
+    async def one(i):
+        model = "heavy" if i % 3 == 0 else "light"
+        if i % 2:
+            r = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": f"npc {i}"}])
+            return r.choices[0].finish_reason
+        s = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": f"npc {i}"}], stream=True)
+        finish = None
+        async for c in s:
+            if c.choices and c.choices[0].finish_reason:
+                finish = c.choices[0].finish_reason
+        return finish
+
+    results = await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
+    errors = [r for r in results if isinstance(r, Exception)]
+    check(not errors, f"{n} concurrent requests without errors ({errors[:3]})")
+    check(all(r == "stop" for r in results), f"{n} concurrent requests all finished")
+
+
+sync_checks()
+asyncio.run(concurrent_checks())
+print("sdk check passed")
