@@ -21,9 +21,14 @@ TOOLS = [{
 }]
 
 
+PASSED = []
+
+
 def check(cond, what):
     if not cond:
+        print(f"sdk: {len(PASSED)} passed, 1 failed")
         raise SystemExit(f"FAILED: {what}")
+    PASSED.append(what)
     print(f"ok: {what}")
 
 
@@ -100,4 +105,4 @@ async def concurrent_checks(n=200):
 
 sync_checks()
 asyncio.run(concurrent_checks())
-print("sdk check passed")
+print(f"sdk: {len(PASSED)} passed, 0 failed")

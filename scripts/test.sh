@@ -10,4 +10,10 @@ need() {
 need cargo "https://rustup.rs"
 need redis-server "sudo apt-get install redis-server"
 
-cargo test --workspace --locked
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+status=0
+cargo test --workspace --locked 2>&1 | tee "$out" || status=$?
+# cargo prints one result line per test binary; sum them into one closing line.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$out"
+exit $status

@@ -238,8 +238,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
 
 fn check_config(file: &PathBuf, role: Option<RoleArg>) -> anyhow::Result<()> {
     anyhow::ensure!(file.is_file(), "{}: no such file", file.display());
-    let fig = Figment::from(figment::providers::Serialized::defaults(Config::default()))
-        .merge(<figment::providers::Toml as figment::providers::Format>::file_exact(file));
+    let fig = Config::file_figment(Some(file));
     let config = Config::from_figment(&fig).with_context(|| format!("{}", file.display()))?;
     let roles: Vec<Role> = match role {
         Some(r) => vec![r.into()],

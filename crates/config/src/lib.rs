@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Env, Format, Json, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -349,14 +349,24 @@ fn valid_name(s: &str) -> bool {
 }
 
 impl Config {
-    /// The figment of defaults, an optional TOML file and the `SSW_` environment; callers merge
-    /// CLI overrides on top and call [`Config::from_figment`].
+    /// The figment of defaults, an optional file and the `SSW_` environment; callers merge CLI
+    /// overrides on top and call [`Config::from_figment`].
     pub fn figment(file: Option<&Path>) -> Figment {
-        let mut f = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(path) = file {
-            f = f.merge(Toml::file_exact(path));
-        }
+        let f = Self::file_figment(file);
         f.merge(Env::prefixed("SSW_").split("__"))
+    }
+
+    /// Defaults and an optional file only (what `check-config` validates). A `.json` file is
+    /// read as JSON (what the Nix module and compose generator write), anything else as TOML.
+    pub fn file_figment(file: Option<&Path>) -> Figment {
+        let f = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) if path.extension().is_some_and(|e| e == "json") => {
+                f.merge(Json::file_exact(path))
+            }
+            Some(path) => f.merge(Toml::file_exact(path)),
+            None => f,
+        }
     }
 
     /// Extracts a configuration, filling in the default pools when none are named.
@@ -710,6 +720,21 @@ mod tests {
                 "{toml:?}: error {err:?} does not name {field}"
             );
         }
+    }
+
+    #[test]
+    fn json_files_are_read_as_json() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "ssw.json",
+                r#"{"worker": {"pool": "heavy", "max_inflight": 8}, "gateway": {"max_body": "1MiB"}}"#,
+            )?;
+            let c = Config::load(Some(Path::new("ssw.json")), Role::Worker)
+                .map_err(|e| e.to_string())?;
+            assert_eq!(c.worker.max_inflight, 8);
+            assert_eq!(c.gateway.max_body, ByteSize::mib(1));
+            Ok(())
+        });
     }
 
     #[test]

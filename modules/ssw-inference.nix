@@ -1,0 +1,228 @@
+# services.ssw-inference: the whole appliance from one attribute set.
+#
+# The topology logic (replicas, ports, vLLM command lines, ssw configs, Prometheus targets)
+# lives in ../nix/topology.nix as builtins-only functions; this module maps it onto NixOS
+# options: vLLM OCI containers pinned to GPUs through CDI (or `ssw stub` units when
+# `settings.engine = "stub"`), Redis, the gateway and one worker unit per replica, Prometheus.
+{ config, lib, pkgs, ... }:
+let
+  cfg = config.services.ssw-inference;
+  topology = import ../nix/topology.nix;
+  topo = topology.normalise cfg.settings;
+  s = topo.settings;
+  vllm = topo.engine == "vllm";
+
+  inherit (lib) mkOption mkEnableOption mkIf mkMerge mkDefault types optional optionals optionalAttrs
+    listToAttrs nameValuePair;
+
+  redisPassword = s.redis.passwordFile;
+  apiKeys = s.gateway.apiKeysFile;
+
+  # A config file for one unit, with the unit's credential paths, checked by `ssw check-config`
+  # at build time: a bad setting fails `nixos-rebuild`, not the service.
+  configFile = unit: role: value:
+    let
+      withSecrets = lib.recursiveUpdate value (
+        optionalAttrs (redisPassword != null) { redis.password_file = "/run/credentials/${unit}.service/redis-password"; }
+        // optionalAttrs (role == "gateway" && apiKeys != null) { gateway.api_keys_file = "/run/credentials/${unit}.service/api-keys"; }
+      );
+    in
+    pkgs.runCommand "${unit}.json"
+      {
+        nativeBuildInputs = [ cfg.package ];
+        value = builtins.toJSON withSecrets;
+        passAsFile = [ "value" ];
+      } ''
+      cp "$valuePath" $out
+      ssw check-config $out --role ${role}
+    '';
+
+  hardening = {
+    DynamicUser = true;
+    Restart = "on-failure";
+    RestartSec = "2s";
+    UMask = "0077";
+    CapabilityBoundingSet = "";
+    NoNewPrivileges = true;
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    PrivateTmp = true;
+    PrivateDevices = true;
+    PrivateUsers = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    ProtectKernelLogs = true;
+    ProtectKernelModules = true;
+    ProtectKernelTunables = true;
+    ProtectControlGroups = true;
+    RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" ];
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+    MemoryDenyWriteExecute = true;
+    SystemCallArchitectures = "native";
+    SystemCallFilter = [ "@system-service" "~@privileged" "~@resources" ];
+  };
+
+  redisUnit = optional cfg.roles.redis "redis-ssw.service";
+  engineUnit = r: if vllm then "podman-${r.containerName}.service" else "ssw-stub-${r.name}.service";
+  credentials = role:
+    optional (redisPassword != null) "redis-password:${redisPassword}"
+    ++ optional (role == "gateway" && apiKeys != null) "api-keys:${apiKeys}";
+
+  sswService = { unit, role, config, after ? [ ], extra ? { } }: {
+    description = "SSW ${role} (${unit})";
+    wantedBy = [ "multi-user.target" ];
+    after = [ "network-online.target" ] ++ redisUnit ++ after;
+    wants = [ "network-online.target" ] ++ redisUnit ++ after;
+    environment = { RUST_LOG = cfg.logLevel; };
+    serviceConfig = hardening // {
+      ExecStart = "${lib.getExe cfg.package} ${role} --config ${configFile unit role config}";
+      LoadCredential = credentials role;
+    } // extra;
+  };
+
+  drainSeconds = s:
+    let m = builtins.match "([0-9]+)s" s; in if m == null then 60 else lib.toInt (builtins.head m);
+in
+{
+  options.services.ssw-inference = {
+    enable = mkEnableOption "the SSW inference platform (gateway, workers, engines, Redis, Prometheus)";
+
+    package = mkOption {
+      type = types.package;
+      description = "The ssw package (the flake's `nixosModules.default` sets it).";
+    };
+
+    settings = mkOption {
+      type = types.attrsOf types.anything;
+      default = { };
+      description = ''
+        The platform's topology: GPUs, pools, replicas, engine kind, Redis, gateway, workers,
+        Prometheus. Anything left out takes the A40 default (nix/defaults.nix). The same attribute
+        set generates compose.yaml. Invalid settings fail evaluation naming the attribute.
+      '';
+      example = lib.literalExpression ''{ engine = "stub"; pools.heavy.aliases = [ "npc-boss" ]; }'';
+    };
+
+    roles = {
+      redis = mkOption { type = types.bool; default = true; description = "Run Redis on this host (off: `settings.redis.host` is remote)."; };
+      gateway = mkOption { type = types.bool; default = true; description = "Run the gateway on this host."; };
+      workers = mkOption { type = types.bool; default = true; description = "Run the engines and their workers on this host."; };
+    };
+
+    hfTokenFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      description = "Environment file with `HF_TOKEN=…` for the vLLM containers (outside the Nix store).";
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open the gateway's port in the firewall.";
+    };
+
+    logLevel = mkOption {
+      type = types.str;
+      default = "info";
+      description = "RUST_LOG of the ssw units.";
+    };
+  };
+
+  config = mkIf cfg.enable (mkMerge [
+    {
+      assertions = [{
+        assertion = cfg.roles.redis || s.redis.host != "127.0.0.1" || !(cfg.roles.gateway || cfg.roles.workers);
+        message = "services.ssw-inference: roles.redis is off but settings.redis.host is 127.0.0.1; point it at the Redis host.";
+      }];
+    }
+
+    (mkIf cfg.roles.redis {
+      services.redis.servers.ssw = {
+        enable = true;
+        port = s.redis.port;
+        bind = if s.redis.host == "127.0.0.1" then "127.0.0.1" else null;
+        # The queue holds requests in flight only; nothing to keep across restarts.
+        save = [ ];
+        appendOnly = false;
+        requirePassFile = redisPassword;
+        settings.maxclients = 10000;
+      };
+    })
+
+    (mkIf cfg.roles.gateway {
+      systemd.services.ssw-gateway = sswService {
+        unit = "ssw-gateway";
+        role = "gateway";
+        config = topo.ssw.gateway;
+        extra.TimeoutStopSec = "45s";
+      };
+      networking.firewall.allowedTCPPorts = optional cfg.openFirewall (lib.toInt topo.gateway.port);
+    })
+
+    (mkIf cfg.roles.workers {
+      systemd.services = listToAttrs (map
+        (r: nameValuePair "ssw-worker-${r.name}" (sswService {
+          unit = "ssw-worker-${r.name}";
+          role = "worker";
+          config = topo.ssw.workers.${r.name};
+          after = [ (engineUnit r) ];
+          extra.TimeoutStopSec = "${toString (drainSeconds s.worker.drainTimeout + 15)}s";
+        }))
+        topo.replicas)
+      // optionalAttrs (!vllm) (listToAttrs (map
+        (r: nameValuePair "ssw-stub-${r.name}" (sswService {
+          unit = "ssw-stub-${r.name}";
+          role = "stub";
+          config = topo.ssw.stubs.${r.name};
+        }))
+        topo.replicas));
+    })
+
+    (mkIf (cfg.roles.workers && vllm) {
+      hardware.nvidia-container-toolkit.enable = true;
+      virtualisation.oci-containers.backend = mkDefault "podman";
+      systemd.tmpfiles.rules = [
+        "d ${s.volumes.hfCache} 0750 root root -"
+        "d ${s.volumes.vllmCache} 0750 root root -"
+      ];
+      virtualisation.oci-containers.containers = listToAttrs (map
+        (r: nameValuePair r.containerName {
+          image = r.image;
+          cmd = r.vllmArgs;
+          ports = [ "127.0.0.1:${toString r.port}:8000" ];
+          volumes = [
+            "${s.volumes.hfCache}:/root/.cache/huggingface"
+            "${s.volumes.vllmCache}:/root/.cache/vllm"
+          ];
+          environment = { VLLM_CACHE_ROOT = "/root/.cache/vllm"; };
+          environmentFiles = optional (cfg.hfTokenFile != null) cfg.hfTokenFile;
+          devices = [ "nvidia.com/gpu=${toString r.gpu}" ];
+          extraOptions = [
+            "--ipc=host"
+            "--health-cmd=python3 -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health')\""
+            "--health-interval=15s"
+            "--health-retries=3"
+            "--health-start-period=900s"
+          ];
+          # The unit is up only once vLLM answers /health, and the next vLLM on the same GPU
+          # starts only then: two must not profile GPU memory at the same time.
+          podman.sdnotify = "healthy";
+          dependsOn = optional (r.startAfter != null) "ssw-vllm-${r.startAfter}";
+        })
+        topo.replicas);
+    })
+
+    (mkIf (s.prometheus.enable && (cfg.roles.gateway || cfg.roles.workers)) {
+      services.prometheus = {
+        enable = true;
+        port = s.prometheus.port;
+        scrapeConfigs =
+          optionals cfg.roles.gateway [ (builtins.elemAt topo.prometheus.scrapeConfigs 0) ]
+          ++ optionals cfg.roles.workers [ (builtins.elemAt topo.prometheus.scrapeConfigs 1) ];
+      };
+    })
+  ]);
+}

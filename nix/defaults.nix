@@ -1,0 +1,89 @@
+# The A40 host: two GPUs, each running one heavy (Qwen2.5-14B-Instruct-AWQ) and one light
+# (Qwen3-8B-AWQ) vLLM replica. Memory fractions per GPU: 0.50 + 0.38 = 0.88 (≤ 0.95 enforced),
+# leaving headroom for the CUDA context of two processes. See docs/deploy-nixos.md for the figures.
+{
+  engine = "vllm"; # or "stub": `ssw stub` processes instead of vLLM containers (no GPU needed)
+  gpus = [ 0 1 ];
+
+  pools = {
+    heavy = {
+      servedModel = "Qwen/Qwen2.5-14B-Instruct-AWQ";
+      model = "Qwen/Qwen2.5-14B-Instruct-AWQ"; # Hugging Face repo the engine loads
+      aliases = [ ];
+      image = "docker.io/vllm/vllm-openai:v0.31.0";
+      gpuMemoryUtilization = 0.50;
+      maxModelLen = 32768;
+      maxNumSeqs = 64;
+      extraArgs = [ "--enable-auto-tool-choice" "--tool-call-parser" "hermes" ];
+      requestDefaults = { };
+      maxQueue = 10000;
+      queueTimeout = "120s";
+    };
+    light = {
+      servedModel = "Qwen/Qwen3-8B-AWQ";
+      model = "Qwen/Qwen3-8B-AWQ";
+      aliases = [ ];
+      image = "docker.io/vllm/vllm-openai:v0.31.0";
+      gpuMemoryUtilization = 0.38;
+      maxModelLen = 32768;
+      maxNumSeqs = 64;
+      extraArgs = [ "--enable-auto-tool-choice" "--tool-call-parser" "hermes" "--reasoning-parser" "qwen3" ];
+      # Qwen3 thinks unless told not to; light is the fast tier.
+      requestDefaults = { chat_template_kwargs = { enable_thinking = false; }; };
+      maxQueue = 10000;
+      queueTimeout = "120s";
+    };
+  };
+
+  # Replica name -> pool and GPU. Engine ports are assigned from `ports.engineBase` in name order
+  # unless a replica sets `port`.
+  replicas = {
+    heavy-0 = { pool = "heavy"; gpu = 0; };
+    light-0 = { pool = "light"; gpu = 0; };
+    heavy-1 = { pool = "heavy"; gpu = 1; };
+    light-1 = { pool = "light"; gpu = 1; };
+  };
+
+  ports = {
+    engineBase = 8001;
+  };
+
+  maxGpuMemoryUtilization = 0.95;
+
+  redis = {
+    host = "127.0.0.1";
+    port = 6379;
+    passwordFile = null; # a file outside the Nix store, e.g. from sops/agenix
+  };
+
+  gateway = {
+    listen = "127.0.0.1:8080";
+    maxBody = "8MiB";
+    apiKeysFile = null;
+    stallTimeout = "30s";
+  };
+
+  # Defaults for every worker.
+  worker = {
+    maxInflight = 64;
+    reclaimIdle = "30s";
+    drainTimeout = "60s";
+  };
+
+  stub = {
+    ttft = "20ms";
+    tpot = "5ms";
+    outputTokens = 16;
+  };
+
+  prometheus = {
+    enable = true;
+    port = 9090;
+    scrapeInterval = "15s";
+  };
+
+  volumes = {
+    hfCache = "/var/lib/ssw/hf-cache";
+    vllmCache = "/var/lib/ssw/vllm-cache";
+  };
+}

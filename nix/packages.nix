@@ -1,0 +1,114 @@
+# Everything that needs nixpkgs and crane: the ssw package, its OCI image, the generated compose
+# file, apps, checks, dev shell. The attribute names below never depend on nixpkgs, so looking
+# up a nixpkgs-free flake output (`lib.*`) does not fetch nixpkgs.
+{ self, system, nixpkgs, crane, advisory-db }:
+let
+  pkgs = nixpkgs.legacyPackages.${system};
+  lib = pkgs.lib;
+  craneLib = crane.mkLib pkgs;
+  root = ../.;
+
+  src = lib.fileset.toSource {
+    inherit root;
+    fileset = lib.fileset.unions [
+      (craneLib.fileset.commonCargoSources root)
+      ../clippy.toml
+    ];
+  };
+
+  commonArgs = {
+    inherit src;
+    strictDeps = true;
+    pname = "ssw";
+    version = (craneLib.crateNameFromCargoToml { cargoToml = ../crates/cli/Cargo.toml; }).version;
+  };
+
+  # Dependencies of the whole workspace, built once and shared by the package and every check.
+  cargoArtifacts = craneLib.buildDepsOnly commonArgs;
+
+  ssw = craneLib.buildPackage (commonArgs // {
+    inherit cargoArtifacts;
+    cargoExtraArgs = "--locked -p ssw";
+    doCheck = false; # the tests run once, in checks.nextest
+    meta.mainProgram = "ssw";
+  });
+
+  image = pkgs.dockerTools.buildLayeredImage {
+    name = "ssw";
+    tag = "latest";
+    contents = [ ssw pkgs.cacert ];
+    config = {
+      Entrypoint = [ "${ssw}/bin/ssw" ];
+      Env = [ "RUST_LOG=info" ];
+      ExposedPorts."8080/tcp" = { };
+    };
+  };
+
+  composeFile = pkgs.writeText "compose.yaml" (import ./compose-file.nix { });
+
+  # `ssw up` with redis-server on its PATH: `nix run` is the whole local platform.
+  up = pkgs.writeShellApplication {
+    name = "ssw-up";
+    runtimeInputs = [ ssw pkgs.redis ];
+    text = ''exec ssw up "$@"'';
+  };
+
+  vmTest = file: pkgs.testers.runNixOSTest (import file { inherit self; });
+in
+{
+  packages = {
+    default = ssw;
+    inherit ssw image;
+    compose = composeFile;
+  };
+
+  apps = {
+    default = { type = "app"; program = "${up}/bin/ssw-up"; };
+    gateway = { type = "app"; program = "${ssw}/bin/ssw"; };
+  };
+
+  devShells.default = craneLib.devShell {
+    checks = self.checks.${system};
+    packages = [ pkgs.redis pkgs.cargo-nextest pkgs.nixpkgs-fmt pkgs.python3 ];
+  };
+
+  checks = {
+    inherit ssw;
+    clippy = craneLib.cargoClippy (commonArgs // {
+      inherit cargoArtifacts;
+      cargoClippyExtraArgs = "--all-targets -- --deny warnings";
+    });
+    fmt = craneLib.cargoFmt { inherit src; };
+    doc = craneLib.cargoDoc (commonArgs // {
+      inherit cargoArtifacts;
+      env.RUSTDOCFLAGS = "--deny warnings";
+    });
+    audit = craneLib.cargoAudit { inherit src advisory-db; };
+    # The integration tests start redis-server themselves on loopback ports.
+    nextest = craneLib.cargoNextest (commonArgs // {
+      inherit cargoArtifacts;
+      nativeCheckInputs = [ pkgs.redis ];
+      partitions = 1;
+      partitionType = "count";
+      cargoNextestPartitionsExtraArgs = "--no-tests=pass";
+    });
+    compose-up-to-date = pkgs.runCommand "compose-up-to-date" { } ''
+      if ! diff -u ${../compose.yaml} ${composeFile}; then
+        echo "compose.yaml is stale; regenerate it: nix eval --raw .#lib.composeYaml > compose.yaml" >&2
+        exit 1
+      fi
+      touch $out
+    '';
+    nix-lib = pkgs.runCommand "nix-lib-tests" { nativeBuildInputs = [ pkgs.nix pkgs.python3 ]; } ''
+      export NIX_STATE_DIR=$TMPDIR/nix HOME=$TMPDIR
+      cp -r ${../nix} nix
+      chmod -R u+w nix
+      python3 nix/tests/run.py --no-ssw
+      touch $out
+    '';
+    vm-routing = vmTest ../vm-tests/routing.nix;
+    vm-overload = vmTest ../vm-tests/overload.nix;
+    vm-worker-restart = vmTest ../vm-tests/worker-restart.nix;
+    vm-prometheus = vmTest ../vm-tests/prometheus.nix;
+  };
+}

@@ -1,0 +1,154 @@
+"""Tests of the builtins-only Nix functions under nix/, run with plain `nix-instantiate`.
+
+- golden outputs: the A40 default topology and a stub topology (nix/tests/expected/*.json);
+  `--update` rewrites them after a deliberate change;
+- every bad input fails evaluation with a message naming the attribute;
+- every ssw config the functions generate (NixOS and compose flavours) passes
+  `ssw check-config` for its role, unless `--no-ssw`.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+NIX = os.path.dirname(HERE)
+ROOT = os.path.dirname(NIX)
+failures = []
+
+
+def nix_eval(expr):
+    p = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
+        cwd=NIX, capture_output=True, text=True,
+    )
+    return p.returncode, p.stdout, p.stderr
+
+
+passes = []
+
+
+def ok(cond, what):
+    print(("ok   " if cond else "FAIL ") + what)
+    (passes if cond else failures).append(what)
+
+
+TOPOLOGIES = {
+    "a40": "(import ./topology.nix).normalise {}",
+    "stub": "(import ./topology.nix).normalise (import ./tests/stub-topology.nix)",
+}
+
+
+def golden(update):
+    results = {}
+    for name, expr in TOPOLOGIES.items():
+        code, out, err = nix_eval(expr)
+        ok(code == 0, f"{name} topology evaluates" + ("" if code == 0 else f": {err.strip()}"))
+        if code:
+            continue
+        value = json.loads(out)
+        results[name] = value
+        path = os.path.join(HERE, "expected", f"{name}.json")
+        text = json.dumps(value, indent=2, sort_keys=True) + "\n"
+        if update or not os.path.exists(path):
+            with open(path, "w") as f:
+                f.write(text)
+        with open(path) as f:
+            ok(f.read() == text, f"{name} topology matches expected/{name}.json (python3 nix/tests/run.py --update after a deliberate change)")
+    return results
+
+
+def semantics(t):
+    """Properties the golden files must have, stated independently of them."""
+    a40 = t.get("a40")
+    if a40:
+        reps = {r["name"]: r for r in a40["replicas"]}
+        ok(sorted(reps) == ["heavy-0", "heavy-1", "light-0", "light-1"], "A40: four replicas")
+        for gpu in (0, 1):
+            on = [r for r in reps.values() if r["gpu"] == gpu]
+            ok(sorted(r["pool"] for r in on) == ["heavy", "light"], f"A40: GPU {gpu} runs one heavy and one light")
+            ok(sum(r["gpuMemoryUtilization"] for r in on) <= 0.95, f"A40: GPU {gpu} memory fractions sum <= 0.95")
+            ok(sorted(r["startAfter"] is None for r in on) == [False, True], f"A40: GPU {gpu} starts its vLLMs one after the other")
+        for r in reps.values():
+            args = r["vllmArgs"]
+            ok("--enable-auto-tool-choice" in args and args[args.index("--tool-call-parser") + 1] == "hermes", f"{r['name']}: hermes tool calling")
+            ok("--max-model-len" in args, f"{r['name']}: --max-model-len set")
+            ok(("--reasoning-parser" in args) == (r["pool"] == "light"), f"{r['name']}: qwen3 reasoning parser only on light")
+        ok(len({r["port"] for r in reps.values()}) == 4, "A40: distinct engine ports")
+        ok(a40["ssw"]["gateway"]["pools"]["light"]["defaults"] == {"chat_template_kwargs": {"enable_thinking": False}}, "A40: light pool disables thinking by default")
+        ok(len(a40["prometheus"]["scrapeConfigs"][1]["static_configs"]) == 4, "A40: Prometheus scrapes every engine")
+    stub = t.get("stub")
+    if stub:
+        ok(stub["engine"] == "stub", "stub topology keeps engine = stub")
+        ok({r["name"]: r["port"] for r in stub["replicas"]}["light-b"] == 9100, "stub: explicit port kept")
+        ok(stub["ssw"]["gateway"]["pools"]["heavy"]["aliases"] == ["npc-boss"], "stub: alias reaches the gateway config")
+        ok(stub["ssw"]["gateway"]["redis"]["url"] == "redis://127.0.0.1:6380", "stub: redis port reaches the configs")
+
+
+BAD = [
+    ("unknown pool on a replica", '{ replicas = { x = { pool = "medium"; gpu = 0; }; }; }', "replicas.x.pool: unknown pool \"medium\""),
+    ("unknown GPU on a replica", '{ replicas = { heavy-0 = { pool = "heavy"; gpu = 0; }; light-0 = { pool = "light"; gpu = 7; }; }; }', "replicas.light-0.gpu: GPU 7 is not in gpus"),
+    ("GPU memory over-committed", '{ pools = { heavy = { servedModel = "a"; gpuMemoryUtilization = 0.6; }; light = { servedModel = "b"; gpuMemoryUtilization = 0.4; }; }; }', "GPU 0 is over-committed: replicas heavy-0 (pools.heavy.gpuMemoryUtilization = 0.6) + light-0 (pools.light.gpuMemoryUtilization = 0.4) = 1 > maxGpuMemoryUtilization 0.95"),
+    ("memory fraction out of range", '{ pools = { heavy = { servedModel = "a"; gpuMemoryUtilization = 1.5; }; }; replicas = { h = { pool = "heavy"; gpu = 0; }; }; }', "pools.heavy.gpuMemoryUtilization: must be a fraction"),
+    ("duplicate engine ports", '{ replicas = { heavy-0 = { pool = "heavy"; gpu = 0; port = 9000; }; light-0 = { pool = "light"; gpu = 1; port = 9000; }; }; }', "replicas.<name>.port: duplicate engine port 9000"),
+    ("duplicate model names", '{ pools = { heavy = { servedModel = "m"; gpuMemoryUtilization = 0.3; }; light = { servedModel = "m"; gpuMemoryUtilization = 0.3; }; }; }', "duplicate model name"),
+    ("alias that names another pool", '{ pools = { heavy = { servedModel = "a"; aliases = [ "light" ]; gpuMemoryUtilization = 0.3; }; light = { servedModel = "b"; gpuMemoryUtilization = 0.3; }; }; }', "duplicate model name (pool name, alias or servedModel) \"light\""),
+    ("empty pools", "{ pools = { }; replicas = { }; }", "pools: at least one pool is needed"),
+    ("pool without replicas", '{ pools = { heavy = { servedModel = "a"; gpuMemoryUtilization = 0.3; }; light = { servedModel = "b"; gpuMemoryUtilization = 0.3; }; spare = { servedModel = "c"; gpuMemoryUtilization = 0.1; }; }; }', "pools.spare: no replica serves this pool"),
+    ("pool without servedModel", "{ pools = { heavy = { }; }; }", "pools.heavy.servedModel: is required"),
+    ("unknown engine", '{ engine = "tgi"; }', "engine: must be \"vllm\" or \"stub\""),
+    ("bad replica name", '{ replicas = { "heavy 0" = { pool = "heavy"; gpu = 0; }; light-0 = { pool = "light"; gpu = 0; }; }; }', "replicas.heavy 0: replica names use"),
+]
+
+
+def bad_inputs():
+    for what, settings, expected in BAD:
+        code, _, err = nix_eval(f"(import ./topology.nix).normalise ({settings})")
+        hit = code != 0 and expected in err
+        ok(hit, f"bad input fails naming the attribute: {what}" + ("" if hit else f" (got: {err.strip()[-300:]})"))
+
+
+def ssw_configs(t):
+    ssw = os.environ.get("SSW_BIN") or os.path.join(ROOT, "target", "debug", "ssw")
+    if not os.path.exists(ssw):
+        ok(False, f"ssw binary for check-config: {ssw} missing (cargo build, or set SSW_BIN)")
+        return
+    code, out, err = nix_eval("(import ./compose.nix {} ((import ./topology.nix).normalise (import ./tests/stub-topology.nix))).configs")
+    compose_stub = json.loads(out) if code == 0 else {}
+    code, out, err = nix_eval("(import ./compose.nix {} ((import ./topology.nix).normalise {})).configs")
+    compose_a40 = json.loads(out) if code == 0 else {}
+    cases = []
+    for name, topo in t.items():
+        cases.append((f"{name} gateway", topo["ssw"]["gateway"], "gateway"))
+        cases += [(f"{name} worker {w}", c, "worker") for w, c in topo["ssw"]["workers"].items()]
+        cases += [(f"{name} stub {w}", c, "stub") for w, c in topo["ssw"]["stubs"].items()]
+    for flavour, configs in (("compose a40", compose_a40), ("compose stub", compose_stub)):
+        ok(bool(configs), f"{flavour}: configs evaluate")
+        for cname, c in configs.items():
+            if cname == "prometheus":
+                continue
+            role = cname.split("-")[0]
+            cases.append((f"{flavour} {cname}", json.loads(c["content"]), role))
+    with tempfile.TemporaryDirectory() as d:
+        for i, (what, config, role) in enumerate(cases):
+            path = os.path.join(d, f"c{i}.json")
+            with open(path, "w") as f:
+                json.dump(config, f)
+            p = subprocess.run([ssw, "check-config", path, "--role", role], capture_output=True, text=True)
+            ok(p.returncode == 0, f"ssw check-config --role {role}: {what}" + ("" if p.returncode == 0 else f" ({p.stderr.strip()[-300:]})"))
+
+
+def main():
+    update = "--update" in sys.argv
+    t = golden(update)
+    semantics(t)
+    bad_inputs()
+    if "--no-ssw" not in sys.argv:
+        ssw_configs(t)
+    print(f"nix: {len(passes)} passed, {len(failures)} failed")
+    sys.exit(1 if failures else 0)
+
+
+main()

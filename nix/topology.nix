@@ -1,0 +1,263 @@
+# The platform's topology as pure functions of one attribute set (builtins only).
+#
+#   normalise : settings -> topology
+#
+# `settings` is what a user writes (see defaults.nix; anything left out takes its default). The
+# topology lists every replica with its GPU, engine port, container name and full vLLM command
+# line, the `ssw` configuration of the gateway and of each worker (the schema `ssw check-config`
+# validates), and the Prometheus scrape configuration. compose.nix renders it for Docker Compose,
+# modules/ssw-inference.nix for NixOS. Bad input throws, naming the attribute.
+let
+  l = import ./lib.nix;
+  defaults = import ./defaults.nix;
+
+  poolDefaults = {
+    aliases = [ ];
+    image = defaults.pools.heavy.image;
+    gpuMemoryUtilization = 0.45;
+    maxModelLen = 8192;
+    maxNumSeqs = 64;
+    extraArgs = [ ];
+    requestDefaults = { };
+    maxQueue = 10000;
+    queueTimeout = "120s";
+  };
+
+  # User pools replace the default pools as a whole (like the ssw config does); within a pool,
+  # unset fields take poolDefaults.
+  mergeSettings = user:
+    let
+      merged = l.recursiveUpdate (removeAttrs defaults [ "pools" "replicas" ]) (removeAttrs user [ "pools" "replicas" ]);
+      pools = if user ? pools then user.pools else defaults.pools;
+      replicas = if user ? replicas then user.replicas else defaults.replicas;
+    in
+    merged // {
+      pools = builtins.mapAttrs
+        (name: p:
+          if !(builtins.isAttrs p) then l.fail "pools.${name}" "must be an attribute set"
+          else if !(p ? servedModel) then l.fail "pools.${name}.servedModel" "is required"
+          else poolDefaults // { model = p.servedModel; } // p)
+        pools;
+      inherit replicas;
+    };
+
+  validName = s: builtins.isString s && builtins.match "[A-Za-z0-9_.-]+" s != null;
+
+  check = s:
+    let
+      poolNames = builtins.attrNames s.pools;
+      replicaNames = builtins.attrNames s.replicas;
+      checks =
+        [
+          {
+            ok = builtins.elem s.engine [ "vllm" "stub" ];
+            path = "engine";
+            msg = "must be \"vllm\" or \"stub\", got ${builtins.toJSON s.engine}";
+          }
+          { ok = poolNames != [ ]; path = "pools"; msg = "at least one pool is needed"; }
+          { ok = replicaNames != [ ]; path = "replicas"; msg = "at least one replica is needed"; }
+        ]
+        ++ map (n: { ok = validName n; path = "pools.${n}"; msg = "pool names use letters, digits, `-`, `_`, `.`"; }) poolNames
+        ++ map (n: { ok = validName n; path = "replicas.${n}"; msg = "replica names use letters, digits, `-`, `_`, `.`"; }) replicaNames
+        ++ map
+          (n:
+            let r = s.replicas.${n}; in {
+              ok = r ? pool && builtins.elem r.pool poolNames;
+              path = "replicas.${n}.pool";
+              msg = "unknown pool ${builtins.toJSON (r.pool or null)} (pools: ${builtins.concatStringsSep ", " poolNames})";
+            })
+          replicaNames
+        ++ map
+          (n:
+            let r = s.replicas.${n}; in {
+              ok = r ? gpu && builtins.elem r.gpu s.gpus;
+              path = "replicas.${n}.gpu";
+              msg = "GPU ${builtins.toJSON (r.gpu or null)} is not in gpus (${builtins.toJSON s.gpus})";
+            })
+          replicaNames
+        ++ map
+          (p: {
+            ok = builtins.any (n: s.replicas.${n}.pool == p) replicaNames;
+            path = "pools.${p}";
+            msg = "no replica serves this pool (an empty pool would only ever time out)";
+          })
+          poolNames
+        ++ map
+          (p:
+            let u = s.pools.${p}.gpuMemoryUtilization; in {
+              ok = (builtins.isFloat u || builtins.isInt u) && u > 0 && u < 1;
+              path = "pools.${p}.gpuMemoryUtilization";
+              msg = "must be a fraction between 0 and 1, got ${builtins.toJSON u}";
+            })
+          poolNames
+        ++ map
+          (p: {
+            ok = builtins.isInt s.pools.${p}.maxModelLen && s.pools.${p}.maxModelLen > 0;
+            path = "pools.${p}.maxModelLen";
+            msg = "must be a positive integer";
+          })
+          poolNames;
+      failed = builtins.filter (c: !c.ok) checks;
+    in
+    if failed == [ ] then s else let c = builtins.head failed; in l.fail c.path c.msg;
+
+  # Per-GPU memory check: the fractions of vLLM replicas sharing a GPU add up.
+  checkMemory = s: replicas:
+    let
+      perGpu = map
+        (gpu:
+          let on = builtins.filter (r: r.gpu == gpu) replicas; in {
+            inherit gpu on;
+            total = l.sum (map (r: r.gpuMemoryUtilization) on);
+          })
+        s.gpus;
+      over = builtins.filter (g: g.total > s.maxGpuMemoryUtilization + 0.000001) perGpu;
+      describe = r: "${r.name} (pools.${r.pool}.gpuMemoryUtilization = ${builtins.toJSON r.gpuMemoryUtilization})";
+    in
+    if s.engine != "vllm" || over == [ ] then replicas
+    else
+      let g = builtins.head over; in
+      l.fail "pools" "GPU ${toString g.gpu} is over-committed: replicas ${builtins.concatStringsSep " + " (map describe g.on)} = ${builtins.toJSON g.total} > maxGpuMemoryUtilization ${builtins.toJSON s.maxGpuMemoryUtilization}";
+
+  checkUnique = what: path: xs:
+    let d = l.duplicates xs; in
+    if d == [ ] then true else l.fail path "duplicate ${what} ${builtins.toJSON (builtins.head d)}";
+
+  # Every name that routes to a pool must route to one pool only.
+  checkRouting = s:
+    let names = l.concatMap (p: [ p s.pools.${p}.servedModel ] ++ s.pools.${p}.aliases) (builtins.attrNames s.pools);
+    in checkUnique "model name (pool name, alias or servedModel)" "pools" names;
+
+  vllmArgs = pool: [
+    pool.model
+    "--served-model-name" pool.servedModel
+    "--host" "0.0.0.0"
+    "--port" "8000"
+    "--gpu-memory-utilization" (l.argString pool.gpuMemoryUtilization)
+    "--max-model-len" (toString pool.maxModelLen)
+    "--max-num-seqs" (toString pool.maxNumSeqs)
+  ] ++ map l.argString pool.extraArgs;
+
+  mkReplicas = s:
+    let
+      names = builtins.attrNames s.replicas;
+      one = i: name:
+        let
+          r = s.replicas.${name};
+          pool = s.pools.${r.pool};
+          port = r.port or (s.ports.engineBase + i);
+          # Replicas on one GPU start one after another (vLLM mis-sizes its KV cache when two
+          # profile memory at once): each waits for the previous one on its GPU, in name order.
+          sameGpu = builtins.filter (n: s.replicas.${n}.gpu == r.gpu) names;
+          pos = l.indexOf name sameGpu;
+        in
+        {
+          inherit name port;
+          inherit (r) pool gpu;
+          containerName = "ssw-vllm-${name}";
+          engineUrl = "http://127.0.0.1:${toString port}";
+          image = r.image or pool.image;
+          gpuMemoryUtilization = pool.gpuMemoryUtilization;
+          maxInflight = r.maxInflight or (if pool.maxNumSeqs < s.worker.maxInflight then pool.maxNumSeqs else s.worker.maxInflight);
+          startAfter = if pos > 0 then builtins.elemAt sameGpu (pos - 1) else null;
+          vllmArgs = vllmArgs pool;
+        };
+      list = builtins.genList (i: one i (builtins.elemAt names i)) (builtins.length names);
+    in
+    assert checkUnique "engine port" "replicas.<name>.port" (map (r: r.port) list);
+    checkMemory s list;
+
+  # The ssw configuration (same schema as `ssw check-config`), for one role.
+  sswPools = s: builtins.mapAttrs
+    (_: p: {
+      served_model = p.servedModel;
+      inherit (p) aliases;
+      max_queue = p.maxQueue;
+      queue_timeout = p.queueTimeout;
+      defaults = p.requestDefaults;
+      max_model_len = p.maxModelLen;
+    })
+    s.pools;
+
+  # Secret paths (redis.password_file, gateway.api_keys_file) depend on where the deployment puts
+  # credentials; modules/ssw-inference.nix adds them per systemd unit.
+  sswBase = s: redisUrl: {
+    redis = { url = redisUrl; };
+    pools = sswPools s;
+  };
+
+  gatewayConfig = s: redisUrl: listen: sswBase s redisUrl // {
+    gateway = {
+      inherit listen;
+      max_body = s.gateway.maxBody;
+      stall_timeout = s.gateway.stallTimeout;
+    };
+  };
+
+  workerConfig = s: redisUrl: r: engineUrl: sswBase s redisUrl // {
+    worker = {
+      pool = r.pool;
+      id = r.name;
+      engine_url = engineUrl;
+      max_inflight = r.maxInflight;
+      reclaim_idle = s.worker.reclaimIdle;
+      drain_timeout = s.worker.drainTimeout;
+      gpus = [ r.gpu ];
+    };
+  };
+
+  stubConfig = s: r: listen: {
+    pools = sswPools s;
+    stub = {
+      inherit listen;
+      served_model = s.pools.${r.pool}.servedModel;
+      max_model_len = s.pools.${r.pool}.maxModelLen;
+      max_num_seqs = s.pools.${r.pool}.maxNumSeqs;
+      ttft = s.stub.ttft;
+      tpot = s.stub.tpot;
+      output_tokens = s.stub.outputTokens;
+    };
+  };
+
+  normalise = user:
+    let
+      s = check (mergeSettings user);
+      replicas = assert checkRouting s; mkReplicas s;
+      redisUrl = "redis://${s.redis.host}:${toString s.redis.port}";
+      gatewayPort = l.last (builtins.split ":" s.gateway.listen);
+    in
+    {
+      inherit (s) engine gpus pools volumes redis stub;
+      settings = s;
+      inherit replicas;
+      gateway = { inherit (s.gateway) listen; port = gatewayPort; };
+      ssw = {
+        gateway = gatewayConfig s redisUrl s.gateway.listen;
+        workers = builtins.listToAttrs (map (r: { name = r.name; value = workerConfig s redisUrl r r.engineUrl; }) replicas);
+        stubs = builtins.listToAttrs (map (r: { name = r.name; value = stubConfig s r "127.0.0.1:${toString r.port}"; }) replicas);
+      };
+      prometheus = s.prometheus // {
+        scrapeConfigs = [
+          {
+            job_name = "ssw-gateway";
+            scrape_interval = s.prometheus.scrapeInterval;
+            static_configs = [{ targets = [ "127.0.0.1:${gatewayPort}" ]; }];
+          }
+          {
+            job_name = if s.engine == "vllm" then "vllm" else "ssw-stub";
+            scrape_interval = s.prometheus.scrapeInterval;
+            static_configs = map
+              (r: {
+                targets = [ "127.0.0.1:${toString r.port}" ];
+                labels = { replica = r.name; pool = r.pool; gpu = toString r.gpu; };
+              })
+              replicas;
+          }
+        ];
+      };
+    };
+in
+{
+  inherit normalise defaults vllmArgs gatewayConfig workerConfig stubConfig;
+  inherit (l) toYAML;
+}

@@ -1,0 +1,16 @@
+# The node every VM test boots: the appliance in stub mode (no GPU), curl and jq for the script.
+{ self, settings ? { } }:
+{ pkgs, ... }: {
+  imports = [ self.nixosModules.default ];
+  virtualisation.memorySize = 2048;
+  virtualisation.cores = 2;
+  environment.systemPackages = [ pkgs.curl pkgs.jq ];
+  services.ssw-inference = {
+    enable = true;
+    settings = {
+      engine = "stub";
+      stub = { ttft = "10ms"; tpot = "2ms"; outputTokens = 8; };
+      worker.reclaimIdle = "5s";
+    } // settings;
+  };
+}

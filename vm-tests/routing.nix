@@ -1,0 +1,7 @@
+# Mirrors crates/cli/tests/it/api.rs: routing by model and by header, streaming.
+{ self }:
+{
+  name = "ssw-routing";
+  nodes.machine = import ./common.nix { inherit self; };
+  testScript = builtins.readFile ./routing.py;
+}
