@@ -110,7 +110,86 @@ def bad_inputs():
         ok(hit, f"bad input fails naming the attribute: {what}" + ("" if hit else f" (got: {err.strip()[-300:]})"))
 
 
-def ssw_configs(t):
+MODULE_CASES = {
+    "default": "{}",
+    "stub": '{ settings = { engine = "stub"; }; }',
+    "secrets": '{ settings = { redis.passwordFile = "/run/secrets/redis"; gateway.apiKeysFile = "/run/secrets/keys"; }; extra.openFirewall = true; }',
+    "gpu host": '{ settings = { redis.host = "10.0.0.5"; gpus = [ 0 ]; replicas = { heavy-2 = { pool = "heavy"; gpu = 0; }; light-2 = { pool = "light"; gpu = 0; }; }; }; roles = { redis = false; gateway = false; }; }',
+}
+
+
+def module():
+    """The NixOS module's mapping, evaluated with a stand-in lib (nix/tests/module-eval.nix)."""
+    out = {}
+    for name, args in MODULE_CASES.items():
+        code, text, err = nix_eval(f"(import ./tests/module-eval.nix {args}).config")
+        ok(code == 0, f"module evaluates: {name}" + ("" if code == 0 else f" ({err.strip()[-400:]})"))
+        if code == 0:
+            out[name] = json.loads(text)
+    d = out.get("default")
+    if d:
+        cs = d["virtualisation"]["oci-containers"]["containers"]
+        ok(sorted(cs) == ["ssw-vllm-heavy-0", "ssw-vllm-heavy-1", "ssw-vllm-light-0", "ssw-vllm-light-1"], "module: one vLLM container per replica")
+        for n, c in cs.items():
+            gpu = n[-1]
+            ok(c["devices"] == [f"nvidia.com/gpu={gpu}"], f"module: {n} pinned to GPU {gpu} through CDI")
+            ok(all(p.startswith("127.0.0.1:") for p in c["ports"]), f"module: {n} port bound to 127.0.0.1")
+            ok("--ipc=host" in c["extraOptions"] and c["podman"]["sdnotify"] == "healthy", f"module: {n} --ipc=host, ready when healthy")
+            ok(any(v.endswith(":/root/.cache/huggingface") for v in c["volumes"]) and any(v.endswith(":/root/.cache/vllm") for v in c["volumes"]), f"module: {n} HF and compile caches on volumes")
+        ok(cs["ssw-vllm-light-0"]["dependsOn"] == ["ssw-vllm-heavy-0"] and cs["ssw-vllm-heavy-0"]["dependsOn"] == [], "module: vLLMs on one GPU start one after the other")
+        ok(d["hardware"]["nvidia-container-toolkit"]["enable"] is True, "module: NVIDIA container toolkit on with vLLM")
+        svc = d["systemd"]["services"]
+        ok(sorted(svc) == ["ssw-gateway", "ssw-worker-heavy-0", "ssw-worker-heavy-1", "ssw-worker-light-0", "ssw-worker-light-1"], f"module: gateway and one worker unit per replica ({sorted(svc)})")
+        w = svc["ssw-worker-light-1"]
+        ok("podman-ssw-vllm-light-1.service" in w["after"] and "redis-ssw.service" in w["after"], "module: a worker starts after its container and Redis")
+        sc = w["serviceConfig"]
+        ok(sc["DynamicUser"] and sc["Restart"] == "on-failure" and sc["ProtectSystem"] == "strict" and sc["NoNewPrivileges"], "module: hardened DynamicUser units restarting on failure")
+        ok(sc["TimeoutStopSec"] == "75s", "module: worker stop timeout covers its drain")
+        ok("ssw check-config $out --role worker" in built(sc["ExecStart"]).get("checks", ""), "module: worker config checked at build time")
+        ok(d["services"]["redis"]["servers"]["ssw"]["port"] == 6379 and d["services"]["redis"]["servers"]["ssw"]["save"] == [], "module: Redis without persistence on 6379")
+        jobs = [j["job_name"] for j in d["services"]["prometheus"]["scrapeConfigs"]]
+        ok(jobs == ["ssw-gateway", "vllm"], f"module: Prometheus scrapes the gateway and the engines ({jobs})")
+        ok(d["networking"]["firewall"]["allowedTCPPorts"] == [], "module: firewall closed by default")
+    st = out.get("stub")
+    if st:
+        ok(st.get("virtualisation", {}).get("oci-containers", {}).get("containers", {}) == {}, "module stub: no containers")
+        svc = st["systemd"]["services"]
+        ok(sorted(k for k in svc if k.startswith("ssw-stub-")) == ["ssw-stub-heavy-0", "ssw-stub-heavy-1", "ssw-stub-light-0", "ssw-stub-light-1"], "module stub: ssw stub units replace vLLM")
+        ok("ssw-stub-heavy-0.service" in svc["ssw-worker-heavy-0"]["after"], "module stub: workers start after their stub")
+        ok("hardware" not in st or not st["hardware"].get("nvidia-container-toolkit", {}).get("enable"), "module stub: no GPU toolkit")
+    se = out.get("secrets")
+    if se:
+        g = se["systemd"]["services"]["ssw-gateway"]["serviceConfig"]
+        ok(sorted(g["LoadCredential"]) == ["api-keys:/run/secrets/keys", "redis-password:/run/secrets/redis"], "module secrets: gateway loads both credentials")
+        conf = re_config(g["ExecStart"])
+        ok(conf.get("redis", {}).get("password_file") == "/run/credentials/ssw-gateway.service/redis-password", "module secrets: config points at the unit's credential")
+        ok(conf.get("gateway", {}).get("api_keys_file") == "/run/credentials/ssw-gateway.service/api-keys", "module secrets: api keys from the credential")
+        ok(se["services"]["redis"]["servers"]["ssw"]["requirePassFile"] == "/run/secrets/redis", "module secrets: Redis requires the password")
+        ok(se["networking"]["firewall"]["allowedTCPPorts"] == [8080], "module secrets: openFirewall opens the gateway port")
+        w = se["systemd"]["services"]["ssw-worker-heavy-0"]["serviceConfig"]
+        ok(w["LoadCredential"] == ["redis-password:/run/secrets/redis"], "module secrets: workers load only the Redis password")
+    gh = out.get("gpu host")
+    if gh:
+        svc = gh["systemd"]["services"]
+        ok(sorted(svc) == ["ssw-worker-heavy-2", "ssw-worker-light-2"], f"module GPU host: workers only ({sorted(svc)})")
+        ok("redis" not in gh.get("services", {}) or "servers" not in gh["services"]["redis"], "module GPU host: no local Redis")
+        conf = re_config(svc["ssw-worker-heavy-2"]["serviceConfig"]["ExecStart"])
+        ok(conf["redis"]["url"] == "redis://10.0.0.5:6379", "module GPU host: workers use the remote Redis")
+    return out
+
+
+def built(exec_start):
+    """What the stand-in runCommand recorded for the config file an ExecStart passes."""
+    _, _, recorded = exec_start.partition("#")
+    return json.loads(recorded) if recorded else {}
+
+
+def re_config(exec_start):
+    """The config a unit's ExecStart passes."""
+    return built(exec_start).get("config", {})
+
+
+def ssw_configs(t, modules=None):
     ssw = os.environ.get("SSW_BIN") or os.path.join(ROOT, "target", "debug", "ssw")
     if not os.path.exists(ssw):
         ok(False, f"ssw binary for check-config: {ssw} missing (cargo build, or set SSW_BIN)")
@@ -131,6 +210,11 @@ def ssw_configs(t):
                 continue
             role = cname.split("-")[0]
             cases.append((f"{flavour} {cname}", json.loads(c["content"]), role))
+    for mname, m in (modules or {}).items():
+        for unit, svc in m.get("systemd", {}).get("services", {}).items():
+            start = svc["serviceConfig"]["ExecStart"]
+            role = start.split()[1]
+            cases.append((f"module {mname} {unit}", re_config(start), role))
     with tempfile.TemporaryDirectory() as d:
         for i, (what, config, role) in enumerate(cases):
             path = os.path.join(d, f"c{i}.json")
@@ -145,8 +229,9 @@ def main():
     t = golden(update)
     semantics(t)
     bad_inputs()
+    modules = module()
     if "--no-ssw" not in sys.argv:
-        ssw_configs(t)
+        ssw_configs(t, modules)
     print(f"nix: {len(passes)} passed, {len(failures)} failed")
     sys.exit(1 if failures else 0)
 
