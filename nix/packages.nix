@@ -68,8 +68,8 @@ in
   };
 
   devShells.default = craneLib.devShell {
-    checks = self.checks.${system};
-    packages = [ pkgs.redis pkgs.cargo-nextest pkgs.nixpkgs-fmt pkgs.python3 ];
+    inputsFrom = [ ssw ];
+    packages = [ pkgs.redis pkgs.cargo-nextest pkgs.nixpkgs-fmt pkgs.python3 pkgs.nix ];
   };
 
   checks = {
@@ -99,11 +99,14 @@ in
       fi
       touch $out
     '';
+    # The nix/ function tests and the module mapping tests, plus every generated config
+    # through the built `ssw check-config`.
     nix-lib = pkgs.runCommand "nix-lib-tests" { nativeBuildInputs = [ pkgs.nix pkgs.python3 ]; } ''
-      export NIX_STATE_DIR=$TMPDIR/nix HOME=$TMPDIR
+      export NIX_STATE_DIR=$TMPDIR/nix NIX_STORE_DIR=$TMPDIR/store HOME=$TMPDIR
       cp -r ${../nix} nix
-      chmod -R u+w nix
-      python3 nix/tests/run.py --no-ssw
+      cp -r ${../modules} modules
+      chmod -R u+w nix modules
+      SSW_BIN=${ssw}/bin/ssw python3 nix/tests/run.py
       touch $out
     '';
     vm-routing = vmTest ../vm-tests/routing.nix;
