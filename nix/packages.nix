@@ -53,6 +53,12 @@ let
     text = ''exec ssw up "$@"'';
   };
 
+  gatewayApp = pkgs.writeShellApplication {
+    name = "ssw-gateway";
+    runtimeInputs = [ ssw ];
+    text = ''exec ssw gateway "$@"'';
+  };
+
   vmTest = file: pkgs.testers.runNixOSTest (import file { inherit self; });
 in
 {
@@ -64,7 +70,7 @@ in
 
   apps = {
     default = { type = "app"; program = "${up}/bin/ssw-up"; };
-    gateway = { type = "app"; program = "${ssw}/bin/ssw"; };
+    gateway = { type = "app"; program = "${gatewayApp}/bin/ssw-gateway"; };
   };
 
   devShells.default = craneLib.devShell {
