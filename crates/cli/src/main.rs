@@ -210,7 +210,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 Role::Worker,
             )?;
             let shutdown = shutdown_on_signals()?;
-            ssw_worker::run(cfg, shutdown).await?;
+            let metrics = match cfg.worker.listen {
+                Some(addr) => Some(listen::listener(addr, "worker.listen").await?),
+                None => listen::inherited()?,
+            };
+            ssw_worker::run(cfg, metrics, shutdown).await?;
             Ok(())
         }
         Command::Stub {
@@ -236,7 +240,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-fn check_config(file: &PathBuf, role: Option<RoleArg>) -> anyhow::Result<()> {
+fn check_config(file: &std::path::Path, role: Option<RoleArg>) -> anyhow::Result<()> {
     anyhow::ensure!(file.is_file(), "{}: no such file", file.display());
     let fig = Config::file_figment(Some(file));
     let config = Config::from_figment(&fig).with_context(|| format!("{}", file.display()))?;

@@ -150,6 +150,9 @@ pub struct GatewayConfig {
     /// `Retry-After` sent with 429 `queue_full`.
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
+    /// Period of the queue sampler (backlog, pending, oldest age, live workers gauges).
+    #[serde(with = "humantime_serde")]
+    pub sample_interval: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -162,6 +165,7 @@ impl Default for GatewayConfig {
             stall_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(30),
             retry_after: Duration::from_secs(1),
+            sample_interval: Duration::from_secs(1),
         }
     }
 }
@@ -278,6 +282,26 @@ pub struct WorkerConfig {
     pub engine_request_timeout: Duration,
     /// GPU indices this worker's engine uses (for status and metrics).
     pub gpus: Vec<u32>,
+    /// Address of the worker's `/metrics` and `/healthz` (none: no listener, unless one is
+    /// handed over through `LISTEN_FDS`).
+    pub listen: Option<SocketAddr>,
+    /// Which GPUs this worker exports NVML metrics for: `configured` (its `gpus`), `all` (every
+    /// GPU of the host), or `off`. With two replicas per GPU let one of them export the GPU, or
+    /// one worker per host export `all`, so no GPU is counted twice.
+    pub gpu_metrics: GpuMetrics,
+}
+
+/// See [`WorkerConfig::gpu_metrics`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuMetrics {
+    /// The worker's own `gpus`.
+    #[default]
+    Configured,
+    /// Every GPU of the host.
+    All,
+    /// None.
+    Off,
 }
 
 impl Default for WorkerConfig {
@@ -298,6 +322,8 @@ impl Default for WorkerConfig {
             engine_connect_timeout: Duration::from_secs(5),
             engine_request_timeout: Duration::from_secs(1800),
             gpus: Vec::new(),
+            listen: None,
+            gpu_metrics: GpuMetrics::Configured,
         }
     }
 }
@@ -473,6 +499,9 @@ impl Config {
         }
         if g.max_body.bytes() < 1024 {
             return Err(invalid("gateway.max_body", "must be at least 1KiB"));
+        }
+        if g.sample_interval.is_zero() {
+            return Err(invalid("gateway.sample_interval", "must be positive"));
         }
         if g.stall_timeout.is_zero() {
             return Err(invalid("gateway.stall_timeout", "must be positive"));

@@ -34,8 +34,14 @@ pub async fn serve(
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    metrics::recorder();
+    ssw_telemetry::start_process_metrics("gateway", shutdown.clone());
     let background = CancellationToken::new();
+    let sampler = tokio::spawn(metrics::sample_queues(
+        state.redis.clone(),
+        state.router.clone(),
+        state.config.gateway.sample_interval,
+        background.clone(),
+    ));
     let reader = tokio::spawn(replies::run_reader(
         state.redis.clone(),
         state.replies.clone(),
@@ -47,6 +53,11 @@ pub async fn serve(
         background.clone(),
     ));
     tracing::info!(addr = %listener.local_addr()?, gateway = %state.id, "gateway listening");
+    let watchdog_state = state.clone();
+    ssw_telemetry::systemd::ready_with_watchdog(
+        move || !watchdog_state.is_draining(),
+        shutdown.clone(),
+    );
     let drain_state = state.clone();
     let result = axum::serve(listener, http::router(state))
         .with_graceful_shutdown(async move {
@@ -56,6 +67,6 @@ pub async fn serve(
         })
         .await;
     background.cancel();
-    let _ = tokio::join!(reader, keeper);
+    let _ = tokio::join!(reader, keeper, sampler);
     result
 }

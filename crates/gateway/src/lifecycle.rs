@@ -35,8 +35,17 @@ pub enum Next {
     Failed(ApiError),
 }
 
+/// Timings of one request, turned into histograms as its events arrive.
+struct Timing {
+    arrived: Instant,
+    enqueued_ms: u64,
+    first_token: Option<Instant>,
+    last_chunk: Option<Instant>,
+}
+
 /// A request in flight.
 pub struct Ticket {
+    timing: Timing,
     state: AppState,
     pool: Arc<str>,
     job: String,
@@ -56,11 +65,18 @@ impl Ticket {
         state: &AppState,
         pool: Arc<str>,
         job: String,
-        deadline_ms: u64,
+        (arrived, enqueued_ms, deadline_ms): (Instant, u64, u64),
         stream: bool,
     ) -> Self {
         let rx = state.replies.register(&job);
+        crate::metrics::inflight(&pool, 1.0);
         Self {
+            timing: Timing {
+                arrived,
+                enqueued_ms,
+                first_token: None,
+                last_chunk: None,
+            },
             state: state.clone(),
             pool,
             job,
@@ -145,9 +161,61 @@ impl Ticket {
                 }
                 Some(ev) => {
                     self.phase = Phase::Running;
+                    self.observe(&ev);
                     return Next::Event(ev);
                 }
             }
+        }
+    }
+
+    /// Records what an event says about latency and tokens.
+    fn observe(&mut self, ev: &ReplyEvent) {
+        let now = Instant::now();
+        let pool = &*self.pool;
+        let t = &mut self.timing;
+        match ev {
+            ReplyEvent::Head { claimed_ms, .. } => {
+                crate::metrics::queue_wait(
+                    pool,
+                    Duration::from_millis(claimed_ms.saturating_sub(t.enqueued_ms)),
+                );
+            }
+            ReplyEvent::Full {
+                status,
+                claimed_ms,
+                body,
+                ..
+            } => {
+                crate::metrics::queue_wait(
+                    pool,
+                    Duration::from_millis(claimed_ms.saturating_sub(t.enqueued_ms)),
+                );
+                if *status < 400 {
+                    crate::metrics::ttft(pool, self.stream, now - t.arrived);
+                    if let Some(u) = ssw_protocol::chat::usage_of_body(body) {
+                        crate::metrics::tokens(pool, u);
+                    }
+                }
+                crate::metrics::duration(pool, self.stream, now - t.arrived);
+            }
+            ReplyEvent::Data(chunk) => {
+                match t.last_chunk {
+                    None => crate::metrics::ttft(pool, true, now - t.arrived),
+                    Some(last) => {
+                        let events = ssw_protocol::chat::sse_events(chunk).max(1) as u32;
+                        crate::metrics::inter_token(pool, (now - last) / events);
+                    }
+                }
+                t.first_token.get_or_insert(now);
+                t.last_chunk = Some(now);
+                if let Some(u) = ssw_protocol::chat::usage_of_sse(chunk) {
+                    crate::metrics::tokens(pool, u);
+                }
+            }
+            ReplyEvent::End | ReplyEvent::Fail { .. } => {
+                crate::metrics::duration(pool, self.stream, now - t.arrived)
+            }
+            ReplyEvent::KeepAlive | ReplyEvent::Requeued { .. } => {}
         }
     }
 
@@ -194,6 +262,7 @@ fn instant_of(deadline_ms: u64) -> Instant {
 impl Drop for Ticket {
     fn drop(&mut self) {
         self.state.replies.unregister(&self.job);
+        crate::metrics::inflight(&self.pool, -1.0);
         if !self.recorded {
             // nginx's 499: the client closed the connection before the answer was complete.
             self.record(499, "client_closed");

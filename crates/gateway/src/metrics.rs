@@ -1,46 +1,127 @@
-//! Metric names (Prometheus conventions) and the process-wide recorder.
+//! The gateway's metrics (names in `ssw_telemetry::names`) and the queue sampler.
 
-use std::sync::OnceLock;
+use std::time::Duration;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use ssw_protocol::chat::Usage;
+use ssw_protocol::error::ErrorCode;
+use ssw_queue::Redis;
+use ssw_telemetry::names;
+use tokio_util::sync::CancellationToken;
 
-/// Requests answered, by `pool`, `stream`, `status` and `code` (`ok` or an error code).
-pub const REQUESTS_TOTAL: &str = "ssw_gateway_requests_total";
+use crate::routing::Router;
 
-/// The process-wide Prometheus recorder (installed once; metrics are global by design of the
-/// `metrics` crate).
-pub fn recorder() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        // Another recorder may already be installed (several roles in one test process); the
-        // handle then renders only what this one records, which is still well-formed.
-        let _ = metrics::set_global_recorder(recorder);
-        metrics::describe_counter!(
-            REQUESTS_TOTAL,
-            "Chat-completion requests answered, by pool, stream, HTTP status and code."
-        );
-        handle
-    })
-}
-
-/// Clients that went away before their answer was complete, by `pool`.
-pub const CLIENT_DISCONNECTS_TOTAL: &str = "ssw_gateway_client_disconnects_total";
-
-/// Counts a request answered.
+/// Counts a request answered (`code` is `ok` or an error code).
 pub fn request_done(pool: &str, stream: bool, status: u16, code: &'static str) {
     metrics::counter!(
-        REQUESTS_TOTAL,
+        names::GATEWAY_REQUESTS,
         "pool" => pool.to_owned(),
         "stream" => if stream { "true" } else { "false" },
         "status" => status.to_string(),
         "code" => code,
     )
     .increment(1);
+    if let Some(reason) = ErrorCode::parse(code).and_then(rejection_reason) {
+        metrics::counter!(names::GATEWAY_REJECTIONS, "pool" => pool.to_owned(), "reason" => reason)
+            .increment(1);
+    }
+}
+
+/// The `reason` label of a refusal, for codes that are refusals.
+fn rejection_reason(code: ErrorCode) -> Option<&'static str> {
+    Some(match code {
+        ErrorCode::QueueFull => "queue_full",
+        ErrorCode::QueueTimeout => "queue_timeout",
+        ErrorCode::QueueUnavailable => "queue_unavailable",
+        ErrorCode::ModelNotFound => "model_not_found",
+        ErrorCode::MissingApiKey | ErrorCode::InvalidApiKey => "auth",
+        ErrorCode::InvalidJson | ErrorCode::InvalidRequest => "bad_request",
+        ErrorCode::RequestTooLarge => "too_large",
+        ErrorCode::ShuttingDown => "shutting_down",
+        ErrorCode::UpstreamError | ErrorCode::EngineRejected | ErrorCode::InternalError => {
+            return None;
+        }
+    })
 }
 
 /// Counts a client disconnect.
 pub fn client_disconnected(pool: &str) {
-    metrics::counter!(CLIENT_DISCONNECTS_TOTAL, "pool" => pool.to_owned()).increment(1);
+    metrics::counter!(names::GATEWAY_DISCONNECTS, "pool" => pool.to_owned()).increment(1);
+}
+
+/// Adjusts the in-flight gauge.
+pub fn inflight(pool: &str, delta: f64) {
+    metrics::gauge!(names::GATEWAY_INFLIGHT, "pool" => pool.to_owned()).increment(delta);
+}
+
+fn stream_label(stream: bool) -> &'static str {
+    if stream { "true" } else { "false" }
+}
+
+/// Time a job waited for a worker.
+pub fn queue_wait(pool: &str, d: Duration) {
+    metrics::histogram!(names::GATEWAY_QUEUE_WAIT, "pool" => pool.to_owned())
+        .record(d.as_secs_f64());
+}
+
+/// Time to first token (streaming) or to the answer (non-streaming).
+pub fn ttft(pool: &str, stream: bool, d: Duration) {
+    metrics::histogram!(names::GATEWAY_TTFT, "pool" => pool.to_owned(), "stream" => stream_label(stream))
+        .record(d.as_secs_f64());
+}
+
+/// Time between streamed tokens.
+pub fn inter_token(pool: &str, d: Duration) {
+    metrics::histogram!(names::GATEWAY_ITL, "pool" => pool.to_owned()).record(d.as_secs_f64());
+}
+
+/// Whole request latency.
+pub fn duration(pool: &str, stream: bool, d: Duration) {
+    metrics::histogram!(names::GATEWAY_DURATION, "pool" => pool.to_owned(), "stream" => stream_label(stream))
+        .record(d.as_secs_f64());
+}
+
+/// Tokens of an answer.
+pub fn tokens(pool: &str, usage: Usage) {
+    metrics::counter!(names::GATEWAY_PROMPT_TOKENS, "pool" => pool.to_owned())
+        .increment(usage.prompt_tokens);
+    metrics::counter!(names::GATEWAY_COMPLETION_TOKENS, "pool" => pool.to_owned())
+        .increment(usage.completion_tokens);
+}
+
+/// Samples every pool's queue and workers every `interval` (one task per gateway, so the cost
+/// does not grow with scrapes or requests).
+pub async fn sample_queues(
+    redis: Redis,
+    router: std::sync::Arc<Router>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = ssw_queue::now_ms();
+        for pool in router.pools() {
+            let stats = match redis.pool_stats(&pool.name, now).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "queue sample failed");
+                    break;
+                }
+            };
+            let p = pool.name.to_string();
+            metrics::gauge!(names::QUEUE_BACKLOG, "pool" => p.clone()).set(stats.backlog as f64);
+            metrics::gauge!(names::QUEUE_PENDING, "pool" => p.clone()).set(stats.pending as f64);
+            let age = stats
+                .oldest_waiting_ms
+                .map_or(0.0, |ms| now.saturating_sub(ms) as f64 / 1000.0);
+            metrics::gauge!(names::QUEUE_OLDEST_AGE, "pool" => p.clone()).set(age);
+            metrics::gauge!(names::POOL_LIVE_WORKERS, "pool" => p.clone())
+                .set(stats.workers.len() as f64);
+            metrics::gauge!(names::POOL_SERVING_WORKERS, "pool" => p).set(stats.serving() as f64);
+        }
+    }
 }

@@ -39,7 +39,7 @@ pub struct Inner {
     /// This gateway's id.
     pub id: String,
     /// Routing table.
-    pub router: Router,
+    pub router: Arc<Router>,
     /// Redis handle.
     pub redis: Redis,
     /// Requests in flight and their event channels.
@@ -86,7 +86,7 @@ impl AppState {
         let replies = Arc::new(Replies::new(redis.keys().replies(&id)));
         let started_s = ssw_queue::now_ms() / 1000;
         Ok(Self(Arc::new(Inner {
-            router: Router::new(&config),
+            router: Arc::new(Router::new(&config)),
             config,
             id,
             redis,

@@ -200,6 +200,46 @@ impl ChatRequest {
     }
 }
 
+/// Token counts of an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    #[serde(default)]
+    pub completion_tokens: u64,
+}
+
+/// The `usage` of a non-streaming answer body.
+pub fn usage_of_body(body: &[u8]) -> Option<Usage> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        usage: Option<Usage>,
+    }
+    serde_json::from_slice::<Answer>(body).ok()?.usage
+}
+
+/// The `usage` carried by an SSE chunk (the final chunk with `stream_options.include_usage`),
+/// found without parsing the other events.
+pub fn usage_of_sse(chunk: &[u8]) -> Option<Usage> {
+    const NEEDLE: &[u8] = b"\"usage\":{";
+    let at = chunk.windows(NEEDLE.len()).rposition(|w| w == NEEDLE)?;
+    let start = chunk[..at]
+        .windows(6)
+        .rposition(|w| w == b"data: ")
+        .map_or(0, |i| i + 6);
+    let end = chunk[at..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(chunk.len(), |i| at + i);
+    usage_of_body(&chunk[start..end])
+}
+
+/// How many SSE events a chunk carries.
+pub fn sse_events(chunk: &[u8]) -> usize {
+    chunk.windows(6).filter(|w| *w == b"data: ").count()
+}
+
 /// Adds every key of `defaults` missing from `target`, recursing where both sides are objects.
 pub fn merge_defaults(target: &mut Map<String, Value>, defaults: &Map<String, Value>) {
     for (key, default) in defaults {
@@ -285,6 +325,29 @@ mod tests {
         .unwrap();
         assert!(!req.stream);
         assert_eq!(req.model, None);
+    }
+
+    #[test]
+    fn usage_is_found_in_bodies_and_stream_chunks() {
+        let body = br#"{"id":"x","choices":[],"usage":{"prompt_tokens":7,"total_tokens":10,"completion_tokens":3}}"#;
+        assert_eq!(
+            usage_of_body(body),
+            Some(Usage {
+                prompt_tokens: 7,
+                completion_tokens: 3
+            })
+        );
+        assert_eq!(usage_of_body(b"{\"usage\":null}"), None);
+        let chunk = b"data: {\"choices\":[{\"delta\":{}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":16,\"total_tokens\":21}}\n\ndata: [DONE]\n\n";
+        assert_eq!(
+            usage_of_sse(chunk),
+            Some(Usage {
+                prompt_tokens: 5,
+                completion_tokens: 16
+            })
+        );
+        assert_eq!(usage_of_sse(b"data: {\"usage\":null}\n\n"), None);
+        assert_eq!(sse_events(chunk), 3);
     }
 
     #[test]

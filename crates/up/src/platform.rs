@@ -115,6 +115,8 @@ pub struct Platform {
     pub workers: BTreeMap<String, Child>,
     /// Stub processes and their URLs, by replica id.
     pub stubs: BTreeMap<String, (Child, String)>,
+    /// Each worker's metrics URL (`http://127.0.0.1:PORT`), by id.
+    pub worker_metrics: BTreeMap<String, String>,
     /// The started Redis, unless an external one is used.
     pub redis: Option<RedisServer>,
     /// The Redis URL everything uses.
@@ -161,6 +163,7 @@ impl Platform {
             gateway: None,
             workers: BTreeMap::new(),
             stubs: BTreeMap::new(),
+            worker_metrics: BTreeMap::new(),
             spec,
             dir,
         };
@@ -267,8 +270,10 @@ impl Platform {
         cfg.worker.engine_url = engine_url.to_owned();
         cfg.worker.gpus = gpus;
         let path = self.write_config(&format!("worker-{id}"), &cfg)?;
-        let child = self.spawn_ssw("worker", id, &path, None)?;
+        let (listener, url) = bind_loopback()?;
+        let child = self.spawn_ssw("worker", id, &path, Some(listener))?;
         self.workers.insert(id.to_owned(), child);
+        self.worker_metrics.insert(id.to_owned(), url);
         Ok(())
     }
 

@@ -76,6 +76,20 @@ pub async fn run(
             Outcome::Gone
         }
     };
+    crate::telemetry::engine_duration(&ctx, started.elapsed());
+    crate::telemetry::job(
+        &ctx,
+        match &outcome {
+            Outcome::Done(Some(ReplyEvent::Fail { .. })) => "engine_error",
+            Outcome::Done(Some(ReplyEvent::Full { status, .. })) if *status >= 400 => {
+                "engine_rejected"
+            }
+            Outcome::Done(_) => "ok",
+            Outcome::Retry(_) if job.attempt >= ctx.max_attempts => "engine_error",
+            Outcome::Retry(_) => "requeued",
+            Outcome::Gone => "cancelled",
+        },
+    );
     let pool = &ctx.pool;
     let result = match outcome {
         Outcome::Done(event) => {

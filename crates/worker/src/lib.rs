@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 
 pub mod engine;
 pub mod job;
+pub mod telemetry;
 
 use engine::{Engine, EngineState};
 
@@ -91,7 +92,13 @@ impl Ctx {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn free_slots(&self) -> u32 {
+    /// Jobs running now.
+    pub fn inflight(&self) -> u32 {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Slots left.
+    pub fn free_slots(&self) -> u32 {
         self.cfg
             .max_inflight
             .saturating_sub(self.inflight.load(Ordering::Relaxed))
@@ -143,7 +150,12 @@ fn default_id(pool: &str) -> String {
 
 /// Runs the worker until `shutdown`, then drains: stops pulling, lets in-flight jobs finish
 /// within `drain_timeout` (then hands unfinished ones back or fails them), and deregisters.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+/// `metrics` serves `/metrics` and `/healthz` when given.
+pub async fn run(
+    config: Config,
+    metrics: Option<tokio::net::TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
     let (pool, pool_cfg) = config.worker_pool().ok_or(StartError::NoPool)?;
     let password = match &config.redis.password_file {
         Some(p) => Some(ssw_config::read_secret(p).map_err(StartError::Secret)?),
@@ -170,12 +182,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     tracing::info!(worker = %ctx.id, pool = %ctx.pool, engine = %ctx.engine.base, "worker starting");
     let background = CancellationToken::new();
     let bg = TaskTracker::new();
+    ssw_telemetry::start_process_metrics("worker", background.clone());
+    telemetry::slots(&ctx);
+    if let Some(listener) = metrics {
+        bg.spawn(telemetry::serve(listener, background.clone()));
+    }
+    bg.spawn(telemetry::gpus(ctx.clone(), background.clone()));
     bg.spawn(ctx.engine.clone().monitor(
         ctx.engine_state.clone(),
         ctx.cfg.engine_poll_interval,
         background.clone(),
     ));
-    bg.spawn(heartbeats(ctx.clone(), background.clone()));
+    bg.spawn(heartbeats(
+        ctx.clone(),
+        background.clone(),
+        shutdown.clone(),
+    ));
     bg.spawn(watch_running(ctx.clone(), background.clone()));
     bg.close();
 
@@ -257,6 +279,7 @@ async fn pull_loop(ctx: &Arc<Ctx>, jobs: &TaskTracker, shutdown: &CancellationTo
                         tracing::info!(count = p.len(), "reclaimed jobs of a dead worker");
                     }
                 })
+                .map(|p| (p, true))
         } else {
             if conn.is_none() {
                 match ctx.redis.dedicated().await {
@@ -271,14 +294,14 @@ async fn pull_loop(ctx: &Arc<Ctx>, jobs: &TaskTracker, shutdown: &CancellationTo
             let Some(c) = conn.as_mut() else { continue };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                r = ctx.redis.pull(c, &ctx.pool, &ctx.id, free, Duration::from_secs(1)) => r,
+                r = ctx.redis.pull(c, &ctx.pool, &ctx.id, free, Duration::from_secs(1)) => r.map(|p| (p, false)),
             }
         };
         match pulled {
-            Ok(batch) => {
+            Ok((batch, reclaimed)) => {
                 backoff = Duration::from_millis(50);
                 if !batch.is_empty() {
-                    start_jobs(ctx, jobs, batch).await;
+                    start_jobs(ctx, jobs, batch, reclaimed).await;
                 }
             }
             Err(e) => {
@@ -294,8 +317,9 @@ async fn pull_loop(ctx: &Arc<Ctx>, jobs: &TaskTracker, shutdown: &CancellationTo
     }
 }
 
-/// Claims a pulled batch and starts the jobs this worker may run.
-async fn start_jobs(ctx: &Arc<Ctx>, jobs: &TaskTracker, batch: Vec<Pulled>) {
+/// Claims a pulled batch and starts the jobs this worker may run (`reclaimed`: taken over from
+/// a dead worker).
+async fn start_jobs(ctx: &Arc<Ctx>, jobs: &TaskTracker, batch: Vec<Pulled>, reclaimed: bool) {
     let mut valid = Vec::with_capacity(batch.len());
     for p in batch {
         match p.job {
@@ -326,8 +350,12 @@ async fn start_jobs(ctx: &Arc<Ctx>, jobs: &TaskTracker, batch: Vec<Pulled>) {
     for ((entry_id, job), claim) in valid.into_iter().zip(claims) {
         match claim {
             Claim::Run => {
+                if reclaimed {
+                    telemetry::job(ctx, "reclaimed");
+                }
                 let cancel = CancellationToken::new();
                 ctx.inflight.fetch_add(1, Ordering::Relaxed);
+                telemetry::slots(ctx);
                 ctx.running().insert(
                     job.id.clone(),
                     Running {
@@ -344,6 +372,7 @@ async fn start_jobs(ctx: &Arc<Ctx>, jobs: &TaskTracker, batch: Vec<Pulled>) {
                         job::run(c.clone(), entry_id, job, now, cancel).await;
                         c.running().remove(&job_id);
                         c.inflight.fetch_sub(1, Ordering::Relaxed);
+                        telemetry::slots(&c);
                         c.slot_freed.notify_waiters();
                     },
                     span,
@@ -351,10 +380,19 @@ async fn start_jobs(ctx: &Arc<Ctx>, jobs: &TaskTracker, batch: Vec<Pulled>) {
             }
             Claim::Cancelled | Claim::Expired => {
                 tracing::debug!(job = %job.id, ?claim, "skipping a job nobody waits for");
+                telemetry::job(
+                    ctx,
+                    if claim == Claim::Cancelled {
+                        "cancelled"
+                    } else {
+                        "expired"
+                    },
+                );
                 let _ = ctx.redis.drop_entry(&ctx.pool, &entry_id).await;
             }
             Claim::Orphaned => {
                 tracing::warn!(job = %job.id, "job's worker died mid-answer; telling its client");
+                telemetry::job(ctx, "orphaned");
                 let reply = ssw_protocol::reply::Reply {
                     job: job.id.clone(),
                     event: ssw_protocol::reply::ReplyEvent::Fail {
@@ -376,20 +414,42 @@ async fn start_jobs(ctx: &Arc<Ctx>, jobs: &TaskTracker, batch: Vec<Pulled>) {
     }
 }
 
-async fn heartbeats(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+/// Publishes heartbeats; after the first one, tells systemd the worker is ready and feeds its
+/// watchdog while heartbeats succeed.
+async fn heartbeats(ctx: Arc<Ctx>, shutdown: CancellationToken, stopping: CancellationToken) {
     let mut tick = tokio::time::interval(ctx.cfg.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let last_ok = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut notified = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = ctx
+        telemetry::engine(&ctx);
+        match ctx
             .redis
             .heartbeat(&ctx.status(), ssw_queue::now_ms(), ctx.cfg.heartbeat_ttl)
             .await
         {
-            tracing::warn!(error = %e, "heartbeat failed");
+            Ok(()) => {
+                last_ok.store(ssw_queue::now_ms(), Ordering::Relaxed);
+                if !notified {
+                    notified = true;
+                    let (last, ttl) = (last_ok.clone(), ctx.cfg.heartbeat_ttl.as_millis() as u64);
+                    // Alive = heartbeats reach Redis; a worker cut off longer than the
+                    // heartbeat TTL is restarted by systemd's watchdog only if it also stopped
+                    // trying, which the loop never does, so the watchdog catches hangs.
+                    ssw_telemetry::systemd::ready_with_watchdog(
+                        move || {
+                            ssw_queue::now_ms().saturating_sub(last.load(Ordering::Relaxed))
+                                < ttl.max(1) * 60
+                        },
+                        stopping.clone(),
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
         }
     }
 }

@@ -4,6 +4,7 @@
 mod api;
 mod failures;
 mod load;
+mod observability;
 
 use std::path::Path;
 

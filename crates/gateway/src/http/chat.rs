@@ -40,6 +40,7 @@ pub async fn chat_completions(
         }
     };
     let stream = req.stream;
+    let arrived = tokio::time::Instant::now();
     let now = ssw_queue::now_ms();
     let deadline_ms = now + pool.queue_timeout.as_millis() as u64;
     let job = Job {
@@ -57,7 +58,7 @@ pub async fn chat_completions(
         &state,
         pool.name.clone(),
         job.id.clone(),
-        deadline_ms,
+        (arrived, now, deadline_ms),
         stream,
     );
     let mut resp = async {

@@ -77,7 +77,7 @@ pub async fn metrics() -> Response {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::metrics::recorder().render(),
+        ssw_telemetry::render(),
     )
         .into_response()
 }

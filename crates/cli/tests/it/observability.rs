@@ -1,0 +1,246 @@
+//! Metrics on the real stack: traffic through gateway and workers, scraped and parsed with a
+//! Prometheus text parser, asserting the families, labels and values the traffic implies.
+
+use std::time::Duration;
+
+use prometheus_parse::{Scrape, Value};
+use serde_json::json;
+use ssw_config::StubConfig;
+use ssw_test_support::{TestPlatform, chat_body, stub_replica};
+
+use crate::ssw;
+
+async fn scrape(p: &TestPlatform, url: &str) -> Scrape {
+    let text = p
+        .http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("valid Prometheus text")
+}
+
+/// Sum of a counter/gauge (or the observation count of a histogram) over series matching labels.
+fn value(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    s.samples
+        .iter()
+        .filter(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .map(|x| match &x.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            Value::Histogram(buckets) => buckets
+                .iter()
+                .find(|b| b.less_than.is_infinite())
+                .map_or(0.0, |b| b.count),
+            Value::Summary(_) => 0.0,
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn gateway_and_worker_metrics_count_the_traffic_sent() {
+    let p = TestPlatform::start(ssw()).await;
+    for _ in 0..20 {
+        assert_eq!(p.chat(&chat_body("heavy")).await.status(), 200);
+    }
+    for _ in 0..10 {
+        let mut b = chat_body("light");
+        b["stream"] = json!(true);
+        b["stream_options"] = json!({"include_usage": true});
+        let text = p.chat(&b).await.text().await.unwrap();
+        assert!(text.ends_with("data: [DONE]\n\n"));
+    }
+    assert_eq!(p.chat(&chat_body("gpt-9")).await.status(), 404);
+
+    let g = scrape(&p, &p.platform.gateway_url).await;
+    let ok = |pool, stream| {
+        value(
+            &g,
+            "ssw_gateway_requests_total",
+            &[
+                ("pool", pool),
+                ("stream", stream),
+                ("status", "200"),
+                ("code", "ok"),
+            ],
+        )
+    };
+    assert_eq!(ok("heavy", "false"), 20.0);
+    assert_eq!(ok("light", "true"), 10.0);
+    assert_eq!(
+        value(
+            &g,
+            "ssw_gateway_rejections_total",
+            &[("reason", "model_not_found")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &g,
+            "ssw_gateway_request_duration_seconds",
+            &[("pool", "heavy"), ("stream", "false")]
+        ),
+        20.0
+    );
+    assert_eq!(
+        value(
+            &g,
+            "ssw_gateway_time_to_first_token_seconds",
+            &[("pool", "light"), ("stream", "true")]
+        ),
+        10.0
+    );
+    assert_eq!(
+        value(&g, "ssw_gateway_queue_wait_seconds", &[("pool", "heavy")]),
+        20.0
+    );
+    assert_eq!(
+        value(&g, "ssw_gateway_queue_wait_seconds", &[("pool", "light")]),
+        10.0
+    );
+    assert!(
+        value(
+            &g,
+            "ssw_gateway_inter_token_latency_seconds",
+            &[("pool", "light")]
+        ) >= 10.0
+    );
+    // The stub answers 8 tokens; streams report usage because they asked for it.
+    assert_eq!(
+        value(
+            &g,
+            "ssw_gateway_completion_tokens_total",
+            &[("pool", "heavy")]
+        ),
+        160.0
+    );
+    assert_eq!(
+        value(
+            &g,
+            "ssw_gateway_completion_tokens_total",
+            &[("pool", "light")]
+        ),
+        80.0
+    );
+    assert!(value(&g, "ssw_gateway_prompt_tokens_total", &[("pool", "heavy")]) > 0.0);
+    assert_eq!(
+        value(&g, "ssw_gateway_inflight_requests", &[("pool", "heavy")]),
+        0.0
+    );
+    assert_eq!(value(&g, "ssw_build_info", &[("role", "gateway")]), 1.0);
+    TestPlatform::eventually(
+        Duration::from_secs(5),
+        "queue sampler shows two live workers per pool",
+        || async {
+            let g = scrape(&p, &p.platform.gateway_url).await;
+            value(&g, "ssw_pool_live_workers", &[("pool", "heavy")]) == 2.0
+                && value(&g, "ssw_pool_serving_workers", &[("pool", "light")]) == 2.0
+                && value(&g, "ssw_queue_backlog", &[("pool", "heavy")]) == 0.0
+        },
+    )
+    .await;
+
+    let mut heavy_ok = 0.0;
+    for (id, url) in &p.platform.worker_metrics {
+        let w = scrape(&p, url).await;
+        let labels = [("worker", id.as_str())];
+        if id.starts_with("heavy") {
+            heavy_ok += value(
+                &w,
+                "ssw_worker_jobs_total",
+                &[("worker", id), ("outcome", "ok")],
+            );
+        }
+        assert_eq!(value(&w, "ssw_worker_engine_up", &labels), 1.0, "{id}");
+        assert_eq!(value(&w, "ssw_worker_inflight_jobs", &labels), 0.0, "{id}");
+        assert_eq!(value(&w, "ssw_worker_free_slots", &labels), 64.0, "{id}");
+        assert_eq!(
+            value(&w, "ssw_worker_engine_requests_waiting", &labels),
+            0.0,
+            "{id}"
+        );
+        // No NVIDIA driver here: the worker runs and says so.
+        assert_eq!(value(&w, "ssw_gpu_metrics_available", &labels), 0.0, "{id}");
+        assert_eq!(
+            value(&w, "ssw_build_info", &[("role", "worker")]),
+            1.0,
+            "{id}"
+        );
+    }
+    assert_eq!(
+        heavy_ok, 20.0,
+        "every heavy job counted once, on the worker that ran it"
+    );
+}
+
+#[tokio::test]
+async fn queue_depth_rises_during_a_held_back_burst_and_falls_to_zero() {
+    let busy = StubConfig {
+        ttft: Duration::from_millis(400),
+        tpot: Duration::from_millis(1),
+        output_tokens: 4,
+        max_num_seqs: 2,
+        ..StubConfig::default()
+    };
+    let p = TestPlatform::start_with(ssw(), |s| {
+        s.config.worker.max_inflight = 2;
+        s.config.gateway.sample_interval = Duration::from_millis(100);
+        s.replicas = vec![
+            stub_replica("heavy-0", "heavy", busy.clone()),
+            stub_replica("light-0", "light", busy),
+        ];
+    })
+    .await;
+    let burst: Vec<_> = (0..20)
+        .map(|_| {
+            let http = p.http.clone();
+            let url = p.url("/v1/chat/completions");
+            tokio::spawn(async move {
+                http.post(url)
+                    .body(chat_body("heavy").to_string())
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    TestPlatform::eventually(Duration::from_secs(5), "backlog seen rising", || async {
+        let g = scrape(&p, &p.platform.gateway_url).await;
+        value(&g, "ssw_queue_backlog", &[("pool", "heavy")]) >= 10.0
+            && value(&g, "ssw_queue_oldest_age_seconds", &[("pool", "heavy")]) > 0.0
+    })
+    .await;
+    for b in burst {
+        assert_eq!(b.await.unwrap(), 200);
+    }
+    TestPlatform::eventually(Duration::from_secs(5), "backlog back to zero", || async {
+        let g = scrape(&p, &p.platform.gateway_url).await;
+        value(&g, "ssw_queue_backlog", &[("pool", "heavy")]) == 0.0
+            && value(&g, "ssw_queue_pending", &[("pool", "heavy")]) == 0.0
+    })
+    .await;
+    let g = scrape(&p, &p.platform.gateway_url).await;
+    assert_eq!(
+        value(&g, "ssw_gateway_queue_wait_seconds", &[("pool", "heavy")]),
+        20.0
+    );
+    let waited = g
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "ssw_gateway_queue_wait_seconds" && s.labels.get("pool") == Some("heavy")
+        })
+        .and_then(|s| match &s.value {
+            Value::Histogram(b) => b.iter().find(|b| b.less_than == 1.0).map(|b| b.count),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        waited < 20.0,
+        "a held-back burst waits: some jobs queued over a second"
+    );
+}

@@ -1,0 +1,148 @@
+//! Every metric name the platform exports, in one place (Prometheus conventions: `_total`
+//! counters, `_seconds`/`_bytes` units, bounded labels only). [`ALL`] feeds the descriptions,
+//! docs/observability.md and the test that checks the dashboard and alert rules.
+
+/// What kind of series a name is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Monotonic counter.
+    Counter,
+    /// Value that goes up and down.
+    Gauge,
+    /// Histogram (`_bucket`, `_sum`, `_count` series).
+    Histogram,
+}
+
+/// A metric: name, kind, labels, help text.
+#[derive(Clone, Copy, Debug)]
+pub struct Metric {
+    /// Exported name.
+    pub name: &'static str,
+    /// Kind.
+    pub kind: Kind,
+    /// Label names.
+    pub labels: &'static [&'static str],
+    /// Help text.
+    pub help: &'static str,
+}
+
+macro_rules! metrics {
+    ($($(#[$doc:meta])* $id:ident = $name:literal, $kind:ident, [$($label:literal),*], $help:literal;)*) => {
+        $( $(#[$doc])* pub const $id: &str = $name; )*
+        /// Every metric, for descriptions, docs and checks.
+        pub const ALL: &[Metric] = &[
+            $( Metric { name: $name, kind: Kind::$kind, labels: &[$($label),*], help: $help }, )*
+        ];
+    };
+}
+
+metrics! {
+    /// Process identity: 1, labelled with role and version.
+    BUILD_INFO = "ssw_build_info", Gauge, ["role", "version"], "Always 1; labels carry the role and the ssw version.";
+    /// Process start (Unix seconds).
+    PROCESS_START = "ssw_process_start_time_seconds", Gauge, ["role"], "Unix time the process started.";
+    /// Liveness: last time the process's sampler ran (Unix seconds).
+    HEARTBEAT = "ssw_heartbeat_timestamp_seconds", Gauge, ["role"], "Unix time of the process's last liveness tick.";
+
+    /// Requests answered by the gateway.
+    GATEWAY_REQUESTS = "ssw_gateway_requests_total", Counter, ["pool", "stream", "status", "code"], "Chat-completion requests answered, by pool, streaming or not, HTTP status and code (ok or an error code; 499 client_closed when the client left).";
+    /// Requests refused before or instead of running.
+    GATEWAY_REJECTIONS = "ssw_gateway_rejections_total", Counter, ["pool", "reason"], "Requests refused, by reason: queue_full, queue_timeout, queue_unavailable, model_not_found, auth, bad_request, too_large, shutting_down.";
+    /// Clients that left early.
+    GATEWAY_DISCONNECTS = "ssw_gateway_client_disconnects_total", Counter, ["pool"], "Clients that disconnected before their answer was complete (the job is cancelled).";
+    /// Requests in flight.
+    GATEWAY_INFLIGHT = "ssw_gateway_inflight_requests", Gauge, ["pool"], "Requests admitted and not yet answered.";
+    /// Time from enqueue to a worker's claim.
+    GATEWAY_QUEUE_WAIT = "ssw_gateway_queue_wait_seconds", Histogram, ["pool"], "Time a job waited in the queue before a worker claimed it.";
+    /// Time to first token.
+    GATEWAY_TTFT = "ssw_gateway_time_to_first_token_seconds", Histogram, ["pool", "stream"], "Time from request arrival to the first token (streaming) or to the whole answer (non-streaming).";
+    /// Time between streamed tokens.
+    GATEWAY_ITL = "ssw_gateway_inter_token_latency_seconds", Histogram, ["pool"], "Time between consecutive streamed chunks, divided by the SSE events each carries.";
+    /// Whole request latency.
+    GATEWAY_DURATION = "ssw_gateway_request_duration_seconds", Histogram, ["pool", "stream"], "Time from request arrival to the end of the answer.";
+    /// Prompt tokens.
+    GATEWAY_PROMPT_TOKENS = "ssw_gateway_prompt_tokens_total", Counter, ["pool"], "Prompt tokens, from the engines' usage reports.";
+    /// Completion tokens.
+    GATEWAY_COMPLETION_TOKENS = "ssw_gateway_completion_tokens_total", Counter, ["pool"], "Completion tokens, from the engines' usage reports (streams need stream_options.include_usage).";
+
+    /// Jobs waiting.
+    QUEUE_BACKLOG = "ssw_queue_backlog", Gauge, ["pool"], "Jobs waiting for a worker (sampled by each gateway).";
+    /// Jobs claimed, unfinished.
+    QUEUE_PENDING = "ssw_queue_pending", Gauge, ["pool"], "Jobs claimed by a worker and not finished.";
+    /// Oldest waiting job's age.
+    QUEUE_OLDEST_AGE = "ssw_queue_oldest_age_seconds", Gauge, ["pool"], "Age of the oldest job waiting for a worker (0 when none).";
+    /// Live workers.
+    POOL_LIVE_WORKERS = "ssw_pool_live_workers", Gauge, ["pool"], "Workers whose heartbeat is fresh.";
+    /// Workers able to take jobs.
+    POOL_SERVING_WORKERS = "ssw_pool_serving_workers", Gauge, ["pool"], "Live workers whose engine is up and that are not draining.";
+
+    /// Jobs by outcome.
+    WORKER_JOBS = "ssw_worker_jobs_total", Counter, ["pool", "worker", "outcome"], "Jobs ended, by outcome: ok, engine_rejected, engine_error, requeued, cancelled, expired, orphaned, reclaimed (taken over from a dead worker).";
+    /// Jobs running.
+    WORKER_INFLIGHT = "ssw_worker_inflight_jobs", Gauge, ["pool", "worker"], "Jobs running on this worker.";
+    /// Free slots.
+    WORKER_FREE_SLOTS = "ssw_worker_free_slots", Gauge, ["pool", "worker"], "max_inflight minus jobs running.";
+    /// Engine health.
+    WORKER_ENGINE_UP = "ssw_worker_engine_up", Gauge, ["pool", "worker"], "1 when the engine's /health answered 200 at the last probe.";
+    /// Engine request latency.
+    WORKER_ENGINE_DURATION = "ssw_worker_engine_request_duration_seconds", Histogram, ["pool", "worker"], "Time from sending a job to the engine to the end of its answer.";
+    /// Engine's running requests.
+    WORKER_ENGINE_RUNNING = "ssw_worker_engine_requests_running", Gauge, ["pool", "worker"], "The engine's vllm:num_requests_running as last read.";
+    /// Engine's waiting requests.
+    WORKER_ENGINE_WAITING = "ssw_worker_engine_requests_waiting", Gauge, ["pool", "worker"], "The engine's vllm:num_requests_waiting as last read.";
+    /// Engine's KV-cache usage.
+    WORKER_ENGINE_KV = "ssw_worker_engine_kv_cache_usage_ratio", Gauge, ["pool", "worker"], "The engine's KV-cache usage (0-1) as last read (vllm:kv_cache_usage_perc, or the older vllm:gpu_cache_usage_perc).";
+
+    /// Whether GPU metrics can be read.
+    GPU_AVAILABLE = "ssw_gpu_metrics_available", Gauge, ["worker"], "1 when NVML could be loaded and GPUs read; 0 without an NVIDIA driver.";
+    /// GPU utilisation.
+    GPU_UTILIZATION = "ssw_gpu_utilization_ratio", Gauge, ["gpu", "uuid"], "Share of the last sample period a kernel ran on the GPU (0-1).";
+    /// GPU memory used.
+    GPU_MEMORY_USED = "ssw_gpu_memory_used_bytes", Gauge, ["gpu", "uuid"], "GPU memory allocated.";
+    /// GPU memory total.
+    GPU_MEMORY_TOTAL = "ssw_gpu_memory_total_bytes", Gauge, ["gpu", "uuid"], "GPU memory installed.";
+    /// GPU temperature.
+    GPU_TEMPERATURE = "ssw_gpu_temperature_celsius", Gauge, ["gpu", "uuid"], "GPU core temperature.";
+    /// GPU power.
+    GPU_POWER = "ssw_gpu_power_watts", Gauge, ["gpu", "uuid"], "GPU power draw.";
+}
+
+/// Whether `name` is a series this code exports (a name from [`ALL`], or a histogram's
+/// `_bucket`/`_sum`/`_count` series).
+pub fn exported(name: &str) -> bool {
+    ALL.iter().any(|m| {
+        m.name == name
+            || (m.kind == Kind::Histogram
+                && ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| name.strip_suffix(s) == Some(m.name)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let mut seen = std::collections::HashSet::new();
+        for m in ALL {
+            assert!(seen.insert(m.name), "duplicate {}", m.name);
+            assert!(m.name.starts_with("ssw_"), "{}", m.name);
+            assert_eq!(
+                m.kind == Kind::Counter,
+                m.name.ends_with("_total"),
+                "{}",
+                m.name
+            );
+            assert!(
+                !m.labels.iter().any(|l| l.contains("request") || *l == "id"),
+                "unbounded label on {}",
+                m.name
+            );
+        }
+        assert!(exported("ssw_gateway_queue_wait_seconds_bucket"));
+        assert!(!exported("ssw_gateway_requests_total_bucket"));
+        assert!(!exported("ssw_nope"));
+    }
+}

@@ -1,0 +1,100 @@
+//! The worker's metrics (names in `ssw_telemetry::names`), its `/metrics` listener, and the
+//! GPU monitor.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use ssw_config::GpuMetrics;
+use ssw_telemetry::names;
+use tokio_util::sync::CancellationToken;
+
+use crate::Ctx;
+
+fn labels(ctx: &Ctx) -> [(&'static str, String); 2] {
+    [("pool", ctx.pool.clone()), ("worker", ctx.id.clone())]
+}
+
+/// Counts a job's end.
+pub fn job(ctx: &Ctx, outcome: &'static str) {
+    let [p, w] = labels(ctx);
+    metrics::counter!(names::WORKER_JOBS, p.0 => p.1, w.0 => w.1, "outcome" => outcome)
+        .increment(1);
+}
+
+/// Updates the slot gauges.
+pub fn slots(ctx: &Ctx) {
+    metrics::gauge!(names::WORKER_INFLIGHT, &labels(ctx)).set(f64::from(ctx.inflight()));
+    metrics::gauge!(names::WORKER_FREE_SLOTS, &labels(ctx)).set(f64::from(ctx.free_slots()));
+}
+
+/// Records an engine request's duration.
+pub fn engine_duration(ctx: &Ctx, d: Duration) {
+    metrics::histogram!(names::WORKER_ENGINE_DURATION, &labels(ctx)).record(d.as_secs_f64());
+}
+
+/// Copies the engine's state as last probed into gauges.
+pub fn engine(ctx: &Ctx) {
+    let l = labels(ctx);
+    metrics::gauge!(names::WORKER_ENGINE_UP, &l).set(if ctx.engine_state.is_up() {
+        1.0
+    } else {
+        0.0
+    });
+    let load = ctx.engine_state.load();
+    if let Some(v) = load.running {
+        metrics::gauge!(names::WORKER_ENGINE_RUNNING, &l).set(v);
+    }
+    if let Some(v) = load.waiting {
+        metrics::gauge!(names::WORKER_ENGINE_WAITING, &l).set(v);
+    }
+    if let Some(v) = load.kv_cache_usage {
+        metrics::gauge!(names::WORKER_ENGINE_KV, &l).set(v);
+    }
+}
+
+/// Serves `/metrics` and `/healthz` until `shutdown`.
+pub async fn serve(listener: tokio::net::TcpListener, shutdown: CancellationToken) {
+    let app = Router::new()
+        .route("/metrics", get(|| async { ssw_telemetry::render() }))
+        .route("/healthz", get(|| async { "ok" }));
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "worker metrics listening");
+    }
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::warn!(error = %e, "metrics listener failed");
+    }
+}
+
+/// Exports NVML readings of the GPUs `worker.gpu_metrics` selects, every 5 s.
+pub async fn gpus(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    let indices = match ctx.cfg.gpu_metrics {
+        GpuMetrics::Off => return,
+        GpuMetrics::Configured if ctx.cfg.gpus.is_empty() => return,
+        GpuMetrics::Configured => ctx.cfg.gpus.clone(),
+        GpuMetrics::All => Vec::new(),
+    };
+    // NVML loads a shared library and may block; keep it off the async threads.
+    let loaded = tokio::task::spawn_blocking(ssw_telemetry::gpu::NvmlSource::load).await;
+    let (source, error) = match loaded {
+        Ok(Ok(nvml)) => (
+            Some(Box::new(nvml) as Box<dyn ssw_telemetry::gpu::GpuSource>),
+            None,
+        ),
+        Ok(Err(e)) => (None, Some(e)),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    ssw_telemetry::gpu::monitor(
+        ctx.id.clone(),
+        source,
+        error,
+        indices,
+        Duration::from_secs(5),
+        shutdown,
+    )
+    .await;
+}
