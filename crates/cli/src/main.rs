@@ -13,6 +13,7 @@ use ssw_config::{Config, Role};
 use tokio_util::sync::CancellationToken;
 
 mod listen;
+mod status;
 mod telemetry;
 mod up;
 
@@ -79,6 +80,8 @@ enum Command {
     },
     /// Run the whole platform locally: Redis, two stub engines per pool, workers, gateway.
     Up(up::UpArgs),
+    /// Show pools (backlog, pending, oldest job) and workers (engine, slots, GPU) from Redis.
+    Status(status::StatusArgs),
     /// Validate a config file for a role; names the bad field.
     CheckConfig {
         /// The file.
@@ -236,6 +239,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Up(args) => up::run(args).await,
+        Command::Status(args) => status::run(args).await,
         Command::CheckConfig { file, role } => check_config(&file, role),
     }
 }

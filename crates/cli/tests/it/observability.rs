@@ -244,3 +244,33 @@ async fn queue_depth_rises_during_a_held_back_burst_and_falls_to_zero() {
         "a held-back burst waits: some jobs queued over a second"
     );
 }
+
+#[tokio::test]
+async fn ssw_status_lists_pools_and_live_workers() {
+    let p = TestPlatform::start(ssw()).await;
+    let out = tokio::process::Command::new(ssw())
+        .args(["status", "--redis-url", &p.platform.redis_url])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in ["heavy", "light"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(line) && l.split_whitespace().nth(4) == Some("2")),
+            "{text}"
+        );
+    }
+    for w in ["heavy-0", "heavy-1", "light-0", "light-1"] {
+        let row = text
+            .lines()
+            .find(|l| l.starts_with(w))
+            .unwrap_or_else(|| panic!("{w} missing:\n{text}"));
+        assert!(row.contains(" up ") && row.contains("0/64"), "{row}");
+    }
+}

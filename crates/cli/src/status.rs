@@ -1,0 +1,216 @@
+//! `ssw status`: pools and workers at a glance, from Redis.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use clap::Args;
+use ssw_config::Config;
+use ssw_queue::Redis;
+use ssw_queue::producer::PoolStats;
+
+/// Options of `ssw status`.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Config file (for the pools and Redis settings).
+    #[arg(long, short)]
+    config: Option<std::path::PathBuf>,
+    /// Redis URL (`redis.url`).
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Refresh every interval until interrupted (e.g. `--watch` or `--watch 500ms`).
+    #[arg(long, num_args = 0..=1, default_missing_value = "2s", value_parser = crate::parse_duration)]
+    watch: Option<Duration>,
+}
+
+fn age(now_ms: u64, then_ms: u64) -> String {
+    let s = now_ms.saturating_sub(then_ms) as f64 / 1000.0;
+    if s < 60.0 {
+        format!("{s:.1}s")
+    } else {
+        format!("{:.0}m{:02.0}s", (s / 60.0).floor(), s % 60.0)
+    }
+}
+
+fn opt(v: Option<f64>, fmt: impl Fn(f64) -> String) -> String {
+    v.map_or_else(|| "-".to_owned(), fmt)
+}
+
+/// Renders the tables for these pools' statistics.
+pub fn render(pools: &[(String, Result<PoolStats, String>)], now_ms: u64) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<12} {:>8} {:>8} {:>10} {:>6} {:>8}",
+        "POOL", "BACKLOG", "PENDING", "OLDEST", "LIVE", "SERVING"
+    );
+    for (name, stats) in pools {
+        match stats {
+            Ok(s) => {
+                let oldest = s
+                    .oldest_waiting_ms
+                    .map_or_else(|| "-".to_owned(), |t| age(now_ms, t));
+                let _ = writeln!(
+                    out,
+                    "{name:<12} {:>8} {:>8} {oldest:>10} {:>6} {:>8}",
+                    s.backlog,
+                    s.pending,
+                    s.workers.len(),
+                    s.serving()
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(out, "{name:<12} unavailable: {e}");
+            }
+        }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<16} {:<8} {:<10} {:>9} {:>7} {:>7} {:>5} {:<6} {:>8} {}",
+        "WORKER",
+        "POOL",
+        "ENGINE",
+        "INFLIGHT",
+        "RUNNING",
+        "WAITING",
+        "KV",
+        "GPUS",
+        "BEAT",
+        "VERSION"
+    );
+    for (_, stats) in pools {
+        let Ok(s) = stats else { continue };
+        let mut workers = s.workers.clone();
+        workers.sort_by(|a, b| a.worker.cmp(&b.worker));
+        for w in workers {
+            let engine = if w.draining {
+                "draining"
+            } else if w.engine_up {
+                "up"
+            } else {
+                "DOWN"
+            };
+            let gpus = if w.gpus.is_empty() {
+                "-".to_owned()
+            } else {
+                w.gpus
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            let _ = writeln!(
+                out,
+                "{:<16} {:<8} {:<10} {:>9} {:>7} {:>7} {:>5} {:<6} {:>8} {}",
+                w.worker,
+                w.pool,
+                engine,
+                format!("{}/{}", w.inflight, w.max_inflight),
+                opt(w.engine_running, |v| format!("{v:.0}")),
+                opt(w.engine_waiting, |v| format!("{v:.0}")),
+                opt(w.kv_cache_usage, |v| format!("{:.0}%", v * 100.0)),
+                gpus,
+                age(now_ms, w.heartbeat_ms),
+                w.version,
+            );
+            if let (false, Some(d)) = (w.engine_up, &w.engine_detail) {
+                let _ = writeln!(out, "    └ {d}");
+            }
+        }
+    }
+    out
+}
+
+/// Prints the tables once, or every `--watch` interval.
+pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let mut fig = Config::figment(args.config.as_deref());
+    if let Some(url) = args.redis_url {
+        fig = fig.merge(("redis.url", url));
+    }
+    let config = Config::from_figment(&fig)?;
+    let password = config
+        .redis
+        .password_file
+        .as_deref()
+        .map(ssw_config::read_secret)
+        .transpose()?;
+    let redis = Redis::new(&config.redis, password)?;
+    loop {
+        let now = ssw_queue::now_ms();
+        let mut pools = Vec::new();
+        for name in config.pools.keys() {
+            pools.push((
+                name.clone(),
+                redis.pool_stats(name, now).await.map_err(|e| e.to_string()),
+            ));
+        }
+        let table = render(&pools, now);
+        match args.watch {
+            None => {
+                print!("{table}");
+                anyhow::ensure!(pools.iter().all(|(_, s)| s.is_ok()), "redis unavailable");
+                return Ok(());
+            }
+            Some(every) => {
+                // Clear the screen and home the cursor, like `watch`.
+                print!("\x1b[2J\x1b[H{table}");
+                tokio::time::sleep(every).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ssw_protocol::heartbeat::WorkerStatus;
+
+    fn worker(id: &str, up: bool) -> WorkerStatus {
+        WorkerStatus {
+            worker: id.into(),
+            pool: "heavy".into(),
+            engine_url: "http://x".into(),
+            engine_up: up,
+            engine_detail: (!up).then(|| "connection refused".into()),
+            inflight: 3,
+            max_inflight: 64,
+            engine_running: Some(3.0),
+            engine_waiting: Some(0.0),
+            kv_cache_usage: Some(0.42),
+            draining: false,
+            gpus: vec![0],
+            started_ms: 0,
+            heartbeat_ms: 9_000,
+            version: "0.1.0".into(),
+        }
+    }
+
+    #[test]
+    fn table_shows_queues_workers_and_why_an_engine_is_down() {
+        let stats = PoolStats {
+            backlog: 12,
+            pending: 3,
+            oldest_waiting_ms: Some(5_000),
+            workers: vec![worker("heavy-1", false), worker("heavy-0", true)],
+        };
+        let out = render(
+            &[
+                ("heavy".into(), Ok(stats)),
+                ("light".into(), Err("down".into())),
+            ],
+            10_000,
+        );
+        assert!(
+            out.contains("heavy              12        3       5.0s      2        1"),
+            "{out}"
+        );
+        assert!(out.contains("light        unavailable: down"), "{out}");
+        let h0 = out.find("heavy-0").unwrap();
+        let h1 = out.find("heavy-1").unwrap();
+        assert!(h0 < h1, "workers sorted");
+        assert!(out.contains("3/64"), "{out}");
+        assert!(out.contains("42%"), "{out}");
+        assert!(out.contains("DOWN"), "{out}");
+        assert!(out.contains("└ connection refused"), "{out}");
+    }
+}
