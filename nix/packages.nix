@@ -13,6 +13,7 @@ let
     fileset = lib.fileset.unions [
       (craneLib.fileset.commonCargoSources root)
       ../clippy.toml
+      ../modules/observability
     ];
   };
 
