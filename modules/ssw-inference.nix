@@ -73,6 +73,13 @@ let
     optional (redisPassword != null) "redis-password:${redisPassword}"
     ++ optional (role == "gateway" && apiKeys != null) "api-keys:${apiKeys}";
 
+  # gateway and worker speak sd_notify (READY=1 once serving, WATCHDOG=1 while healthy).
+  notifyUnit = {
+    Type = "notify";
+    NotifyAccess = "main";
+    WatchdogSec = "30s";
+  };
+
   sswService = { unit, role, config, after ? [ ], extra ? { } }: {
     description = "SSW ${role} (${unit})";
     wantedBy = [ "multi-user.target" ];
@@ -159,7 +166,7 @@ in
         unit = "ssw-gateway";
         role = "gateway";
         config = topo.ssw.gateway;
-        extra.TimeoutStopSec = "45s";
+        extra = notifyUnit // { TimeoutStopSec = "45s"; };
       };
       networking.firewall.allowedTCPPorts = optional cfg.openFirewall (lib.toInt topo.gateway.port);
     })
@@ -171,7 +178,15 @@ in
           role = "worker";
           config = topo.ssw.workers.${r.name};
           after = [ (engineUnit r) ];
-          extra.TimeoutStopSec = "${toString (drainSeconds s.worker.drainTimeout + 15)}s";
+          extra = notifyUnit // {
+            TimeoutStopSec = "${toString (drainSeconds s.worker.drainTimeout + 15)}s";
+          } // optionalAttrs r.exportsGpu {
+            # NVML needs the GPU device nodes; only the worker that exports the GPU's metrics.
+            PrivateDevices = false;
+            DeviceAllow = [ "/dev/nvidiactl r" "/dev/nvidia${toString r.gpu} r" ];
+            # libnvidia-ml.so lives where NixOS puts the driver's user-space libraries.
+            Environment = [ "LD_LIBRARY_PATH=/run/opengl-driver/lib" ];
+          };
         }))
         topo.replicas)
       // optionalAttrs (!vllm) (listToAttrs (map
@@ -223,7 +238,31 @@ in
         port = s.prometheus.port;
         scrapeConfigs =
           optionals cfg.roles.gateway [ (builtins.elemAt topo.prometheus.scrapeConfigs 0) ]
-          ++ optionals cfg.roles.workers [ (builtins.elemAt topo.prometheus.scrapeConfigs 1) ];
+          ++ optionals cfg.roles.workers (lib.drop 1 topo.prometheus.scrapeConfigs);
+        ruleFiles = [ ./observability/alerts.yml ];
+      };
+    })
+
+    (mkIf s.grafana.enable {
+      assertions = [{
+        assertion = s.grafana.secretKeyFile != null;
+        message = "services.ssw-inference.settings.grafana.secretKeyFile: Grafana needs a secret key file (outside the Nix store).";
+      }];
+      services.grafana = {
+        enable = true;
+        settings.server = { http_addr = "127.0.0.1"; http_port = s.grafana.port; };
+        settings.security.secret_key = "$__file{${toString s.grafana.secretKeyFile}}";
+        provision.datasources.settings.datasources = [{
+          name = "Prometheus";
+          type = "prometheus";
+          url = "http://127.0.0.1:${toString s.prometheus.port}";
+          isDefault = true;
+        }];
+        provision.dashboards.settings.providers = [{
+          name = "ssw";
+          options.path = ./observability;
+          disableDeletion = true;
+        }];
       };
     })
   ]);

@@ -100,7 +100,10 @@ in
     prometheus = {
       image = prometheusImage;
       command = [ "--config.file=/etc/prometheus/prometheus.yml" ];
-      configs = [{ source = "prometheus"; target = "/etc/prometheus/prometheus.yml"; }];
+      configs = [
+        { source = "prometheus"; target = "/etc/prometheus/prometheus.yml"; }
+        { source = "prometheus-alerts"; target = "/etc/prometheus/alerts.yml"; }
+      ];
       ports = [ "127.0.0.1:${toString topo.prometheus.port}:9090" ];
       restart = "unless-stopped";
     };
@@ -108,15 +111,21 @@ in
   configs = builtins.listToAttrs ([
     (configFile "gateway" (t.gatewayConfig s redisUrl "0.0.0.0:8080"))
   ]
-  ++ map (r: configFile "worker-${r.name}" (t.workerConfig s redisUrl r (engineUrl r))) topo.replicas
+  ++ map (r: configFile "worker-${r.name}" (t.workerConfig s redisUrl r (engineUrl r) "0.0.0.0:9300")) topo.replicas
   ++ (if topo.engine == "stub" then map (r: configFile "stub-${r.name}" (t.stubConfig s r "0.0.0.0:8000")) topo.replicas else [ ])
+  ++ l.optional topo.prometheus.enable { name = "prometheus-alerts"; value.content = builtins.readFile ../modules/observability/alerts.yml; }
   ++ l.optional topo.prometheus.enable (configFile "prometheus" {
     global.scrape_interval = topo.prometheus.scrapeInterval;
+    rule_files = [ "/etc/prometheus/alerts.yml" ];
     scrape_configs = [
       { job_name = "ssw-gateway"; static_configs = [{ targets = [ "gateway:8080" ]; }]; }
       {
         job_name = if topo.engine == "vllm" then "vllm" else "ssw-stub";
         static_configs = map (r: { targets = [ "${engineService r}:8000" ]; labels = { replica = r.name; pool = r.pool; gpu = toString r.gpu; }; }) topo.replicas;
+      }
+      {
+        job_name = "ssw-workers";
+        static_configs = map (r: { targets = [ "worker-${r.name}:9300" ]; labels = { replica = r.name; pool = r.pool; gpu = toString r.gpu; }; }) topo.replicas;
       }
     ];
   }));

@@ -46,6 +46,7 @@
 
   ports = {
     engineBase = 8001;
+    workerMetricsBase = 9301; # each worker's /metrics, in replica name order
   };
 
   maxGpuMemoryUtilization = 0.95;
@@ -80,6 +81,12 @@
     enable = true;
     port = 9090;
     scrapeInterval = "15s";
+  };
+
+  grafana = {
+    enable = false;
+    port = 3000;
+    secretKeyFile = null; # required by Grafana on nixos-26.05 when enabled
   };
 
   volumes = {

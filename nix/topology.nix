@@ -154,6 +154,9 @@ let
         {
           inherit name port;
           inherit (r) pool gpu;
+          metricsPort = r.metricsPort or (s.ports.workerMetricsBase + i);
+          # One worker per GPU exports the GPU's NVML metrics, so none is counted twice.
+          exportsGpu = pos == 0;
           containerName = "ssw-vllm-${name}";
           engineUrl = "http://127.0.0.1:${toString port}";
           image = r.image or pool.image;
@@ -164,7 +167,7 @@ let
         };
       list = builtins.genList (i: one i (builtins.elemAt names i)) (builtins.length names);
     in
-    assert checkUnique "engine port" "replicas.<name>.port" (map (r: r.port) list);
+    assert checkUnique "port" "replicas.<name>.port / metricsPort" (map (r: r.port) list ++ map (r: r.metricsPort) list);
     checkMemory s list;
 
   # The ssw configuration (same schema as `ssw check-config`), for one role.
@@ -194,8 +197,10 @@ let
     };
   };
 
-  workerConfig = s: redisUrl: r: engineUrl: sswBase s redisUrl // {
+  workerConfig = s: redisUrl: r: engineUrl: metricsListen: sswBase s redisUrl // {
     worker = {
+      listen = metricsListen;
+      gpu_metrics = if r.exportsGpu then "configured" else "off";
       pool = r.pool;
       id = r.name;
       engine_url = engineUrl;
@@ -233,7 +238,7 @@ let
       gateway = { inherit (s.gateway) listen; port = gatewayPort; };
       ssw = {
         gateway = gatewayConfig s redisUrl s.gateway.listen;
-        workers = builtins.listToAttrs (map (r: { name = r.name; value = workerConfig s redisUrl r r.engineUrl; }) replicas);
+        workers = builtins.listToAttrs (map (r: { name = r.name; value = workerConfig s redisUrl r r.engineUrl "127.0.0.1:${toString r.metricsPort}"; }) replicas);
         stubs = builtins.listToAttrs (map (r: { name = r.name; value = stubConfig s r "127.0.0.1:${toString r.port}"; }) replicas);
       };
       prometheus = s.prometheus // {
@@ -253,8 +258,19 @@ let
               })
               replicas;
           }
+          {
+            job_name = "ssw-workers";
+            scrape_interval = s.prometheus.scrapeInterval;
+            static_configs = map
+              (r: {
+                targets = [ "127.0.0.1:${toString r.metricsPort}" ];
+                labels = { replica = r.name; pool = r.pool; gpu = toString r.gpu; };
+              })
+              replicas;
+          }
         ];
       };
+      inherit (s) grafana;
     };
 in
 {

@@ -1,4 +1,5 @@
-# Every scrape target is up, and the gateway's request counter reaches Prometheus.
+# Every scrape target (gateway, stubs, workers) is up, the alert rules are loaded, and the
+# request counters reach Prometheus.
 import json
 
 start_all()
@@ -16,12 +17,25 @@ for _ in range(3):
 with subtest("every target is scraped and up"):
     machine.wait_until_succeeds(
         "curl -sf http://127.0.0.1:9090/api/v1/targets | jq -e "
-        "'[.data.activeTargets[] | select(.health == \"up\")] | length == 5'",
+        "'[.data.activeTargets[] | select(.health == \"up\")] | length == 9'",
         timeout=60,
     )
     targets = json.loads(machine.succeed("curl -sf http://127.0.0.1:9090/api/v1/targets"))
     jobs = sorted({t["labels"]["job"] for t in targets["data"]["activeTargets"]})
-    assert jobs == ["ssw-gateway", "ssw-stub"], jobs
+    assert jobs == ["ssw-gateway", "ssw-stub", "ssw-workers"], jobs
+
+with subtest("the alert rules are loaded"):
+    machine.wait_until_succeeds(
+        "curl -sf http://127.0.0.1:9090/api/v1/rules | jq -e '[.data.groups[].rules[]] | length >= 8'",
+        timeout=60,
+    )
+
+with subtest("workers report to Prometheus"):
+    machine.wait_until_succeeds(
+        "curl -sf 'http://127.0.0.1:9090/api/v1/query?query=sum(ssw_worker_jobs_total{outcome=\"ok\"})' "
+        "| jq -e '.data.result[0].value[1] == \"3\"'",
+        timeout=60,
+    )
 
 with subtest("the gateway's request counter reaches Prometheus"):
     machine.wait_until_succeeds(

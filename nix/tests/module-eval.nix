@@ -25,6 +25,7 @@ let
       attrsOf = t: "attrsOf ${t}"; nullOr = t: "nullOr ${t}";
     };
     inherit (l) optional optionalAttrs recursiveUpdate;
+    drop = n: xs: builtins.genList (i: builtins.elemAt xs (i + n)) (builtins.length xs - n);
     optionals = c: xs: if c then xs else [ ];
     listToAttrs = builtins.listToAttrs;
     nameValuePair = name: value: { inherit name value; };

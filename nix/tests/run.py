@@ -21,7 +21,7 @@ failures = []
 
 def nix_eval(expr):
     p = subprocess.run(
-        ["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
+        ["nix-instantiate", "--eval", "--strict", "--json", "--readonly-mode", "-E", expr],
         cwd=NIX, capture_output=True, text=True,
     )
     return p.returncode, p.stdout, p.stderr
@@ -79,6 +79,9 @@ def semantics(t):
         ok(len({r["port"] for r in reps.values()}) == 4, "A40: distinct engine ports")
         ok(a40["ssw"]["gateway"]["pools"]["light"]["defaults"] == {"chat_template_kwargs": {"enable_thinking": False}}, "A40: light pool disables thinking by default")
         ok(len(a40["prometheus"]["scrapeConfigs"][1]["static_configs"]) == 4, "A40: Prometheus scrapes every engine")
+        ok(len(a40["prometheus"]["scrapeConfigs"][2]["static_configs"]) == 4, "A40: Prometheus scrapes every worker")
+        ports = [r["port"] for r in reps.values()] + [r["metricsPort"] for r in reps.values()]
+        ok(len(set(ports)) == 8, "A40: engine and worker metrics ports all distinct")
     stub = t.get("stub")
     if stub:
         ok(stub["engine"] == "stub", "stub topology keeps engine = stub")
@@ -92,7 +95,7 @@ BAD = [
     ("unknown GPU on a replica", '{ replicas = { heavy-0 = { pool = "heavy"; gpu = 0; }; light-0 = { pool = "light"; gpu = 7; }; }; }', "replicas.light-0.gpu: GPU 7 is not in gpus"),
     ("GPU memory over-committed", '{ pools = { heavy = { servedModel = "a"; gpuMemoryUtilization = 0.6; }; light = { servedModel = "b"; gpuMemoryUtilization = 0.4; }; }; }', "GPU 0 is over-committed: replicas heavy-0 (pools.heavy.gpuMemoryUtilization = 0.6) + light-0 (pools.light.gpuMemoryUtilization = 0.4) = 1 > maxGpuMemoryUtilization 0.95"),
     ("memory fraction out of range", '{ pools = { heavy = { servedModel = "a"; gpuMemoryUtilization = 1.5; }; }; replicas = { h = { pool = "heavy"; gpu = 0; }; }; }', "pools.heavy.gpuMemoryUtilization: must be a fraction"),
-    ("duplicate engine ports", '{ replicas = { heavy-0 = { pool = "heavy"; gpu = 0; port = 9000; }; light-0 = { pool = "light"; gpu = 1; port = 9000; }; }; }', "replicas.<name>.port: duplicate engine port 9000"),
+    ("duplicate engine ports", '{ replicas = { heavy-0 = { pool = "heavy"; gpu = 0; port = 9000; }; light-0 = { pool = "light"; gpu = 1; port = 9000; }; }; }', "replicas.<name>.port / metricsPort: duplicate port 9000"),
     ("duplicate model names", '{ pools = { heavy = { servedModel = "m"; gpuMemoryUtilization = 0.3; }; light = { servedModel = "m"; gpuMemoryUtilization = 0.3; }; }; }', "duplicate model name"),
     ("alias that names another pool", '{ pools = { heavy = { servedModel = "a"; aliases = [ "light" ]; gpuMemoryUtilization = 0.3; }; light = { servedModel = "b"; gpuMemoryUtilization = 0.3; }; }; }', "duplicate model name (pool name, alias or servedModel) \"light\""),
     ("empty pools", "{ pools = { }; replicas = { }; }", "pools: at least one pool is needed"),
@@ -112,7 +115,7 @@ def bad_inputs():
 
 MODULE_CASES = {
     "default": "{}",
-    "stub": '{ settings = { engine = "stub"; }; }',
+    "stub": '{ settings = { engine = "stub"; grafana = { enable = true; secretKeyFile = "/run/secrets/grafana"; }; }; }',
     "secrets": '{ settings = { redis.passwordFile = "/run/secrets/redis"; gateway.apiKeysFile = "/run/secrets/keys"; }; extra.openFirewall = true; }',
     "gpu host": '{ settings = { redis.host = "10.0.0.5"; gpus = [ 0 ]; replicas = { heavy-2 = { pool = "heavy"; gpu = 0; }; light-2 = { pool = "light"; gpu = 0; }; }; }; roles = { redis = false; gateway = false; }; }',
 }
@@ -148,7 +151,13 @@ def module():
         ok("ssw check-config $out --role worker" in built(sc["ExecStart"]).get("checks", ""), "module: worker config checked at build time")
         ok(d["services"]["redis"]["servers"]["ssw"]["port"] == 6379 and d["services"]["redis"]["servers"]["ssw"]["save"] == [], "module: Redis without persistence on 6379")
         jobs = [j["job_name"] for j in d["services"]["prometheus"]["scrapeConfigs"]]
-        ok(jobs == ["ssw-gateway", "vllm"], f"module: Prometheus scrapes the gateway and the engines ({jobs})")
+        ok(jobs == ["ssw-gateway", "vllm", "ssw-workers"], f"module: Prometheus scrapes the gateway, the engines and the workers ({jobs})")
+        ok(d["services"]["prometheus"]["ruleFiles"][0].endswith("alerts.yml"), "module: alert rules loaded")
+        ok(sc["Type"] == "notify" and sc["WatchdogSec"] == "30s", "module: worker units use sd_notify and a watchdog")
+        ok(svc["ssw-gateway"]["serviceConfig"]["Type"] == "notify", "module: gateway unit uses sd_notify")
+        gpu_exporters = sorted(n for n, v in svc.items() if re_config(v["serviceConfig"]["ExecStart"]).get("worker", {}).get("gpu_metrics") == "configured")
+        ok(gpu_exporters == ["ssw-worker-heavy-0", "ssw-worker-heavy-1"], f"module: one GPU exporter per GPU ({gpu_exporters})")
+        ok(svc["ssw-worker-heavy-0"]["serviceConfig"]["PrivateDevices"] is False and svc["ssw-worker-light-0"]["serviceConfig"]["PrivateDevices"] is True, "module: only GPU exporters see the GPU device nodes")
         ok(d["networking"]["firewall"]["allowedTCPPorts"] == [], "module: firewall closed by default")
     st = out.get("stub")
     if st:
@@ -157,6 +166,9 @@ def module():
         ok(sorted(k for k in svc if k.startswith("ssw-stub-")) == ["ssw-stub-heavy-0", "ssw-stub-heavy-1", "ssw-stub-light-0", "ssw-stub-light-1"], "module stub: ssw stub units replace vLLM")
         ok("ssw-stub-heavy-0.service" in svc["ssw-worker-heavy-0"]["after"], "module stub: workers start after their stub")
         ok("hardware" not in st or not st["hardware"].get("nvidia-container-toolkit", {}).get("enable"), "module stub: no GPU toolkit")
+        gf = st["services"]["grafana"]
+        ok(gf["provision"]["dashboards"]["settings"]["providers"][0]["options"]["path"].endswith("-observability"), "module: Grafana provisions the dashboard")
+        ok(gf["settings"]["security"]["secret_key"] == "$__file{/run/secrets/grafana}", "module: Grafana secret key from a file")
     se = out.get("secrets")
     if se:
         g = se["systemd"]["services"]["ssw-gateway"]["serviceConfig"]
@@ -206,7 +218,7 @@ def ssw_configs(t, modules=None):
     for flavour, configs in (("compose a40", compose_a40), ("compose stub", compose_stub)):
         ok(bool(configs), f"{flavour}: configs evaluate")
         for cname, c in configs.items():
-            if cname == "prometheus":
+            if cname.startswith("prometheus"):
                 continue
             role = cname.split("-")[0]
             cases.append((f"{flavour} {cname}", json.loads(c["content"]), role))
