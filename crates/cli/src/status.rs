@@ -66,7 +66,7 @@ pub fn render(pools: &[(String, Result<PoolStats, String>)], now_ms: u64) -> Str
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<16} {:<8} {:<10} {:>9} {:>7} {:>7} {:>5} {:<6} {:>8} {}",
+        "{:<16} {:<8} {:<10} {:>9} {:>7} {:>7} {:>5} {:<6} {:>8} VERSION",
         "WORKER",
         "POOL",
         "ENGINE",
@@ -75,8 +75,7 @@ pub fn render(pools: &[(String, Result<PoolStats, String>)], now_ms: u64) -> Str
         "WAITING",
         "KV",
         "GPUS",
-        "BEAT",
-        "VERSION"
+        "BEAT"
     );
     for (_, stats) in pools {
         let Ok(s) = stats else { continue };

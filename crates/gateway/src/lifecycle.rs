@@ -46,6 +46,9 @@ struct Timing {
 /// A request in flight.
 pub struct Ticket {
     timing: Timing,
+    /// The request's span (request id, job, pool, worker): lifecycle events are logged in it,
+    /// also while the response body streams outside the handler.
+    span: tracing::Span,
     state: AppState,
     pool: Arc<str>,
     job: String,
@@ -67,10 +70,12 @@ impl Ticket {
         job: String,
         (arrived, enqueued_ms, deadline_ms): (Instant, u64, u64),
         stream: bool,
+        span: tracing::Span,
     ) -> Self {
         let rx = state.replies.register(&job);
         crate::metrics::inflight(&pool, 1.0);
         Self {
+            span,
             timing: Timing {
                 arrived,
                 enqueued_ms,
@@ -101,11 +106,23 @@ impl Ticket {
         self.finished = true;
     }
 
-    /// Counts the request's outcome once (`code` is `ok` or an error code).
+    /// Counts the request's outcome once (`code` is `ok` or an error code) and logs its end
+    /// with the durations.
     pub fn record(&mut self, status: u16, code: &'static str) {
         if !self.recorded {
             self.recorded = true;
             crate::metrics::request_done(&self.pool, self.stream, status, code);
+            let t = &self.timing;
+            let ttft_ms = t.first_token.map(|f| (f - t.arrived).as_millis() as u64);
+            tracing::info!(
+                parent: &self.span,
+                status,
+                code,
+                stream = self.stream,
+                total_ms = t.arrived.elapsed().as_millis() as u64,
+                ttft_ms,
+                "finished"
+            );
         }
     }
 
@@ -171,36 +188,40 @@ impl Ticket {
     /// Records what an event says about latency and tokens.
     fn observe(&mut self, ev: &ReplyEvent) {
         let now = Instant::now();
-        let pool = &*self.pool;
+        let (pool, span, stream) = (&*self.pool, &self.span, self.stream);
         let t = &mut self.timing;
+        let enqueued_ms = t.enqueued_ms;
+        let claimed = |worker: &str, claimed_ms: u64| {
+            let queued = Duration::from_millis(claimed_ms.saturating_sub(enqueued_ms));
+            crate::metrics::queue_wait(pool, queued);
+            span.record("worker", worker);
+            tracing::debug!(parent: span, queue_ms = queued.as_millis() as u64, "claimed");
+        };
         match ev {
-            ReplyEvent::Head { claimed_ms, .. } => {
-                crate::metrics::queue_wait(
-                    pool,
-                    Duration::from_millis(claimed_ms.saturating_sub(t.enqueued_ms)),
-                );
-            }
+            ReplyEvent::Head { worker, claimed_ms } => claimed(worker, *claimed_ms),
             ReplyEvent::Full {
                 status,
                 claimed_ms,
                 body,
-                ..
+                worker,
             } => {
-                crate::metrics::queue_wait(
-                    pool,
-                    Duration::from_millis(claimed_ms.saturating_sub(t.enqueued_ms)),
-                );
+                claimed(worker, *claimed_ms);
                 if *status < 400 {
-                    crate::metrics::ttft(pool, self.stream, now - t.arrived);
+                    t.first_token.get_or_insert(now);
+                    crate::metrics::ttft(pool, stream, now - t.arrived);
                     if let Some(u) = ssw_protocol::chat::usage_of_body(body) {
                         crate::metrics::tokens(pool, u);
                     }
                 }
-                crate::metrics::duration(pool, self.stream, now - t.arrived);
+                crate::metrics::duration(pool, stream, now - t.arrived);
             }
             ReplyEvent::Data(chunk) => {
                 match t.last_chunk {
-                    None => crate::metrics::ttft(pool, true, now - t.arrived),
+                    None => {
+                        crate::metrics::ttft(pool, true, now - t.arrived);
+                        let ttft_ms = (now - t.arrived).as_millis() as u64;
+                        tracing::debug!(parent: span, ttft_ms, "first token");
+                    }
                     Some(last) => {
                         let events = ssw_protocol::chat::sse_events(chunk).max(1) as u32;
                         crate::metrics::inter_token(pool, (now - last) / events);
@@ -213,7 +234,7 @@ impl Ticket {
                 }
             }
             ReplyEvent::End | ReplyEvent::Fail { .. } => {
-                crate::metrics::duration(pool, self.stream, now - t.arrived)
+                crate::metrics::duration(pool, stream, now - t.arrived)
             }
             ReplyEvent::KeepAlive | ReplyEvent::Requeued { .. } => {}
         }

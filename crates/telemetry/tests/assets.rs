@@ -22,8 +22,23 @@ const BUILTIN: &[&str] = &["up"];
 /// Metric names in a PromQL expression: identifiers that are not functions, aggregation
 /// operators, keywords, label names (inside `{}` or a `by (…)` clause) or string literals.
 fn metric_names(expr: &str) -> Vec<String> {
-    const AGGREGATIONS: &[&str] = &["sum", "max", "min", "avg", "count", "topk", "bottomk", "quantile", "stddev", "stdvar", "group"];
-    const KEYWORDS: &[&str] = &["by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool", "offset"];
+    const AGGREGATIONS: &[&str] = &[
+        "sum", "max", "min", "avg", "count", "topk", "bottomk", "quantile", "stddev", "stdvar",
+        "group",
+    ];
+    const KEYWORDS: &[&str] = &[
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+    ];
     let b = expr.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -45,7 +60,8 @@ fn metric_names(expr: &str) -> Vec<String> {
             }
             _ if (c.is_ascii_alphabetic() || c == b'_') && braces == 0 => {
                 let start = i;
-                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b':') {
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b':')
+                {
                     i += 1;
                 }
                 let word = &expr[start..i];
@@ -69,8 +85,13 @@ fn metric_names(expr: &str) -> Vec<String> {
 
 fn check(source: &str, expr: &str) {
     for name in metric_names(expr) {
-        let known = names::exported(&name) || VLLM.contains(&name.as_str()) || BUILTIN.contains(&name.as_str());
-        assert!(known, "{source}: `{name}` in `{expr}` is not an exported metric");
+        let known = names::exported(&name)
+            || VLLM.contains(&name.as_str())
+            || BUILTIN.contains(&name.as_str());
+        assert!(
+            known,
+            "{source}: `{name}` in `{expr}` is not an exported metric"
+        );
     }
 }
 
@@ -79,7 +100,10 @@ fn the_name_extractor_finds_metrics_and_skips_the_rest() {
     let names = metric_names(
         r#"histogram_quantile(0.99, sum by (pool, le) (rate(ssw_gateway_ttft_bucket{pool="x"}[5m]))) / max by (gpu) (a_b + vllm:kv_cache_usage_perc)"#,
     );
-    assert_eq!(names, ["ssw_gateway_ttft_bucket", "a_b", "vllm:kv_cache_usage_perc"]);
+    assert_eq!(
+        names,
+        ["ssw_gateway_ttft_bucket", "a_b", "vllm:kv_cache_usage_perc"]
+    );
 }
 
 #[test]
@@ -89,7 +113,10 @@ fn dashboard_and_alerts_use_exported_metrics() {
     let mut exprs = 0;
     for p in panels {
         for t in p["targets"].as_array().expect("targets") {
-            check(p["title"].as_str().unwrap_or("?"), t["expr"].as_str().expect("expr"));
+            check(
+                p["title"].as_str().unwrap_or("?"),
+                t["expr"].as_str().expect("expr"),
+            );
             exprs += 1;
         }
     }
@@ -114,9 +141,22 @@ fn dashboard_has_the_panels_operators_need() {
         .map(|p| p["title"].as_str().unwrap_or_default().to_lowercase())
         .collect();
     for needed in [
-        "request rate", "errors", "queue depth", "oldest waiting", "queue wait", "time to first token",
-        "request latency", "tokens per second", "slots in use", "gpu utilisation", "gpu memory", "kv-cache",
+        "request rate",
+        "errors",
+        "queue depth",
+        "oldest waiting",
+        "queue wait",
+        "time to first token",
+        "request latency",
+        "tokens per second",
+        "slots in use",
+        "gpu utilisation",
+        "gpu memory",
+        "kv-cache",
     ] {
-        assert!(titles.iter().any(|t| t.contains(needed)), "no panel for {needed}: {titles:?}");
+        assert!(
+            titles.iter().any(|t| t.contains(needed)),
+            "no panel for {needed}: {titles:?}"
+        );
     }
 }

@@ -113,9 +113,10 @@ pub async fn run(
         // The entry stays pending; another worker reclaims it after `reclaim_idle`.
         tracing::warn!(error = %e, "cannot report the job's end to redis");
     }
-    tracing::debug!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "job done"
+    tracing::info!(
+        queue_ms = claimed_ms.saturating_sub(job.enqueued_ms),
+        engine_ms = started.elapsed().as_millis() as u64,
+        "finished"
     );
 }
 

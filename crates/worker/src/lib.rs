@@ -363,7 +363,15 @@ async fn start_jobs(ctx: &Arc<Ctx>, jobs: &TaskTracker, batch: Vec<Pulled>, recl
                         cancel: cancel.clone(),
                     },
                 );
-                let span = tracing::info_span!("job", request_id = %job.request_id, job = %job.id, pool = %ctx.pool, worker = %ctx.id, attempt = job.attempt);
+                let span = tracing::info_span!(
+                    "job",
+                    request_id = %job.request_id,
+                    job = %job.id,
+                    pool = %ctx.pool,
+                    worker = %ctx.id,
+                    attempt = job.attempt,
+                    outcome = tracing::field::Empty,
+                );
                 let c = ctx.clone();
                 jobs.spawn(tracing::Instrument::instrument(
                     async move {

@@ -53,18 +53,25 @@ pub async fn chat_completions(
         attempt: 1,
         body: req.into_engine_body(&pool.served_model, &pool.defaults),
     };
-    let span = tracing::info_span!("request", request_id = %job.request_id, job = %job.id, pool = %pool.name);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %job.request_id,
+        job = %job.id,
+        pool = %pool.name,
+        worker = tracing::field::Empty,
+    );
     let mut ticket = Ticket::register(
         &state,
         pool.name.clone(),
         job.id.clone(),
         (arrived, now, deadline_ms),
         stream,
+        span.clone(),
     );
     let mut resp = async {
         let refused = match state.redis.enqueue(&pool.name, &job, pool.max_queue).await {
             Ok(Enqueued::Accepted(entry)) => {
-                tracing::debug!(%entry, "enqueued");
+                tracing::debug!(%entry, deadline_ms, "enqueued");
                 ticket.enqueued(entry);
                 None
             }
