@@ -67,15 +67,7 @@ pub fn render(pools: &[(String, Result<PoolStats, String>)], now_ms: u64) -> Str
     let _ = writeln!(
         out,
         "{:<16} {:<8} {:<10} {:>9} {:>7} {:>7} {:>5} {:<6} {:>8} VERSION",
-        "WORKER",
-        "POOL",
-        "ENGINE",
-        "INFLIGHT",
-        "RUNNING",
-        "WAITING",
-        "KV",
-        "GPUS",
-        "BEAT"
+        "WORKER", "POOL", "ENGINE", "INFLIGHT", "RUNNING", "WAITING", "KV", "GPUS", "BEAT"
     );
     for (_, stats) in pools {
         let Ok(s) = stats else { continue };

@@ -90,7 +90,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     }
     println!("ready: {}/v1", platform.gateway_url);
-    println!("redis: {}   (ssw status --redis-url {} --watch)", platform.redis_url, platform.redis_url);
+    println!(
+        "redis: {}   (ssw status --redis-url {} --watch)",
+        platform.redis_url, platform.redis_url
+    );
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let died = loop {
         tokio::select! {

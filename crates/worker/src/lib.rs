@@ -422,41 +422,39 @@ async fn start_jobs(ctx: &Arc<Ctx>, jobs: &TaskTracker, batch: Vec<Pulled>, recl
     }
 }
 
-/// Publishes heartbeats; after the first one, tells systemd the worker is ready and feeds its
-/// watchdog while heartbeats succeed.
+/// Publishes heartbeats. After the first one reaches Redis, tells systemd the worker is ready
+/// and feeds its watchdog while this loop keeps ticking: a hung worker gets restarted, while a
+/// Redis outage (which the loop rides out by reconnecting) does not restart it.
 async fn heartbeats(ctx: Arc<Ctx>, shutdown: CancellationToken, stopping: CancellationToken) {
     let mut tick = tokio::time::interval(ctx.cfg.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let last_ok = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let last_tick = Arc::new(std::sync::atomic::AtomicU64::new(ssw_queue::now_ms()));
+    let stale_after = (ctx.cfg.heartbeat_interval * 10).as_millis() as u64;
     let mut notified = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        last_tick.store(ssw_queue::now_ms(), Ordering::Relaxed);
         telemetry::engine(&ctx);
         match ctx
             .redis
             .heartbeat(&ctx.status(), ssw_queue::now_ms(), ctx.cfg.heartbeat_ttl)
             .await
         {
-            Ok(()) => {
-                last_ok.store(ssw_queue::now_ms(), Ordering::Relaxed);
-                if !notified {
-                    notified = true;
-                    let (last, ttl) = (last_ok.clone(), ctx.cfg.heartbeat_ttl.as_millis() as u64);
-                    // Alive = heartbeats reach Redis; a worker cut off longer than the
-                    // heartbeat TTL is restarted by systemd's watchdog only if it also stopped
-                    // trying, which the loop never does, so the watchdog catches hangs.
-                    ssw_telemetry::systemd::ready_with_watchdog(
-                        move || {
-                            ssw_queue::now_ms().saturating_sub(last.load(Ordering::Relaxed))
-                                < ttl.max(1) * 60
-                        },
-                        stopping.clone(),
-                    );
-                }
+            Ok(()) if !notified => {
+                notified = true;
+                let last = last_tick.clone();
+                ssw_telemetry::systemd::ready_with_watchdog(
+                    move || {
+                        ssw_queue::now_ms().saturating_sub(last.load(Ordering::Relaxed))
+                            < stale_after
+                    },
+                    stopping.clone(),
+                );
             }
+            Ok(()) => {}
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
         }
     }
