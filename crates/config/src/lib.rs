@@ -350,7 +350,27 @@ pub struct StubConfig {
     pub max_num_seqs: u32,
     /// Share of requests answered 500 before any output (0–1).
     pub error_rate: f64,
+    /// Behave like a busy GPU: a continuous-batching timing model (`ssw_stub::timing`) instead
+    /// of fixed `ttft`/`tpot`. Uses `step_base`, `step_per_seq`, `prefill_per_token`,
+    /// `kv_tokens` and `max_num_seqs`.
+    pub batching: bool,
+    /// A named set of timing-model figures (implies `batching`): one of [`STUB_PRESETS`].
+    pub preset: Option<String>,
+    /// Timing model: fixed cost of a decode step.
+    #[serde(with = "humantime_serde")]
+    pub step_base: Duration,
+    /// Timing model: extra step cost per running sequence.
+    #[serde(with = "humantime_serde")]
+    pub step_per_seq: Duration,
+    /// Timing model: cost per prompt token prefilled.
+    #[serde(with = "humantime_serde")]
+    pub prefill_per_token: Duration,
+    /// Timing model: KV-cache budget in tokens.
+    pub kv_tokens: u32,
 }
+
+/// Timing-model presets of `ssw stub` (the A40 replicas of the production layout).
+pub const STUB_PRESETS: &[&str] = &["a40-qwen2.5-14b-awq", "a40-qwen3-8b-awq"];
 
 impl Default for StubConfig {
     fn default() -> Self {
@@ -363,6 +383,12 @@ impl Default for StubConfig {
             output_tokens: 16,
             max_num_seqs: 256,
             error_rate: 0.0,
+            batching: false,
+            preset: None,
+            step_base: Duration::from_millis(20),
+            step_per_seq: Duration::from_micros(500),
+            prefill_per_token: Duration::from_micros(200),
+            kv_tokens: 60_000,
         }
     }
 }
@@ -583,6 +609,20 @@ impl Config {
         if !(0.0..=1.0).contains(&s.error_rate) {
             return Err(invalid("stub.error_rate", "must be between 0 and 1"));
         }
+        if let Some(p) = &s.preset
+            && !STUB_PRESETS.contains(&p.as_str())
+        {
+            return Err(invalid(
+                "stub.preset",
+                format!(
+                    "unknown preset `{p}` (presets: {})",
+                    STUB_PRESETS.join(", ")
+                ),
+            ));
+        }
+        if s.kv_tokens == 0 {
+            return Err(invalid("stub.kv_tokens", "must be at least 1"));
+        }
         Ok(())
     }
 
@@ -741,6 +781,7 @@ mod tests {
             ),
             ("[stub]\nerror_rate = 2.0", Role::Stub, "stub.error_rate"),
             ("[stub]\nmax_num_seqs = 0", Role::Stub, "stub.max_num_seqs"),
+            ("[stub]\npreset = \"h100\"", Role::Stub, "stub.preset"),
         ];
         for (toml, role, field) in cases {
             let err = load(toml, role).expect_err(toml);

@@ -29,6 +29,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 pub mod answer;
+pub mod timing;
 
 use answer::{Plan, error_body};
 
@@ -48,6 +49,8 @@ struct Counters {
 
 struct Stub {
     cfg: StubConfig,
+    /// The continuous-batching model, when configured; else fixed ttft/tpot.
+    engine: Option<timing::Engine>,
     seqs: Arc<Semaphore>,
     counters: Counters,
     log: Mutex<VecDeque<(String, Value)>>,
@@ -60,7 +63,26 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, model = %cfg.served_model, "stub engine listening");
+    let model = match &cfg.preset {
+        Some(name) => timing::preset(name),
+        None if cfg.batching => Some(timing::Model {
+            step_base: cfg.step_base,
+            step_per_seq: cfg.step_per_seq,
+            prefill_per_token: cfg.prefill_per_token,
+            max_num_seqs: cfg.max_num_seqs,
+            kv_tokens: cfg.kv_tokens,
+        }),
+        None => None,
+    };
+    if let Some(m) = &model {
+        tracing::info!(
+            ?m,
+            capacity_tokens_per_s = m.capacity_tokens_per_s(),
+            "timing model on"
+        );
+    }
     let stub = Arc::new(Stub {
+        engine: model.map(timing::Engine::start),
         seqs: Arc::new(Semaphore::new(cfg.max_num_seqs as usize)),
         cfg,
         counters: Counters::default(),
@@ -87,11 +109,33 @@ fn json_resp(status: u16, v: &Value) -> Response {
         .into_response()
 }
 
+/// How output tokens are paced.
+enum Pace {
+    /// Fixed delays, one of `max_num_seqs` slots held.
+    Fixed {
+        ttft: Duration,
+        tpot: Duration,
+        _permit: OwnedSemaphorePermit,
+    },
+    /// One tick per engine step of the timing model; dropping it aborts the sequence.
+    Engine(tokio::sync::mpsc::UnboundedReceiver<()>),
+}
+
+impl Pace {
+    async fn step(&mut self, first: bool) {
+        match self {
+            Pace::Fixed { ttft, tpot, .. } => sleep(if first { *ttft } else { *tpot }).await,
+            Pace::Engine(rx) => {
+                let _ = rx.recv().await;
+            }
+        }
+    }
+}
+
 /// Counts a request as aborted unless it completed: dropped with the handler future or the
 /// response body when the client goes away.
 struct InFlight {
     stub: Arc<Stub>,
-    _permit: OwnedSemaphorePermit,
     done: bool,
 }
 
@@ -170,43 +214,47 @@ async fn chat(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: Bytes) ->
             &error_body(500, "InternalServerError", "stub: injected engine failure"),
         );
     }
-    let permit = {
-        stub.counters.waiting.fetch_add(1, Ordering::Relaxed);
-        let _waiting = Waiting(&stub.counters.waiting);
-        match stub.seqs.clone().acquire_owned().await {
-            Ok(p) => p,
-            Err(_) => {
-                return json_resp(503, &error_body(503, "ServiceUnavailable", "shutting down"));
+    let mut pace = match &stub.engine {
+        Some(engine) => Pace::Engine(engine.submit(plan.prompt_tokens, plan.completion_tokens())),
+        None => {
+            stub.counters.waiting.fetch_add(1, Ordering::Relaxed);
+            let _waiting = Waiting(&stub.counters.waiting);
+            match stub.seqs.clone().acquire_owned().await {
+                Ok(p) => Pace::Fixed {
+                    ttft: cfg.ttft,
+                    tpot: cfg.tpot,
+                    _permit: p,
+                },
+                Err(_) => {
+                    return json_resp(503, &error_body(503, "ServiceUnavailable", "shutting down"));
+                }
             }
         }
     };
     stub.counters.running.fetch_add(1, Ordering::Relaxed);
     let mut flight = InFlight {
         stub: stub.clone(),
-        _permit: permit,
         done: false,
     };
     let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
-    let (ttft, tpot) = (cfg.ttft, cfg.tpot);
     if !stream {
-        sleep(ttft).await;
-        for _ in 1..plan.completion_tokens() {
-            sleep(tpot).await;
+        for i in 0..plan.completion_tokens() {
+            pace.step(i == 0).await;
         }
         flight.complete(&plan);
         return json_resp(200, &plan.completion());
     }
     let events = plan.stream_events();
     let body = futures::stream::unfold(
-        (events.into_iter(), flight, plan, true),
-        move |(mut events, mut flight, plan, first_step)| async move {
+        (events.into_iter(), flight, plan, true, pace),
+        move |(mut events, mut flight, plan, first_step, mut pace)| async move {
             let Some((step, chunk)) = events.next() else {
                 flight.complete(&plan);
                 return None;
             };
             let mut first = first_step;
             if step {
-                sleep(if first { ttft } else { tpot }).await;
+                pace.step(first).await;
                 first = false;
             }
             let mut out = Vec::with_capacity(256);
@@ -218,7 +266,7 @@ async fn chat(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: Bytes) ->
             }
             Some((
                 Ok::<_, std::convert::Infallible>(Bytes::from(out)),
-                (events, flight, plan, first),
+                (events, flight, plan, first, pace),
             ))
         },
     );
@@ -252,8 +300,22 @@ async fn models(State(stub): State<Arc<Stub>>) -> Response {
 async fn metrics(State(stub): State<Arc<Stub>>) -> Response {
     let c = &stub.counters;
     let l = format!("model_name=\"{}\",engine=\"0\"", stub.cfg.served_model);
-    let running = c.running.load(Ordering::Relaxed);
-    let kv = running as f64 / f64::from(stub.cfg.max_num_seqs);
+    let (running, waiting, kv) = match &stub.engine {
+        Some(e) => {
+            let load = &e.load;
+            let kv = load.kv_used.load(Ordering::Relaxed) as f64 / f64::from(e.model().kv_tokens);
+            (
+                load.running.load(Ordering::Relaxed),
+                load.waiting.load(Ordering::Relaxed),
+                kv,
+            )
+        }
+        None => {
+            let running = c.running.load(Ordering::Relaxed);
+            let kv = running as f64 / f64::from(stub.cfg.max_num_seqs);
+            (running, c.waiting.load(Ordering::Relaxed), kv)
+        }
+    };
     let text = format!(
         "# HELP vllm:num_requests_running Number of requests in model execution batches.\n\
          # TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{{{l}}} {running}\n\
@@ -271,7 +333,7 @@ async fn metrics(State(stub): State<Arc<Stub>>) -> Response {
          # TYPE ssw_stub_request_errors_total counter\nssw_stub_request_errors_total {}\n\
          # HELP ssw_stub_aborted_requests_total Requests whose client disconnected before the answer was complete.\n\
          # TYPE ssw_stub_aborted_requests_total counter\nssw_stub_aborted_requests_total {}\n",
-        c.waiting.load(Ordering::Relaxed),
+        waiting,
         c.prompt_tokens.load(Ordering::Relaxed),
         c.generation_tokens.load(Ordering::Relaxed),
         c.success.load(Ordering::Relaxed),

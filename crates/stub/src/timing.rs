@@ -1,0 +1,299 @@
+//! A timing model of a continuous-batching engine (what vLLM does on a GPU).
+//!
+//! One engine loop runs steps. Before each step it admits waiting sequences, first come first
+//! served, while fewer than `max_num_seqs` run and their KV reservation (prompt + answer tokens)
+//! fits in `kv_tokens`. A step takes
+//!
+//! ```text
+//! step = step_base + step_per_seq × running + prefill_per_token × (prompt tokens admitted)
+//! ```
+//!
+//! and gives every running sequence one token; a sequence leaves when its answer is complete or
+//! its client is gone. So a full batch of `max_num_seqs` delivers
+//! `max_num_seqs / (step_base + step_per_seq × max_num_seqs)` tokens per second: the engine's
+//! capacity. Requests beyond the batch or the KV budget wait (`vllm:num_requests_waiting`).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+/// The model's parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Model {
+    /// Fixed cost of a decode step (weights read once per step).
+    pub step_base: Duration,
+    /// Extra cost per running sequence (its KV cache read, its share of compute).
+    pub step_per_seq: Duration,
+    /// Cost per prompt token prefilled in a step.
+    pub prefill_per_token: Duration,
+    /// Sequences run at once.
+    pub max_num_seqs: u32,
+    /// KV-cache budget in tokens (prompt + answer reserved per sequence).
+    pub kv_tokens: u32,
+}
+
+impl Model {
+    /// Tokens per second with a full batch (the engine's capacity when it is never short of
+    /// work and prompts are short).
+    pub fn capacity_tokens_per_s(&self) -> f64 {
+        let n = f64::from(self.max_num_seqs);
+        n / (self.step_base + self.step_per_seq * self.max_num_seqs).as_secs_f64()
+    }
+}
+
+/// Gauges shared with the server's `/metrics`.
+#[derive(Debug, Default)]
+pub struct Load {
+    /// Sequences in the batch.
+    pub running: AtomicU64,
+    /// Sequences waiting for admission.
+    pub waiting: AtomicU64,
+    /// KV tokens reserved by the batch.
+    pub kv_used: AtomicU64,
+}
+
+struct Seq {
+    prompt: u32,
+    tokens: u32,
+    /// One message per produced token; closed when the sequence is done.
+    tx: mpsc::UnboundedSender<()>,
+}
+
+/// Handle to a running engine loop.
+#[derive(Clone)]
+pub struct Engine {
+    submit: mpsc::UnboundedSender<Seq>,
+    /// Its gauges.
+    pub load: Arc<Load>,
+    model: Model,
+}
+
+impl Engine {
+    /// Starts the engine loop on the current runtime.
+    pub fn start(model: Model) -> Self {
+        let (submit, rx) = mpsc::unbounded_channel();
+        let load = Arc::new(Load::default());
+        tokio::spawn(run(model, rx, load.clone()));
+        Self {
+            submit,
+            load,
+            model,
+        }
+    }
+
+    /// The parameters.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Submits a sequence; the receiver yields one `()` per token, then closes. Dropping it
+    /// aborts the sequence (its slot and KV are freed at the next step).
+    pub fn submit(&self, prompt: u32, tokens: u32) -> mpsc::UnboundedReceiver<()> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = self.submit.send(Seq { prompt, tokens, tx });
+        rx
+    }
+}
+
+async fn run(model: Model, mut incoming: mpsc::UnboundedReceiver<Seq>, load: Arc<Load>) {
+    let mut waiting: VecDeque<Seq> = VecDeque::new();
+    let mut running: Vec<(Seq, u32)> = Vec::new(); // (sequence, tokens produced)
+    let mut kv_used: u64 = 0;
+    loop {
+        // Take everything that arrived; block only when there is nothing to do.
+        if waiting.is_empty() && running.is_empty() {
+            match incoming.recv().await {
+                Some(s) => waiting.push_back(s),
+                None => return,
+            }
+        }
+        while let Ok(s) = incoming.try_recv() {
+            waiting.push_back(s);
+        }
+        waiting.retain(|s| !s.tx.is_closed());
+        let mut prefill: u64 = 0;
+        while let Some(s) = waiting.front() {
+            let need = u64::from(s.prompt) + u64::from(s.tokens);
+            let fits = running.len() < model.max_num_seqs as usize
+                && (kv_used + need <= u64::from(model.kv_tokens) || running.is_empty());
+            if !fits {
+                break;
+            }
+            let s = waiting.pop_front().expect("front exists");
+            kv_used += need;
+            prefill += u64::from(s.prompt);
+            running.push((s, 0));
+        }
+        load.running.store(running.len() as u64, Ordering::Relaxed);
+        load.waiting.store(waiting.len() as u64, Ordering::Relaxed);
+        load.kv_used.store(kv_used, Ordering::Relaxed);
+        if running.is_empty() {
+            continue;
+        }
+        let step = model.step_base
+            + model.step_per_seq * running.len() as u32
+            + model.prefill_per_token * prefill as u32;
+        if !step.is_zero() {
+            tokio::time::sleep(step).await;
+        }
+        running.retain_mut(|(s, produced)| {
+            let alive = s.tx.send(()).is_ok();
+            *produced += 1;
+            let keep = alive && *produced < s.tokens;
+            if !keep {
+                kv_used -= u64::from(s.prompt) + u64::from(s.tokens);
+            }
+            keep
+        });
+        load.running.store(running.len() as u64, Ordering::Relaxed);
+        load.kv_used.store(kv_used, Ordering::Relaxed);
+    }
+}
+
+/// The A40 presets: engine figures for the four replicas of the production layout (14B-AWQ and
+/// 8B-AWQ sharing a GPU). docs/benchmarks.md gives the figures they rest on and their sources;
+/// every figure is an estimate until measured on the real host.
+pub fn preset(name: &str) -> Option<Model> {
+    match name {
+        // Qwen2.5-14B-Instruct-AWQ on an A40 shared with the light model.
+        "a40-qwen2.5-14b-awq" => Some(Model {
+            step_base: Duration::from_millis(28),
+            step_per_seq: Duration::from_micros(1000),
+            prefill_per_token: Duration::from_micros(350),
+            max_num_seqs: 64,
+            kv_tokens: 55_000,
+        }),
+        // Qwen3-8B-AWQ on an A40 shared with the heavy model.
+        "a40-qwen3-8b-awq" => Some(Model {
+            step_base: Duration::from_millis(16),
+            step_per_seq: Duration::from_micros(600),
+            prefill_per_token: Duration::from_micros(200),
+            max_num_seqs: 64,
+            kv_tokens: 60_000,
+        }),
+        _ => None,
+    }
+}
+
+/// Names of the presets.
+pub const PRESETS: &[&str] = &["a40-qwen2.5-14b-awq", "a40-qwen3-8b-awq"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    fn model(base_ms: u64, per_seq_us: u64, max_num_seqs: u32) -> Model {
+        Model {
+            step_base: Duration::from_millis(base_ms),
+            step_per_seq: Duration::from_micros(per_seq_us),
+            prefill_per_token: Duration::ZERO,
+            max_num_seqs,
+            kv_tokens: 1_000_000,
+        }
+    }
+
+    async fn drain(mut rx: mpsc::UnboundedReceiver<()>) -> u32 {
+        let mut n = 0;
+        while rx.recv().await.is_some() {
+            n += 1;
+        }
+        n
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_delivers_the_formula_throughput() {
+        // 4 slots, step = 10 ms + 4 × 0.5 ms = 12 ms → 4 / 12 ms = 333.3 tokens/s.
+        let m = model(10, 500, 4);
+        let engine = Engine::start(m);
+        let start = Instant::now();
+        let seqs: Vec<_> = (0..8).map(|_| engine.submit(1, 100)).collect();
+        let counts = futures::future::join_all(seqs.into_iter().map(drain)).await;
+        let elapsed = start.elapsed();
+        assert!(counts.iter().all(|&n| n == 100));
+        // Two full batches of 100 steps each.
+        assert_eq!(elapsed, Duration::from_millis(2 * 100 * 12));
+        let tokens_per_s = 800.0 / elapsed.as_secs_f64();
+        assert!(
+            (tokens_per_s - m.capacity_tokens_per_s()).abs() < 1e-6,
+            "{tokens_per_s}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_beyond_the_batch_wait_and_are_counted() {
+        let engine = Engine::start(model(10, 0, 2));
+        let seqs: Vec<_> = (0..5).map(|_| engine.submit(1, 3)).collect();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(engine.load.running.load(Ordering::Relaxed), 2);
+        assert_eq!(engine.load.waiting.load(Ordering::Relaxed), 3);
+        futures::future::join_all(seqs.into_iter().map(drain)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(engine.load.running.load(Ordering::Relaxed), 0);
+        assert_eq!(engine.load.waiting.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_kv_budget_limits_the_batch() {
+        let mut m = model(10, 0, 8);
+        m.kv_tokens = 250; // room for two 100-token sequences
+        let engine = Engine::start(m);
+        let _a = engine.submit(50, 50);
+        let _b = engine.submit(50, 50);
+        let _c = engine.submit(50, 50);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(engine.load.running.load(Ordering::Relaxed), 2);
+        assert_eq!(engine.load.waiting.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn prefill_cost_grows_with_the_prompt() {
+        let mut m = model(10, 0, 4);
+        m.prefill_per_token = Duration::from_micros(100);
+        let engine = Engine::start(m);
+        let start = Instant::now();
+        let mut rx = engine.submit(1000, 2);
+        rx.recv().await;
+        // First step: 10 ms + 1000 × 0.1 ms of prefill.
+        assert_eq!(start.elapsed(), Duration::from_millis(110));
+        rx.recv().await;
+        assert_eq!(start.elapsed(), Duration::from_millis(120));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_client_frees_its_slot() {
+        let engine = Engine::start(model(10, 0, 1));
+        let a = engine.submit(1, 1000);
+        let b = engine.submit(1, 2);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        drop(a);
+        let start = Instant::now();
+        assert_eq!(drain(b).await, 2);
+        assert!(
+            start.elapsed() <= Duration::from_millis(40),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn config_knows_exactly_these_presets() {
+        assert_eq!(PRESETS, ssw_config::STUB_PRESETS);
+    }
+
+    #[test]
+    fn presets_exist_and_fit_their_batch_in_the_kv_budget() {
+        for name in PRESETS {
+            let m = preset(name).expect("preset");
+            assert!(m.capacity_tokens_per_s() > 100.0, "{name}");
+            assert!(
+                m.kv_tokens >= m.max_num_seqs * 700,
+                "{name}: 64 × (100 prompt + 600 answer) fit"
+            );
+        }
+        assert!(preset("h100").is_none());
+    }
+}
