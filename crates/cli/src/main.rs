@@ -12,6 +12,7 @@ use figment::Figment;
 use ssw_config::{Config, Role};
 use tokio_util::sync::CancellationToken;
 
+mod bench;
 mod listen;
 mod status;
 mod telemetry;
@@ -80,6 +81,8 @@ enum Command {
     },
     /// Run the whole platform locally: Redis, two stub engines per pool, workers, gateway.
     Up(up::UpArgs),
+    /// Load-test an OpenAI-compatible endpoint (gateway, stub or vLLM).
+    Bench(bench::BenchArgs),
     /// Show pools (backlog, pending, oldest job) and workers (engine, slots, GPU) from Redis.
     Status(status::StatusArgs),
     /// Validate a config file for a role; names the bad field.
@@ -240,6 +243,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Up(args) => up::run(args).await,
         Command::Status(args) => status::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
         Command::CheckConfig { file, role } => check_config(&file, role),
     }
 }

@@ -86,3 +86,92 @@ async fn a_thousand_concurrent_requests_all_succeed_and_balance() {
         }
     }
 }
+
+/// `ssw bench` against the gateway (burst, streaming, mixed pools) and straight against a stub
+/// engine: every request is counted once, none fails, and the reports are written.
+#[tokio::test]
+async fn ssw_bench_measures_the_gateway_and_an_engine_alike() {
+    let p = TestPlatform::start(ssw()).await;
+    let dir = p.platform.dir().to_owned();
+    let json = dir.join("bench.json");
+    let svg = dir.join("bench.svg");
+    let out = tokio::process::Command::new(ssw())
+        .args([
+            "bench",
+            "--url",
+            &p.url("/v1"),
+            "--mode",
+            "burst",
+            "-n",
+            "200",
+            "--stream",
+            "--mix",
+            "light=0.7,heavy=0.3",
+            "-q",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .arg("--plot")
+        .arg(&svg)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(r["requests"], 200);
+    assert_eq!(r["ok"], 200, "{}", r["errors"]);
+    assert!(r["output_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(r["samples"].as_array().unwrap().len(), 200);
+    let served: u64 = r["by_worker"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(served, 200);
+    assert!(
+        r["queue"]["wait_p50_s"].is_number(),
+        "queue wait scraped from the gateway: {}",
+        r["queue"]
+    );
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert_eq!(plot.matches("<circle").count(), 200);
+
+    // Straight at an engine: the served model name, no gateway metrics.
+    let stub = p.platform.stub_url("light-0").unwrap().to_owned();
+    let out = tokio::process::Command::new(ssw())
+        .args([
+            "bench",
+            "--url",
+            &format!("{stub}/v1"),
+            "-n",
+            "50",
+            "-c",
+            "8",
+            "--mix",
+            "Qwen/Qwen3-8B-AWQ",
+            "--metrics-url",
+            "none",
+            "-q",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(
+        (r["requests"].as_u64(), r["ok"].as_u64()),
+        (Some(50), Some(50))
+    );
+    assert!(r["queue"].is_null());
+}

@@ -1,0 +1,440 @@
+//! `ssw bench`: a load generator for any OpenAI-compatible chat-completions endpoint (the
+//! gateway, a stub engine, a real vLLM).
+//!
+//! # Layout
+//! - this file: [`Options`], [`run`], one request's measurement.
+//! - [`stats`]: percentiles of samples and of Prometheus histograms.
+//! - [`report`]: the [`report::Report`], its table, JSON and SVG plot.
+//! - [`scrape`]: queue depth and queue wait from the gateway's `/metrics` during the run.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::time::Instant;
+
+pub mod report;
+pub mod scrape;
+pub mod stats;
+
+/// How load is offered.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A fixed number of clients, each sending its next request when the last one ends.
+    Closed {
+        /// Clients.
+        concurrency: usize,
+    },
+    /// Requests arrive at `rate` per second regardless of answers (fixed spacing or Poisson).
+    Open {
+        /// Requests per second.
+        rate: f64,
+        /// Exponential inter-arrival times instead of fixed spacing.
+        poisson: bool,
+    },
+    /// Every request released at once.
+    Burst,
+}
+
+/// A length: fixed, or uniform in a range.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub enum Length {
+    /// Always this.
+    Fixed(u32),
+    /// Uniform in `lo..=hi`.
+    Uniform(u32, u32),
+}
+
+impl Length {
+    fn sample(&self) -> u32 {
+        match *self {
+            Length::Fixed(n) => n,
+            Length::Uniform(lo, hi) => fastrand::u32(lo..=hi),
+        }
+    }
+}
+
+impl std::str::FromStr for Length {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let num = |x: &str| {
+            x.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("`{s}`: expected N or LO-HI"))
+        };
+        match s.split_once('-') {
+            Some((lo, hi)) => {
+                let (lo, hi) = (num(lo)?, num(hi)?);
+                if lo > hi {
+                    return Err(format!("`{s}`: LO must not exceed HI"));
+                }
+                Ok(Length::Uniform(lo, hi))
+            }
+            None => Ok(Length::Fixed(num(s)?)),
+        }
+    }
+}
+
+/// What to run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Options {
+    /// Base URL including `/v1`.
+    pub url: String,
+    /// Load shape.
+    pub mode: Mode,
+    /// Requests to measure (after warm-up).
+    pub requests: Option<usize>,
+    /// Or: measure for this long.
+    pub duration: Option<Duration>,
+    /// Requests sent first and not counted.
+    pub warmup: usize,
+    /// Stream answers (with usage).
+    pub stream: bool,
+    /// Models and their weights (e.g. light 0.7, heavy 0.3).
+    pub mix: Vec<(String, f64)>,
+    /// Prompt length in words.
+    pub prompt_words: Length,
+    /// `max_tokens` of each request.
+    pub max_tokens: Length,
+    /// Gateway `/metrics` to sample queue depth from (none: skip).
+    pub metrics_url: Option<String>,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Progress on stderr.
+    pub progress: bool,
+}
+
+/// One request's measurement.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Sample {
+    /// Start, seconds since the measured run began.
+    pub start_s: f64,
+    /// Time to the first answer chunk (streams) or the whole answer.
+    pub ttft_s: f64,
+    /// End to end.
+    pub e2e_s: f64,
+    /// Mean gap between streamed events.
+    pub itl_s: Option<f64>,
+    /// Output tokens (from usage, else counted events).
+    pub output_tokens: u64,
+    /// HTTP status (0: no response).
+    pub status: u16,
+    /// Error code from an OpenAI error body, or the transport error.
+    pub error: Option<String>,
+    /// The model asked for.
+    pub model: String,
+    /// `x-ssw-worker`, when present.
+    pub worker: Option<String>,
+}
+
+fn pick_model(mix: &[(String, f64)]) -> String {
+    let total: f64 = mix.iter().map(|(_, w)| w).sum();
+    let mut x = fastrand::f64() * total;
+    for (m, w) in mix {
+        if x < *w {
+            return m.clone();
+        }
+        x -= w;
+    }
+    mix.last().map(|(m, _)| m.clone()).unwrap_or_default()
+}
+
+fn body(opts: &Options, model: &str) -> String {
+    let words = opts.prompt_words.sample().max(1) as usize;
+    let prompt = "npc dialogue word ".repeat(words.div_ceil(3));
+    let mut b = serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": prompt.trim_end()}],
+        "max_tokens": opts.max_tokens.sample().max(1),
+        "stream": opts.stream,
+    });
+    if opts.stream {
+        b["stream_options"] = serde_json::json!({"include_usage": true});
+    }
+    b.to_string()
+}
+
+fn error_code(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v.pointer("/error/code").and_then(|c| {
+        c.as_str()
+            .map(str::to_owned)
+            .or_else(|| Some(c.to_string()))
+    })
+}
+
+fn count_events(chunk: &[u8]) -> usize {
+    chunk.windows(6).filter(|w| *w == b"data: ").count()
+}
+
+/// Sends one request and measures it.
+pub async fn one(client: &reqwest::Client, opts: &Options, t0: Instant) -> Sample {
+    let model = pick_model(&opts.mix);
+    let started = Instant::now();
+    let mut s = Sample {
+        start_s: (started - t0).as_secs_f64(),
+        model: model.clone(),
+        ..Sample::default()
+    };
+    let resp = client
+        .post(format!("{}/chat/completions", opts.url))
+        .header("content-type", "application/json")
+        .body(body(opts, &model))
+        .timeout(opts.timeout)
+        .send()
+        .await;
+    let resp = match resp {
+        Ok(r) => r,
+        Err(e) => {
+            s.error = Some(if e.is_timeout() {
+                "timeout".into()
+            } else {
+                "connect".into()
+            });
+            s.e2e_s = started.elapsed().as_secs_f64();
+            return s;
+        }
+    };
+    s.status = resp.status().as_u16();
+    s.worker = resp
+        .headers()
+        .get("x-ssw-worker")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let ok = resp.status().is_success();
+    let mut body = resp.bytes_stream();
+    let mut all = Vec::new();
+    let mut first: Option<Instant> = None;
+    let mut last: Option<Instant> = None;
+    let mut gaps = 0.0;
+    let mut gap_events = 0usize;
+    let mut events = 0usize;
+    while let Some(chunk) = body.next().await {
+        let Ok(chunk) = chunk else {
+            s.error = Some("body".into());
+            break;
+        };
+        let now = Instant::now();
+        let n = count_events(&chunk);
+        if opts.stream && ok {
+            if let Some(l) = last {
+                gaps += (now - l).as_secs_f64();
+                gap_events += n.max(1);
+            }
+            first.get_or_insert(now);
+            last = Some(now);
+            events += n;
+        }
+        all.extend_from_slice(&chunk);
+    }
+    let end = Instant::now();
+    s.e2e_s = (end - started).as_secs_f64();
+    s.ttft_s = first.map_or(s.e2e_s, |f| (f - started).as_secs_f64());
+    s.itl_s = (gap_events > 0).then(|| gaps / gap_events as f64);
+    if !ok {
+        s.error = error_code(&all).or_else(|| Some(format!("http_{}", s.status)));
+        return s;
+    }
+    // A stream that ends with an error event (a failure after the head) is an error too.
+    if opts.stream {
+        let text = String::from_utf8_lossy(&all);
+        if let Some(err) = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .find(|d| d.starts_with("{\"error\""))
+        {
+            s.error = error_code(err.as_bytes()).or(Some("stream_error".into()));
+        }
+        s.output_tokens = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+            .find_map(|v| {
+                v.pointer("/usage/completion_tokens")
+                    .and_then(|c| c.as_u64())
+            })
+            .unwrap_or(events.saturating_sub(2) as u64);
+    } else {
+        s.output_tokens = serde_json::from_slice::<serde_json::Value>(&all)
+            .ok()
+            .and_then(|v| {
+                v.pointer("/usage/completion_tokens")
+                    .and_then(|c| c.as_u64())
+            })
+            .unwrap_or(0);
+    }
+    s
+}
+
+/// CPU seconds this process has used (user + system), from `/proc/self/stat`.
+pub fn cpu_seconds() -> f64 {
+    proc_cpu_seconds("self").unwrap_or(0.0)
+}
+
+/// CPU seconds (user + system) of process `pid` (`"self"` for this one).
+pub fn proc_cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may contain spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    #[allow(unsafe_code)]
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / if hz > 0.0 { hz } else { 100.0 })
+}
+
+async fn offer(
+    client: &reqwest::Client,
+    opts: &Options,
+    count: Option<usize>,
+    until: Option<Instant>,
+    t0: Instant,
+    done: Arc<AtomicUsize>,
+) -> Vec<Sample> {
+    let more =
+        |sent: usize| count.is_none_or(|c| sent < c) && until.is_none_or(|u| Instant::now() < u);
+    match opts.mode {
+        Mode::Closed { concurrency } => {
+            let sent = Arc::new(AtomicUsize::new(0));
+            let tasks = (0..concurrency.max(1)).map(|_| {
+                let (client, opts, sent, done) =
+                    (client.clone(), opts.clone(), sent.clone(), done.clone());
+                tokio::spawn(async move {
+                    let mut out = Vec::new();
+                    loop {
+                        let n = sent.fetch_add(1, Ordering::Relaxed);
+                        if !(count.is_none_or(|c| n < c)
+                            && until.is_none_or(|u| Instant::now() < u))
+                        {
+                            return out;
+                        }
+                        out.push(one(&client, &opts, t0).await);
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            });
+            let mut all = Vec::new();
+            for t in futures::future::join_all(tasks).await {
+                all.extend(t.unwrap_or_default());
+            }
+            all
+        }
+        Mode::Open { rate, poisson } => {
+            let mut tasks = Vec::new();
+            let mut next = Instant::now();
+            let mut sent = 0;
+            while more(sent) {
+                tokio::time::sleep_until(next).await;
+                let (client, opts, done) = (client.clone(), opts.clone(), done.clone());
+                tasks.push(tokio::spawn(async move {
+                    let s = one(&client, &opts, t0).await;
+                    done.fetch_add(1, Ordering::Relaxed);
+                    s
+                }));
+                sent += 1;
+                let gap = if poisson {
+                    -(1.0 - fastrand::f64()).ln() / rate
+                } else {
+                    1.0 / rate
+                };
+                next += Duration::from_secs_f64(gap.max(0.0));
+            }
+            futures::future::join_all(tasks)
+                .await
+                .into_iter()
+                .filter_map(Result::ok)
+                .collect()
+        }
+        Mode::Burst => {
+            let n = count.unwrap_or(1000);
+            let tasks: Vec<_> = (0..n)
+                .map(|_| {
+                    let (client, opts, done) = (client.clone(), opts.clone(), done.clone());
+                    tokio::spawn(async move {
+                        let s = one(&client, &opts, t0).await;
+                        done.fetch_add(1, Ordering::Relaxed);
+                        s
+                    })
+                })
+                .collect();
+            futures::future::join_all(tasks)
+                .await
+                .into_iter()
+                .filter_map(Result::ok)
+                .collect()
+        }
+    }
+}
+
+/// Runs the warm-up, then the measured load, and reports.
+pub async fn run(opts: Options) -> Result<report::Report, String> {
+    if opts.mix.is_empty() {
+        return Err("--mix: at least one model".into());
+    }
+    if opts.requests.is_none() && opts.duration.is_none() && opts.mode != Mode::Burst {
+        return Err("give --requests or --duration".into());
+    }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(4096)
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| e.to_string())?;
+    if opts.warmup > 0 {
+        let mut w = opts.clone();
+        w.mode = match opts.mode {
+            Mode::Closed { concurrency } => Mode::Closed { concurrency },
+            _ => Mode::Closed { concurrency: 8 },
+        };
+        offer(
+            &client,
+            &w,
+            Some(opts.warmup),
+            None,
+            Instant::now(),
+            Arc::new(AtomicUsize::new(0)),
+        )
+        .await;
+    }
+    let sampler = opts
+        .metrics_url
+        .clone()
+        .map(|u| scrape::Sampler::start(client.clone(), u));
+    let before = match &sampler {
+        Some(s) => s.queue_wait_buckets().await,
+        None => None,
+    };
+    let done = Arc::new(AtomicUsize::new(0));
+    let progress = opts
+        .progress
+        .then(|| report::progress(done.clone(), opts.requests, opts.duration));
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    let until = opts.duration.map(|d| t0 + d);
+    let samples = offer(&client, &opts, opts.requests, until, t0, done).await;
+    let wall = t0.elapsed();
+    let cpu = cpu_seconds() - cpu0;
+    if let Some(p) = progress {
+        p.abort();
+        eprintln!();
+    }
+    let (depth, after) = match &sampler {
+        Some(s) => (s.stop().await, s.queue_wait_buckets().await),
+        None => (Vec::new(), None),
+    };
+    let queue_wait = match (before, after) {
+        (Some(b), Some(a)) => Some(scrape::delta(&b, &a)),
+        _ => None,
+    };
+    let mut errors = BTreeMap::new();
+    for s in samples.iter().filter(|s| s.error.is_some()) {
+        let key = format!("{} {}", s.status, s.error.as_deref().unwrap_or(""));
+        *errors.entry(key).or_insert(0usize) += 1;
+    }
+    Ok(report::Report::new(
+        opts, samples, wall, cpu, errors, depth, queue_wait,
+    ))
+}
