@@ -59,6 +59,7 @@ pub async fn serve(
         shutdown.clone(),
     );
     let drain_state = state.clone();
+    let listener = nodelay(listener);
     let result = axum::serve(listener, http::router(state))
         .with_graceful_shutdown(async move {
             shutdown.cancelled().await;
@@ -69,4 +70,17 @@ pub async fn serve(
     background.cancel();
     let _ = tokio::join!(reader, keeper, sampler);
     result
+}
+
+/// Small SSE writes must leave at once: without TCP_NODELAY, Nagle's algorithm holds each one
+/// until the client's delayed ACK (~40 ms).
+fn nodelay(
+    listener: TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    })
 }

@@ -95,7 +95,7 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/stub/requests", get(requests))
         .with_state(stub);
-    axum::serve(listener, app)
+    axum::serve(nodelay(listener), app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }
@@ -351,4 +351,14 @@ async fn requests(State(stub): State<Arc<Stub>>) -> Response {
         .map(|(id, body)| json!({"request_id": id, "body": body}))
         .collect();
     json_resp(200, &Value::Array(items))
+}
+
+/// Token-sized SSE writes must leave at once (no Nagle delay).
+fn nodelay(
+    listener: TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    })
 }

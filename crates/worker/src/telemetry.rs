@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use ssw_config::GpuMetrics;
 use ssw_telemetry::names;
 use tokio_util::sync::CancellationToken;
@@ -62,9 +63,14 @@ pub async fn serve(listener: tokio::net::TcpListener, shutdown: CancellationToke
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "worker metrics listening");
     }
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    if let Err(e) = axum::serve(
+        listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        }),
+        app,
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
     {
         tracing::warn!(error = %e, "metrics listener failed");
     }

@@ -1,0 +1,398 @@
+"""The benchmark suite: runs every scenario of docs/benchmarks.md on this machine and rewrites
+that file. One command: `python3 scripts/bench.py` (or `scripts/bench.sh`).
+
+Every platform figure is measured in the same run as its baseline and given as a ratio to it:
+absolute numbers move between machines, ratios much less. Processes are real: release-built
+`ssw` (stub, worker, gateway), redis-server; CPU time comes from /proc/<pid>/stat.
+"""
+
+import datetime
+import json
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SSW = os.path.join(ROOT, "target", "release", "ssw")
+HEAVY = "Qwen/Qwen2.5-14B-Instruct-AWQ"
+LIGHT = "Qwen/Qwen3-8B-AWQ"
+HZ = os.sysconf("SC_CLK_TCK")
+QUICK = "--quick" in sys.argv
+TMP = tempfile.mkdtemp(prefix="ssw-bench-")
+procs = []
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def cpu(pid):
+    try:
+        rest = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(rest[11]) + int(rest[12])) / HZ
+    except (OSError, IndexError):
+        return 0.0
+
+
+def children(pid):
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            out += [int(c) for c in open(f"/proc/{pid}/task/{tid}/children").read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def wait_http(url, timeout=30):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            time.sleep(0.1)
+    raise SystemExit(f"not ready: {url}")
+
+
+def start(args, env=None, log_name="proc"):
+    e = dict(os.environ, RUST_LOG="warn")
+    e.update(env or {})
+    p = subprocess.Popen(args, env=e, stdout=open(os.path.join(TMP, log_name + ".log"), "w"), stderr=subprocess.STDOUT)
+    procs.append(p)
+    return p
+
+
+def stop(p):
+    p.terminate()
+    try:
+        p.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+
+
+def stub(served, **knobs):
+    port = free_port()
+    env = {f"SSW_STUB__{k.upper()}": str(v) for k, v in knobs.items()}
+    p = start([SSW, "stub", "--listen", f"127.0.0.1:{port}", "--served-model", served], env, f"stub-{port}")
+    wait_http(f"http://127.0.0.1:{port}/health")
+    return p, f"http://127.0.0.1:{port}"
+
+
+def up(engines, config=None):
+    """`ssw up` with workers in front of the given engines; returns (proc, gateway url)."""
+    port = free_port()
+    args = [SSW, "up", "--listen", f"127.0.0.1:{port}"]
+    for pool, url in engines:
+        args += ["--engine", f"{pool}={url}"]
+    if config:
+        path = os.path.join(TMP, f"cfg-{port}.toml")
+        open(path, "w").write(config)
+        args += ["--config", path]
+    p = start(args, None, f"up-{port}")
+    wait_http(f"http://127.0.0.1:{port}/readyz", 60)
+    return p, f"http://127.0.0.1:{port}"
+
+
+def bench(url, *args):
+    path = os.path.join(TMP, "r.json")
+    cmd = [SSW, "bench", "--url", url + "/v1", "-q", "--json", path] + [str(a) for a in args]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return json.load(open(path))
+
+
+def platform_pids(up_proc):
+    """gateway, workers and redis-server: every child of `ssw up` (stubs are external here)."""
+    return children(up_proc.pid)
+
+
+def measured(pids, fn):
+    before = {p: cpu(p) for p in pids}
+    r = fn()
+    return r, sum(cpu(p) - before[p] for p in pids)
+
+
+def fmt(v, d=2):
+    return "-" if v is None else f"{v:.{d}f}"
+
+
+# ---------------------------------------------------------------------------------------------
+def overhead():
+    """Zero-delay stub: direct vs through `ssw up` (gateway -> Redis -> 2 workers -> the same stub)."""
+    log("1. overhead")
+    s, surl = stub(HEAVY)
+    u, gurl = up([("heavy", surl), ("heavy", surl), ("light", surl)],
+                 config=f'[pools.heavy]\nserved_model = "{HEAVY}"\n[pools.light]\nserved_model = "light-unused"\n')
+    rows = []
+    for stream in (False, True):
+        for c in (1, 16, 64, 256):
+            n = (300 if c == 1 else 2000) if QUICK else (1000 if c == 1 else 6000)
+            common = ["-c", c, "-n", n, "--warmup", 50, "--max-tokens", 16, "--prompt-words", 32, "--metrics-url", "none"]
+            if stream:
+                common.append("--stream")
+            d = bench(surl, "--mix", HEAVY, *common)
+            g = bench(gurl, "--mix", "heavy", *common)
+            rows.append({"stream": stream, "c": c, "direct": d, "platform": g})
+            log(f"   stream={stream} c={c}: direct {d['requests_per_s']:.0f} req/s, platform {g['requests_per_s']:.0f} req/s")
+    stop(u)
+    stop(s)
+    return rows
+
+
+def overhead_cpu_split():
+    """CPU per request of the platform processes and of the stub, for non-streaming and
+    16-token streams at concurrency 16, measured separately in one run."""
+    s, surl = stub(HEAVY)
+    u, gurl = up([("heavy", surl), ("heavy", surl), ("light", surl)],
+                 config=f'[pools.heavy]\nserved_model = "{HEAVY}"\n[pools.light]\nserved_model = "light-unused"\n')
+    pids = platform_pids(u)
+    out = {}
+    for stream in (False, True):
+        args = ["-c", 16, "-n", 2000 if QUICK else 5000, "--warmup", 50, "--max-tokens", 16, "--mix", "heavy", "--metrics-url", "none"]
+        if stream:
+            args.append("--stream")
+        before = {p: cpu(p) for p in pids + [s.pid]}
+        r = bench(gurl, *args)
+        plat = sum(cpu(p) - before[p] for p in pids)
+        st = cpu(s.pid) - before[s.pid]
+        out[stream] = {"platform_ms": plat * 1000 / r["requests"], "stub_ms": st * 1000 / r["requests"], "bench_ms": r["bench_cpu"]["per_request_ms"]}
+    stop(u)
+    stop(s)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers pull a little beyond the engine's batch (64 sequences) so the next sequence is already
+# in the engine when a slot frees; the engine-waiting rule keeps it from hoarding more.
+HEADROOM = "[worker]\nmax_inflight = 72\n"
+
+PRESETS = {"heavy": ("a40-qwen2.5-14b-awq", 0.028, 0.001, 0.00035), "light": ("a40-qwen3-8b-awq", 0.016, 0.0006, 0.0002)}
+
+
+def capacity(pool, out_tokens, prompt_tokens, seqs=64):
+    _, base, per_seq, prefill = PRESETS[pool]
+    step = base + per_seq * seqs + (seqs / out_tokens) * prompt_tokens * prefill
+    return seqs / step  # tokens/s of one engine with a full batch
+
+
+class Sampler(threading.Thread):
+    """Samples, every 100 ms, each engine's running count and the gateway's backlog."""
+
+    def __init__(self, stubs, gurl, pool, seqs=64):
+        super().__init__(daemon=True)
+        self.stubs, self.gurl, self.pool, self.seqs = stubs, gurl, pool, seqs
+        self.samples, self.stop_flag = [], False
+
+    def metric(self, url, name, label=None):
+        txt = urllib.request.urlopen(url + "/metrics", timeout=2).read().decode()
+        tot = 0.0
+        for line in txt.splitlines():
+            if line.startswith(name) and (label is None or label in line):
+                tot += float(line.rsplit(" ", 1)[1])
+        return tot
+
+    def run(self):
+        while not self.stop_flag:
+            try:
+                running = [self.metric(u, "vllm:num_requests_running") for u in self.stubs]
+                backlog = self.metric(self.gurl, "ssw_queue_backlog", f'pool="{self.pool}"')
+                self.samples.append((running, backlog))
+            except Exception:
+                pass
+            time.sleep(0.1)
+
+    def idle_while_queued(self):
+        """Share of samples where jobs waited in Redis while some engine had a free slot."""
+        queued = [s for s in self.samples if s[1] > 0]
+        if not queued:
+            return 0.0, 0
+        bad = [s for s in queued if any(r < self.seqs for r in s[0])]
+        return len(bad) / len(queued), len(queued)
+
+
+def saturation():
+    log("2. saturation")
+    out_tokens, prompt_words = 64, 32
+    stubs = [stub(HEAVY, preset=PRESETS["heavy"][0], output_tokens=100000) for _ in range(2)]
+    light = stub(LIGHT, preset=PRESETS["light"][0], output_tokens=100000)
+    u, gurl = up([("heavy", stubs[0][1]), ("heavy", stubs[1][1]), ("light", light[1])], config=HEADROOM)
+    cap_tok = 2 * capacity("heavy", out_tokens, prompt_words + 4)
+    cap_req = cap_tok / out_tokens
+    rows = []
+    levels = (0.5, 1.0, 1.5)
+    for level in levels:
+        dur = 8 if QUICK else 20
+        sampler = Sampler([s[1] for s in stubs], gurl, "heavy")
+        sampler.start()
+        r = bench(gurl, "--mode", "open", "--rate", cap_req * level, "--duration", f"{dur}s", "--max-tokens", out_tokens,
+                  "--prompt-words", prompt_words, "--mix", "heavy", "--stream", "--warmup", 0)
+        sampler.stop_flag = True
+        sampler.join()
+        share, n = sampler.idle_while_queued()
+        rows.append({"level": level, "r": r, "idle_share": share, "queued_samples": n, "cap_tok": cap_tok})
+        log(f"   {level:.0%}: {r['output_tokens_per_s']:.0f} tok/s of {cap_tok:.0f}")
+    # Closed loop well above the batch size: the engines never lack work.
+    sampler = Sampler([s[1] for s in stubs], gurl, "heavy")
+    sampler.start()
+    r = bench(gurl, "-c", 256, "--duration", f"{10 if QUICK else 30}s", "--max-tokens", out_tokens, "--prompt-words", prompt_words,
+              "--mix", "heavy", "--stream", "--warmup", 128)
+    sampler.stop_flag = True
+    sampler.join()
+    share, n = sampler.idle_while_queued()
+    rows.append({"level": "closed-256", "r": r, "idle_share": share, "queued_samples": n, "cap_tok": cap_tok})
+    log(f"   closed 256: {r['output_tokens_per_s']:.0f} tok/s of {cap_tok:.0f}")
+    stop(u)
+    for s in stubs + [light]:
+        stop(s[0])
+    return rows
+
+
+def burst():
+    log("3. burst")
+    n = 2000 if QUICK else 10000
+    out_tokens = 8
+    engines = []
+    stubs = []
+    for pool in ("heavy", "light"):
+        for _ in range(2):
+            s = stub(HEAVY if pool == "heavy" else LIGHT, preset=PRESETS[pool][0], output_tokens=100000)
+            stubs.append(s)
+            engines.append((pool, s[1]))
+    u, gurl = up(engines, config=HEADROOM)
+    t0 = time.time()
+    r = bench(gurl, "--mode", "burst", "-n", n, "--max-tokens", out_tokens, "--prompt-words", 16, "--mix", "light=0.7,heavy=0.3",
+              "--timeout", "600s")
+    drain = time.time() - t0
+    # Theoretical: each pool's tokens over its two engines' capacity; the slower pool decides.
+    per_pool = {}
+    for pool, share in (("heavy", 0.3), ("light", 0.7)):
+        tokens = n * share * out_tokens
+        per_pool[pool] = tokens / (2 * capacity(pool, out_tokens, 20))
+    stop(u)
+    for s in stubs:
+        stop(s[0])
+    return {"n": n, "r": r, "drain": r["duration_s"], "theory": max(per_pool.values()), "per_pool": per_pool}
+
+
+def balance():
+    log("4. balance")
+    # Small batches make queueing visible: 8 slots per replica.
+    knobs = dict(batching="true", step_base="10ms", step_per_seq="1ms", prefill_per_token="0ms", max_num_seqs=8, kv_tokens=1000000)
+    a, b = stub(HEAVY, output_tokens=100000, **knobs), stub(HEAVY, output_tokens=100000, **knobs)
+    u, gurl = up([("heavy", a[1]), ("heavy", b[1]), ("light", a[1])],
+                 config=f'[pools.heavy]\nserved_model = "{HEAVY}"\n[pools.light]\nserved_model = "light-unused"\n[worker]\nmax_inflight = 9\n')
+    dur = 10 if QUICK else 25
+    # Offered ~80 % of two replicas' capacity: mean answer (8+400)/2 tokens.
+    cap_req = 2 * 8 / (0.010 + 0.008) / ((8 + 400) / 2)
+    rate = 0.8 * cap_req
+    common = ["--mode", "open", "--poisson", "--duration", f"{dur}s", "--max-tokens", "8-400", "--prompt-words", 8, "--timeout", "600s"]
+
+    def busy(sampler):
+        tot = [0.0, 0.0]
+        for running, _ in sampler.samples:
+            for i, r in enumerate(running):
+                tot[i] += r
+        s = sum(tot) or 1
+        return [t / s for t in tot]
+
+    sp = Sampler([a[1], b[1]], gurl, "heavy", 8)
+    sp.start()
+    pull = bench(gurl, "--mix", "heavy", "--rate", rate, *common)
+    sp.stop_flag = True
+    sp.join()
+    pull_busy = busy(sp)
+    # Push: a static even split, half the arrivals to each replica, as a round-robin router does.
+    sq = Sampler([a[1], b[1]], gurl, "heavy", 8)
+    sq.start()
+    results = {}
+
+    def push(url, key):
+        results[key] = bench(url, "--mix", HEAVY, "--metrics-url", "none", "--rate", rate / 2, *common)
+
+    ts = [threading.Thread(target=push, args=(a[1], "a")), threading.Thread(target=push, args=(b[1], "b"))]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    sq.stop_flag = True
+    sq.join()
+    push_busy = busy(sq)
+    lat = sorted(s["e2e_s"] for k in ("a", "b") for s in results[k]["samples"] if s["error"] is None)
+    push_p99 = lat[max(0, int(0.99 * len(lat)) - 1)] * 1000 if lat else None
+    push_p50 = lat[len(lat) // 2] * 1000 if lat else None
+    stop(u)
+    stop(a[0])
+    stop(b[0])
+    return {"pull": pull, "pull_busy": pull_busy, "push_busy": push_busy, "push_p99": push_p99, "push_p50": push_p50,
+            "push_reqs": sum(results[k]["requests"] for k in results), "rate": rate}
+
+
+def fanout():
+    log("5. streaming fan-out")
+    s, surl = stub(HEAVY, tpot="1ms", ttft="1ms")
+    u, gurl = up([("heavy", surl), ("heavy", surl), ("light", surl)],
+                 config=f'[pools.heavy]\nserved_model = "{HEAVY}"\n[pools.light]\nserved_model = "light-unused"\n')
+    pids = platform_pids(u)
+    before = {p: cpu(p) for p in pids}
+    r = bench(gurl, "-c", 128, "--duration", f"{5 if QUICK else 15}s", "--max-tokens", 256, "--mix", "heavy", "--stream", "--metrics-url", "none")
+    plat = sum(cpu(p) - before[p] for p in pids)
+    d = bench(surl, "-c", 128, "--duration", f"{5 if QUICK else 15}s", "--max-tokens", 256, "--mix", HEAVY, "--stream", "--metrics-url", "none")
+    stop(u)
+    stop(s)
+    chunks = r["output_tokens_per_s"]
+    return {"chunks_per_s": chunks, "direct_chunks_per_s": d["output_tokens_per_s"], "cpu_per_chunk_us": plat * 1e6 / (chunks * r["duration_s"]),
+            "platform_cores": plat / r["duration_s"]}
+
+
+# ---------------------------------------------------------------------------------------------
+def main():
+    resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
+    subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "ssw"], cwd=ROOT, check=True)
+    ov = overhead()
+    split = overhead_cpu_split()
+    sat = saturation()
+    bu = burst()
+    ba = balance()
+    fo = fanout()
+    write_report(ov, split, sat, bu, ba, fo)
+    log("wrote docs/benchmarks.md")
+
+
+def write_report(ov, split, sat, bu, ba, fo):
+    from bench_report import render  # scripts/bench_report.py
+    text = render(ov, split, sat, bu, ba, fo, machine())
+    open(os.path.join(ROOT, "docs", "benchmarks.md"), "w").write(text)
+
+
+def machine():
+    cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    ver = subprocess.run([SSW, "--version"], capture_output=True, text=True).stdout.strip()
+    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    redis = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.split()[2]
+    return {"date": datetime.date.today().isoformat(), "cpu": cpu_model, "cores": os.cpu_count(),
+            "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30), "kernel": platform.release(),
+            "ssw": ver, "rustc": rustc, "redis": redis, "quick": QUICK}
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    try:
+        main()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
