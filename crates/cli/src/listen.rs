@@ -11,9 +11,11 @@ pub async fn listener(addr: SocketAddr, field: &str) -> anyhow::Result<tokio::ne
     if let Some(l) = inherited()? {
         return Ok(l);
     }
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("{field}: cannot listen on {addr}"))
+    let bound = ssw_up::platform::bind(addr).and_then(|l| {
+        l.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(l)
+    });
+    bound.with_context(|| format!("{field}: cannot listen on {addr}"))
 }
 
 /// systemd's socket-activation protocol: `LISTEN_FDS=1` (and `LISTEN_PID` unset or ours) means

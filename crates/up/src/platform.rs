@@ -127,8 +127,24 @@ pub struct Platform {
     dir: TempDir,
 }
 
+/// Binds with a deep accept queue: a burst of thousands of connections must not overflow it
+/// (std's default backlog is 128).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let std: TcpListener = socket.listen(4096)?.into_std()?;
+    std.set_nonblocking(false)?;
+    Ok(std)
+}
+
 fn bind_loopback() -> Result<(TcpListener, String), UpError> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(io("binding a loopback listener"))?;
+    let l =
+        bind(SocketAddr::from(([127, 0, 0, 1], 0))).map_err(io("binding a loopback listener"))?;
     let addr = l.local_addr().map_err(io("reading a listener's address"))?;
     Ok((l, format!("http://{addr}")))
 }
@@ -146,7 +162,7 @@ impl Platform {
                 (Some(r), url)
             }
         };
-        let gateway_listener = TcpListener::bind(spec.gateway_listen).map_err(io(format!(
+        let gateway_listener = bind(spec.gateway_listen).map_err(io(format!(
             "binding the gateway to {}",
             spec.gateway_listen
         )))?;
