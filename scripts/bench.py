@@ -208,14 +208,24 @@ class Sampler(threading.Thread):
         return tot
 
     def run(self):
+        t0 = time.time()
         while not self.stop_flag:
             try:
                 running = [self.metric(u, "vllm:num_requests_running") for u in self.stubs]
                 backlog = self.metric(self.gurl, "ssw_queue_backlog", f'pool="{self.pool}"')
-                self.samples.append((running, backlog))
+                generated = sum(self.metric(u, "vllm:generation_tokens_total") for u in self.stubs)
+                self.samples.append((running, backlog, time.time() - t0, generated))
             except Exception:
                 pass
             time.sleep(0.1)
+
+    def steady_tokens_per_s(self, start, end):
+        """Tokens/s the engines report between two moments of the run (the steady part, without
+        ramp-up and the drain of the last answers)."""
+        window = [s for s in self.samples if start <= s[2] <= end]
+        if len(window) < 2:
+            return None
+        return (window[-1][3] - window[0][3]) / (window[-1][2] - window[0][2])
 
     def idle_while_queued(self):
         """Share of samples where jobs waited in Redis while some engine had a free slot."""
@@ -245,17 +255,20 @@ def saturation():
         sampler.stop_flag = True
         sampler.join()
         share, n = sampler.idle_while_queued()
-        rows.append({"level": level, "r": r, "idle_share": share, "queued_samples": n, "cap_tok": cap_tok})
+        steady = sampler.steady_tokens_per_s(0.25 * dur, 0.9 * dur)
+        rows.append({"level": level, "r": r, "idle_share": share, "queued_samples": n, "cap_tok": cap_tok, "steady": steady, "offered_tok": cap_tok * level})
         log(f"   {level:.0%}: {r['output_tokens_per_s']:.0f} tok/s of {cap_tok:.0f}")
     # Closed loop well above the batch size: the engines never lack work.
     sampler = Sampler([s[1] for s in stubs], gurl, "heavy")
     sampler.start()
-    r = bench(gurl, "-c", 256, "--duration", f"{10 if QUICK else 30}s", "--max-tokens", out_tokens, "--prompt-words", prompt_words,
+    dur = 10 if QUICK else 30
+    r = bench(gurl, "-c", 256, "--duration", f"{dur}s", "--max-tokens", out_tokens, "--prompt-words", prompt_words,
               "--mix", "heavy", "--stream", "--warmup", 128)
     sampler.stop_flag = True
     sampler.join()
     share, n = sampler.idle_while_queued()
-    rows.append({"level": "closed-256", "r": r, "idle_share": share, "queued_samples": n, "cap_tok": cap_tok})
+    steady = sampler.steady_tokens_per_s(0.25 * dur, 0.9 * dur)
+    rows.append({"level": "closed-256", "r": r, "idle_share": share, "queued_samples": n, "cap_tok": cap_tok, "steady": steady, "offered_tok": None})
     log(f"   closed 256: {r['output_tokens_per_s']:.0f} tok/s of {cap_tok:.0f}")
     stop(u)
     for s in stubs + [light]:
@@ -305,7 +318,7 @@ def balance():
 
     def busy(sampler):
         tot = [0.0, 0.0]
-        for running, _ in sampler.samples:
+        for running, *_ in sampler.samples:
             for i, r in enumerate(running):
                 tot[i] += r
         s = sum(tot) or 1

@@ -34,7 +34,7 @@ def render(ov, split, sat, bu, ba, fo, m):
     r64 = by[(False, 64)]["platform"]["requests_per_s"] / by[(False, 64)]["direct"]["requests_per_s"]
     r64s = by[(True, 64)]["platform"]["requests_per_s"] / by[(True, 64)]["direct"]["requests_per_s"]
     closed = [r for r in sat if r["level"] == "closed-256"][0]
-    sat_frac = closed["r"]["output_tokens_per_s"] / closed["cap_tok"]
+    sat_frac = (closed["steady"] or closed["r"]["output_tokens_per_s"]) / closed["cap_tok"]
     lost = sum(1 for s in bu["r"]["samples"] if s["status"] == 0)
     errors = bu["r"]["requests"] - bu["r"]["ok"]
     drain_ratio = bu["drain"] / bu["theory"]
@@ -86,15 +86,19 @@ def render(ov, split, sat, bu, ba, fo, m):
     w("Two heavy replicas with the A40 preset `a40-qwen2.5-14b-awq` (64-token answers, 36-token prompts).")
     w(f"Engine capacity from the timing model's formula: {closed['cap_tok']:.0f} tokens/s for the pair. Open loop at")
     w("50–150 % of that capacity, then a closed loop of 256 clients (the engines never lack work).")
+    w("*Delivered* is what the engines report generating (`vllm:generation_tokens_total`) over the")
+    w("steady part of each run (25–90 % of its duration: no ramp-up, no drain of the last answers).")
     w("*Free slot while queued*: share of 100 ms samples in which jobs waited in Redis while an engine")
-    w("had a free slot.")
+    w("had a free slot (its batch below 64).")
     w("")
-    w("| offered | delivered tokens/s | of capacity | free slot while queued (samples) | TTFT p50 / p99 ms | latency p50 / p99 ms | errors |")
-    w("|---|---|---|---|---|---|---|")
+    w("| offered | offered tokens/s | delivered tokens/s | of capacity | free slot while queued (samples) | TTFT p50 / p99 ms | latency p50 / p99 ms | errors |")
+    w("|---|---|---|---|---|---|---|---|")
     for r in sat:
         x = r["r"]
         lvl = "closed, 256 clients" if r["level"] == "closed-256" else f"{r['level']:.0%}"
-        w(f"| {lvl} | {x['output_tokens_per_s']:.0f} | {x['output_tokens_per_s'] / r['cap_tok'] * 100:.1f} % | "
+        delivered = r["steady"] if r["steady"] is not None else x["output_tokens_per_s"]
+        offered = "-" if r["offered_tok"] is None else f"{r['offered_tok']:.0f}"
+        w(f"| {lvl} | {offered} | {delivered:.0f} | {delivered / r['cap_tok'] * 100:.1f} % | "
           f"{r['idle_share'] * 100:.1f} % ({r['queued_samples']}) | {x['ttft_ms']['p50']:.0f} / {x['ttft_ms']['p99']:.0f} | "
           f"{x['e2e_ms']['p50']:.0f} / {x['e2e_ms']['p99']:.0f} | {x['requests'] - x['ok']} |")
     w("")

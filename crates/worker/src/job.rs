@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use ssw_protocol::error::{ErrorCode, ErrorEnvelope};
 use ssw_protocol::job::Job;
 use ssw_protocol::reply::{Reply, ReplyEvent};
@@ -234,6 +234,10 @@ async fn execute(ctx: &Ctx, job: &Job, claimed_ms: u64, head_sent: &mut bool) ->
 /// Forwards the engine's SSE bytes. The response is committed (head sent, job marked as
 /// answered) only with the first chunk: until then nothing reached the client, so if this
 /// worker dies during prefill another one may run the job from the start.
+///
+/// Reading the engine and writing to Redis overlap: at most one reply write is in flight, and
+/// whatever the engine sends meanwhile is coalesced into the next one. A fast engine thus costs
+/// few Redis writes per stream, a slow one gets each token forwarded at once.
 async fn stream_body(
     ctx: &Ctx,
     job: &Job,
@@ -241,103 +245,89 @@ async fn stream_body(
     resp: reqwest::Response,
     head_sent: &mut bool,
 ) -> Outcome {
+    type Write =
+        std::pin::Pin<Box<dyn Future<Output = Result<bool, ssw_queue::QueueError>> + Send>>;
     let mut body = resp.bytes_stream();
     let every = ctx.cfg.keepalive_interval;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut ended = false;
+    let mut broken: Option<String> = None;
+    let mut inflight: Option<Write> = None;
+    let mut committing = false;
+    let mut last_write = tokio::time::Instant::now();
     loop {
-        let next = tokio::select! {
-            n = body.next() => n,
-            _ = tokio::time::sleep(every) => {
-                let ka = Reply { job: job.id.clone(), event: ReplyEvent::KeepAlive };
-                if let Ok(false) = ctx.redis.send_reply(&job.reply_to, &ka).await {
-                    return Outcome::Gone;
+        if inflight.is_none() && !pending.is_empty() {
+            let redis = ctx.redis.clone();
+            let reply_to = job.reply_to.clone();
+            let data = Reply {
+                job: job.id.clone(),
+                event: ReplyEvent::Data(std::mem::take(&mut pending)),
+            };
+            inflight = Some(if *head_sent {
+                Box::pin(async move { redis.send_reply(&reply_to, &data).await })
+            } else {
+                committing = true;
+                let head = Reply {
+                    job: job.id.clone(),
+                    event: ReplyEvent::Head {
+                        worker: ctx.id.clone(),
+                        claimed_ms,
+                    },
+                };
+                let (pool, id, ttl) = (ctx.pool.clone(), ctx.id.clone(), ctx.state_ttl);
+                Box::pin(async move {
+                    redis
+                        .commit_reply(&pool, &id, &reply_to, &[head, data], ttl)
+                        .await
+                })
+            });
+        }
+        if inflight.is_none() && pending.is_empty() {
+            if let Some(reason) = broken {
+                if !*head_sent {
+                    return Outcome::Retry(format!("engine stream broke before output: {reason}"));
                 }
-                continue;
-            }
-        };
-        let mut chunk = match next {
-            None => return Outcome::Done(Some(ReplyEvent::End)),
-            Some(Err(e)) if !*head_sent => {
-                return Outcome::Retry(format!(
-                    "engine stream broke before output: {}",
-                    error_chain(&e)
-                ));
-            }
-            Some(Err(e)) => {
-                tracing::warn!(error = %error_chain(&e), "engine stream broke");
+                tracing::warn!(error = %reason, "engine stream broke");
                 return Outcome::Done(Some(fail(
                     ctx,
                     ErrorCode::UpstreamError,
                     "the engine failed mid-answer",
                 )));
             }
-            Some(Ok(c)) => c.to_vec(),
-        };
-        // Coalesce whatever else the engine has already sent: one Redis write for many tokens.
-        let (mut ended, mut broken) = (false, false);
-        while let Some(more) = body.next().now_or_never() {
-            match more {
-                Some(Ok(c)) => chunk.extend_from_slice(&c),
-                None => {
-                    ended = true;
-                    break;
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %error_chain(&e), "engine stream broke");
-                    broken = true;
-                    break;
-                }
+            if ended {
+                return Outcome::Done(Some(ReplyEvent::End));
             }
         }
-        let data = Reply {
-            job: job.id.clone(),
-            event: ReplyEvent::Data(chunk),
-        };
-        if !*head_sent {
-            let head = Reply {
-                job: job.id.clone(),
-                event: ReplyEvent::Head {
-                    worker: ctx.id.clone(),
-                    claimed_ms,
-                },
-            };
-            match ctx
-                .redis
-                .commit_reply(
-                    &ctx.pool,
-                    &ctx.id,
-                    &job.reply_to,
-                    &[head, data],
-                    ctx.state_ttl,
-                )
-                .await
-            {
-                Ok(true) => *head_sent = true,
-                Ok(false) => return Outcome::Gone,
-                Err(e) => return Outcome::Retry(format!("cannot send the head: {e}")),
-            }
-        } else {
-            match ctx.redis.send_reply(&job.reply_to, &data).await {
-                Ok(true) => {}
-                Ok(false) => return Outcome::Gone,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot forward a chunk");
-                    return Outcome::Done(Some(fail(
-                        ctx,
-                        ErrorCode::UpstreamError,
-                        "the worker lost its queue mid-answer",
-                    )));
+        tokio::select! {
+            next = body.next(), if !ended && broken.is_none() => match next {
+                None => ended = true,
+                Some(Ok(c)) => pending.extend_from_slice(&c),
+                Some(Err(e)) => broken = Some(error_chain(&e)),
+            },
+            written = async { inflight.as_mut().expect("guarded by the precondition").await }, if inflight.is_some() => {
+                inflight = None;
+                last_write = tokio::time::Instant::now();
+                match written {
+                    Ok(true) if committing => {
+                        committing = false;
+                        *head_sent = true;
+                    }
+                    Ok(true) => {}
+                    Ok(false) => return Outcome::Gone,
+                    Err(e) if committing => return Outcome::Retry(format!("cannot send the head: {e}")),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot forward a chunk");
+                        return Outcome::Done(Some(fail(ctx, ErrorCode::UpstreamError, "the worker lost its queue mid-answer")));
+                    }
                 }
             }
-        }
-        if broken {
-            return Outcome::Done(Some(fail(
-                ctx,
-                ErrorCode::UpstreamError,
-                "the engine failed mid-answer",
-            )));
-        }
-        if ended {
-            return Outcome::Done(Some(ReplyEvent::End));
+            _ = tokio::time::sleep_until(last_write + every), if inflight.is_none() => {
+                let ka = Reply { job: job.id.clone(), event: ReplyEvent::KeepAlive };
+                if let Ok(false) = ctx.redis.send_reply(&job.reply_to, &ka).await {
+                    return Outcome::Gone;
+                }
+                last_write = tokio::time::Instant::now();
+            }
         }
     }
 }
