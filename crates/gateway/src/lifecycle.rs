@@ -106,6 +106,19 @@ impl Ticket {
         self.finished = true;
     }
 
+    /// The enqueue failed without a clear answer (a timeout, a dropped connection): the job
+    /// may sit in the stream although its client is told otherwise. Marks it cancelled, so a
+    /// worker that claims it skips it; best effort, since Redis may be the problem.
+    pub fn cancel_unconfirmed(&mut self) {
+        self.finished = true;
+        spawn_cancel(
+            &self.state,
+            self.pool.clone(),
+            self.job.clone(),
+            String::new(),
+        );
+    }
+
     /// Counts the request's outcome once (`code` is `ok` or an error code) and logs its end
     /// with the durations.
     pub fn record(&mut self, status: u16, code: &'static str) {
@@ -291,19 +304,33 @@ impl Drop for Ticket {
         if self.finished || self.entry_id.is_empty() {
             return;
         }
-        // The client is gone mid-request. Cancelling needs Redis, so it runs on its own task.
-        let redis = self.state.redis.clone();
-        let (pool, job, entry) = (
-            self.pool.clone(),
+        let (job, entry) = (
             std::mem::take(&mut self.job),
             std::mem::take(&mut self.entry_id),
         );
-        tracing::info!(%job, %pool, "client disconnected; cancelling the job");
-        crate::metrics::client_disconnected(&pool);
-        tokio::spawn(async move {
-            if let Err(e) = redis.cancel(&pool, &job, &entry, CANCEL_TTL).await {
-                tracing::warn!(error = %e, %job, "cannot cancel job; its worker will find the client gone");
-            }
-        });
+        tracing::info!(%job, pool = %self.pool, "client disconnected; cancelling the job");
+        crate::metrics::client_disconnected(&self.pool);
+        spawn_cancel(&self.state, self.pool.clone(), job, entry);
     }
+}
+
+/// Cancels a job on its own task: it needs Redis, and its caller may be a `Drop`. A Redis
+/// hiccup gets a few retries; after that the job may still run, its answer unread.
+fn spawn_cancel(state: &AppState, pool: Arc<str>, job: String, entry: String) {
+    const ATTEMPTS: u32 = 3;
+    let redis = state.redis.clone();
+    tokio::spawn(async move {
+        for attempt in 1..=ATTEMPTS {
+            match redis.cancel(&pool, &job, &entry, CANCEL_TTL).await {
+                Ok(_) => return,
+                Err(e) if attempt == ATTEMPTS => {
+                    tracing::warn!(error = %e, %job, "cannot cancel job; it may run unread");
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, %job, attempt, "cancel failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(250) * attempt).await;
+                }
+            }
+        }
+    });
 }

@@ -7,6 +7,7 @@
 //! every request in flight is told at once instead of waiting for a timeout.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ pub type EventRx = mpsc::UnboundedReceiver<ReplyEvent>;
 pub struct Replies {
     key: String,
     routes: Mutex<HashMap<String, mpsc::UnboundedSender<ReplyEvent>>>,
+    open: AtomicBool,
 }
 
 impl Replies {
@@ -34,7 +36,19 @@ impl Replies {
         Self {
             key,
             routes: Mutex::new(HashMap::new()),
+            open: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the reply stream has been created: workers append with `NOMKSTREAM` (a gateway
+    /// that is gone must not get its stream back), so a job enqueued before it exists would
+    /// have its answer dropped. No request is admitted until then.
+    pub fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+    }
+
+    fn set_open(&self) {
+        self.open.store(true, Ordering::Release);
     }
 
     /// The reply stream key, written into every job.
@@ -131,6 +145,10 @@ pub async fn run_reader(redis: Redis, replies: Arc<Replies>, shutdown: Cancellat
                 "the queue lost this request; retry it",
             );
             reader = ReplyReader::new(replies.key().to_owned(), "0-0".to_owned());
+        }
+        if !connected_once {
+            tracing::info!("reply stream ready");
+            replies.set_open();
         }
         connected_once = true;
         backoff = Duration::from_millis(50);

@@ -2,9 +2,9 @@
 //!
 //! deadpool-redis' own manager sends a PING on every checkout, which doubles the round trips of
 //! a platform that does a handful of single commands per request. [`CheapRecycle`] wraps it:
-//! connections are created by deadpool-redis, handed out without a PING, and detached from the
-//! pool as soon as a command on them fails or times out, so a Redis restart costs one failed
-//! command per pooled connection and nothing after.
+//! connections are created by deadpool-redis and handed out without a PING. A checkout only
+//! borrows a multiplexed connection's handle; after a connection error the pool's idle
+//! connections are dropped, so a Redis restart costs one failed command and nothing after.
 
 use std::time::Duration;
 
@@ -143,26 +143,33 @@ impl Redis {
     }
 
     /// Runs one command (or pipeline, or script invocation) on a pooled connection within
-    /// `op_timeout`. A connection that fails or times out is dropped from the pool.
+    /// `op_timeout`. The pooled object goes back at once: a multiplexed connection carries any
+    /// number of commands at a time, so the pool spreads load over its connections rather than
+    /// limiting concurrency to its size. After a connection error every idle connection is
+    /// dropped (a restarted Redis breaks them all) and new ones are made on demand; so are they
+    /// after a timeout.
     pub async fn run<T, F, Fut>(&self, f: F) -> Result<T, QueueError>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let obj = self.checkout().await?;
-        // A multiplexed connection is a cheap handle; the clone shares the socket.
-        let conn = (*obj).clone();
+        let conn = {
+            let obj = self.checkout().await?;
+            (*obj).clone()
+        };
         match tokio::time::timeout(self.op_timeout, f(conn)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 let err = QueueError::from_redis(e);
                 if matches!(err, QueueError::Unavailable(_)) {
-                    drop(Object::take(obj));
+                    self.pool.retain(|_, _| false);
                 }
                 Err(err)
             }
             Err(_) => {
-                drop(Object::take(obj));
+                // A connection that stopped answering (a frozen or partitioned Redis) would
+                // stall every command multiplexed on it: start over with fresh connections.
+                self.pool.retain(|_, _| false);
                 Err(QueueError::Unavailable(format!(
                     "no answer within {:?}",
                     self.op_timeout

@@ -37,7 +37,7 @@ static CANCEL: LazyLock<Script> = LazyLock::new(|| {
         r"
 local cur = redis.call('GET', KEYS[1])
 redis.call('SET', KEYS[1], 'cancelled', 'PX', ARGV[2])
-if not cur then redis.call('XDEL', KEYS[2], ARGV[1]) end
+if (not cur) and ARGV[1] ~= '' then redis.call('XDEL', KEYS[2], ARGV[1]) end
 return cur
 ",
     )
@@ -175,7 +175,8 @@ impl Redis {
     }
 
     /// Cancels a job whose client went away. `ttl` bounds how long the marker lives (longer
-    /// than the job could still be claimed or run).
+    /// than the job could still be claimed or run). An empty `entry_id` (an enqueue whose
+    /// outcome is unknown) only sets the marker: a worker that claims the entry skips it.
     pub async fn cancel(
         &self,
         pool: &str,

@@ -63,7 +63,7 @@ impl TestPlatform {
         let mut spec = PlatformSpec::a40_stubs(ssw.to_owned(), test_config(), test_stub());
         spec.env.push((
             "RUST_LOG".into(),
-            std::env::var("SSW_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
         ));
         tweak(&mut spec);
         let every_pool_served = spec

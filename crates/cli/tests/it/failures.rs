@@ -371,6 +371,150 @@ async fn redis_down_means_fast_503_and_service_resumes_when_it_is_back() {
 }
 
 #[tokio::test]
+async fn an_enqueue_that_timed_out_is_never_run_although_redis_executed_it() {
+    // Redis frozen (SIGSTOP): the gateway's enqueue is sent but unanswered, so the client gets
+    // 503; once Redis resumes it executes the enqueue anyway. The job must not run.
+    let mut p = TestPlatform::start_with(ssw(), light_only).await;
+    TestPlatform::eventually(Duration::from_secs(5), "the reply stream", || async {
+        let r = p.http.get(p.url("/readyz")).send().await.unwrap();
+        r.json_value().await["reply_stream"] == "ok"
+    })
+    .await;
+    // An abandoned heavy request first, so the enqueue script is loaded: a frozen Redis then
+    // runs the very command the gateway gave up on.
+    let abandoned = p
+        .http
+        .post(p.url("/v1/chat/completions"))
+        .header("x-request-id", "abandoned")
+        .timeout(Duration::from_millis(200))
+        .body(chat_body("heavy").to_string())
+        .send()
+        .await;
+    assert!(abandoned.is_err());
+    TestPlatform::eventually(
+        Duration::from_secs(5),
+        "the abandoned job removed",
+        || async {
+            let r = p.http.get(p.url("/readyz")).send().await.unwrap();
+            let ready = r.json_value().await;
+            ready["pools"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|pool| pool["pool"] == "heavy" && pool["backlog"] == 0)
+        },
+    )
+    .await;
+    let redis = p.platform.redis.as_ref().unwrap().pid().unwrap();
+    signal(redis, libc::SIGSTOP);
+    let r = p
+        .http
+        .post(p.url("/v1/chat/completions"))
+        .header("x-request-id", "unconfirmed")
+        .body(chat_body("heavy").to_string())
+        .send()
+        .await
+        .unwrap();
+    signal(redis, libc::SIGCONT);
+    let (status, _, v) = error_of(r).await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(
+        v["error"]["message"],
+        "the queue is unavailable; retry later"
+    );
+    let stub_url = p
+        .platform
+        .add_stub("heavy-late", "heavy", test_stub())
+        .unwrap();
+    p.platform
+        .spawn_worker("heavy-late", "heavy", &stub_url, vec![])
+        .unwrap();
+    TestPlatform::eventually(
+        Duration::from_secs(10),
+        "heavy served after the freeze",
+        || async { p.chat(&chat_body("heavy")).await.status() == 200 },
+    )
+    .await;
+    let seen = p.stub_request_ids("heavy-late").await;
+    assert!(!seen.is_empty());
+    assert!(!seen.contains(&"unconfirmed".to_owned()), "{seen:?}");
+    assert!(!seen.contains(&"abandoned".to_owned()), "{seen:?}");
+}
+
+#[tokio::test]
+async fn a_gateway_admits_nothing_before_its_reply_stream_exists() {
+    // Workers append replies with NOMKSTREAM, so a job enqueued before the gateway's reply
+    // stream exists would have its answer dropped: such a gateway must refuse, not accept.
+    let p = TestPlatform::start(ssw()).await;
+    let mut cfg = p.platform.base_config();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    cfg.gateway.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let path = p.platform.dir().join("late-gateway.toml");
+    std::fs::write(&path, cfg.to_toml().unwrap()).unwrap();
+    let redis = p.platform.redis.as_ref().unwrap().pid().unwrap();
+    signal(redis, libc::SIGSTOP);
+    let mut late = tokio::process::Command::new(ssw())
+        .args(["gateway", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "error")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    TestPlatform::eventually(
+        Duration::from_secs(5),
+        "the late gateway listening",
+        || async { p.http.get(format!("{url}/healthz")).send().await.is_ok() },
+    )
+    .await;
+    let r = p
+        .http
+        .post(format!("{url}/v1/chat/completions"))
+        .body(chat_body("light").to_string())
+        .send()
+        .await
+        .unwrap();
+    let (status, headers, v) = error_of(r).await;
+    let ready = p.http.get(format!("{url}/readyz")).send().await.unwrap();
+    let ready_status = ready.status().as_u16();
+    let ready = ready.json_value().await;
+    signal(redis, libc::SIGCONT);
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["code"], "queue_unavailable");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("connecting"),
+        "{v}"
+    );
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(ready_status, 503);
+    assert_eq!(ready["reply_stream"], "not created yet", "{ready}");
+    // Once Redis answers, the late gateway serves like the first one.
+    TestPlatform::eventually(
+        Duration::from_secs(10),
+        "the late gateway serving",
+        || async {
+            let r = p
+                .http
+                .post(format!("{url}/v1/chat/completions"))
+                .body(chat_body("light").to_string())
+                .send()
+                .await
+                .unwrap();
+            r.status() == 200
+        },
+    )
+    .await;
+    late.kill().await.unwrap();
+}
+
+#[tokio::test]
 async fn sigterm_drains_workers_and_gateway_and_they_exit_zero() {
     let mut p = TestPlatform::start_with(ssw(), |s| {
         s.replicas = vec![

@@ -248,17 +248,35 @@ async fn queue_depth_rises_during_a_held_back_burst_and_falls_to_zero() {
 #[tokio::test]
 async fn ssw_status_lists_pools_and_live_workers() {
     let p = TestPlatform::start(ssw()).await;
-    let out = tokio::process::Command::new(ssw())
-        .args(["status", "--redis-url", &p.platform.redis_url])
-        .output()
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let status = || async {
+        let out = tokio::process::Command::new(ssw())
+            .args(["status", "--redis-url", &p.platform.redis_url])
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Readiness needs one serving worker per pool; wait until every engine has been probed.
+    TestPlatform::eventually(
+        Duration::from_secs(5),
+        "all four engines up in ssw status",
+        || async {
+            status()
+                .await
+                .lines()
+                .filter(|l| l.starts_with("heavy-") || l.starts_with("light-"))
+                .filter(|l| l.contains(" up "))
+                .count()
+                == 4
+        },
+    )
+    .await;
+    let text = status().await;
     for line in ["heavy", "light"] {
         assert!(
             text.lines()

@@ -87,6 +87,9 @@ pub async fn chat_completions(
             ),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot enqueue");
+                // The enqueue may have happened before the connection failed or timed out;
+                // the client is told it did not, so make sure no worker runs it.
+                ticket.cancel_unconfirmed();
                 Some(ApiError::new(
                     ErrorCode::QueueUnavailable,
                     "the queue is unavailable; retry later",
@@ -122,6 +125,13 @@ fn admit(
         let err = ApiError::new(
             ErrorCode::ShuttingDown,
             "the gateway is shutting down; retry",
+        );
+        return Err((None, false, err));
+    }
+    if !state.replies.is_open() {
+        let err = ApiError::new(
+            ErrorCode::QueueUnavailable,
+            "the gateway is still connecting to the queue; retry later",
         );
         return Err((None, false, err));
     }

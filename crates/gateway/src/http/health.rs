@@ -28,11 +28,13 @@ struct Readiness {
     ready: bool,
     draining: bool,
     redis: &'static str,
+    reply_stream: &'static str,
     pools: Vec<PoolReadiness>,
 }
 
-/// 200 only when Redis answers, every pool has a live worker whose engine is up, and the
-/// gateway is not draining; the body says which part is missing.
+/// 200 only when Redis answers, this gateway's reply stream exists, every pool has a live
+/// worker whose engine is up, and the gateway is not draining; the body says which part is
+/// missing.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let now = ssw_queue::now_ms();
     let mut pools = Vec::new();
@@ -55,11 +57,13 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         }
     }
     let draining = state.is_draining();
-    let ready = redis_ok && !draining && pools.iter().all(|p| p.ready);
+    let replies = state.replies.is_open();
+    let ready = redis_ok && replies && !draining && pools.iter().all(|p| p.ready);
     let body = Readiness {
         ready,
         draining,
         redis: if redis_ok { "ok" } else { "unavailable" },
+        reply_stream: if replies { "ok" } else { "not created yet" },
         pools,
     };
     let status = if ready {
