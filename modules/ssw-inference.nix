@@ -162,6 +162,12 @@ in
     })
 
     (mkIf cfg.roles.gateway {
+      # A region waking up opens thousands of connections at once: deep accept and SYN queues
+      # keep the kernel from dropping them before the gateway accepts.
+      boot.kernel.sysctl = {
+        "net.core.somaxconn" = mkDefault 65535;
+        "net.ipv4.tcp_max_syn_backlog" = mkDefault 65535;
+      };
       systemd.services.ssw-gateway = sswService {
         unit = "ssw-gateway";
         role = "gateway";

@@ -263,7 +263,7 @@ def saturation():
     sampler.start()
     dur = 10 if QUICK else 30
     r = bench(gurl, "-c", 256, "--duration", f"{dur}s", "--max-tokens", out_tokens, "--prompt-words", prompt_words,
-              "--mix", "heavy", "--stream", "--warmup", 128)
+              "--mix", "heavy", "--stream", "--warmup", 0)
     sampler.stop_flag = True
     sampler.join()
     share, n = sampler.idle_while_queued()
@@ -372,8 +372,23 @@ def fanout():
 
 
 # ---------------------------------------------------------------------------------------------
+def sysctl(name, value=None):
+    path = "/proc/sys/" + name.replace(".", "/")
+    try:
+        if value is not None:
+            open(path, "w").write(str(value))
+        return int(open(path).read().split()[0])
+    except OSError:
+        return None
+
+
 def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
+    # A burst of 10 000 connects needs deep accept and SYN queues (the NixOS module sets the same);
+    # without root the current values stay, and the report says which were in force.
+    for name in ("net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog"):
+        if (sysctl(name) or 0) < 65535:
+            sysctl(name, 65535)
     subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "ssw"], cwd=ROOT, check=True)
     ov = overhead()
     split = overhead_cpu_split()
@@ -396,7 +411,8 @@ def machine():
     ver = subprocess.run([SSW, "--version"], capture_output=True, text=True).stdout.strip()
     rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
     redis = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.split()[2]
-    return {"date": datetime.date.today().isoformat(), "cpu": cpu_model, "cores": os.cpu_count(),
+    return {"somaxconn": sysctl("net.core.somaxconn"), "syn_backlog": sysctl("net.ipv4.tcp_max_syn_backlog"),
+            "date": datetime.date.today().isoformat(), "cpu": cpu_model, "cores": os.cpu_count(),
             "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30), "kernel": platform.release(),
             "ssw": ver, "rustc": rustc, "redis": redis, "quick": QUICK}
 

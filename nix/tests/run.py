@@ -159,6 +159,7 @@ def module():
         ok(gpu_exporters == ["ssw-worker-heavy-0", "ssw-worker-heavy-1"], f"module: one GPU exporter per GPU ({gpu_exporters})")
         ok(svc["ssw-worker-heavy-0"]["serviceConfig"]["PrivateDevices"] is False and svc["ssw-worker-light-0"]["serviceConfig"]["PrivateDevices"] is True, "module: only GPU exporters see the GPU device nodes")
         ok(d["networking"]["firewall"]["allowedTCPPorts"] == [], "module: firewall closed by default")
+        ok(d["boot"]["kernel"]["sysctl"]["net.core.somaxconn"] == 65535, "module: deep accept queue for bursts of connections")
     st = out.get("stub")
     if st:
         ok(st.get("virtualisation", {}).get("oci-containers", {}).get("containers", {}) == {}, "module stub: no containers")

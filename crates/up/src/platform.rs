@@ -128,7 +128,7 @@ pub struct Platform {
 }
 
 /// Binds with a deep accept queue: a burst of thousands of connections must not overflow it
-/// (std's default backlog is 128).
+/// (std's default backlog is 128; the kernel caps the value at `net.core.somaxconn`).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
@@ -137,7 +137,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    let std: TcpListener = socket.listen(4096)?.into_std()?;
+    let std: TcpListener = socket.listen(65_535)?.into_std()?;
     std.set_nonblocking(false)?;
     Ok(std)
 }
