@@ -1,5 +1,6 @@
 """The benchmark suite: runs every scenario of docs/benchmarks.md on this machine and rewrites
-that file. One command: `python3 scripts/bench.py` (or `scripts/bench.sh`).
+that file. One command: `python3 scripts/bench.py` (or `scripts/bench.sh`). `--quick` runs
+shorter scenarios; `--only NAME` runs one scenario and prints its figures as JSON instead.
 
 Every platform figure is measured in the same run as its baseline and given as a ratio to it:
 absolute numbers move between machines, ratios much less. Processes are real: release-built
@@ -303,18 +304,31 @@ def burst():
     return {"n": n, "r": r, "drain": r["duration_s"], "theory": max(per_pool.values()), "per_pool": per_pool}
 
 
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, int(q * len(xs) + 0.5) - 1))] if xs else None
+
+
+BALANCE_TOKENS = "16:9,1000:1"  # 90 % short answers, 10 % very long ones
+
+
 def balance():
     log("4. balance")
-    # Small batches make queueing visible: 8 slots per replica.
-    knobs = dict(batching="true", step_base="10ms", step_per_seq="1ms", prefill_per_token="0ms", max_num_seqs=8, kv_tokens=1000000)
+    # 8 slots per replica, so a few long answers fill a replica; fast steps keep the run short.
+    seqs, step_base, step_per_seq = 8, 0.005, 0.0005
+    knobs = dict(batching="true", step_base="5ms", step_per_seq="0.5ms", prefill_per_token="0ms", max_num_seqs=seqs,
+                 kv_tokens=1000000)
     a, b = stub(HEAVY, output_tokens=100000, **knobs), stub(HEAVY, output_tokens=100000, **knobs)
+    # max_inflight = max_num_seqs: a worker takes no job its engine would have to queue.
     u, gurl = up([("heavy", a[1]), ("heavy", b[1]), ("light", a[1])],
-                 config=f'[pools.heavy]\nserved_model = "{HEAVY}"\n[pools.light]\nserved_model = "light-unused"\n[worker]\nmax_inflight = 9\n')
-    dur = 10 if QUICK else 25
-    # Offered ~80 % of two replicas' capacity: mean answer (8+400)/2 tokens.
-    cap_req = 2 * 8 / (0.010 + 0.008) / ((8 + 400) / 2)
-    rate = 0.8 * cap_req
-    common = ["--mode", "open", "--poisson", "--duration", f"{dur}s", "--max-tokens", "8-400", "--prompt-words", 8, "--timeout", "600s"]
+                 config=f'[pools.heavy]\nserved_model = "{HEAVY}"\n[pools.light]\nserved_model = "light-unused"\n'
+                        f'[worker]\nmax_inflight = {seqs}\n')
+    dur = 15 if QUICK else 40
+    mean_tokens = 0.9 * 16 + 0.1 * 1000
+    cap_req = 2 * seqs / (step_base + step_per_seq * seqs) / mean_tokens
+    rate = 0.9 * cap_req
+    common = ["--mode", "open", "--poisson", "--stream", "--duration", f"{dur}s", "--max-tokens", BALANCE_TOKENS,
+              "--prompt-words", 8, "--timeout", "600s"]
 
     def busy(sampler):
         tot = [0.0, 0.0]
@@ -324,14 +338,22 @@ def balance():
         s = sum(tot) or 1
         return [t / s for t in tot]
 
-    sp = Sampler([a[1], b[1]], gurl, "heavy", 8)
+    def figures(samples):
+        ok = [x for x in samples if x["error"] is None]
+        short = [x["e2e_s"] * 1000 for x in ok if x["output_tokens"] <= 16]
+        return {"requests": len(samples), "errors": len(samples) - len(ok),
+                "ttft_p50": pct([x["ttft_s"] * 1000 for x in ok], 0.5),
+                "ttft_p99": pct([x["ttft_s"] * 1000 for x in ok], 0.99),
+                "short_p99": pct(short, 0.99), "e2e_p99": pct([x["e2e_s"] * 1000 for x in ok], 0.99)}
+
+    sp = Sampler([a[1], b[1]], gurl, "heavy", seqs)
     sp.start()
     pull = bench(gurl, "--mix", "heavy", "--rate", rate, *common)
     sp.stop_flag = True
     sp.join()
-    pull_busy = busy(sp)
-    # Push: a static even split, half the arrivals to each replica, as a round-robin router does.
-    sq = Sampler([a[1], b[1]], gurl, "heavy", 8)
+    # Push: each arrival goes to a replica chosen at random (two independent Poisson streams of
+    # half the rate), as a router without a shared queue does; each engine queues what it cannot run.
+    sq = Sampler([a[1], b[1]], gurl, "heavy", seqs)
     sq.start()
     results = {}
 
@@ -343,15 +365,12 @@ def balance():
     [t.join() for t in ts]
     sq.stop_flag = True
     sq.join()
-    push_busy = busy(sq)
-    lat = sorted(s["e2e_s"] for k in ("a", "b") for s in results[k]["samples"] if s["error"] is None)
-    push_p99 = lat[max(0, int(0.99 * len(lat)) - 1)] * 1000 if lat else None
-    push_p50 = lat[len(lat) // 2] * 1000 if lat else None
     stop(u)
     stop(a[0])
     stop(b[0])
-    return {"pull": pull, "pull_busy": pull_busy, "push_busy": push_busy, "push_p99": push_p99, "push_p50": push_p50,
-            "push_reqs": sum(results[k]["requests"] for k in results), "rate": rate}
+    return {"pull": figures(pull["samples"]), "push": figures(results["a"]["samples"] + results["b"]["samples"]),
+            "pull_busy": busy(sp), "push_busy": busy(sq), "rate": rate, "capacity": cap_req, "tokens": BALANCE_TOKENS,
+            "duration": dur}
 
 
 def fanout():
@@ -390,6 +409,14 @@ def main():
         if (sysctl(name) or 0) < 65535:
             sysctl(name, 65535)
     subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "ssw"], cwd=ROOT, check=True)
+    if "--only" in sys.argv:
+        # One scenario, its figures as JSON on stdout; the report is left alone.
+        name = sys.argv[sys.argv.index("--only") + 1]
+        scenarios = {f.__name__: f for f in (overhead, overhead_cpu_split, saturation, burst, balance, fanout)}
+        if name not in scenarios:
+            sys.exit(f"--only: unknown scenario {name!r}; one of {', '.join(scenarios)}")
+        print(json.dumps(without_samples(scenarios[name]()), indent=1, default=str))
+        return
     ov = overhead()
     split = overhead_cpu_split()
     sat = saturation()
@@ -398,6 +425,14 @@ def main():
     fo = fanout()
     write_report(ov, split, sat, bu, ba, fo)
     log("wrote docs/benchmarks.md")
+
+
+def without_samples(x):
+    if isinstance(x, dict):
+        return {k: without_samples(v) for k, v in x.items() if k != "samples"}
+    if isinstance(x, (list, tuple)):
+        return [without_samples(v) for v in x]
+    return x
 
 
 def write_report(ov, split, sat, bu, ba, fo):

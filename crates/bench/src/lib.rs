@@ -39,20 +39,51 @@ pub enum Mode {
     Burst,
 }
 
-/// A length: fixed, or uniform in a range.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+/// A length: fixed, uniform in a range, or a weighted mix of those (e.g. mostly short answers
+/// and a few very long ones).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub enum Length {
     /// Always this.
     Fixed(u32),
     /// Uniform in `lo..=hi`.
     Uniform(u32, u32),
+    /// `(lo, hi, weight)`: a range picked with probability `weight / Σ weights`.
+    Mix(Vec<(u32, u32, f64)>),
 }
 
 impl Length {
     fn sample(&self) -> u32 {
-        match *self {
-            Length::Fixed(n) => n,
-            Length::Uniform(lo, hi) => fastrand::u32(lo..=hi),
+        match self {
+            Length::Fixed(n) => *n,
+            Length::Uniform(lo, hi) => fastrand::u32(*lo..=*hi),
+            Length::Mix(parts) => {
+                let total: f64 = parts.iter().map(|p| p.2).sum();
+                let mut x = fastrand::f64() * total;
+                for &(lo, hi, w) in parts {
+                    if x < w {
+                        return fastrand::u32(lo..=hi);
+                    }
+                    x -= w;
+                }
+                let &(lo, hi, _) = parts.last().expect("a mix has parts");
+                fastrand::u32(lo..=hi)
+            }
+        }
+    }
+
+    /// The expected value.
+    pub fn mean(&self) -> f64 {
+        match self {
+            Length::Fixed(n) => f64::from(*n),
+            Length::Uniform(lo, hi) => (f64::from(*lo) + f64::from(*hi)) / 2.0,
+            Length::Mix(parts) => {
+                let total: f64 = parts.iter().map(|p| p.2).sum();
+                parts
+                    .iter()
+                    .map(|&(lo, hi, w)| w * (f64::from(lo) + f64::from(hi)) / 2.0)
+                    .sum::<f64>()
+                    / total
+            }
         }
     }
 }
@@ -60,21 +91,43 @@ impl Length {
 impl std::str::FromStr for Length {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let num = |x: &str| {
-            x.trim()
-                .parse::<u32>()
-                .map_err(|_| format!("`{s}`: expected N or LO-HI"))
-        };
-        match s.split_once('-') {
+        let bad =
+            |why: &str| format!("`{s}`: {why} (expected N, LO-HI, or a mix like 16:9,1000:1)");
+        let num = |x: &str| x.trim().parse::<u32>().map_err(|_| bad("not a count"));
+        let range = |x: &str| match x.split_once('-') {
             Some((lo, hi)) => {
                 let (lo, hi) = (num(lo)?, num(hi)?);
                 if lo > hi {
-                    return Err(format!("`{s}`: LO must not exceed HI"));
+                    return Err(bad("LO must not exceed HI"));
                 }
-                Ok(Length::Uniform(lo, hi))
+                Ok((lo, hi))
             }
-            None => Ok(Length::Fixed(num(s)?)),
+            None => num(x).map(|n| (n, n)),
+        };
+        if !s.contains([',', ':']) {
+            let (lo, hi) = range(s)?;
+            return Ok(if lo == hi && !s.contains('-') {
+                Length::Fixed(lo)
+            } else {
+                Length::Uniform(lo, hi)
+            });
         }
+        let parts = s
+            .split(',')
+            .map(|part| {
+                let (r, w) = part.split_once(':').unwrap_or((part, "1"));
+                let w: f64 = w
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad("weight is not a number"))?;
+                if !(w.is_finite() && w > 0.0) {
+                    return Err(bad("weights must be positive"));
+                }
+                let (lo, hi) = range(r)?;
+                Ok((lo, hi, w))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Length::Mix(parts))
     }
 }
 
@@ -437,4 +490,44 @@ pub async fn run(opts: Options) -> Result<report::Report, String> {
     Ok(report::Report::new(
         opts, samples, wall, cpu, errors, depth, queue_wait,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Length;
+
+    #[test]
+    fn lengths_parse_fixed_uniform_and_weighted_mixes() {
+        assert_eq!("16".parse(), Ok(Length::Fixed(16)));
+        assert_eq!("8-400".parse(), Ok(Length::Uniform(8, 400)));
+        assert_eq!(
+            "16:9,1000-1200:1".parse(),
+            Ok(Length::Mix(vec![(16, 16, 9.0), (1000, 1200, 1.0)]))
+        );
+        assert_eq!(
+            "4,8".parse(),
+            Ok(Length::Mix(vec![(4, 4, 1.0), (8, 8, 1.0)]))
+        );
+        for bad in ["", "x", "9-3", "16:0", "16:-1", "16:w", "16:9,"] {
+            let err = bad.parse::<Length>().expect_err(bad);
+            assert!(err.contains(&format!("`{bad}`")), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_mix_is_sampled_in_proportion_to_its_weights() {
+        fastrand::seed(7);
+        let mix: Length = "16:9,1000:1".parse().unwrap();
+        let n = 20_000;
+        let long = (0..n).filter(|_| mix.sample() == 1000).count();
+        // 10 % expected; the binomial standard deviation is about 0.2 % here.
+        assert!((1_800..2_200).contains(&long), "{long} long of {n}");
+        assert!((mix.mean() - 114.4).abs() < 1e-9, "{}", mix.mean());
+        let uniform: Length = "10-20".parse().unwrap();
+        assert!(
+            (0..1000)
+                .map(|_| uniform.sample())
+                .all(|x| (10..=20).contains(&x))
+        );
+    }
 }

@@ -47,10 +47,10 @@ pub struct BenchArgs {
     /// Models and weights, e.g. `light=0.7,heavy=0.3` (or one model name).
     #[arg(long, default_value = "heavy")]
     mix: String,
-    /// Prompt length in words: N or LO-HI (uniform).
+    /// Prompt length in words: N, LO-HI (uniform), or a weighted mix `16:9,1000-1200:1`.
     #[arg(long, default_value = "32")]
     prompt_words: Length,
-    /// `max_tokens` per request: N or LO-HI (uniform).
+    /// `max_tokens` per request: N, LO-HI (uniform), or a weighted mix `16:9,1000-1200:1`.
     #[arg(long, default_value = "16")]
     max_tokens: Length,
     /// Gateway metrics to sample queue depth and queue wait from (default: derived from

@@ -80,13 +80,27 @@ impl TestPlatform {
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
         }
-        Self {
+        let p = Self {
             platform,
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(256)
                 .build()
                 .expect("client"),
+        };
+        if !every_pool_served {
+            // Not ready by design (a pool without workers), but admitting requests: the
+            // gateway answers 503 until its reply stream exists.
+            Self::eventually(Duration::from_secs(20), "the gateway admitting", || async {
+                let Ok(r) = p.http.get(p.url("/readyz")).send().await else {
+                    return false;
+                };
+                let text = r.text().await.unwrap_or_default();
+                let body: Value = serde_json::from_str(&text).unwrap_or_default();
+                body["reply_stream"] == "ok"
+            })
+            .await;
         }
+        p
     }
 
     /// `gateway_url + path`.
