@@ -134,20 +134,36 @@ impl Pace {
 
 /// Counts a request as aborted unless it completed: dropped with the handler future or the
 /// response body when the client goes away.
+/// Generated tokens are counted as they are produced, one per step, as vLLM counts
+/// `vllm:generation_tokens_total` per iteration: a rate over a window then shows what the engine
+/// generated in that window, not the answers that happened to finish in it.
 struct InFlight {
     stub: Arc<Stub>,
     done: bool,
+    generated: u32,
 }
 
 impl InFlight {
+    fn token(&mut self, plan: &Plan) {
+        if self.generated >= plan.completion_tokens() {
+            return;
+        }
+        self.generated += 1;
+        self.stub
+            .counters
+            .generation_tokens
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     fn complete(&mut self, plan: &Plan) {
         self.done = true;
         let c = &self.stub.counters;
         c.success.fetch_add(1, Ordering::Relaxed);
         c.prompt_tokens
             .fetch_add(u64::from(plan.prompt_tokens), Ordering::Relaxed);
+        let rest = plan.completion_tokens().saturating_sub(self.generated);
         c.generation_tokens
-            .fetch_add(u64::from(plan.completion_tokens()), Ordering::Relaxed);
+            .fetch_add(u64::from(rest), Ordering::Relaxed);
     }
 }
 
@@ -235,11 +251,13 @@ async fn chat(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: Bytes) ->
     let mut flight = InFlight {
         stub: stub.clone(),
         done: false,
+        generated: 0,
     };
     let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
     if !stream {
         for i in 0..plan.completion_tokens() {
             pace.step(i == 0).await;
+            flight.token(&plan);
         }
         flight.complete(&plan);
         return json_resp(200, &plan.completion());
@@ -255,6 +273,7 @@ async fn chat(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: Bytes) ->
             let mut first = first_step;
             if step {
                 pace.step(first).await;
+                flight.token(&plan);
                 first = false;
             }
             let mut out = Vec::with_capacity(256);

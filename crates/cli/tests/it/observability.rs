@@ -292,3 +292,39 @@ async fn ssw_status_lists_pools_and_live_workers() {
         assert!(row.contains(" up ") && row.contains("0/64"), "{row}");
     }
 }
+
+#[tokio::test]
+async fn the_stub_counts_generated_tokens_as_it_generates_them_like_vllm() {
+    // vLLM increments vllm:generation_tokens_total every step; a counter bumped only when an
+    // answer completes would make rates over a window depend on which answers finished in it.
+    let mut p = TestPlatform::start(ssw()).await;
+    let slow = StubConfig {
+        ttft: Duration::from_millis(50),
+        tpot: Duration::from_millis(50),
+        output_tokens: 40,
+        ..StubConfig::default()
+    };
+    let url = p.platform.add_stub("slow", "heavy", slow).unwrap();
+    let mut requests = Vec::new();
+    for stream in [false, true] {
+        let mut body = chat_body("Qwen/Qwen2.5-14B-Instruct-AWQ");
+        body["stream"] = json!(stream);
+        body["max_tokens"] = json!(40);
+        let post = p
+            .http
+            .post(format!("{url}/v1/chat/completions"))
+            .body(body.to_string())
+            .send();
+        requests.push(tokio::spawn(async move {
+            post.await.unwrap().text().await.unwrap()
+        }));
+    }
+    let counter = || p.stub_metric("slow", "vllm:generation_tokens_total");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let midway = counter().await;
+    assert!((4.0..76.0).contains(&midway), "{midway} tokens midway");
+    for r in requests {
+        r.await.unwrap();
+    }
+    assert_eq!(counter().await, 80.0);
+}
