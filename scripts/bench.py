@@ -301,7 +301,9 @@ def burst():
     stop(u)
     for s in stubs:
         stop(s[0])
-    return {"n": n, "r": r, "drain": r["duration_s"], "theory": max(per_pool.values()), "per_pool": per_pool}
+    failed = sorted(x["e2e_s"] for x in r["samples"] if x["error"] is not None)
+    return {"n": n, "r": r, "drain": r["duration_s"], "theory": max(per_pool.values()), "per_pool": per_pool,
+            "failed_after_s": [failed[0], failed[-1]] if failed else None}
 
 
 def pct(xs, q):
