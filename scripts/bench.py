@@ -405,9 +405,11 @@ def sysctl(name, value=None):
 
 def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
-    # A burst of 10 000 connects needs deep accept and SYN queues (the NixOS module sets the same);
-    # without root the current values stay, and the report says which were in force.
-    for name in ("net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog"):
+    # A burst of 10 000 connects needs deep accept and SYN queues (the NixOS module sets the same),
+    # and on loopback a deep per-CPU input queue: with the default 1000 the burst's packets are
+    # dropped (/proc/net/softnet_stat) and connections stall in retransmits. Without root the
+    # current values stay, and the report says which were in force.
+    for name in ("net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog", "net.core.netdev_max_backlog"):
         if (sysctl(name) or 0) < 65535:
             sysctl(name, 65535)
     subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "ssw"], cwd=ROOT, check=True)
@@ -449,6 +451,7 @@ def machine():
     rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
     redis = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.split()[2]
     return {"somaxconn": sysctl("net.core.somaxconn"), "syn_backlog": sysctl("net.ipv4.tcp_max_syn_backlog"),
+            "netdev_backlog": sysctl("net.core.netdev_max_backlog"),
             "date": datetime.date.today().isoformat(), "cpu": cpu_model, "cores": os.cpu_count(),
             "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30), "kernel": platform.release(),
             "ssw": ver, "rustc": rustc, "redis": redis, "quick": QUICK}

@@ -22,7 +22,8 @@ def render(ov, split, sat, bu, ba, fo, m):
     w("")
     w(f"**This run:** {m['date']}, {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB, Linux {m['kernel']}; {m['ssw']}, {m['rustc']}, redis {m['redis']}"
       + (" (quick mode)." if m["quick"] else "."))
-    w(f"Kernel accept queues: net.core.somaxconn {m['somaxconn']}, net.ipv4.tcp_max_syn_backlog {m['syn_backlog']}.")
+    w(f"Kernel queues: net.core.somaxconn {m['somaxconn']}, net.ipv4.tcp_max_syn_backlog {m['syn_backlog']}, "
+      f"net.core.netdev_max_backlog {m.get('netdev_backlog')}.")
     w("The load generator runs on the same cores as the platform, so every figure includes its")
     w("competition for CPU; its own CPU use is reported.")
     w("")

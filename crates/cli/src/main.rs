@@ -149,10 +149,15 @@ fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format, &cli.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // A worker relays at most `max_inflight` jobs between Redis and one engine: one thread does
+    // that with no cross-thread wake-ups (measured: less CPU per request than two threads).
+    // Everything else scales over the host's cores.
+    let mut builder = if matches!(cli.command, Command::Worker { .. }) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -121,7 +121,7 @@ pub fn export(worker: &str, readings: &Result<Vec<GpuReading>, String>) {
 pub async fn monitor(
     worker: String,
     mut source: Option<Box<dyn GpuSource>>,
-    load_error: Option<String>,
+    mut load_error: Option<String>,
     indices: Vec<u32>,
     interval: Duration,
     shutdown: CancellationToken,
@@ -136,8 +136,29 @@ pub async fn monitor(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let reading = match source.as_mut() {
-            Some(s) => s.read(&indices),
+        let reading = match source.take() {
+            // NVML calls take milliseconds (power readings more): off the async threads, which
+            // relay streams meanwhile.
+            Some(mut s) => {
+                let idx = indices.clone();
+                match tokio::task::spawn_blocking(move || {
+                    let r = s.read(&idx);
+                    (s, r)
+                })
+                .await
+                {
+                    Ok((s, r)) => {
+                        source = Some(s);
+                        r
+                    }
+                    Err(e) => {
+                        let e = format!("the GPU reading task failed: {e}");
+                        tracing::warn!(error = %e, "GPU metrics unavailable from now on");
+                        load_error = Some(e.clone());
+                        Err(e)
+                    }
+                }
+            }
             None => Err(load_error.clone().unwrap_or_default()),
         };
         if let (Err(e), false, true) = (&reading, warned, source.is_some()) {

@@ -55,7 +55,8 @@ pub struct EngineState {
     up: AtomicBool,
     detail: Mutex<Option<String>>,
     load: Mutex<EngineLoad>,
-    /// Signalled when the engine comes up or its load drops, so the pull loop resumes at once.
+    /// Signalled when the engine comes up or its load drops, so the pull loop (its one waiter;
+    /// a permit is kept if it is busy) resumes at once.
     pub changed: Notify,
 }
 
@@ -104,7 +105,22 @@ impl EngineState {
         }
         *self.detail.lock().unwrap_or_else(|p| p.into_inner()) = detail;
         if up {
-            self.changed.notify_waiters();
+            self.changed.notify_one();
+        }
+    }
+
+    /// One of this worker's engine requests ended. It either held a running slot, which a
+    /// waiting request now takes, or was waiting itself: either way the engine has one fewer
+    /// waiting request than the last reading said. Keeps the estimate current between polls, so
+    /// the worker refills as soon as the engine can admit work instead of at the next poll.
+    pub fn request_finished(&self) {
+        let mut load = self.load.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = load.waiting.as_mut().filter(|w| **w > 0.0) {
+            *w = (*w - 1.0).max(0.0);
+            if *w == 0.0 {
+                drop(load);
+                self.changed.notify_one();
+            }
         }
     }
 
@@ -114,7 +130,7 @@ impl EngineState {
             load,
         );
         if before.waiting.unwrap_or(0.0) > 0.0 && load.waiting.unwrap_or(0.0) == 0.0 {
-            self.changed.notify_waiters();
+            self.changed.notify_one();
         }
     }
 }
@@ -227,5 +243,34 @@ mod tests {
         let old = parse_load("vllm:gpu_cache_usage_perc{model_name=\"m\"} 0.5\n");
         assert_eq!(old.kv_cache_usage, Some(0.5));
         assert_eq!(old.waiting, None);
+    }
+
+    #[tokio::test]
+    async fn finished_requests_count_down_the_waiting_estimate_and_wake_the_puller() {
+        let state = EngineState::default();
+        state.set_load(EngineLoad {
+            running: Some(64.0),
+            waiting: Some(2.0),
+            kv_cache_usage: None,
+        });
+        state.request_finished();
+        assert_eq!(state.load().waiting, Some(1.0));
+        let woken = tokio::time::timeout(Duration::from_millis(20), state.changed.notified());
+        assert!(
+            woken.await.is_err(),
+            "woken while the engine still has a waiting request"
+        );
+        // The wake-up is kept for a puller that is not waiting at this instant.
+        state.request_finished();
+        assert_eq!(state.load().waiting, Some(0.0));
+        let woken = tokio::time::timeout(Duration::from_millis(20), state.changed.notified());
+        assert!(
+            woken.await.is_ok(),
+            "not woken when the engine can admit again"
+        );
+        // Without a reading there is nothing to count down.
+        state.set_load(EngineLoad::default());
+        state.request_finished();
+        assert_eq!(state.load().waiting, None);
     }
 }

@@ -380,8 +380,10 @@ async fn start_jobs(ctx: &Arc<Ctx>, jobs: &TaskTracker, batch: Vec<Pulled>, recl
                         job::run(c.clone(), entry_id, job, now, cancel).await;
                         c.running().remove(&job_id);
                         c.inflight.fetch_sub(1, Ordering::Relaxed);
+                        c.engine_state.request_finished();
                         telemetry::slots(&c);
-                        c.slot_freed.notify_waiters();
+                        // One waiter (the pull loop); a permit is kept if it is not waiting yet.
+                        c.slot_freed.notify_one();
                     },
                     span,
                 ));
