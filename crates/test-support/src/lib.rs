@@ -119,6 +119,18 @@ impl TestPlatform {
             .expect("gateway reachable")
     }
 
+    /// POSTs a chat completion with the client's own `x-request-id`.
+    pub async fn chat_with_id(&self, request_id: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .header("x-request-id", request_id)
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("gateway reachable")
+    }
+
     /// GETs a stub replica's path as text.
     pub async fn stub_get(&self, replica: &str, path: &str) -> String {
         let base = self.platform.stub_url(replica).expect("stub replica");

@@ -31,6 +31,45 @@ fn light_only(s: &mut ssw_test_support::ssw_up::platform::PlatformSpec) {
     s.replicas.retain(|r| r.pool == "light");
 }
 
+/// Sends a heavy request with id `request_id` and gives up on it after `after`, unanswered.
+async fn abandon_heavy_request(p: &TestPlatform, request_id: &str, after: Duration) {
+    let r = p
+        .http
+        .post(p.url("/v1/chat/completions"))
+        .header("x-request-id", request_id)
+        .timeout(after)
+        .body(chat_body("heavy").to_string())
+        .send()
+        .await;
+    assert!(
+        r.is_err(),
+        "answered although no worker serves heavy: {r:?}"
+    );
+}
+
+/// Adds a heavy worker (to a platform that had none), waits until it serves, and checks that
+/// none of `request_ids` ever reached its engine.
+async fn a_late_heavy_worker_never_runs(p: &mut TestPlatform, request_ids: &[&str]) {
+    let stub_url = p
+        .platform
+        .add_stub("heavy-late", "heavy", test_stub())
+        .unwrap();
+    p.platform
+        .spawn_worker("heavy-late", "heavy", &stub_url, vec![])
+        .unwrap();
+    TestPlatform::eventually(
+        Duration::from_secs(10),
+        "a late heavy worker serving",
+        || async { p.chat(&chat_body("heavy")).await.status() == 200 },
+    )
+    .await;
+    let seen = p.stub_request_ids("heavy-late").await;
+    assert!(!seen.is_empty());
+    for id in request_ids {
+        assert!(!seen.iter().any(|s| s == id), "{id} ran: {seen:?}");
+    }
+}
+
 #[tokio::test]
 async fn full_queue_answers_429_with_retry_after_before_enqueueing() {
     let p = TestPlatform::start_with(ssw(), |s| {
@@ -92,14 +131,7 @@ async fn a_job_nobody_starts_in_time_gets_503_and_never_runs() {
     })
     .await;
     let started = Instant::now();
-    let r = p
-        .http
-        .post(p.url("/v1/chat/completions"))
-        .header("x-request-id", "too-late")
-        .body(chat_body("heavy").to_string())
-        .send()
-        .await
-        .unwrap();
+    let r = p.chat_with_id("too-late", &chat_body("heavy")).await;
     let (status, headers, v) = error_of(r).await;
     assert_eq!(status, 503, "{v}");
     assert_eq!(v["error"]["code"], "queue_timeout");
@@ -110,50 +142,15 @@ async fn a_job_nobody_starts_in_time_gets_503_and_never_runs() {
         "{waited:?}"
     );
     // A heavy worker that appears afterwards serves new requests but never runs the expired one.
-    let stub_url = p
-        .platform
-        .add_stub("heavy-late", "heavy", test_stub())
-        .unwrap();
-    p.platform
-        .spawn_worker("heavy-late", "heavy", &stub_url, vec![])
-        .unwrap();
-    TestPlatform::eventually(Duration::from_secs(5), "heavy served", || async {
-        p.chat(&chat_body("heavy")).await.status() == 200
-    })
-    .await;
-    let seen = p.stub_request_ids("heavy-late").await;
-    assert!(!seen.is_empty());
-    assert!(!seen.contains(&"too-late".to_owned()));
+    a_late_heavy_worker_never_runs(&mut p, &["too-late"]).await;
 }
 
 #[tokio::test]
 async fn a_queued_job_whose_client_left_never_runs() {
     let mut p = TestPlatform::start_with(ssw(), light_only).await;
-    let r = p
-        .http
-        .post(p.url("/v1/chat/completions"))
-        .header("x-request-id", "gone-before-start")
-        .timeout(Duration::from_millis(300))
-        .body(chat_body("heavy").to_string())
-        .send()
-        .await;
-    assert!(r.is_err(), "the client gave up");
+    abandon_heavy_request(&p, "gone-before-start", Duration::from_millis(300)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let stub_url = p
-        .platform
-        .add_stub("heavy-late", "heavy", test_stub())
-        .unwrap();
-    p.platform
-        .spawn_worker("heavy-late", "heavy", &stub_url, vec![])
-        .unwrap();
-    // The new worker serves new heavy requests, but not the abandoned one.
-    TestPlatform::eventually(Duration::from_secs(5), "heavy served", || async {
-        p.chat(&chat_body("heavy")).await.status() == 200
-    })
-    .await;
-    let seen = p.stub_request_ids("heavy-late").await;
-    assert!(!seen.is_empty());
-    assert!(!seen.contains(&"gone-before-start".to_owned()));
+    a_late_heavy_worker_never_runs(&mut p, &["gone-before-start"]).await;
 }
 
 #[tokio::test]
@@ -382,15 +379,7 @@ async fn an_enqueue_that_timed_out_is_never_run_although_redis_executed_it() {
     .await;
     // An abandoned heavy request first, so the enqueue script is loaded: a frozen Redis then
     // runs the very command the gateway gave up on.
-    let abandoned = p
-        .http
-        .post(p.url("/v1/chat/completions"))
-        .header("x-request-id", "abandoned")
-        .timeout(Duration::from_millis(200))
-        .body(chat_body("heavy").to_string())
-        .send()
-        .await;
-    assert!(abandoned.is_err());
+    abandon_heavy_request(&p, "abandoned", Duration::from_millis(200)).await;
     TestPlatform::eventually(
         Duration::from_secs(5),
         "the abandoned job removed",
@@ -407,14 +396,7 @@ async fn an_enqueue_that_timed_out_is_never_run_although_redis_executed_it() {
     .await;
     let redis = p.platform.redis.as_ref().unwrap().pid().unwrap();
     signal(redis, libc::SIGSTOP);
-    let r = p
-        .http
-        .post(p.url("/v1/chat/completions"))
-        .header("x-request-id", "unconfirmed")
-        .body(chat_body("heavy").to_string())
-        .send()
-        .await
-        .unwrap();
+    let r = p.chat_with_id("unconfirmed", &chat_body("heavy")).await;
     signal(redis, libc::SIGCONT);
     let (status, _, v) = error_of(r).await;
     assert_eq!(status, 503, "{v}");
@@ -422,23 +404,7 @@ async fn an_enqueue_that_timed_out_is_never_run_although_redis_executed_it() {
         v["error"]["message"],
         "the queue is unavailable; retry later"
     );
-    let stub_url = p
-        .platform
-        .add_stub("heavy-late", "heavy", test_stub())
-        .unwrap();
-    p.platform
-        .spawn_worker("heavy-late", "heavy", &stub_url, vec![])
-        .unwrap();
-    TestPlatform::eventually(
-        Duration::from_secs(10),
-        "heavy served after the freeze",
-        || async { p.chat(&chat_body("heavy")).await.status() == 200 },
-    )
-    .await;
-    let seen = p.stub_request_ids("heavy-late").await;
-    assert!(!seen.is_empty());
-    assert!(!seen.contains(&"unconfirmed".to_owned()), "{seen:?}");
-    assert!(!seen.contains(&"abandoned".to_owned()), "{seen:?}");
+    a_late_heavy_worker_never_runs(&mut p, &["unconfirmed", "abandoned"]).await;
 }
 
 #[tokio::test]
@@ -465,20 +431,19 @@ async fn a_gateway_admits_nothing_before_its_reply_stream_exists() {
         .spawn()
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
+    let chat = || {
+        p.http
+            .post(format!("{url}/v1/chat/completions"))
+            .body(chat_body("light").to_string())
+            .send()
+    };
     TestPlatform::eventually(
         Duration::from_secs(5),
         "the late gateway listening",
         || async { p.http.get(format!("{url}/healthz")).send().await.is_ok() },
     )
     .await;
-    let r = p
-        .http
-        .post(format!("{url}/v1/chat/completions"))
-        .body(chat_body("light").to_string())
-        .send()
-        .await
-        .unwrap();
-    let (status, headers, v) = error_of(r).await;
+    let (status, headers, v) = error_of(chat().await.unwrap()).await;
     let ready = p.http.get(format!("{url}/readyz")).send().await.unwrap();
     let ready_status = ready.status().as_u16();
     let ready = ready.json_value().await;
@@ -499,16 +464,7 @@ async fn a_gateway_admits_nothing_before_its_reply_stream_exists() {
     TestPlatform::eventually(
         Duration::from_secs(10),
         "the late gateway serving",
-        || async {
-            let r = p
-                .http
-                .post(format!("{url}/v1/chat/completions"))
-                .body(chat_body("light").to_string())
-                .send()
-                .await
-                .unwrap();
-            r.status() == 200
-        },
+        || async { chat().await.unwrap().status() == 200 },
     )
     .await;
     late.kill().await.unwrap();

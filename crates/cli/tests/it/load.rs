@@ -7,7 +7,7 @@ use serde_json::json;
 use ssw_config::StubConfig;
 use ssw_test_support::{TestPlatform, chat_body, sse_events};
 
-use crate::ssw;
+use crate::{ssw, ssw_ok};
 
 /// 1 000 concurrent requests (half streaming) over both pools all succeed, and each pool's load
 /// is split between its two workers with neither below 30 %.
@@ -104,32 +104,26 @@ async fn ssw_bench_measures_the_gateway_and_an_engine_alike() {
     let dir = p.platform.dir().to_owned();
     let json = dir.join("bench.json");
     let svg = dir.join("bench.svg");
-    let out = tokio::process::Command::new(ssw())
-        .args([
-            "bench",
-            "--url",
-            &p.url("/v1"),
-            "--mode",
-            "burst",
-            "-n",
-            "200",
-            "--stream",
-            "--mix",
-            "light=0.7,heavy=0.3",
-            "-q",
-        ])
-        .arg("--json")
-        .arg(&json)
-        .arg("--plot")
-        .arg(&svg)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let json_arg = json.to_string_lossy();
+    let svg_arg = svg.to_string_lossy();
+    ssw_ok([
+        "bench",
+        "--url",
+        &p.url("/v1"),
+        "--mode",
+        "burst",
+        "-n",
+        "200",
+        "--stream",
+        "--mix",
+        "light=0.7,heavy=0.3",
+        "-q",
+        "--json",
+        &json_arg,
+        "--plot",
+        &svg_arg,
+    ])
+    .await;
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(r["requests"], 200);
     assert_eq!(r["ok"], 200, "{}", r["errors"]);
@@ -152,31 +146,24 @@ async fn ssw_bench_measures_the_gateway_and_an_engine_alike() {
 
     // Straight at an engine: the served model name, no gateway metrics.
     let stub = p.platform.stub_url("light-0").unwrap().to_owned();
-    let out = tokio::process::Command::new(ssw())
-        .args([
-            "bench",
-            "--url",
-            &format!("{stub}/v1"),
-            "-n",
-            "50",
-            "-c",
-            "8",
-            "--mix",
-            "Qwen/Qwen3-8B-AWQ",
-            "--metrics-url",
-            "none",
-            "-q",
-            "--json",
-        ])
-        .arg(&json)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let json_arg = json.to_string_lossy();
+    ssw_ok([
+        "bench",
+        "--url",
+        &format!("{stub}/v1"),
+        "-n",
+        "50",
+        "-c",
+        "8",
+        "--mix",
+        "Qwen/Qwen3-8B-AWQ",
+        "--metrics-url",
+        "none",
+        "-q",
+        "--json",
+        &json_arg,
+    ])
+    .await;
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(
         (r["requests"].as_u64(), r["ok"].as_u64()),

@@ -12,3 +12,22 @@ use std::path::Path;
 pub fn ssw() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ssw"))
 }
+
+/// Runs `ssw` with `args`, asserts it succeeded (showing its stderr if not), returns stdout.
+pub async fn ssw_ok<I, S>(args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = tokio::process::Command::new(ssw())
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -8,7 +8,7 @@ use serde_json::json;
 use ssw_config::StubConfig;
 use ssw_test_support::{TestPlatform, chat_body, stub_replica};
 
-use crate::ssw;
+use crate::{ssw, ssw_ok};
 
 async fn scrape(p: &TestPlatform, url: &str) -> Scrape {
     let text = p
@@ -248,19 +248,7 @@ async fn queue_depth_rises_during_a_held_back_burst_and_falls_to_zero() {
 #[tokio::test]
 async fn ssw_status_lists_pools_and_live_workers() {
     let p = TestPlatform::start(ssw()).await;
-    let status = || async {
-        let out = tokio::process::Command::new(ssw())
-            .args(["status", "--redis-url", &p.platform.redis_url])
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let status = || async { ssw_ok(["status", "--redis-url", &p.platform.redis_url]).await };
     // Readiness needs one serving worker per pool; wait until every engine has been probed.
     TestPlatform::eventually(
         Duration::from_secs(5),
