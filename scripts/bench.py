@@ -326,7 +326,8 @@ def balance():
                  config=f'[pools.heavy]\nserved_model = "{HEAVY}"\n[pools.light]\nserved_model = "light-unused"\n'
                         f'[worker]\nmax_inflight = {seqs}\n')
     dur = 15 if QUICK else 40
-    mean_tokens = 0.9 * 16 + 0.1 * 1000
+    parts = [(float(n), float(w)) for n, w in (p.split(":") for p in BALANCE_TOKENS.split(","))]
+    mean_tokens = sum(n * w for n, w in parts) / sum(w for _, w in parts)
     cap_req = 2 * seqs / (step_base + step_per_seq * seqs) / mean_tokens
     rate = 0.9 * cap_req
     common = ["--mode", "open", "--poisson", "--stream", "--duration", f"{dur}s", "--max-tokens", BALANCE_TOKENS,

@@ -65,7 +65,7 @@ impl managed::Manager for CheapRecycle {
         _conn: &mut MultiplexedConnection,
         _: &Metrics,
     ) -> RecycleResult<RedisError> {
-        // Broken connections never come back: `Redis::run` detaches them on error.
+        // Broken connections never come back: `Redis::run` empties the pool after an error.
         Ok(())
     }
 }

@@ -134,6 +134,7 @@ impl Pace {
 
 /// Counts a request as aborted unless it completed: dropped with the handler future or the
 /// response body when the client goes away.
+///
 /// Generated tokens are counted as they are produced, one per step, as vLLM counts
 /// `vllm:generation_tokens_total` per iteration: a rate over a window then shows what the engine
 /// generated in that window, not the answers that happened to finish in it.
