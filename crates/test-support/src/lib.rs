@@ -119,6 +119,20 @@ impl TestPlatform {
             .expect("gateway reachable")
     }
 
+    /// POSTs a chat completion on its own task (a request left waiting while the test goes on).
+    pub fn spawn_chat(
+        &self,
+        body: &Value,
+    ) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+        let post = self
+            .http
+            .post(self.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send();
+        tokio::spawn(post)
+    }
+
     /// POSTs a chat completion with the client's own `x-request-id`.
     pub async fn chat_with_id(&self, request_id: &str, body: &Value) -> reqwest::Response {
         self.http
@@ -131,17 +145,22 @@ impl TestPlatform {
             .expect("gateway reachable")
     }
 
+    /// GETs any URL as text.
+    pub async fn get_text(&self, url: &str) -> String {
+        self.http
+            .get(url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: body: {e}"))
+    }
+
     /// GETs a stub replica's path as text.
     pub async fn stub_get(&self, replica: &str, path: &str) -> String {
         let base = self.platform.stub_url(replica).expect("stub replica");
-        self.http
-            .get(format!("{base}{path}"))
-            .send()
-            .await
-            .expect("stub reachable")
-            .text()
-            .await
-            .expect("stub body")
+        self.get_text(&format!("{base}{path}")).await
     }
 
     /// A metric of a stub replica (summed over label sets).

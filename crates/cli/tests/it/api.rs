@@ -427,15 +427,7 @@ async fn readyz_reports_each_pool_and_metrics_count_requests() {
         assert_eq!(p.chat(&chat_body("heavy")).await.status(), 200);
     }
     assert_eq!(p.chat(&chat_body("nope")).await.status(), 404);
-    let text = p
-        .http
-        .get(p.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = p.get_text(&p.url("/metrics")).await;
     let count = |labels: &[(&str, &str)]| {
         ssw_test_support::metric(&text, "ssw_gateway_requests_total", labels)
     };

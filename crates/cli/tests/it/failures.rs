@@ -78,18 +78,7 @@ async fn full_queue_answers_429_with_retry_after_before_enqueueing() {
     })
     .await;
     // Three requests wait in the heavy queue (no heavy worker)...
-    let waiting: Vec<_> = (0..3)
-        .map(|_| {
-            let http = p.http.clone();
-            let url = p.url("/v1/chat/completions");
-            tokio::spawn(async move {
-                http.post(url)
-                    .body(chat_body("heavy").to_string())
-                    .send()
-                    .await
-            })
-        })
-        .collect();
+    let waiting: Vec<_> = (0..3).map(|_| p.spawn_chat(&chat_body("heavy"))).collect();
     TestPlatform::eventually(Duration::from_secs(5), "3 jobs queued", || async {
         let v: Value = p
             .http

@@ -11,15 +11,7 @@ use ssw_test_support::{TestPlatform, chat_body, stub_replica};
 use crate::{ssw, ssw_ok};
 
 async fn scrape(p: &TestPlatform, url: &str) -> Scrape {
-    let text = p
-        .http
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = p.get_text(&format!("{url}/metrics")).await;
     Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("valid Prometheus text")
 }
 
@@ -194,20 +186,7 @@ async fn queue_depth_rises_during_a_held_back_burst_and_falls_to_zero() {
         ];
     })
     .await;
-    let burst: Vec<_> = (0..20)
-        .map(|_| {
-            let http = p.http.clone();
-            let url = p.url("/v1/chat/completions");
-            tokio::spawn(async move {
-                http.post(url)
-                    .body(chat_body("heavy").to_string())
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-            })
-        })
-        .collect();
+    let burst: Vec<_> = (0..20).map(|_| p.spawn_chat(&chat_body("heavy"))).collect();
     TestPlatform::eventually(Duration::from_secs(5), "backlog seen rising", || async {
         let g = scrape(&p, &p.platform.gateway_url).await;
         value(&g, "ssw_queue_backlog", &[("pool", "heavy")]) >= 10.0
@@ -215,7 +194,7 @@ async fn queue_depth_rises_during_a_held_back_burst_and_falls_to_zero() {
     })
     .await;
     for b in burst {
-        assert_eq!(b.await.unwrap(), 200);
+        assert_eq!(b.await.unwrap().unwrap().status(), 200);
     }
     TestPlatform::eventually(Duration::from_secs(5), "backlog back to zero", || async {
         let g = scrape(&p, &p.platform.gateway_url).await;
