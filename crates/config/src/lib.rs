@@ -153,7 +153,13 @@ pub struct GatewayConfig {
     /// Period of the queue sampler (backlog, pending, oldest age, live workers gauges).
     #[serde(with = "humantime_serde")]
     pub sample_interval: Duration,
+    /// Runtime threads; 0 means one per CPU core. One thread relays every request with no
+    /// hand-off between threads (the lowest latency), and far more requests than GPUs serve.
+    pub threads: usize,
 }
+
+/// Largest `gateway.threads`.
+pub const MAX_THREADS: usize = 1024;
 
 impl Default for GatewayConfig {
     fn default() -> Self {
@@ -166,6 +172,7 @@ impl Default for GatewayConfig {
             shutdown_timeout: Duration::from_secs(30),
             retry_after: Duration::from_secs(1),
             sample_interval: Duration::from_secs(1),
+            threads: 1,
         }
     }
 }
@@ -529,6 +536,12 @@ impl Config {
         if g.sample_interval.is_zero() {
             return Err(invalid("gateway.sample_interval", "must be positive"));
         }
+        if g.threads > MAX_THREADS {
+            return Err(invalid(
+                "gateway.threads",
+                format!("at most {MAX_THREADS} (0 means one per CPU core)"),
+            ));
+        }
         if g.stall_timeout.is_zero() {
             return Err(invalid("gateway.stall_timeout", "must be positive"));
         }
@@ -761,6 +774,11 @@ mod tests {
                 "[gateway]\nstall_timeout = \"1s\"",
                 Role::Gateway,
                 "gateway.stall_timeout",
+            ),
+            (
+                "[gateway]\nthreads = 5000",
+                Role::Gateway,
+                "gateway.threads",
             ),
             ("", Role::Worker, "worker.pool"),
             ("[worker]\npool = \"nope\"", Role::Worker, "worker.pool"),

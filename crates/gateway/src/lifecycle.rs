@@ -210,8 +210,35 @@ impl Ticket {
             span.record("worker", worker);
             tracing::debug!(parent: span, queue_ms = queued.as_millis() as u64, "claimed");
         };
+        let chunk = |t: &mut Timing, chunk: &[u8]| {
+            match t.last_chunk {
+                None => {
+                    crate::metrics::ttft(pool, true, now - t.arrived);
+                    let ttft_ms = (now - t.arrived).as_millis() as u64;
+                    tracing::debug!(parent: span, ttft_ms, "first token");
+                }
+                Some(last) => {
+                    let events = ssw_protocol::chat::sse_events(chunk).max(1) as u32;
+                    crate::metrics::inter_token(pool, (now - last) / events);
+                }
+            }
+            t.first_token.get_or_insert(now);
+            t.last_chunk = Some(now);
+            if let Some(u) = ssw_protocol::chat::usage_of_sse(chunk) {
+                crate::metrics::tokens(pool, u);
+            }
+        };
         match ev {
-            ReplyEvent::Head { worker, claimed_ms } => claimed(worker, *claimed_ms),
+            ReplyEvent::Head {
+                worker,
+                claimed_ms,
+                data,
+            } => {
+                claimed(worker, *claimed_ms);
+                if !data.is_empty() {
+                    chunk(t, data);
+                }
+            }
             ReplyEvent::Full {
                 status,
                 claimed_ms,
@@ -228,24 +255,7 @@ impl Ticket {
                 }
                 crate::metrics::duration(pool, stream, now - t.arrived);
             }
-            ReplyEvent::Data(chunk) => {
-                match t.last_chunk {
-                    None => {
-                        crate::metrics::ttft(pool, true, now - t.arrived);
-                        let ttft_ms = (now - t.arrived).as_millis() as u64;
-                        tracing::debug!(parent: span, ttft_ms, "first token");
-                    }
-                    Some(last) => {
-                        let events = ssw_protocol::chat::sse_events(chunk).max(1) as u32;
-                        crate::metrics::inter_token(pool, (now - last) / events);
-                    }
-                }
-                t.first_token.get_or_insert(now);
-                t.last_chunk = Some(now);
-                if let Some(u) = ssw_protocol::chat::usage_of_sse(chunk) {
-                    crate::metrics::tokens(pool, u);
-                }
-            }
+            ReplyEvent::Data(data) => chunk(t, data),
             ReplyEvent::End | ReplyEvent::Fail { .. } => {
                 crate::metrics::duration(pool, stream, now - t.arrived)
             }

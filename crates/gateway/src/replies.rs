@@ -166,6 +166,9 @@ pub async fn run_reader(redis: Redis, replies: Arc<Replies>, shutdown: Cancellat
                             Err(e) => tracing::error!(error = %e, "malformed reply entry skipped"),
                         }
                     }
+                    // Let the requests just woken answer their clients before the next read
+                    // is sent.
+                    tokio::task::yield_now().await;
                     if untrimmed && last_trim.elapsed() >= TRIM_EVERY {
                         if let Err(e) = redis.trim_replies(reader.key(), reader.last_id()).await {
                             tracing::warn!(error = %e, "trimming the reply stream failed");

@@ -1,6 +1,7 @@
 //! Reply events: what a worker sends back on the owning gateway's reply stream.
 //!
-//! A streaming job produces `Head`, then `Data`…, then `End` (or `Fail` once the head is out).
+//! A streaming job produces `Head` (with the first SSE bytes), then `Data`…, then `End` (or
+//! `Fail` once the head is out).
 //! A non-streaming job, or any job that fails before its head, produces one `Full` or `Fail`.
 //! `KeepAlive` proves a worker still owns a job that has nothing to say yet; `Requeued` says the
 //! job went back to the queue for another worker. Events of one job are
@@ -21,12 +22,17 @@ pub struct Reply {
 /// The event kinds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReplyEvent {
-    /// The engine accepted a streaming request; the gateway may send its response head.
+    /// The engine accepted a streaming request and produced output: the gateway sends its
+    /// response head and these first bytes together. One entry, because Redis hands a blocked
+    /// reader each entry as soon as it is added: a separate first `Data` would reach the gateway
+    /// one read later.
     Head {
         /// Worker that runs the job.
         worker: String,
         /// When the worker claimed the job.
         claimed_ms: EpochMillis,
+        /// The first raw SSE bytes (may be empty; absent from entries of older workers).
+        data: Vec<u8>,
     },
     /// Raw SSE bytes from the engine, one or more whole events.
     Data(Vec<u8>),
@@ -69,10 +75,17 @@ impl Reply {
     pub fn to_fields(&self) -> Vec<(&'static str, Vec<u8>)> {
         let mut f = vec![("job", self.job.clone().into_bytes())];
         match &self.event {
-            ReplyEvent::Head { worker, claimed_ms } => {
+            ReplyEvent::Head {
+                worker,
+                claimed_ms,
+                data,
+            } => {
                 f.push(("k", b"h".to_vec()));
                 f.push(("worker", worker.clone().into_bytes()));
                 f.push(("claimed", claimed_ms.to_string().into_bytes()));
+                if !data.is_empty() {
+                    f.push(("data", data.clone()));
+                }
             }
             ReplyEvent::Data(d) => {
                 f.push(("k", b"d".to_vec()));
@@ -125,6 +138,7 @@ impl Reply {
             b"h" => ReplyEvent::Head {
                 worker: text("worker", take("worker"))?,
                 claimed_ms: number("claimed", take("claimed"))?,
+                data: take("data").unwrap_or_default(),
             },
             b"d" => ReplyEvent::Data(data(&mut take)?),
             b"e" => ReplyEvent::End,
@@ -166,6 +180,12 @@ mod tests {
             ReplyEvent::Head {
                 worker: "w".into(),
                 claimed_ms: 5,
+                data: b"data: {}\n\n".to_vec(),
+            },
+            ReplyEvent::Head {
+                worker: "w".into(),
+                claimed_ms: 5,
+                data: Vec::new(),
             },
             ReplyEvent::Data(b"data: {}\n\n".to_vec()),
             ReplyEvent::End,

@@ -262,41 +262,26 @@ impl Redis {
     }
 
     /// Commits a response (marks the job as answered: it must never run again) and sends its
-    /// first events, in one round trip. Returns `Ok(false)` when the client is gone (cancelled,
-    /// or gateway stream gone).
+    /// head, in one round trip. Returns `Ok(false)` when the client is gone (cancelled, or
+    /// gateway stream gone).
     pub async fn commit_reply(
         &self,
         pool: &str,
         worker: &str,
         reply_to: &str,
-        replies: &[Reply],
+        head: &Reply,
         state_ttl: Duration,
     ) -> Result<bool, QueueError> {
-        let Some(first) = replies.first() else {
-            return Ok(true);
-        };
         let mut pipe = redis::pipe();
         pipe.cmd("EVAL")
             .arg(MARK_OUTPUT)
             .arg(1)
-            .arg(self.keys().job_state(pool, &first.job))
+            .arg(self.keys().job_state(pool, &head.job))
             .arg(worker)
-            .arg(state_ttl.as_millis() as u64);
-        for r in replies {
-            pipe.add_command(xadd_reply(reply_to, r));
-        }
-        let (prev, ids): (Option<String>, Vec<Option<String>>) = self
-            .run(|mut c| async move {
-                let mut v: Vec<redis::Value> = pipe.query_async(&mut c).await?;
-                let prev = redis::from_redis_value(v.remove(0))?;
-                let ids = v
-                    .into_iter()
-                    .map(redis::from_redis_value)
-                    .collect::<Result<_, _>>()?;
-                Ok((prev, ids))
-            })
-            .await?;
-        Ok(ids.iter().all(Option::is_some) && prev.as_deref() != Some("cancelled"))
+            .arg(state_ttl.as_millis() as u64)
+            .add_command(xadd_reply(reply_to, head));
+        let (prev, id): (Option<String>, Option<String>) = self.pipe(&pipe).await?;
+        Ok(id.is_some() && prev.as_deref() != Some("cancelled"))
     }
 
     /// Sends the job's last event and removes the job (ack, delete entry and state) in one

@@ -9,10 +9,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, StreamExt};
 use ssw_protocol::error::{ErrorCode, ErrorEnvelope};
 use ssw_protocol::job::Job;
 use ssw_protocol::reply::{Reply, ReplyEvent};
+use ssw_queue::consumer::Claim;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::Ctx;
@@ -36,20 +39,112 @@ fn fail(ctx: &Ctx, code: ErrorCode, message: &str) -> ReplyEvent {
     }
 }
 
-/// Runs a claimed job to its end, then frees its slot.
+/// A job as pulled from its stream, with what decides how it starts.
+pub struct Pulled {
+    /// Stream entry id.
+    pub entry_id: String,
+    /// The job.
+    pub job: Job,
+    /// When this worker pulled it (reported to the gateway as the claim time).
+    pub pulled_ms: u64,
+    /// Taken over from a worker that died.
+    pub reclaimed: bool,
+    /// Start the engine request before the claim's verdict arrives.
+    pub early: bool,
+}
+
+/// The claim's verdict on one job, awaited wherever it matters; `None` when the claim failed.
+pub type Verdict = Shared<BoxFuture<'static, Option<Claim>>>;
+
+/// A verdict to be sent once the batch's claim has answered.
+pub fn verdict() -> (oneshot::Sender<Option<Claim>>, Verdict) {
+    let (tx, rx) = oneshot::channel();
+    (tx, async move { rx.await.ok().flatten() }.boxed().shared())
+}
+
+/// Resolves once the claim lets this worker run the job; never if it does not.
+async fn claimed(verdict: &Verdict) {
+    if verdict.clone().await != Some(Claim::Run) {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Resolves with the verdict if it does not let this worker run the job; never otherwise.
+async fn refused(verdict: &Verdict) -> Option<Claim> {
+    match verdict.clone().await {
+        Some(Claim::Run) => std::future::pending().await,
+        other => other,
+    }
+}
+
+/// Whether the claim has already let this worker run the job.
+fn known_run(verdict: &Verdict) -> bool {
+    verdict.peek() == Some(&Some(Claim::Run))
+}
+
+/// How the engine request ended, or why it stopped.
+enum Race {
+    /// The client cancelled (or the drain timed out).
+    Cancelled,
+    /// The claim refused the job while its engine request was starting.
+    Refused(Option<Claim>),
+    /// The engine request ended (or timed out).
+    Done(Result<Outcome, tokio::time::error::Elapsed>),
+}
+
+/// Runs a pulled job to its end. A job marked `early` starts its engine request while the claim
+/// is on its way, but nothing about it reaches Redis or the client before the claim lets this
+/// worker run it; a refusal drops the engine request, which aborts it. Returns whether the
+/// engine request was made.
 pub async fn run(
     ctx: Arc<Ctx>,
-    entry_id: String,
-    job: Job,
-    claimed_ms: u64,
+    pulled: Pulled,
+    verdict: Verdict,
     cancel: CancellationToken,
-) {
+) -> bool {
+    let Pulled {
+        entry_id,
+        job,
+        pulled_ms: claimed_ms,
+        reclaimed,
+        early,
+    } = pulled;
+    if !early {
+        let v = verdict.clone().await;
+        if v != Some(Claim::Run) {
+            refuse(&ctx, &entry_id, &job, v).await;
+            return false;
+        }
+    }
     let started = tokio::time::Instant::now();
     let mut head_sent = false;
-    let outcome = tokio::select! {
+    let race = tokio::select! {
         biased;
-        _ = cancel.cancelled() => None,
-        r = tokio::time::timeout(ctx.cfg.engine_request_timeout, execute(&ctx, &job, claimed_ms, &mut head_sent)) => Some(r),
+        _ = cancel.cancelled() => Race::Cancelled,
+        v = refused(&verdict) => Race::Refused(v),
+        r = tokio::time::timeout(ctx.cfg.engine_request_timeout, execute(&ctx, &job, claimed_ms, &mut head_sent, &verdict)) => Race::Done(r),
+    };
+    let refusal = match race {
+        Race::Refused(v) => Some(v),
+        _ => match verdict.clone().await {
+            Some(Claim::Run) => None,
+            other => Some(other),
+        },
+    };
+    if let Some(v) = refusal {
+        refuse(&ctx, &entry_id, &job, v).await;
+        return true;
+    }
+    if reclaimed {
+        crate::telemetry::job(&ctx, "reclaimed");
+    }
+    tracing::debug!(
+        queued_ms = claimed_ms.saturating_sub(job.enqueued_ms),
+        "claimed"
+    );
+    let outcome = match race {
+        Race::Done(r) => Some(r),
+        Race::Cancelled | Race::Refused(_) => None,
     };
     let outcome = match outcome {
         Some(Ok(o)) => o,
@@ -118,6 +213,43 @@ pub async fn run(
         engine_ms = started.elapsed().as_millis() as u64,
         "finished"
     );
+    true
+}
+
+/// Handles a job the claim did not let this worker run (`None`: the claim failed, so the entry
+/// stays pending until a live worker reclaims it).
+async fn refuse(ctx: &Ctx, entry_id: &str, job: &Job, verdict: Option<Claim>) {
+    match verdict {
+        None | Some(Claim::Run) => {}
+        Some(claim @ (Claim::Cancelled | Claim::Expired)) => {
+            tracing::debug!(?claim, "skipping a job nobody waits for");
+            crate::telemetry::job(
+                ctx,
+                if claim == Claim::Cancelled {
+                    "cancelled"
+                } else {
+                    "expired"
+                },
+            );
+            let _ = ctx.redis.drop_entry(&ctx.pool, entry_id).await;
+        }
+        Some(Claim::Orphaned) => {
+            tracing::warn!("job's worker died mid-answer; telling its client");
+            crate::telemetry::job(ctx, "orphaned");
+            let reply = Reply {
+                job: job.id.clone(),
+                event: fail(
+                    ctx,
+                    ErrorCode::UpstreamError,
+                    "the worker running this request died mid-answer",
+                ),
+            };
+            let _ = ctx
+                .redis
+                .finish(&ctx.pool, entry_id, &job.reply_to, Some(&reply), &job.id)
+                .await;
+        }
+    }
 }
 
 async fn retry(
@@ -160,13 +292,18 @@ async fn retry(
 
 /// Waits for `fut`, sending a keep-alive for the job whenever it takes longer than the
 /// keep-alive interval, so the gateway knows the job is alive.
-async fn with_keepalive<F: Future>(ctx: &Ctx, job: &Job, fut: F) -> Result<F::Output, Outcome> {
+async fn with_keepalive<F: Future>(
+    ctx: &Ctx,
+    job: &Job,
+    verdict: &Verdict,
+    fut: F,
+) -> Result<F::Output, Outcome> {
     tokio::pin!(fut);
     let every = ctx.cfg.keepalive_interval;
     loop {
         tokio::select! {
             out = &mut fut => return Ok(out),
-            _ = tokio::time::sleep(every) => {
+            _ = tokio::time::sleep(every), if known_run(verdict) => {
                 let ka = Reply { job: job.id.clone(), event: ReplyEvent::KeepAlive };
                 match ctx.redis.send_reply(&job.reply_to, &ka).await {
                     Ok(true) => {}
@@ -178,7 +315,13 @@ async fn with_keepalive<F: Future>(ctx: &Ctx, job: &Job, fut: F) -> Result<F::Ou
     }
 }
 
-async fn execute(ctx: &Ctx, job: &Job, claimed_ms: u64, head_sent: &mut bool) -> Outcome {
+async fn execute(
+    ctx: &Ctx,
+    job: &Job,
+    claimed_ms: u64,
+    head_sent: &mut bool,
+    verdict: &Verdict,
+) -> Outcome {
     let request = ctx
         .engine
         .http
@@ -187,7 +330,7 @@ async fn execute(ctx: &Ctx, job: &Job, claimed_ms: u64, head_sent: &mut bool) ->
         .header("x-request-id", &job.request_id)
         .body(job.body.clone())
         .send();
-    let resp = match with_keepalive(ctx, job, request).await {
+    let resp = match with_keepalive(ctx, job, verdict, request).await {
         Err(o) => return o,
         Ok(Err(e)) => {
             let detail = error_chain(&e);
@@ -208,7 +351,7 @@ async fn execute(ctx: &Ctx, job: &Job, claimed_ms: u64, head_sent: &mut bool) ->
         ));
     }
     if status >= 400 || !job.stream {
-        let body = match with_keepalive(ctx, job, resp.bytes()).await {
+        let body = match with_keepalive(ctx, job, verdict, resp.bytes()).await {
             Err(o) => return o,
             Ok(Err(e)) => {
                 return Outcome::Retry(format!("engine response cut short: {}", error_chain(&e)));
@@ -228,7 +371,7 @@ async fn execute(ctx: &Ctx, job: &Job, claimed_ms: u64, head_sent: &mut bool) ->
             body,
         }));
     }
-    stream_body(ctx, job, claimed_ms, resp, head_sent).await
+    stream_body(ctx, job, claimed_ms, resp, head_sent, verdict).await
 }
 
 /// Forwards the engine's SSE bytes. The response is committed (head sent, job marked as
@@ -244,6 +387,7 @@ async fn stream_body(
     claimed_ms: u64,
     resp: reqwest::Response,
     head_sent: &mut bool,
+    verdict: &Verdict,
 ) -> Outcome {
     type Write =
         std::pin::Pin<Box<dyn Future<Output = Result<bool, ssw_queue::QueueError>> + Send>>;
@@ -259,12 +403,13 @@ async fn stream_body(
         if inflight.is_none() && !pending.is_empty() {
             let redis = ctx.redis.clone();
             let reply_to = job.reply_to.clone();
-            let data = Reply {
-                job: job.id.clone(),
-                event: ReplyEvent::Data(std::mem::take(&mut pending)),
-            };
+            let data = std::mem::take(&mut pending);
             inflight = Some(if *head_sent {
-                Box::pin(async move { redis.send_reply(&reply_to, &data).await })
+                let reply = Reply {
+                    job: job.id.clone(),
+                    event: ReplyEvent::Data(data),
+                };
+                Box::pin(async move { redis.send_reply(&reply_to, &reply).await })
             } else {
                 committing = true;
                 let head = Reply {
@@ -272,13 +417,14 @@ async fn stream_body(
                     event: ReplyEvent::Head {
                         worker: ctx.id.clone(),
                         claimed_ms,
+                        data,
                     },
                 };
                 let (pool, id, ttl) = (ctx.pool.clone(), ctx.id.clone(), ctx.state_ttl);
+                let verdict = verdict.clone();
                 Box::pin(async move {
-                    redis
-                        .commit_reply(&pool, &id, &reply_to, &[head, data], ttl)
-                        .await
+                    claimed(&verdict).await;
+                    redis.commit_reply(&pool, &id, &reply_to, &head, ttl).await
                 })
             });
         }
@@ -321,7 +467,7 @@ async fn stream_body(
                     }
                 }
             }
-            _ = tokio::time::sleep_until(last_write + every), if inflight.is_none() => {
+            _ = tokio::time::sleep_until(last_write + every), if inflight.is_none() && known_run(verdict) => {
                 let ka = Reply { job: job.id.clone(), event: ReplyEvent::KeepAlive };
                 if let Ok(false) = ctx.redis.send_reply(&job.reply_to, &ka).await {
                     return Outcome::Gone;

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use ssw_config::{Config, WorkerConfig};
 use ssw_protocol::heartbeat::WorkerStatus;
-use ssw_queue::consumer::{Claim, Pulled};
+use ssw_queue::consumer::Pulled;
 use ssw_queue::{QueueError, Redis};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -83,6 +83,33 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The context of a worker with this (validated) configuration; connects lazily.
+    pub fn new(config: &Config) -> Result<Self, StartError> {
+        let (pool, pool_cfg) = config.worker_pool().ok_or(StartError::NoPool)?;
+        let password = match &config.redis.password_file {
+            Some(p) => Some(ssw_config::read_secret(p).map_err(StartError::Secret)?),
+            None => None,
+        };
+        let cfg = config.worker.clone();
+        Ok(Self {
+            id: cfg.id.clone().unwrap_or_else(|| default_id(pool)),
+            pool: pool.to_owned(),
+            max_attempts: pool_cfg.max_attempts,
+            queue_timeout: pool_cfg.queue_timeout,
+            redis: Redis::new(&config.redis, password)?,
+            engine: Engine::new(&cfg)?,
+            engine_state: Arc::new(EngineState::default()),
+            state_ttl: job::state_ttl(&cfg),
+            running: Mutex::new(HashMap::new()),
+            inflight: AtomicU32::new(0),
+            slot_freed: Notify::new(),
+            draining: AtomicBool::new(false),
+            drain_aborted: AtomicBool::new(false),
+            started_ms: ssw_queue::now_ms(),
+            cfg,
+        })
+    }
+
     /// Whether jobs are being aborted because the drain timed out.
     pub fn drain_aborted(&self) -> bool {
         self.drain_aborted.load(Ordering::Relaxed)
@@ -156,29 +183,7 @@ pub async fn run(
     metrics: Option<tokio::net::TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
-    let (pool, pool_cfg) = config.worker_pool().ok_or(StartError::NoPool)?;
-    let password = match &config.redis.password_file {
-        Some(p) => Some(ssw_config::read_secret(p).map_err(StartError::Secret)?),
-        None => None,
-    };
-    let cfg = config.worker.clone();
-    let ctx = Arc::new(Ctx {
-        id: cfg.id.clone().unwrap_or_else(|| default_id(pool)),
-        pool: pool.to_owned(),
-        max_attempts: pool_cfg.max_attempts,
-        queue_timeout: pool_cfg.queue_timeout,
-        redis: Redis::new(&config.redis, password)?,
-        engine: Engine::new(&cfg)?,
-        engine_state: Arc::new(EngineState::default()),
-        state_ttl: job::state_ttl(&cfg),
-        running: Mutex::new(HashMap::new()),
-        inflight: AtomicU32::new(0),
-        slot_freed: Notify::new(),
-        draining: AtomicBool::new(false),
-        drain_aborted: AtomicBool::new(false),
-        started_ms: ssw_queue::now_ms(),
-        cfg,
-    });
+    let ctx = Arc::new(Ctx::new(&config)?);
     tracing::info!(worker = %ctx.id, pool = %ctx.pool, engine = %ctx.engine.base, "worker starting");
     let background = CancellationToken::new();
     let bg = TaskTracker::new();
@@ -302,6 +307,8 @@ async fn pull_loop(ctx: &Arc<Ctx>, jobs: &TaskTracker, shutdown: &CancellationTo
                 backoff = Duration::from_millis(50);
                 if !batch.is_empty() {
                     start_jobs(ctx, jobs, batch, reclaimed).await;
+                    // Let the new jobs send their requests before the next pull is sent.
+                    tokio::task::yield_now().await;
                 }
             }
             Err(e) => {
@@ -317,8 +324,10 @@ async fn pull_loop(ctx: &Arc<Ctx>, jobs: &TaskTracker, shutdown: &CancellationTo
     }
 }
 
-/// Claims a pulled batch and starts the jobs this worker may run (`reclaimed`: taken over from
-/// a dead worker).
+/// Starts a pulled batch (`reclaimed`: taken over from a dead worker). Every job gets its own
+/// task at once; one claim for the whole batch runs beside them and hands each its verdict. A
+/// fresh job starts its engine request while the claim is on its way (see [`job::run`]), which
+/// takes the claim's round trip off the request's latency; the others wait for the verdict.
 async fn start_jobs(ctx: &Arc<Ctx>, jobs: &TaskTracker, batch: Vec<Pulled>, reclaimed: bool) {
     let mut valid = Vec::with_capacity(batch.len());
     for p in batch {
@@ -330,98 +339,82 @@ async fn start_jobs(ctx: &Arc<Ctx>, jobs: &TaskTracker, batch: Vec<Pulled>, recl
             }
         }
     }
-    let now = ssw_queue::now_ms();
-    let ids: Vec<(&str, u64)> = valid
-        .iter()
-        .map(|(_, j)| (j.id.as_str(), j.deadline_ms))
-        .collect();
-    let claims = match ctx
-        .redis
-        .claim(&ctx.pool, &ctx.id, &ids, now, ctx.state_ttl)
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            // Left pending: reclaimed after `reclaim_idle` by whoever is alive.
-            tracing::warn!(error = %e, "cannot claim pulled jobs");
-            return;
-        }
-    };
-    for ((entry_id, job), claim) in valid.into_iter().zip(claims) {
-        match claim {
-            Claim::Run => {
-                if reclaimed {
-                    telemetry::job(ctx, "reclaimed");
-                }
-                let cancel = CancellationToken::new();
-                ctx.inflight.fetch_add(1, Ordering::Relaxed);
-                telemetry::slots(ctx);
-                ctx.running().insert(
-                    job.id.clone(),
-                    Running {
-                        entry_id: entry_id.clone(),
-                        cancel: cancel.clone(),
-                    },
-                );
-                let span = tracing::info_span!(
-                    "job",
-                    request_id = %job.request_id,
-                    job = %job.id,
-                    pool = %ctx.pool,
-                    worker = %ctx.id,
-                    attempt = job.attempt,
-                    outcome = tracing::field::Empty,
-                );
-                let c = ctx.clone();
-                jobs.spawn(tracing::Instrument::instrument(
-                    async move {
-                        tracing::debug!(queued_ms = now.saturating_sub(job.enqueued_ms), "claimed");
-                        let job_id = job.id.clone();
-                        job::run(c.clone(), entry_id, job, now, cancel).await;
-                        c.running().remove(&job_id);
-                        c.inflight.fetch_sub(1, Ordering::Relaxed);
-                        c.engine_state.request_finished();
-                        telemetry::slots(&c);
-                        // One waiter (the pull loop); a permit is kept if it is not waiting yet.
-                        c.slot_freed.notify_one();
-                    },
-                    span,
-                ));
-            }
-            Claim::Cancelled | Claim::Expired => {
-                tracing::debug!(job = %job.id, ?claim, "skipping a job nobody waits for");
-                telemetry::job(
-                    ctx,
-                    if claim == Claim::Cancelled {
-                        "cancelled"
-                    } else {
-                        "expired"
-                    },
-                );
-                let _ = ctx.redis.drop_entry(&ctx.pool, &entry_id).await;
-            }
-            Claim::Orphaned => {
-                tracing::warn!(job = %job.id, "job's worker died mid-answer; telling its client");
-                telemetry::job(ctx, "orphaned");
-                let reply = ssw_protocol::reply::Reply {
-                    job: job.id.clone(),
-                    event: ssw_protocol::reply::ReplyEvent::Fail {
-                        status: 502,
-                        worker: ctx.id.clone(),
-                        body: ssw_protocol::error::ErrorEnvelope::new(
-                            ssw_protocol::error::ErrorCode::UpstreamError,
-                            "the worker running this request died mid-answer",
-                        )
-                        .to_json(),
-                    },
-                };
-                let _ = ctx
-                    .redis
-                    .finish(&ctx.pool, &entry_id, &job.reply_to, Some(&reply), &job.id)
-                    .await;
-            }
-        }
+    if valid.is_empty() {
+        return;
     }
+    let now = ssw_queue::now_ms();
+    let (senders, verdicts): (Vec<_>, Vec<_>) = valid.iter().map(|_| job::verdict()).unzip();
+    let ids: Vec<(String, u64)> = valid
+        .iter()
+        .map(|(_, j)| (j.id.clone(), j.deadline_ms))
+        .collect();
+    // An enqueue the gateway gave up on (it waited `op_timeout`) may still have reached the
+    // stream, marked cancelled; such a job is never fresh, so it never reaches the engine.
+    let fresh_within = ctx.redis.op_timeout() / 2;
+    for ((entry_id, job), verdict) in valid.into_iter().zip(verdicts) {
+        let early = !reclaimed
+            && job.deadline_ms > now
+            && now.saturating_sub(job.enqueued_ms) < fresh_within.as_millis() as u64;
+        let cancel = CancellationToken::new();
+        ctx.inflight.fetch_add(1, Ordering::Relaxed);
+        telemetry::slots(ctx);
+        ctx.running().insert(
+            job.id.clone(),
+            Running {
+                entry_id: entry_id.clone(),
+                cancel: cancel.clone(),
+            },
+        );
+        let span = tracing::info_span!(
+            "job",
+            request_id = %job.request_id,
+            job = %job.id,
+            pool = %ctx.pool,
+            worker = %ctx.id,
+            attempt = job.attempt,
+            outcome = tracing::field::Empty,
+        );
+        let c = ctx.clone();
+        let pulled = job::Pulled {
+            entry_id,
+            job,
+            pulled_ms: now,
+            reclaimed,
+            early,
+        };
+        jobs.spawn(tracing::Instrument::instrument(
+            async move {
+                let job_id = pulled.job.id.clone();
+                let engine_used = job::run(c.clone(), pulled, verdict, cancel).await;
+                c.running().remove(&job_id);
+                c.inflight.fetch_sub(1, Ordering::Relaxed);
+                if engine_used {
+                    c.engine_state.request_finished();
+                }
+                telemetry::slots(&c);
+                // One waiter (the pull loop); a permit is kept if it is not waiting yet.
+                c.slot_freed.notify_one();
+            },
+            span,
+        ));
+    }
+    // Spawned after the jobs, so their engine requests leave first: the engine's answer
+    // takes longer than the claim's.
+    let c = ctx.clone();
+    tokio::spawn(async move {
+        let ids: Vec<(&str, u64)> = ids.iter().map(|(id, d)| (id.as_str(), *d)).collect();
+        let claims = match c.redis.claim(&c.pool, &c.id, &ids, now, c.state_ttl).await {
+            Ok(claims) => claims.into_iter().map(Some).collect(),
+            Err(e) => {
+                // Left pending: reclaimed after `reclaim_idle` by whoever is alive.
+                tracing::warn!(error = %e, "cannot claim pulled jobs");
+                vec![None; ids.len()]
+            }
+        };
+        for (tx, claim) in senders.into_iter().zip(claims) {
+            let _ = tx.send(claim);
+        }
+    });
 }
 
 /// Publishes heartbeats. After the first one reaches Redis, tells systemd the worker is ready

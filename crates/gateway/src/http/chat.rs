@@ -7,6 +7,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use ssw_protocol::chat::ChatRequest;
 use ssw_protocol::error::{ErrorCode, ErrorEnvelope};
 use ssw_protocol::job::Job;
@@ -251,8 +252,8 @@ async fn full_response(mut ticket: Ticket) -> Response {
 }
 
 async fn stream_response(mut ticket: Ticket) -> Response {
-    let worker = match ticket.next().await {
-        Next::Event(ReplyEvent::Head { worker, .. }) => worker,
+    let (worker, first) = match ticket.next().await {
+        Next::Event(ReplyEvent::Head { worker, data, .. }) => (worker, data),
         Next::Event(ReplyEvent::Full {
             status,
             worker,
@@ -267,7 +268,9 @@ async fn stream_response(mut ticket: Ticket) -> Response {
         Next::Event(_) => return unexpected(&mut ticket, "stream data before its head"),
         Next::Failed(err) => return failed(&mut ticket, err),
     };
-    let body = futures::stream::unfold(Some(ticket), |ticket| async move {
+    // The head's bytes first, in the same write as the response head.
+    let first = (!first.is_empty()).then(|| Ok::<_, std::convert::Infallible>(Bytes::from(first)));
+    let rest = futures::stream::unfold(Some(ticket), |ticket| async move {
         let mut ticket = ticket?;
         loop {
             return match ticket.next().await {
@@ -298,6 +301,7 @@ async fn stream_response(mut ticket: Ticket) -> Response {
             };
         }
     });
+    let body = futures::stream::iter(first).chain(rest);
     let mut resp = Response::new(Body::from_stream(body));
     let h = resp.headers_mut();
     h.insert(
