@@ -29,7 +29,8 @@ def render(ov, split, sat, bu, ba, fo, m):
     w("")
 
     # Targets
-    by = {(r["stream"], r["c"]): r for r in ov}
+    by = {(r["stream"], r["c"]): r for r in ov if not r.get("one_thread")}
+    one = {r["stream"]: r for r in ov if r.get("one_thread")}
     ns1, s1 = by[(False, 1)], by[(True, 1)]
     added_p50 = ns1["platform"]["e2e_ms"]["p50"] - ns1["direct"]["e2e_ms"]["p50"]
     added_ttfb = s1["platform"]["ttft_ms"]["p50"] - s1["direct"]["ttft_ms"]["p50"]
@@ -65,7 +66,7 @@ def render(ov, split, sat, bu, ba, fo, m):
     w("")
     w("| mode | concurrency | direct req/s | platform req/s | ratio | direct p50 | platform p50 | added p50 | added p99 | added TTFB p50 |")
     w("|---|---|---|---|---|---|---|---|---|---|")
-    for r in ov:
+    for r in by.values():
         d, g = r["direct"], r["platform"]
         ttfb = f(g["ttft_ms"]["p50"] - d["ttft_ms"]["p50"], 3) if r["stream"] else "-"
         w(f"| {'stream' if r['stream'] else 'non-stream'} | {r['c']} | {d['requests_per_s']:.0f} | {g['requests_per_s']:.0f} | "
@@ -74,6 +75,20 @@ def render(ov, split, sat, bu, ba, fo, m):
         if g["requests"] != g["ok"] or d["requests"] != d["ok"]:
             w(f"| | | errors: direct {d['errors']}, platform {g['errors']} | | | | | | | |")
     w("")
+    added = lambda stream: ", ".join(f(x, 3) for x in by[(stream, 1)].get("added", []))
+    w(f"Concurrency 1 is the median of {len(ns1.get('added', [1]))} alternating direct/platform pairs (added p50 per pair, ms: "
+      f"non-stream {added(False)}; stream TTFB {added(True)}): the difference is smaller than this machine's drift between runs.")
+    w("")
+    if one:
+        a1 = lambda stream: one[stream]["platform"][("ttft_ms" if stream else "e2e_ms")]["p50"] - one[stream]["direct"][("ttft_ms" if stream else "e2e_ms")]["p50"]
+        w(f"The same at concurrency 1 with a one-thread gateway (`gateway.threads = 1`): added p50 {f(a1(False), 3)} ms "
+          f"non-streaming, added TTFB {f(a1(True), 3)} ms streaming (pairs: non-stream "
+          f"{', '.join(f(x, 3) for x in one[False]['added'])}; stream {', '.join(f(x, 3) for x in one[True]['added'])}).")
+        w("One thread saves a hand-off between threads per reply; it is not the default because a burst of")
+        w("thousands of requests parsed on one thread delays its own Redis replies past `redis.op_timeout`")
+        w("(the burst of section 3 run against a one-thread gateway on this machine: 2 666 of 10 000 requests got")
+        w("503 `queue_unavailable`, 1.3–1.8 s after they were sent).")
+        w("")
     w("CPU time per request at concurrency 16 (ms; platform = gateway + workers + redis-server, from `/proc`):")
     w("")
     w("| mode | platform | stub engine | platform / stub | ssw bench |")
@@ -175,7 +190,12 @@ def render(ov, split, sat, bu, ba, fo, m):
             f"  host). Every request the gateway read was answered. Not yet explained; see the open issue.\n")
     else:
         sat_text += f"- Burst: all {bu['n']} requests were answered; the queue absorbed the burst.\n"
-    w(ANALYSIS.replace("SATURATION_AND_BURST\n", sat_text))
+    hop = ns1["direct"]["e2e_ms"]["p50"] / 2
+    hops = (f"Taking half the direct round trip at concurrency 1 as the cost of one wake-up and its\n"
+            f"  HTTP or RESP handling on this machine ({hop:.3f} ms), the four extra wake-ups alone come to\n"
+            f"  about {4 * hop:.2f} ms; the added p50 measured is {added_p50:.3f} ms (non-streaming) and\n"
+            f"  {added_ttfb:.3f} ms (first byte, streaming).")
+    w(ANALYSIS.replace("SATURATION_AND_BURST\n", sat_text).replace("HOPS", hops))
     return "\n".join(L) + "\n"
 
 
@@ -218,12 +238,15 @@ What the figures rest on (all are **estimates** until measured on the production
 
 ANALYSIS = """## Analysis
 
-- The platform path has a queue hop a direct router does not: the gateway's `XADD` (one Lua
-  script with the admission check), the worker's `XREADGROUP`, claim script and engine call, the
-  reply `XADD` and the gateway's `XREAD`: about six Redis round trips per request, each a few tens
-  of microseconds on loopback, plus HTTP parsing on both sides. On 2 cores the load generator,
-  the stub, Redis, the gateway and two workers all compete for the same CPU, which inflates every
-  added latency at high concurrency.
+- The platform path has a queue hop a direct router does not. Direct, a request wakes two
+  processes (stub, then client); through the platform it wakes six: gateway, Redis, worker,
+  stub, worker, Redis, gateway, client, with the gateway's admission script, the worker's pull,
+  the reply `XADD` and the gateway's `XREAD` on the way. HOPS
+  The claim script runs beside the engine request (it is not on the path), and a stream's head
+  carries its first bytes, so the first byte costs no more Redis round trips than a whole
+  non-streaming answer.
+- On 2 cores the load generator, the stub, Redis, the gateway and two workers all compete for the
+  same CPU, which inflates every added latency at high concurrency.
 - At concurrency 256 the platform admits all requests but runs at most 2 × 64 = 128 at a time
   (`max_inflight`); the rest wait in Redis by design, which shows as queue wait, not as errors.
 SATURATION_AND_BURST
@@ -231,8 +254,19 @@ SATURATION_AND_BURST
   slots while the other queues short requests behind long ones; pulling from one shared queue
   hands each job to whichever replica frees a slot first, which shows in TTFT and in the tail of
   the short answers (section 4).
-- Optimisations already in: connections recycled without a PING, reply events coalesced per
-  engine read, one Lua script per admission/claim decision, the body forwarded as raw bytes (no
-  re-serialisation on the hot path), one reply reader per gateway. Profiling (perf, callgrind) of
-  the remaining per-request cost is the next step where a target is missed.
+- Optimisations, each found by profiling (perf with frame pointers, `perf sched`, strace
+  timelines) and kept because this benchmark improved:
+  - mimalloc as the allocator: glibc's `_int_malloc` and `malloc_consolidate` took about a quarter
+    of a worker's CPU; platform CPU per request fell by about 10 %;
+  - `gateway.threads = 1` as an option, not the default (section 1): a reply then reaches its
+    request without waking a second thread, but a burst starves the gateway's Redis connections;
+  - the claim script overlapped with the engine request of fresh jobs (one Redis round trip off
+    the path);
+  - a stream's head and first bytes in one reply entry: Redis hands a blocked `XREAD` each entry as
+    it is added, so a separate first chunk cost the gateway a whole read cycle (about 0.15 ms);
+  - the gateway and the worker let freshly woken requests write before they send their next
+    blocking read;
+  - earlier: connections recycled without a PING, reply events coalesced per engine read, one Lua
+    script per admission/claim decision, the body forwarded as raw bytes (no re-serialisation on
+    the hot path), one reply reader per gateway.
 """

@@ -168,9 +168,8 @@ fn main() -> ExitCode {
         _ => None,
     };
     // A worker relays at most `max_inflight` jobs between Redis and one engine: one thread does
-    // that with no cross-thread wake-ups (measured: less CPU per request than two threads). So
-    // does the gateway by default (`gateway.threads`). Everything else scales over the host's
-    // cores.
+    // that with no cross-thread wake-ups (measured: less CPU per request than two threads). The
+    // gateway takes `gateway.threads`; everything else scales over the host's cores.
     let threads = match (&cli.command, &gateway) {
         (Command::Worker { .. }, _) => Some(1),
         (_, Some(cfg)) => Some(cfg.gateway.threads).filter(|n| *n > 0),

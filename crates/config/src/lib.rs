@@ -153,8 +153,9 @@ pub struct GatewayConfig {
     /// Period of the queue sampler (backlog, pending, oldest age, live workers gauges).
     #[serde(with = "humantime_serde")]
     pub sample_interval: Duration,
-    /// Runtime threads; 0 means one per CPU core. One thread relays every request with no
-    /// hand-off between threads (the lowest latency), and far more requests than GPUs serve.
+    /// Runtime threads; 0 means one per CPU core. One thread saves a hand-off between threads
+    /// per reply (the lowest latency at low load), but a burst of thousands of requests then
+    /// starves its Redis connections past `redis.op_timeout` (503s): hence one per core.
     pub threads: usize,
 }
 
@@ -172,7 +173,7 @@ impl Default for GatewayConfig {
             shutdown_timeout: Duration::from_secs(30),
             retry_after: Duration::from_secs(1),
             sample_interval: Duration::from_secs(1),
-            threads: 1,
+            threads: 0,
         }
     }
 }
