@@ -181,22 +181,31 @@ def overhead_point(surl, gurl, stream, c):
 
 def overhead_cpu_split():
     """CPU per request of the platform processes and of the stub, for non-streaming and
-    16-token streams at concurrency 16, measured separately in one run."""
+    16-token streams at concurrency 16, measured separately in one run; under "one_thread" the
+    same with `gateway.threads = 1`."""
     s, surl = stub(HEAVY)
-    u, gurl = up([("heavy", surl), ("heavy", surl), ("light", surl)],
-                 config=f'[pools.heavy]\nserved_model = "{HEAVY}"\n[pools.light]\nserved_model = "light-unused"\n')
-    pids = platform_pids(u)
     out = {}
-    for stream in (False, True):
-        args = ["-c", 16, "-n", 2000 if QUICK else 5000, "--warmup", 50, "--max-tokens", 16, "--mix", "heavy", "--metrics-url", "none"]
-        if stream:
-            args.append("--stream")
-        before = {p: cpu(p) for p in pids + [s.pid]}
-        r = bench(gurl, *args)
-        plat = sum(cpu(p) - before[p] for p in pids)
-        st = cpu(s.pid) - before[s.pid]
-        out[stream] = {"platform_ms": plat * 1000 / r["requests"], "stub_ms": st * 1000 / r["requests"], "bench_ms": r["bench_cpu"]["per_request_ms"]}
-    stop(u)
+    for one_thread in (False, True):
+        config = f'[pools.heavy]\nserved_model = "{HEAVY}"\n[pools.light]\nserved_model = "light-unused"\n'
+        if one_thread:
+            config += "[gateway]\nthreads = 1\n"
+        u, gurl = up([("heavy", surl), ("heavy", surl), ("light", surl)], config=config)
+        pids = platform_pids(u)
+        res = {}
+        for stream in (False, True):
+            args = ["-c", 16, "-n", 2000 if QUICK else 5000, "--warmup", 50, "--max-tokens", 16, "--mix", "heavy", "--metrics-url", "none"]
+            if stream:
+                args.append("--stream")
+            before = {p: cpu(p) for p in pids + [s.pid]}
+            r = bench(gurl, *args)
+            plat = sum(cpu(p) - before[p] for p in pids)
+            st = cpu(s.pid) - before[s.pid]
+            res[stream] = {"platform_ms": plat * 1000 / r["requests"], "stub_ms": st * 1000 / r["requests"], "bench_ms": r["bench_cpu"]["per_request_ms"]}
+        stop(u)
+        if one_thread:
+            out["one_thread"] = res
+        else:
+            out.update(res)
     stop(s)
     return out
 

@@ -84,10 +84,12 @@ def render(ov, split, sat, bu, ba, fo, m):
         w(f"The same at concurrency 1 with a one-thread gateway (`gateway.threads = 1`): added p50 {f(a1(False), 3)} ms "
           f"non-streaming, added TTFB {f(a1(True), 3)} ms streaming (pairs: non-stream "
           f"{', '.join(f(x, 3) for x in one[False]['added'])}; stream {', '.join(f(x, 3) for x in one[True]['added'])}).")
-        w("One thread saves a hand-off between threads per reply; it is not the default because a burst of")
-        w("thousands of requests parsed on one thread delays its own Redis replies past `redis.op_timeout`")
-        w("(the burst of section 3 run against a one-thread gateway on this machine: 2 666 of 10 000 requests got")
-        w("503 `queue_unavailable`, 1.3–1.8 s after they were sent).")
+        w("One thread saves a hand-off between threads per reply, in latency and in CPU (the table below).")
+        w("It is not the default: the burst of section 3 against a one-thread gateway drained in")
+        w("1.07–1.09 × the theoretical time on this machine (40.4 s and 41.0 s in two runs, against 39.8 s")
+        w("with the default), and before the gateway took turns admitting requests (`ADMISSIONS`,")
+        w("`crates/gateway/src/state.rs`) it answered 2 666 of the 10 000 with 503: one thread busy parsing")
+        w("thousands of requests read its own Redis replies after `redis.op_timeout`.")
         w("")
     w("CPU time per request at concurrency 16 (ms; platform = gateway + workers + redis-server, from `/proc`):")
     w("")
@@ -96,6 +98,8 @@ def render(ov, split, sat, bu, ba, fo, m):
     for stream in (False, True):
         x = split[stream]
         w(f"| {'16-token stream' if stream else 'non-stream'} | {f(x['platform_ms'], 3)} | {f(x['stub_ms'], 3)} | {f(x['platform_ms'] / max(x['stub_ms'], 1e-9))} | {f(x['bench_ms'], 3)} |")
+    for stream, x in (split.get("one_thread") or {}).items():
+        w(f"| {'16-token stream' if stream else 'non-stream'}, `gateway.threads = 1` | {f(x['platform_ms'], 3)} | {f(x['stub_ms'], 3)} | {f(x['platform_ms'] / max(x['stub_ms'], 1e-9))} | {f(x['bench_ms'], 3)} |")
     w("")
 
     w("## 2. Saturation")
@@ -195,7 +199,12 @@ def render(ov, split, sat, bu, ba, fo, m):
             f"  HTTP or RESP handling on this machine ({hop:.3f} ms), the four extra wake-ups alone come to\n"
             f"  about {4 * hop:.2f} ms; the added p50 measured is {added_p50:.3f} ms (non-streaming) and\n"
             f"  {added_ttfb:.3f} ms (first byte, streaming).")
-    w(ANALYSIS.replace("SATURATION_AND_BURST\n", sat_text).replace("HOPS", hops))
+    cpu_text = ""
+    if split.get("one_thread"):
+        cpu_text = (f"- CPU per non-streaming request: {split[False]['platform_ms']:.3f} ms with the default gateway,\n"
+                    f"  {split['one_thread'][False]['platform_ms']:.3f} ms with `gateway.threads = 1`: the difference is the gateway's hand-offs\n"
+                    f"  between its threads (a futex wake-up and a context switch per reply on this machine).\n")
+    w(ANALYSIS.replace("SATURATION_AND_BURST\n", sat_text).replace("HOPS", hops).replace("CPU_SPLIT", cpu_text))
     return "\n".join(L) + "\n"
 
 
@@ -245,8 +254,10 @@ ANALYSIS = """## Analysis
   The claim script runs beside the engine request (it is not on the path), and a stream's head
   carries its first bytes, so the first byte costs no more Redis round trips than a whole
   non-streaming answer.
-- On 2 cores the load generator, the stub, Redis, the gateway and two workers all compete for the
-  same CPU, which inflates every added latency at high concurrency.
+CPU_SPLIT- On 2 cores the load generator, the stub, Redis, the gateway and two workers all compete for the
+  same CPU, which inflates every added latency at high concurrency, and the ratio to direct at
+  concurrency 64 is a ratio of CPU costs: the direct baseline (stub + load generator) costs about a
+  fifth of the platform path per request.
 - At concurrency 256 the platform admits all requests but runs at most 2 × 64 = 128 at a time
   (`max_inflight`); the rest wait in Redis by design, which shows as queue wait, not as errors.
 SATURATION_AND_BURST

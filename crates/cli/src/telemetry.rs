@@ -19,6 +19,13 @@ pub enum LogFormat {
     Journald,
 }
 
+/// Colours only for a person at a terminal: a file, a pipe (`ssw up`, containers) or `NO_COLOR`
+/// gets plain text, which greps cleanly and skips the escape-code formatting on every line.
+fn ansi() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Installs the global subscriber. `RUST_LOG` overrides `default_level`.
 pub fn init(format: LogFormat, default_level: &str) {
     let filter =
@@ -36,7 +43,11 @@ pub fn init(format: LogFormat, default_level: &str) {
                 .init(),
             Err(e) => {
                 registry
-                    .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                    .with(
+                        tracing_subscriber::fmt::layer()
+                            .with_ansi(ansi())
+                            .with_writer(std::io::stderr),
+                    )
                     .init();
                 tracing::warn!(error = %e, "journald unavailable; logging to stderr");
             }
@@ -49,7 +60,11 @@ pub fn init(format: LogFormat, default_level: &str) {
             )
             .init(),
         LogFormat::Text | LogFormat::Auto => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi())
+                    .with_writer(std::io::stderr),
+            )
             .init(),
     }
 }

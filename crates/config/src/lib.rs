@@ -154,8 +154,7 @@ pub struct GatewayConfig {
     #[serde(with = "humantime_serde")]
     pub sample_interval: Duration,
     /// Runtime threads; 0 means one per CPU core. One thread saves a hand-off between threads
-    /// per reply (the lowest latency at low load), but a burst of thousands of requests then
-    /// starves its Redis connections past `redis.op_timeout` (503s): hence one per core.
+    /// per reply (the lowest latency and CPU at low load) but drains a large burst more slowly.
     pub threads: usize,
 }
 

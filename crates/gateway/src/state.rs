@@ -50,8 +50,18 @@ pub struct Inner {
     pub draining: AtomicBool,
     /// Unix seconds at start (`created` of model cards).
     pub started_s: u64,
+    /// Turns for parsing and enqueueing: see [`ADMISSIONS`].
+    pub admissions: tokio::sync::Semaphore,
     job_seq: AtomicU64,
 }
+
+/// Requests parsed and enqueued at a time; the rest wait their turn in arrival order, parked.
+/// A burst of thousands of requests would otherwise all be runnable at once, and a runtime
+/// busy with them polls its own Redis connections too late: replies that Redis sent at once
+/// would be read after `redis.op_timeout` and the requests answered 503. With few runnable
+/// admissions the connections are read promptly. Waiting requests hold no Redis resource, and a
+/// turn lasts one parse and one round trip, so this bounds concurrency, not throughput.
+pub const ADMISSIONS: usize = 64;
 
 impl std::ops::Deref for AppState {
     type Target = Inner;
@@ -94,6 +104,7 @@ impl AppState {
             api_keys,
             draining: AtomicBool::new(false),
             started_s,
+            admissions: tokio::sync::Semaphore::new(ADMISSIONS),
             job_seq: AtomicU64::new(0),
         })))
     }

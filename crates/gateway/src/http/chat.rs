@@ -28,6 +28,9 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    // Held until the job is on the queue (or refused): see `state::ADMISSIONS`. The semaphore is
+    // never closed.
+    let turn = state.admissions.acquire().await.ok();
     let (pool, req) = match admit(&state, &headers, body) {
         Ok(x) => x,
         Err((pool, stream, err)) => {
@@ -98,6 +101,7 @@ pub async fn chat_completions(
             }
         };
         drop(job);
+        drop(turn);
         match refused {
             Some(err) => {
                 ticket.finish();
