@@ -123,6 +123,14 @@ def platform_pids(up_proc):
     return children(up_proc.pid)
 
 
+def role(pid):
+    """gateway, worker or redis, from the command line."""
+    cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+    if b"redis" in cmd[0]:
+        return "redis"
+    return cmd[1].decode() if len(cmd) > 1 else "?"
+
+
 def measured(pids, fn):
     before = {p: cpu(p) for p in pids}
     r = fn()
@@ -200,7 +208,11 @@ def overhead_cpu_split():
             r = bench(gurl, *args)
             plat = sum(cpu(p) - before[p] for p in pids)
             st = cpu(s.pid) - before[s.pid]
-            res[stream] = {"platform_ms": plat * 1000 / r["requests"], "stub_ms": st * 1000 / r["requests"], "bench_ms": r["bench_cpu"]["per_request_ms"]}
+            by_role = {}
+            for p in pids:
+                by_role[role(p)] = by_role.get(role(p), 0) + (cpu(p) - before[p]) * 1000 / r["requests"]
+            res[stream] = {"platform_ms": plat * 1000 / r["requests"], "stub_ms": st * 1000 / r["requests"],
+                           "bench_ms": r["bench_cpu"]["per_request_ms"], "by_role": by_role}
         stop(u)
         if one_thread:
             out["one_thread"] = res

@@ -84,7 +84,7 @@ def render(ov, split, sat, bu, ba, fo, m):
         w(f"The same at concurrency 1 with a one-thread gateway (`gateway.threads = 1`): added p50 {f(a1(False), 3)} ms "
           f"non-streaming, added TTFB {f(a1(True), 3)} ms streaming (pairs: non-stream "
           f"{', '.join(f(x, 3) for x in one[False]['added'])}; stream {', '.join(f(x, 3) for x in one[True]['added'])}).")
-        w("One thread saves a hand-off between threads per reply, in latency and in CPU (the table below).")
+        w("One thread saves a hand-off between threads per reply (CPU for both in the table below).")
         w("It is not the default: the burst of section 3 against a one-thread gateway drained in")
         w("1.07–1.09 × the theoretical time on this machine (40.4 s and 41.0 s in two runs, against 39.8 s")
         w("with the default), and before the gateway took turns admitting requests (`ADMISSIONS`,")
@@ -199,12 +199,21 @@ def render(ov, split, sat, bu, ba, fo, m):
             f"  HTTP or RESP handling on this machine ({hop:.3f} ms), the four extra wake-ups alone come to\n"
             f"  about {4 * hop:.2f} ms; the added p50 measured is {added_p50:.3f} ms (non-streaming) and\n"
             f"  {added_ttfb:.3f} ms (first byte, streaming).")
-    cpu_text = ""
-    if split.get("one_thread"):
-        cpu_text = (f"- CPU per non-streaming request: {split[False]['platform_ms']:.3f} ms with the default gateway,\n"
-                    f"  {split['one_thread'][False]['platform_ms']:.3f} ms with `gateway.threads = 1`: the difference is the gateway's hand-offs\n"
-                    f"  between its threads (a futex wake-up and a context switch per reply on this machine).\n")
-    w(ANALYSIS.replace("SATURATION_AND_BURST\n", sat_text).replace("HOPS", hops).replace("CPU_SPLIT", cpu_text))
+    roles = split[False].get("by_role") or {}
+    cpu_text = (f"- CPU per non-streaming request: {split[False]['platform_ms']:.3f} ms"
+                + (f" ({', '.join(f'{k} {v:.3f}' for k, v in sorted(roles.items()))})" if roles else "")
+                + (f"; {split['one_thread'][False]['platform_ms']:.3f} ms with `gateway.threads = 1`" if split.get("one_thread") else "")
+                + ". Per request Redis runs the admission script, the worker's pull and claim (batched under\n"
+                "  load), the reply `XADD` with `XACK`/`XDEL`/`DEL`, and the gateway's `XREAD`; each process pays a\n"
+                "  wake-up and a socket read and write per hop. What is left in the profile is mostly that\n"
+                "  kernel path (`writev`/`recvfrom` on loopback) and per-request logging (about 6–8 % of the\n"
+                "  gateway's and workers' CPU; one line per request at INFO, so one grep finds it everywhere).\n")
+    x = split[False]
+    share = (x["stub_ms"] + x["bench_ms"]) / (x["platform_ms"] + x["stub_ms"] + x["bench_ms"])
+    direct_share = (f"the direct path (stub and load generator) costs {share:.2f} of the\n"
+                    f"  platform path's CPU per request (section 1, concurrency 16).")
+    w(ANALYSIS.replace("SATURATION_AND_BURST\n", sat_text).replace("HOPS", hops).replace("CPU_SPLIT", cpu_text)
+      .replace("DIRECT_SHARE", direct_share))
     return "\n".join(L) + "\n"
 
 
@@ -256,8 +265,7 @@ ANALYSIS = """## Analysis
   non-streaming answer.
 CPU_SPLIT- On 2 cores the load generator, the stub, Redis, the gateway and two workers all compete for the
   same CPU, which inflates every added latency at high concurrency, and the ratio to direct at
-  concurrency 64 is a ratio of CPU costs: the direct baseline (stub + load generator) costs about a
-  fifth of the platform path per request.
+  concurrency 64 is a ratio of CPU costs: DIRECT_SHARE
 - At concurrency 256 the platform admits all requests but runs at most 2 × 64 = 128 at a time
   (`max_inflight`); the rest wait in Redis by design, which shows as queue wait, not as errors.
 SATURATION_AND_BURST
