@@ -18,6 +18,7 @@ use ssw_test_support::ssw_up::redis::RedisServer;
 use ssw_test_support::test_config;
 use ssw_worker::Ctx;
 use ssw_worker::job::{self, Pulled};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 const POOL: &str = "heavy";
@@ -79,6 +80,37 @@ async fn rig(ttft: Duration) -> Rig {
 }
 
 impl Rig {
+    /// Pulls a job and runs it; the test sends the claim's verdict through the returned sender.
+    async fn started(
+        &self,
+        request_id: &str,
+        stream: bool,
+        early: bool,
+    ) -> (
+        oneshot::Sender<Option<Claim>>,
+        tokio::task::JoinHandle<bool>,
+    ) {
+        let pulled = self.pulled(request_id, stream, early).await;
+        let (verdict_tx, verdict) = job::verdict();
+        let run = tokio::spawn(job::run(
+            self.ctx.clone(),
+            pulled,
+            verdict,
+            CancellationToken::new(),
+        ));
+        (verdict_tx, run)
+    }
+
+    /// Waits until the engine has the request, then a little longer, so that anything the
+    /// worker would send early has had time to reach Redis.
+    async fn engine_got(&self, request_id: &str) {
+        until("the engine request", async || {
+            self.engine_saw().await.iter().any(|id| id == request_id)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     /// Enqueues a job and pulls it, as the worker's pull loop would.
     async fn pulled(&self, request_id: &str, stream: bool, early: bool) -> Pulled {
         let now = now_ms();
@@ -181,20 +213,9 @@ async fn until(what: &str, mut cond: impl AsyncFnMut() -> bool) {
 #[tokio::test]
 async fn an_early_job_answers_nobody_before_its_claim_and_is_dropped_when_refused() {
     let rig = rig(Duration::ZERO).await;
-    let pulled = rig.pulled("early-refused", false, true).await;
-    let (verdict_tx, verdict) = job::verdict();
-    let run = tokio::spawn(job::run(
-        rig.ctx.clone(),
-        pulled,
-        verdict,
-        CancellationToken::new(),
-    ));
+    let (verdict_tx, run) = rig.started("early-refused", false, true).await;
     // The engine gets the request (and, with no delay, answers it) while the claim is out...
-    until("the engine request", async || {
-        rig.engine_saw().await.contains(&"early-refused".to_owned())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    rig.engine_got("early-refused").await;
     // ...but the answer waits for the verdict.
     assert_eq!(rig.replies().await, vec![]);
     assert!(!run.is_finished());
@@ -211,19 +232,8 @@ async fn an_early_job_answers_nobody_before_its_claim_and_is_dropped_when_refuse
 #[tokio::test]
 async fn an_early_stream_sends_its_head_with_the_first_bytes_once_claimed() {
     let rig = rig(Duration::from_millis(20)).await;
-    let pulled = rig.pulled("early-run", true, true).await;
-    let (verdict_tx, verdict) = job::verdict();
-    let run = tokio::spawn(job::run(
-        rig.ctx.clone(),
-        pulled,
-        verdict,
-        CancellationToken::new(),
-    ));
-    until("the engine request", async || {
-        rig.engine_saw().await.contains(&"early-run".to_owned())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (verdict_tx, run) = rig.started("early-run", true, true).await;
+    rig.engine_got("early-run").await;
     assert_eq!(rig.replies().await, vec![], "no head before the claim");
     verdict_tx.send(Some(Claim::Run)).unwrap();
     assert!(run.await.unwrap());
@@ -252,14 +262,7 @@ async fn an_early_stream_sends_its_head_with_the_first_bytes_once_claimed() {
 #[tokio::test]
 async fn a_job_that_is_not_fresh_reaches_the_engine_only_after_its_claim() {
     let rig = rig(Duration::ZERO).await;
-    let pulled = rig.pulled("late", false, false).await;
-    let (verdict_tx, verdict) = job::verdict();
-    let run = tokio::spawn(job::run(
-        rig.ctx.clone(),
-        pulled,
-        verdict,
-        CancellationToken::new(),
-    ));
+    let (verdict_tx, run) = rig.started("late", false, false).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(rig.engine_saw().await, Vec::<String>::new());
     verdict_tx.send(Some(Claim::Cancelled)).unwrap();
