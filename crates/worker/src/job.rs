@@ -62,18 +62,24 @@ pub fn verdict() -> (oneshot::Sender<Option<Claim>>, Verdict) {
     (tx, async move { rx.await.ok().flatten() }.boxed().shared())
 }
 
+/// The verdict, if it does not let this worker run the job.
+async fn refusal(verdict: &Verdict) -> Option<Option<Claim>> {
+    let v = verdict.clone().await;
+    (v != Some(Claim::Run)).then_some(v)
+}
+
 /// Resolves once the claim lets this worker run the job; never if it does not.
 async fn claimed(verdict: &Verdict) {
-    if verdict.clone().await != Some(Claim::Run) {
+    if refusal(verdict).await.is_some() {
         std::future::pending::<()>().await;
     }
 }
 
 /// Resolves with the verdict if it does not let this worker run the job; never otherwise.
 async fn refused(verdict: &Verdict) -> Option<Claim> {
-    match verdict.clone().await {
-        Some(Claim::Run) => std::future::pending().await,
-        other => other,
+    match refusal(verdict).await {
+        Some(v) => v,
+        None => std::future::pending().await,
     }
 }
 
@@ -109,12 +115,9 @@ pub async fn run(
         reclaimed,
         early,
     } = pulled;
-    if !early {
-        let v = verdict.clone().await;
-        if v != Some(Claim::Run) {
-            refuse(&ctx, &entry_id, &job, v).await;
-            return false;
-        }
+    if !early && let Some(v) = refusal(&verdict).await {
+        refuse(&ctx, &entry_id, &job, v).await;
+        return false;
     }
     let started = tokio::time::Instant::now();
     let mut head_sent = false;
@@ -124,14 +127,11 @@ pub async fn run(
         v = refused(&verdict) => Race::Refused(v),
         r = tokio::time::timeout(ctx.cfg.engine_request_timeout, execute(&ctx, &job, claimed_ms, &mut head_sent, &verdict)) => Race::Done(r),
     };
-    let refusal = match race {
+    let refused = match race {
         Race::Refused(v) => Some(v),
-        _ => match verdict.clone().await {
-            Some(Claim::Run) => None,
-            other => Some(other),
-        },
+        _ => refusal(&verdict).await,
     };
-    if let Some(v) = refusal {
+    if let Some(v) = refused {
         refuse(&ctx, &entry_id, &job, v).await;
         return true;
     }
