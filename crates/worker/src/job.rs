@@ -83,11 +83,6 @@ async fn refused(verdict: &Verdict) -> Option<Claim> {
     }
 }
 
-/// Whether the claim has already let this worker run the job.
-fn known_run(verdict: &Verdict) -> bool {
-    verdict.peek() == Some(&Some(Claim::Run))
-}
-
 /// How the engine request ended, or why it stopped.
 enum Race {
     /// The client cancelled (or the drain timed out).
@@ -303,7 +298,9 @@ async fn with_keepalive<F: Future>(
     loop {
         tokio::select! {
             out = &mut fut => return Ok(out),
-            _ = tokio::time::sleep(every), if known_run(verdict) => {
+            _ = tokio::time::sleep(every) => {
+                // Nothing is said of a job before its claim; a refusal ends this from `run`.
+                claimed(verdict).await;
                 let ka = Reply { job: job.id.clone(), event: ReplyEvent::KeepAlive };
                 match ctx.redis.send_reply(&job.reply_to, &ka).await {
                     Ok(true) => {}
@@ -467,7 +464,8 @@ async fn stream_body(
                     }
                 }
             }
-            _ = tokio::time::sleep_until(last_write + every), if inflight.is_none() && known_run(verdict) => {
+            _ = tokio::time::sleep_until(last_write + every), if inflight.is_none() => {
+                claimed(verdict).await;
                 let ka = Reply { job: job.id.clone(), event: ReplyEvent::KeepAlive };
                 if let Ok(false) = ctx.redis.send_reply(&job.reply_to, &ka).await {
                     return Outcome::Gone;

@@ -270,3 +270,28 @@ async fn a_job_that_is_not_fresh_reaches_the_engine_only_after_its_claim() {
     assert_eq!(rig.engine_saw().await, Vec::<String>::new());
     assert_eq!(rig.entries_left().await, 0);
 }
+
+#[tokio::test]
+async fn an_early_job_is_kept_alive_while_the_engine_works() {
+    // The engine takes several keep-alive intervals (250 ms in the test config) to answer; the
+    // verdict arrives once its request is under way, as in the worker. The gateway must hear
+    // keep-alives meanwhile, or it fails the request once `gateway.stall_timeout` passes.
+    let rig = rig(Duration::from_millis(900)).await;
+    let (verdict_tx, run) = rig.started("slow", false, true).await;
+    rig.engine_got("slow").await;
+    verdict_tx.send(Some(Claim::Run)).unwrap();
+    assert!(run.await.unwrap());
+    let events = rig.replies().await;
+    let alive = events
+        .iter()
+        .filter(|e| **e == ReplyEvent::KeepAlive)
+        .count();
+    assert!(
+        alive >= 2,
+        "keep-alives while the engine worked: {events:?}"
+    );
+    assert!(
+        matches!(events.last(), Some(ReplyEvent::Full { status: 200, .. })),
+        "{events:?}"
+    );
+}
