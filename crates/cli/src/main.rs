@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
+mod limits;
 mod listen;
 mod status;
 mod telemetry;
@@ -155,6 +156,22 @@ fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format, &cli.log_level);
+    if matches!(
+        cli.command,
+        Command::Gateway { .. } | Command::Worker { .. } | Command::Stub { .. } | Command::Up(_)
+    ) {
+        match limits::raise_nofile_limit() {
+            Ok((before, after)) if before != after => {
+                tracing::debug!(
+                    before,
+                    after,
+                    "raised the open-files soft limit to the hard limit"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot raise the open-files limit: {e}"),
+        }
+    }
     // The gateway's configuration decides its runtime, so it is read first.
     let gateway = match &cli.command {
         Command::Gateway {
