@@ -4,5 +4,5 @@
 {
   name = "ssw-prometheus";
   nodes.machine = import ./common.nix { inherit self; settings.prometheus = { enable = true; port = 9090; scrapeInterval = "2s"; }; };
-  testScript = builtins.readFile ./prometheus.py;
+  testScript = builtins.readFile ./lib.py + builtins.readFile ./prometheus.py;
 }

@@ -3,5 +3,5 @@
 {
   name = "ssw-routing";
   nodes.machine = import ./common.nix { inherit self; };
-  testScript = builtins.readFile ./routing.py;
+  testScript = builtins.readFile ./lib.py + builtins.readFile ./routing.py;
 }
