@@ -40,7 +40,15 @@ let
   hardening = {
     DynamicUser = true;
     Restart = "on-failure";
+    # Back off from 2 s to 30 s over 5 restarts, and never give up (startLimitIntervalSec = 0
+    # below): a unit that fails because Redis or its engine is not up yet comes back by itself.
     RestartSec = "2s";
+    RestartSteps = 5;
+    RestartMaxDelaySec = "30s";
+    # Thousands of client connections (gateway) or engine connections (workers): systemd's
+    # default soft limit is 1024 (systemd/systemd#25478), and NixOS does not raise it for
+    # services. The processes also raise their soft limit to this hard limit at start.
+    LimitNOFILE = 65536;
     UMask = "0077";
     CapabilityBoundingSet = "";
     NoNewPrivileges = true;
@@ -68,7 +76,7 @@ let
   };
 
   redisUnit = optional cfg.roles.redis "redis-ssw.service";
-  engineUnit = r: if vllm then "podman-${r.containerName}.service" else "ssw-stub-${r.name}.service";
+  engineUnit = r: if vllm then "${containerUnit r.containerName}.service" else "ssw-stub-${r.name}.service";
   credentials = role:
     optional (redisPassword != null) "redis-password:${redisPassword}"
     ++ optional (role == "gateway" && apiKeys != null) "api-keys:${apiKeys}";
@@ -83,6 +91,7 @@ let
   sswService = { unit, role, config, after ? [ ], extra ? { } }: {
     description = "SSW ${role} (${unit})";
     wantedBy = [ "multi-user.target" ];
+    startLimitIntervalSec = 0;
     after = [ "network-online.target" ] ++ redisUnit ++ after;
     wants = [ "network-online.target" ] ++ redisUnit ++ after;
     environment = { RUST_LOG = cfg.logLevel; };
@@ -92,8 +101,13 @@ let
     } // extra;
   };
 
-  drainSeconds = s:
-    let m = builtins.match "([0-9]+)s" s; in if m == null then 60 else lib.toInt (builtins.head m);
+  # Engine units of the container backend (oci-containers names them `<backend>-<name>`).
+  cdiGenerator = "nvidia-container-toolkit-cdi-generator.service";
+  containerUnit = name: "podman-${name}";
+
+  # A secret file: an absolute path as a string, never a Nix path literal (which would be copied
+  # into the world-readable store).
+  secretPath = types.pathWith { absolute = true; inStore = false; };
 in
 {
   options.services.ssw-inference = {
@@ -109,8 +123,10 @@ in
       default = { };
       description = ''
         The platform's topology: GPUs, pools, replicas, engine kind, Redis, gateway, workers,
-        Prometheus. Anything left out takes the A40 default (nix/defaults.nix). The same attribute
-        set generates compose.yaml. Invalid settings fail evaluation naming the attribute.
+        Prometheus. Anything left out takes the A40 default (nix/defaults.nix); settings merge
+        recursively, pools by name over the default pools (`null` removes one), and `replicas`
+        replaces the default layout. The same attribute set generates compose.yaml. Invalid
+        settings fail evaluation naming the attribute.
       '';
       example = lib.literalExpression ''{ engine = "stub"; pools.heavy.aliases = [ "npc-boss" ]; }'';
     };
@@ -122,7 +138,7 @@ in
     };
 
     hfTokenFile = mkOption {
-      type = types.nullOr types.path;
+      type = types.nullOr secretPath;
       default = null;
       description = "Environment file with `HF_TOKEN=…` for the vLLM containers (outside the Nix store).";
     };
@@ -157,7 +173,7 @@ in
         save = [ ];
         appendOnly = false;
         requirePassFile = redisPassword;
-        settings.maxclients = 10000;
+        maxclients = 10000;
       };
     })
 
@@ -185,11 +201,12 @@ in
           config = topo.ssw.workers.${r.name};
           after = [ (engineUnit r) ];
           extra = notifyUnit // {
-            TimeoutStopSec = "${toString (drainSeconds s.worker.drainTimeout + 15)}s";
+            TimeoutStopSec = "${toString topo.workerStopSeconds}s";
           } // optionalAttrs r.exportsGpu {
             # NVML needs the GPU device nodes; only the worker that exports the GPU's metrics.
+            # It opens /dev/nvidiactl read-write (NVIDIA's own cgroup rules grant rw).
             PrivateDevices = false;
-            DeviceAllow = [ "/dev/nvidiactl r" "/dev/nvidia${toString r.gpu} r" ];
+            DeviceAllow = [ "/dev/nvidiactl rw" "/dev/nvidia${toString r.gpu} rw" ];
             # libnvidia-ml.so lives where NixOS puts the driver's user-space libraries.
             Environment = [ "LD_LIBRARY_PATH=/run/opengl-driver/lib" ];
           };
@@ -205,6 +222,10 @@ in
     })
 
     (mkIf (cfg.roles.workers && vllm) {
+      assertions = [{
+        assertion = config.virtualisation.oci-containers.backend == "podman";
+        message = "services.ssw-inference runs vLLM with podman (readiness through `podman.sdnotify`, units `podman-*`); virtualisation.oci-containers.backend is \"${config.virtualisation.oci-containers.backend}\".";
+      }];
       hardware.nvidia-container-toolkit.enable = true;
       virtualisation.oci-containers.backend = mkDefault "podman";
       systemd.tmpfiles.rules = [
@@ -236,11 +257,30 @@ in
           dependsOn = optional (r.startAfter != null) "ssw-vllm-${r.startAfter}";
         })
         topo.replicas);
+      systemd.services = listToAttrs (map
+        (r: nameValuePair (containerUnit r.containerName) ({
+          # CDI specs (/run/cdi) are written by the generator; without the ordering a container
+          # can start first and fail "unresolvable CDI devices" (NixOS/nixpkgs#420638). `wants`,
+          # not `requires`: a udev-triggered restart of the generator must not restart every vLLM.
+          after = [ cdiGenerator ];
+          wants = [ cdiGenerator ];
+          # vLLM that fails (GPU not ready, OOM at start) retries every 10 s forever instead of
+          # hitting systemd's start limit (5 starts in 10 s) and staying down.
+          startLimitIntervalSec = 0;
+          serviceConfig.RestartSec = "10s";
+        } // optionalAttrs (r.startAfter != null) {
+          # `dependsOn` makes this replica require the one before it on the GPU; if that one's
+          # first start failed, this start failed with it ("dependency") and systemd would not
+          # retry it. Upholds= starts it again whenever the one before it is active.
+          upheldBy = [ "${containerUnit "ssw-vllm-${r.startAfter}"}.service" ];
+        }))
+        topo.replicas);
     })
 
     (mkIf (s.prometheus.enable && (cfg.roles.gateway || cfg.roles.workers)) {
       services.prometheus = {
         enable = true;
+        listenAddress = "127.0.0.1";
         port = s.prometheus.port;
         scrapeConfigs =
           optionals cfg.roles.gateway [ (builtins.elemAt topo.prometheus.scrapeConfigs 0) ]

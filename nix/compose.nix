@@ -12,7 +12,12 @@ let
   engineUrl = r: "http://${engineService r}:8000";
   gatewayPort = topo.gateway.port;
 
-  configFile = name: value: { inherit name; value.content = builtins.toJSON value; };
+  # Compose interpolates `$NAME`/`${NAME}` in every value, inline config `content` included, and
+  # `$$` is its escape for a literal `$` (docs.docker.com/reference/compose-file/interpolation).
+  # Config contents are files to deliver byte for byte (the alert rules' `{{ $labels.pool }}`).
+  escape = builtins.replaceStrings [ "$" ] [ "$$" ];
+  content = name: text: { inherit name; value.content = escape text; };
+  configFile = name: value: content name (builtins.toJSON value);
 
   vllmService = r: {
     name = engineService r;
@@ -68,7 +73,7 @@ let
         ${engineService r}.condition = if topo.engine == "vllm" then "service_healthy" else "service_started";
       };
       restart = "unless-stopped";
-      stop_grace_period = s.worker.drainTimeout;
+      stop_grace_period = "${toString topo.workerStopSeconds}s";
     };
   };
 
@@ -111,9 +116,11 @@ in
   configs = builtins.listToAttrs ([
     (configFile "gateway" (t.gatewayConfig s redisUrl "0.0.0.0:8080"))
   ]
-  ++ map (r: configFile "worker-${r.name}" (t.workerConfig s redisUrl r (engineUrl r) "0.0.0.0:9300")) topo.replicas
+  # No NVML in compose: the Nix-built image's glibc does not read the libraries the NVIDIA
+  # toolkit injects, and workers reserve no GPU (docs/deploy-compose.md, "GPU metrics").
+  ++ map (r: configFile "worker-${r.name}" (t.workerConfig s redisUrl (r // { exportsGpu = false; }) (engineUrl r) "0.0.0.0:9300")) topo.replicas
   ++ (if topo.engine == "stub" then map (r: configFile "stub-${r.name}" (t.stubConfig s r "0.0.0.0:8000")) topo.replicas else [ ])
-  ++ l.optional topo.prometheus.enable { name = "prometheus-alerts"; value.content = builtins.readFile ../modules/observability/alerts.yml; }
+  ++ l.optional topo.prometheus.enable (content "prometheus-alerts" (builtins.readFile ../modules/observability/alerts.yml))
   ++ l.optional topo.prometheus.enable (configFile "prometheus" {
     global.scrape_interval = topo.prometheus.scrapeInterval;
     rule_files = [ "/etc/prometheus/alerts.yml" ];

@@ -1,5 +1,5 @@
 # The A40 host: two GPUs, each running one heavy (Qwen2.5-14B-Instruct-AWQ) and one light
-# (Qwen3-8B-AWQ) vLLM replica. Memory fractions per GPU: 0.50 + 0.38 = 0.88 (≤ 0.95 enforced),
+# (Qwen3-8B-AWQ) vLLM replica. Memory fractions per GPU: 0.50 + 0.38 = 0.88 (≤ 0.92 enforced),
 # leaving headroom for the CUDA context of two processes. See docs/deploy-nixos.md for the figures.
 {
   engine = "vllm"; # or "stub": `ssw stub` processes instead of vLLM containers (no GPU needed)
@@ -8,7 +8,7 @@
   pools = {
     heavy = {
       servedModel = "Qwen/Qwen2.5-14B-Instruct-AWQ";
-      model = "Qwen/Qwen2.5-14B-Instruct-AWQ"; # Hugging Face repo the engine loads
+      # `model` (what the engine loads: a Hugging Face repo or a path) defaults to servedModel.
       aliases = [ ];
       image = "docker.io/vllm/vllm-openai:v0.31.0";
       gpuMemoryUtilization = 0.50;
@@ -21,7 +21,6 @@
     };
     light = {
       servedModel = "Qwen/Qwen3-8B-AWQ";
-      model = "Qwen/Qwen3-8B-AWQ";
       aliases = [ ];
       image = "docker.io/vllm/vllm-openai:v0.31.0";
       gpuMemoryUtilization = 0.38;
@@ -49,7 +48,10 @@
     workerMetricsBase = 9301; # each worker's /metrics, in replica name order
   };
 
-  maxGpuMemoryUtilization = 0.95;
+  # vLLM sizes each instance as a fraction of the whole GPU, and each process also holds a
+  # CUDA context and CUDA graphs outside its fraction (about 1.5-2.5 GiB): two instances fit
+  # when their fractions sum to about 0.94 or less on a 44.5 GiB A40 (docs/deploy-nixos.md).
+  maxGpuMemoryUtilization = 0.92;
 
   redis = {
     host = "127.0.0.1";

@@ -12,6 +12,21 @@ rec {
 
   sum = builtins.foldl' (a: b: a + b) 0;
 
+  # Whole seconds (rounded up) of a duration as the ssw config writes it (humantime: "90s",
+  # "1m30s", "2m 30s", "500ms", "1h"); throws naming `path` for anything else, so a drain
+  # timeout is never silently misread.
+  seconds = path: text:
+    let
+      units = { h = 3600000; m = 60000; min = 60000; s = 1000; sec = 1000; ms = 1; };
+      parts = builtins.split "([0-9]+) *(h|min|ms|m|sec|s)" text;
+      matches = builtins.filter builtins.isList parts;
+      rest = builtins.concatStringsSep "" (builtins.filter builtins.isString parts);
+      ms = sum (map (m: builtins.fromJSON (builtins.head m) * units.${builtins.elemAt m 1}) matches);
+    in
+    if !(builtins.isString text) || matches == [ ] || builtins.match " *" rest == null
+    then fail path "must be a duration such as \"90s\", \"2m\" or \"1m30s\", got ${builtins.toJSON text}"
+    else (ms + 999) / 1000;
+
   # Index of `x` in list `xs` (first occurrence), or -1.
   indexOf = x: xs:
     let go = i: if i >= builtins.length xs then -1 else if builtins.elemAt xs i == x then i else go (i + 1);

@@ -21,7 +21,9 @@ let
     inherit src;
     strictDeps = true;
     pname = "ssw";
-    version = (craneLib.crateNameFromCargoToml { cargoToml = ../crates/cli/Cargo.toml; }).version;
+    # The workspace's version: crates/cli/Cargo.toml says `version.workspace = true`, which crane
+    # does not follow (it would use a placeholder 0.0.1, with a warning).
+    version = (craneLib.crateNameFromCargoToml { cargoToml = ../Cargo.toml; }).version;
   };
 
   # Dependencies of the whole workspace, built once and shared by the package and every check.
@@ -70,8 +72,8 @@ in
   };
 
   apps = {
-    default = { type = "app"; program = "${up}/bin/ssw-up"; };
-    gateway = { type = "app"; program = "${gatewayApp}/bin/ssw-gateway"; };
+    default = { type = "app"; program = "${up}/bin/ssw-up"; meta.description = "The whole platform locally: Redis, stub engines, workers, gateway (ssw up)"; };
+    gateway = { type = "app"; program = "${gatewayApp}/bin/ssw-gateway"; meta.description = "An ssw gateway alone"; };
   };
 
   devShells.default = craneLib.devShell {
@@ -85,7 +87,7 @@ in
       inherit cargoArtifacts;
       cargoClippyExtraArgs = "--all-targets -- --deny warnings";
     });
-    fmt = craneLib.cargoFmt { inherit src; };
+    fmt = craneLib.cargoFmt { inherit src; inherit (commonArgs) pname version; };
     doc = craneLib.cargoDoc (commonArgs // {
       inherit cargoArtifacts;
       env.RUSTDOCFLAGS = "--deny warnings";
@@ -106,16 +108,39 @@ in
       fi
       touch $out
     '';
-    # The nix/ function tests and the module mapping tests, plus every generated config
-    # through the built `ssw check-config`.
-    nix-lib = pkgs.runCommand "nix-lib-tests" { nativeBuildInputs = [ pkgs.nix pkgs.python3 ]; } ''
+    # The nix/ function tests, the module through the module system of this nixpkgs' lib
+    # (scenarios, docs blocks, planted defects), promtool on every generated Prometheus
+    # config and the alert rules, and every generated config through the built
+    # `ssw check-config`.
+    nix-lib = pkgs.runCommand "nix-lib-tests"
+      {
+        nativeBuildInputs = [ pkgs.nix (pkgs.python3.withPackages (p: [ p.pyyaml ])) pkgs.prometheus.cli ];
+      } ''
       export NIX_STATE_DIR=$TMPDIR/nix NIX_STORE_DIR=$TMPDIR/store HOME=$TMPDIR
       cp -r ${../nix} nix
       cp -r ${../modules} modules
-      chmod -R u+w nix modules
-      SSW_BIN=${ssw}/bin/ssw python3 nix/tests/run.py
+      cp -r ${../vm-tests} vm-tests
+      cp -r ${../docs} docs
+      cp ${../flake.nix} flake.nix
+      cp ${../compose.yaml} compose.yaml
+      chmod -R u+w .
+      NIXPKGS_LIB=${nixpkgs}/lib SSW_BIN=${ssw}/bin/ssw python3 nix/tests/run.py
+      python3 nix/tests/vm_scripts.py
       touch $out
     '';
+    # Every host of nix/hosts.nix (the docs' A40 configuration.nix, its fragments, a stub host)
+    # evaluated to its system derivation with the real NixOS modules: every assertion and
+    # option of nixpkgs checked. Evaluation only (the derivation path, without its context).
+    nixos-hosts =
+      let
+        hosts = import ./hosts.nix {
+          inherit system;
+          inherit (nixpkgs.lib) nixosSystem;
+          sswModule = self.nixosModules.default;
+        };
+        drvs = lib.mapAttrsToList (name: h: "${name} ${builtins.unsafeDiscardStringContext h.config.system.build.toplevel.drvPath}") hosts;
+      in
+      pkgs.writeText "nixos-hosts" (lib.concatStringsSep "\n" drvs);
     vm-routing = vmTest ../vm-tests/routing.nix;
     vm-overload = vmTest ../vm-tests/overload.nix;
     vm-worker-restart = vmTest ../vm-tests/worker-restart.nix;

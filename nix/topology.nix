@@ -21,21 +21,42 @@ let
     requestDefaults = { };
     maxQueue = 10000;
     queueTimeout = "120s";
+    # Stub timing of this pool's replicas (engine = "stub"), over the top-level `stub`.
+    stub = { };
   };
 
-  # User pools replace the default pools as a whole (like the ssw config does); within a pool,
-  # unset fields take poolDefaults.
+  # Pools merge by name over the default pools, as NixOS users expect of an attribute set:
+  # `pools.heavy.aliases = [ … ]` changes one field of the default heavy pool and keeps light;
+  # `pools.medium = { servedModel = …; }` adds a pool; `pools.light = null` removes one. A field
+  # set in a pool replaces the default's value (`requestDefaults` too: it is the pool's whole
+  # request defaults). Replicas are the host's layout: setting `replicas` replaces the default
+  # layout as a whole (a GPU host lists exactly the replicas it runs). Other settings merge
+  # recursively.
+  mergePools = user:
+    let
+      merged = defaults.pools // user;
+      kept = builtins.filter (n: merged.${n} != null) (builtins.attrNames merged);
+    in
+    builtins.listToAttrs (map
+      (name:
+        let p = user.${name} or { }; in {
+          inherit name;
+          value =
+            if !(builtins.isAttrs p) then l.fail "pools.${name}" "must be an attribute set (or null to remove the pool)"
+            else (defaults.pools.${name} or { }) // p;
+        })
+      kept);
+
   mergeSettings = user:
     let
       merged = l.recursiveUpdate (removeAttrs defaults [ "pools" "replicas" ]) (removeAttrs user [ "pools" "replicas" ]);
-      pools = if user ? pools then user.pools else defaults.pools;
-      replicas = if user ? replicas then user.replicas else defaults.replicas;
+      pools = mergePools (user.pools or { });
+      replicas = user.replicas or defaults.replicas;
     in
     merged // {
       pools = builtins.mapAttrs
         (name: p:
-          if !(builtins.isAttrs p) then l.fail "pools.${name}" "must be an attribute set"
-          else if !(p ? servedModel) then l.fail "pools.${name}.servedModel" "is required"
+          if !(p ? servedModel) then l.fail "pools.${name}.servedModel" "is required"
           else poolDefaults // { model = p.servedModel; } // p)
         pools;
       inherit replicas;
@@ -97,7 +118,20 @@ let
             msg = "must be a positive integer";
           })
           poolNames;
-      failed = builtins.filter (c: !c.ok) checks;
+      # A Nix path literal (`./secrets/redis`) would be copied into the world-readable store
+      # the moment it is interpolated: secrets are absolute paths as strings, outside it.
+      secret = path: v: {
+        ok = v == null || (builtins.isString v && builtins.substring 0 1 v == "/"
+          && builtins.substring 0 (builtins.stringLength builtins.storeDir + 1) v != builtins.storeDir + "/");
+        inherit path;
+        msg = "must be an absolute path outside the Nix store, as a string (\"/run/secrets/…\"), so the secret never enters the store; got ${if builtins.isPath v then "a Nix path literal" else builtins.toJSON v}";
+      };
+      secrets = [
+        (secret "redis.passwordFile" s.redis.passwordFile)
+        (secret "gateway.apiKeysFile" s.gateway.apiKeysFile)
+        (secret "grafana.secretKeyFile" s.grafana.secretKeyFile)
+      ];
+      failed = builtins.filter (c: !c.ok) (checks ++ secrets);
     in
     if failed == [ ] then s else let c = builtins.head failed; in l.fail c.path c.msg;
 
@@ -211,18 +245,23 @@ let
     };
   };
 
-  stubConfig = s: r: listen: {
-    pools = sswPools s;
-    stub = {
-      inherit listen;
-      served_model = s.pools.${r.pool}.servedModel;
-      max_model_len = s.pools.${r.pool}.maxModelLen;
-      max_num_seqs = s.pools.${r.pool}.maxNumSeqs;
-      ttft = s.stub.ttft;
-      tpot = s.stub.tpot;
-      output_tokens = s.stub.outputTokens;
+  stubConfig = s: r: listen:
+    let
+      pool = s.pools.${r.pool};
+      timing = s.stub // pool.stub;
+    in
+    {
+      pools = sswPools s;
+      stub = {
+        inherit listen;
+        served_model = pool.servedModel;
+        max_model_len = pool.maxModelLen;
+        max_num_seqs = pool.maxNumSeqs;
+        ttft = timing.ttft;
+        tpot = timing.tpot;
+        output_tokens = timing.outputTokens;
+      };
     };
-  };
 
   normalise = user:
     let
@@ -236,6 +275,9 @@ let
       settings = s;
       inherit replicas;
       gateway = { inherit (s.gateway) listen; port = gatewayPort; };
+      # systemd TimeoutStopSec / compose stop_grace_period of a worker: its drain plus 15 s to
+      # hand back unstarted jobs and deregister before SIGKILL.
+      workerStopSeconds = l.seconds "worker.drainTimeout" s.worker.drainTimeout + 15;
       ssw = {
         gateway = gatewayConfig s redisUrl s.gateway.listen;
         workers = builtins.listToAttrs (map (r: { name = r.name; value = workerConfig s redisUrl r r.engineUrl "127.0.0.1:${toString r.metricsPort}"; }) replicas);

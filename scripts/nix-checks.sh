@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The Nix checks that run without nixpkgs (CI runs them with Debian's nix-bin):
 #   1. every .nix file parses;
-#   2. the nix/ function tests (golden topologies, bad-input messages, generated configs pass
-#      `ssw check-config`);
+#   2. the nix/ tests (nix/tests/run.py): golden topologies, bad-input messages, the NixOS module
+#      through the real module system (../shared/vendor/nixpkgs-lib), the docs' code blocks,
+#      promtool on the generated Prometheus configs and alert rules, generated configs through
+#      `ssw check-config`;
 #   3. compose.yaml equals what the flake generates (`--fix` rewrites it);
 #   4. compose.yaml validates against the Compose JSON schema (../shared/schemas/compose-spec.json);
 #   5. no locked crate needs a newer rustc than the workspace's rust-version;
-#   6. the VM test scripts compile as Python and each vm-tests/*.nix reads its script.
+#   6. the VM test scripts (nix/tests/vm_scripts.py): they compile, and background commands
+#      the way the NixOS test driver needs.
 # Building the package, the OCI image and running the VM tests need nixpkgs: `nix flake check`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +21,9 @@ need nix-instantiate "sudo apt-get install nix-bin"
 need nix "sudo apt-get install nix-bin"
 need python3 "sudo apt-get install python3"
 need cargo "https://rustup.rs"
-python3 -c 'import yaml, jsonschema' 2>/dev/null || python3 -m pip install -q pyyaml jsonschema
+need promtool "sudo apt-get install prometheus"
+python3 -c 'import yaml, jsonschema' 2>/dev/null ||
+  { echo "error: python3 lacks yaml/jsonschema; install them: sudo apt-get install python3-yaml python3-jsonschema (or pip install pyyaml jsonschema)" >&2; exit 1; }
 export NIX_CONFIG="experimental-features = nix-command flakes"
 
 passed=0 failed=0
@@ -37,7 +42,7 @@ parse_all() {
 
 cargo build --locked --quiet --bin ssw
 step "every .nix file parses" parse_all
-step "nix/ function tests" env SSW_BIN=target/debug/ssw python3 nix/tests/run.py
+step "nix/ tests" env SSW_BIN=target/debug/ssw python3 nix/tests/run.py
 
 compose_fresh() {
   local tmp; tmp=$(mktemp)
@@ -61,18 +66,7 @@ PY
 
 step "locked crates fit the workspace rust-version" python3 scripts/check-rust-version.py
 
-vm_scripts() {
-  local bad=0
-  for nixfile in vm-tests/*.nix; do
-    grep -q testScript "$nixfile" || continue # helpers such as common.nix
-    py="${nixfile%.nix}.py"
-    [ -f "$py" ] || { echo "$nixfile has no $py" >&2; bad=1; continue; }
-    grep -q "$(basename "$py")" "$nixfile" || { echo "$nixfile does not read $(basename "$py")" >&2; bad=1; }
-    python3 -m py_compile "$py" || bad=1
-  done
-  return $bad
-}
-step "VM test scripts compile and are read by their tests" vm_scripts
+step "VM test scripts" python3 nix/tests/vm_scripts.py
 
 echo "nix-checks: $passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -1,0 +1,350 @@
+"""modules/ssw-inference.nix through the real NixOS module system.
+
+Every scenario is a list of NixOS modules evaluated with the real nixpkgs `lib.evalModules` on
+top of nix/tests/nixos/options.nix (the NixOS options the module touches, declared with
+nixpkgs' types). A scenario must evaluate with zero failed assertions and zero warnings, and
+its generated units, containers and configs are asserted. The code blocks of
+docs/deploy-nixos.md and the module's option examples are scenarios too, and misspelled or
+mistyped options must fail.
+"""
+
+import json
+import os
+import re
+import shutil
+import tempfile
+
+from common import NIX, ROOT, nix_eval, nixpkgs_lib, ok
+
+# The rest of a host: a root file system and a boot loader (a real host has them from its
+# hardware-configuration.nix), its state version, and for GPU hosts the NVIDIA driver.
+BASE = '{ fileSystems."/" = { device = "/dev/disk/by-label/nixos"; fsType = "ext4"; }; boot.loader.systemd-boot.enable = true; system.stateVersion = "26.05"; }'
+GPU = '{ services.xserver.videoDrivers = [ "nvidia" ]; hardware.nvidia.open = true; }'
+SSW = "e0.flake.nixosModules.default"
+
+
+def ssw(cfg):
+    return f"{{ services.ssw-inference = {cfg}; }}"
+
+
+SCENARIOS = {
+    "a40": [SSW, BASE, GPU, ssw("{ enable = true; }")],
+    "stub": [SSW, BASE, ssw('{ enable = true; settings.engine = "stub"; }')],
+    "grafana": [SSW, BASE, ssw('{ enable = true; settings = { engine = "stub"; grafana = { enable = true; secretKeyFile = "/run/secrets/grafana"; }; }; }')],
+    "secrets": [SSW, BASE, GPU, ssw(
+        '{ enable = true; openFirewall = true; hfTokenFile = "/run/secrets/hf-token.env"; '
+        'settings = { gateway = { listen = "0.0.0.0:8080"; apiKeysFile = "/run/secrets/keys"; }; redis.passwordFile = "/run/secrets/redis"; }; }')],
+    "gpu host": [SSW, BASE, GPU, ssw(
+        '{ enable = true; roles = { redis = false; gateway = false; }; '
+        'settings = { redis = { host = "10.0.0.5"; passwordFile = "/run/secrets/redis"; }; gpus = [ 0 ]; '
+        'replicas = { heavy-2 = { pool = "heavy"; gpu = 0; }; light-2 = { pool = "light"; gpu = 0; }; }; }; }')],
+    "gateway host": [SSW, BASE, ssw(
+        '{ enable = true; openFirewall = true; roles = { redis = false; workers = false; }; '
+        'settings = { redis = { host = "10.0.0.5"; passwordFile = "/run/secrets/redis"; }; '
+        'gateway = { listen = "0.0.0.0:8080"; apiKeysFile = "/run/secrets/keys"; }; }; }')],
+    "redis host": [SSW, BASE, ssw(
+        '{ enable = true; roles = { gateway = false; workers = false; }; '
+        'settings.redis = { host = "10.0.0.5"; passwordFile = "/run/secrets/redis"; }; }')],
+}
+
+# VM-test nodes: each vm-tests/<name>.nix's machine, as the test driver builds it.
+VM_TESTS = sorted(
+    f[:-4] for f in os.listdir(os.path.join(ROOT, "vm-tests")) if f.endswith(".nix") and f != "common.nix"
+)
+for name in VM_TESTS:
+    SCENARIOS[f"vm-test {name}"] = [f"(import ../vm-tests/{name}.nix {{ self = e0.flake; }}).nodes.machine", BASE]
+
+# Each must fail with this text (in a failed assertion or the evaluation error).
+MUST_FAIL = {
+    "docker backend": ([SSW, BASE, GPU, ssw("{ enable = true; }"), '{ virtualisation.oci-containers.backend = "docker"; }'],
+                       "services.ssw-inference runs vLLM with podman"),
+    "GPU host without NVIDIA driver": ([SSW, BASE, ssw("{ enable = true; }")], "`nvidia-container-toolkit` requires nvidia drivers"),
+    "secret as a Nix path literal": ([SSW, BASE, ssw('{ enable = true; settings.engine = "stub"; settings.redis.passwordFile = ./run.py; }')],
+                                     "redis.passwordFile: must be an absolute path outside the Nix store"),
+    "HF token in the store": ([SSW, BASE, GPU, ssw('{ enable = true; hfTokenFile = "/nix/store/00000000000000000000000000000000-hf.env"; }')],
+                              "hfTokenFile"),
+    "option of the wrong type": ([SSW, BASE, ssw('{ enable = true; openFirewall = "yes"; }')], "openFirewall' is not of type `boolean'"),
+    "unknown module option": ([SSW, BASE, ssw("{ enable = true; openFirewalls = true; }")], "services.ssw-inference.openFirewalls' does not exist"),
+    "grafana without secret key": ([SSW, BASE, ssw('{ enable = true; settings = { engine = "stub"; grafana.enable = true; }; }')],
+                                   "settings.grafana.secretKeyFile: Grafana needs a secret key file"),
+}
+
+# Planted defects in a copy of the module: the check must catch each.
+PLANTED = {
+    "misspelled container option": ("          cmd = r.vllmArgs;", "          cmdd = r.vllmArgs;",
+                                    "containers.ssw-vllm-heavy-0.cmdd' does not exist"),
+    "unit name that is not a unit": ('    wantedBy = [ "multi-user.target" ];', '    wantedBy = [ "multi-user" ];',
+                                     "wantedBy"),
+    "bad systemd Type": ('    Type = "notify";', '    Type = "notifyy";', "Systemd Service field `Type' cannot have value `notifyy'"),
+}
+
+
+def evaluate(modules, cwd=NIX, lib=None):
+    lib = lib or nixpkgs_lib()
+    mods = " ".join(f"({m})" for m in modules)
+    expr = (
+        f"let lib = import {lib}; e0 = import ./tests/nixos/eval.nix {{ inherit lib; }}; "
+        f"in (import ./tests/nixos/eval.nix {{ inherit lib; modules = [ {mods} ]; }}).result"
+    )
+    code, out, err = nix_eval(expr, cwd=cwd)
+    return (json.loads(out) if code == 0 else None), err
+
+
+def built(exec_start):
+    """What the fake runCommand recorded for the config file an ExecStart passes."""
+    _, _, recorded = exec_start.partition("#")
+    return json.loads(recorded) if recorded else {}
+
+
+def unit_config(unit):
+    return built(unit["serviceConfig"]["ExecStart"]).get("config", {})
+
+
+def clean(name, r, err):
+    good = r is not None and not r["failedAssertions"] and not r["warnings"]
+    detail = err.strip()[-600:] if r is None else f"assertions {r['failedAssertions']}, warnings {r['warnings']}"
+    return ok(good, f"module scenario evaluates with no failed assertion or warning: {name}" + ("" if good else f" ({detail})"))
+
+
+def a40(r, firewall=()):
+    cs = r["containers"]
+    svc = r["systemd"]["services"]
+    ok(sorted(cs) == ["ssw-vllm-heavy-0", "ssw-vllm-heavy-1", "ssw-vllm-light-0", "ssw-vllm-light-1"], "A40: one vLLM container per replica")
+    ok(r["containerBackend"] == "podman" and r["nvidiaToolkit"] is True, "A40: podman and the NVIDIA container toolkit")
+    for n, c in cs.items():
+        gpu = n[-1]
+        ok(c["devices"] == [f"nvidia.com/gpu={gpu}"], f"A40: {n} pinned to GPU {gpu} through CDI")
+        ok(all(p.startswith("127.0.0.1:") for p in c["ports"]), f"A40: {n} port bound to 127.0.0.1")
+        ok("--ipc=host" in c["extraOptions"] and c["podman"]["sdnotify"] == "healthy", f"A40: {n} --ipc=host, ready when healthy")
+        ok(any(v.endswith(":/root/.cache/huggingface") for v in c["volumes"]) and any(v.endswith(":/root/.cache/vllm") for v in c["volumes"]),
+           f"A40: {n} HF and compile caches on volumes")
+        u = svc[f"podman-{n}"]
+        gen = "nvidia-container-toolkit-cdi-generator.service"
+        ok(gen in u["after"] and gen in u["wants"] and gen not in u["requires"], f"A40: {n} ordered after (and wants) the CDI generator")
+        ok(u["startLimitIntervalSec"] == 0 and u["serviceConfig"]["RestartSec"] == "10s" and u["serviceConfig"]["Restart"] == "on-failure",
+           f"A40: {n} restarts every 10 s without a start limit")
+    ok(cs["ssw-vllm-light-0"]["dependsOn"] == ["ssw-vllm-heavy-0"] and cs["ssw-vllm-heavy-0"]["dependsOn"] == [], "A40: vLLMs on one GPU start one after the other")
+    ok("podman-ssw-vllm-heavy-0.service" in svc["podman-ssw-vllm-light-0"]["requires"], "A40: light-0 requires heavy-0 (oci-containers dependsOn)")
+    ok(svc["podman-ssw-vllm-light-1"]["upheldBy"] == ["podman-ssw-vllm-heavy-1.service"] and svc["podman-ssw-vllm-heavy-1"]["upheldBy"] == [],
+       "A40: light-1 is started again whenever heavy-1 is up (Upholds=), after a failed first start")
+    ok("podman.service" in svc["nvidia-container-toolkit-cdi-generator"]["requiredBy"], "A40: the CDI generator runs (stand-in of the toolkit module)")
+    ssw_units = sorted(k for k in svc if k.startswith("ssw-"))
+    ok(ssw_units == ["ssw-gateway", "ssw-worker-heavy-0", "ssw-worker-heavy-1", "ssw-worker-light-0", "ssw-worker-light-1"], f"A40: gateway and one worker unit per replica ({ssw_units})")
+    w = svc["ssw-worker-light-1"]
+    ok("podman-ssw-vllm-light-1.service" in w["after"] and "redis-ssw.service" in w["after"], "A40: a worker starts after its container and Redis")
+    sc = w["serviceConfig"]
+    ok(sc["DynamicUser"] and sc["Restart"] == "on-failure" and sc["ProtectSystem"] == "strict" and sc["NoNewPrivileges"], "A40: hardened DynamicUser units restarting on failure")
+    ok(w["startLimitIntervalSec"] == 0 and sc["RestartMaxDelaySec"] == "30s", "A40: ssw units back off up to 30 s and never hit a start limit")
+    ok(sc["TimeoutStopSec"] == "75s", "A40: worker stop timeout covers its drain (60 s + 15 s)")
+    ok("ssw check-config $out --role worker" in built(sc["ExecStart"]).get("checks", ""), "A40: worker config checked at build time")
+    g = svc["ssw-gateway"]["serviceConfig"]
+    ok(g["LimitNOFILE"] == 65536 and sc["LimitNOFILE"] == 65536, "A40: gateway and workers may open 65536 files (systemd's default soft limit is 1024)")
+    ok(g["Type"] == "notify" and sc["Type"] == "notify" and sc["WatchdogSec"] == "30s", "A40: ssw units use sd_notify and a watchdog")
+    exporters = sorted(n for n, v in svc.items() if n.startswith("ssw-") and unit_config(v).get("worker", {}).get("gpu_metrics") == "configured")
+    ok(exporters == ["ssw-worker-heavy-0", "ssw-worker-heavy-1"], f"A40: one GPU exporter per GPU ({exporters})")
+    h0 = svc["ssw-worker-heavy-0"]["serviceConfig"]
+    ok(h0["PrivateDevices"] is False and h0["DeviceAllow"] == ["/dev/nvidiactl rw", "/dev/nvidia0 rw"] and sc["PrivateDevices"] is True,
+       "A40: only GPU exporters see the GPU device nodes, read-write as NVML opens them")
+    redis = r["redis"]["ssw"]
+    ok(redis["port"] == 6379 and redis["save"] == [] and redis["settings"]["maxclients"] == 10000 and redis["settings"]["save"] == '""',
+       "A40: Redis without persistence on 6379, maxclients through the module's own option")
+    ok(svc["redis-ssw"]["serviceConfig"]["LimitNOFILE"] == "10032", "A40: the Redis unit's file limit follows maxclients")
+    p = r["prometheus"]
+    ok(p["listenAddress"] == "127.0.0.1", "A40: Prometheus listens on localhost only")
+    jobs = [j["job_name"] for j in p["yml"]["scrape_configs"]]
+    ok(jobs == ["ssw-gateway", "vllm", "ssw-workers"], f"A40: Prometheus scrapes the gateway, the engines and the workers ({jobs})")
+    ok(p["yml"]["rule_files"][0].endswith("alerts.yml"), "A40: alert rules loaded")
+    ok(r["firewall"] == list(firewall), f"A40: firewall open for {list(firewall)} only")
+    ok(r["sysctl"]["net.core.somaxconn"] == 65535, "A40: deep accept queue for bursts of connections")
+
+
+def stub(r):
+    svc = r["systemd"]["services"]
+    ok(r["containers"] == {} and not r["nvidiaToolkit"], "stub: no containers, no GPU toolkit")
+    ok(sorted(k for k in svc if k.startswith("ssw-stub-")) == ["ssw-stub-heavy-0", "ssw-stub-heavy-1", "ssw-stub-light-0", "ssw-stub-light-1"], "stub: ssw stub units replace vLLM")
+    ok("ssw-stub-heavy-0.service" in svc["ssw-worker-heavy-0"]["after"], "stub: workers start after their stub")
+
+
+def grafana(r):
+    gf = r["grafana"]
+    ok(gf["provision"]["dashboards"][0]["options"]["path"].endswith("-observability") or gf["provision"]["dashboards"][0]["options"]["path"].endswith("/observability"),
+       "grafana: the dashboard is provisioned")
+    ok(gf["settings"]["security"]["secret_key"] == "$__file{/run/secrets/grafana}", "grafana: secret key from a file")
+    ok(gf["settings"]["server"]["http_addr"] == "127.0.0.1", "grafana: on localhost")
+
+
+def secrets(r):
+    svc = r["systemd"]["services"]
+    g = svc["ssw-gateway"]["serviceConfig"]
+    ok(sorted(g["LoadCredential"]) == ["api-keys:/run/secrets/keys", "redis-password:/run/secrets/redis"], "secrets: gateway loads both credentials")
+    conf = unit_config(svc["ssw-gateway"])
+    ok(conf.get("redis", {}).get("password_file") == "/run/credentials/ssw-gateway.service/redis-password", "secrets: config points at the unit's credential")
+    ok(conf.get("gateway", {}).get("api_keys_file") == "/run/credentials/ssw-gateway.service/api-keys", "secrets: API keys from the credential")
+    ok(r["redis"]["ssw"]["requirePassFile"] == "/run/secrets/redis", "secrets: Redis requires the password")
+    ok(r["firewall"] == [8080], "secrets: openFirewall opens the gateway port")
+    ok(svc["ssw-worker-heavy-0"]["serviceConfig"]["LoadCredential"] == ["redis-password:/run/secrets/redis"], "secrets: workers load only the Redis password")
+    ok(r["containers"]["ssw-vllm-heavy-0"]["environmentFiles"] == ["/run/secrets/hf-token.env"], "secrets: the HF token file reaches the containers, as a path outside the store")
+
+
+def gpu_host(r):
+    svc = r["systemd"]["services"]
+    mine = sorted(k for k in svc if k.startswith("ssw-"))
+    ok(mine == ["ssw-worker-heavy-2", "ssw-worker-light-2"], f"GPU host: workers only ({mine})")
+    ok(r["redis"] == {} and "prometheus" in r and r["prometheus"]["yml"]["scrape_configs"][0]["job_name"] == "vllm", "GPU host: no local Redis; Prometheus scrapes engines and workers only")
+    conf = unit_config(svc["ssw-worker-heavy-2"])
+    ok(conf["redis"]["url"] == "redis://10.0.0.5:6379" and conf["redis"]["password_file"].startswith("/run/credentials/"), "GPU host: workers use the remote Redis with its password")
+
+
+def gateway_host(r):
+    svc = r["systemd"]["services"]
+    mine = sorted(k for k in svc if k.startswith("ssw-"))
+    ok(mine == ["ssw-gateway"] and r["containers"] == {} and r["redis"] == {}, f"gateway host: the gateway only ({mine})")
+    ok(r["firewall"] == [8080] and r["sysctl"]["net.core.somaxconn"] == 65535, "gateway host: its port opened, deep accept queue")
+
+
+def redis_host(r):
+    svc = r["systemd"]["services"]
+    ok(sorted(k for k in svc if k.startswith("ssw-")) == [] and r["redis"]["ssw"]["bind"] is None, "Redis host: Redis on every interface (host is remote), no ssw units")
+    ok("prometheus" not in r or r["prometheus"] == {}, "Redis host: no Prometheus without gateway or workers")
+
+
+def vm_overload(r):
+    svc = r["systemd"]["services"]
+    heavy = unit_config(svc["ssw-stub-heavy-0"])["stub"]
+    light = unit_config(svc["ssw-stub-light-0"])["stub"]
+    ok(heavy["ttft"] == "20s" and light["ttft"] == "10ms", "vm-test overload: slow heavy stubs, fast light stubs (per-pool stub timing)")
+    w = unit_config(svc["ssw-worker-heavy-0"])["worker"]
+    ok(w["max_inflight"] == 1 and w["reclaim_idle"] == "5s", "vm-test overload: the test's settings merge over the common ones (reclaim_idle kept)")
+    ok(unit_config(svc["ssw-gateway"])["pools"]["heavy"]["max_queue"] == 4, "vm-test overload: heavy max_queue 4 reaches the gateway")
+
+
+def vm_worker_restart(r):
+    svc = r["systemd"]["services"]
+    ok(unit_config(svc["ssw-stub-heavy-1"])["stub"]["ttft"] == "3s", "vm-test worker-restart: heavy answers take 3 s to start")
+
+
+CHECKS = {"a40": a40, "stub": stub, "grafana": grafana, "secrets": secrets, "gpu host": gpu_host,
+          "gateway host": gateway_host, "redis host": redis_host,
+          "vm-test overload": vm_overload, "vm-test worker-restart": vm_worker_restart}
+
+
+def docs_blocks():
+    """The ```nix blocks of docs/deploy-nixos.md: (title, text)."""
+    text = open(os.path.join(ROOT, "docs", "deploy-nixos.md")).read()
+    return [(m.group(1).strip().splitlines()[0], m.group(1)) for m in re.finditer(r"```nix\n(.*?)```", text, re.S)]
+
+
+# What nixos-generate-config writes for a host: the docs' flake imports it.
+HARDWARE = BASE.replace("system.stateVersion = \"26.05\"; ", "")
+
+
+def docs(lib):
+    """Every ```nix block of docs/deploy-nixos.md evaluates: the /etc/nixos flake with its
+    configuration.nix (through the flake's own nixosModules.default), and every module fragment
+    on top of a host."""
+    blocks = docs_blocks()
+    ok(len(blocks) >= 3, f"docs/deploy-nixos.md: {len(blocks)} nix blocks found")
+    files = {t.split()[1]: b for t, b in blocks if t.startswith("# /etc/nixos/")}
+    results = {}
+    with tempfile.TemporaryDirectory() as d:
+        for name, b in files.items():
+            with open(os.path.join(d, os.path.basename(name)), "w") as f:
+                f.write(b)
+        with open(os.path.join(d, "hardware-configuration.nix"), "w") as f:
+            f.write(f"{{ ... }}: {HARDWARE}\n")
+        if ok("/etc/nixos/flake.nix" in files and "/etc/nixos/configuration.nix" in files, "docs: the A40 flake and configuration.nix are there"):
+            expr = (
+                f"let lib = import {lib}; e0 = import ./tests/nixos/eval.nix {{ inherit lib; }}; "
+                f"flake = (import {d}/flake.nix).outputs (e0.inputs // {{ self = flake; }}); "
+                f"in e0.summary (builtins.head (builtins.attrValues flake.nixosConfigurations)).config"
+            )
+            code, out, err = nix_eval(expr)
+            r = json.loads(out) if code == 0 else None
+            if clean("docs /etc/nixos/flake.nix + configuration.nix", r, err):
+                results["docs a40"] = r
+                a40(r, firewall=[8080])
+                ok(unit_config(r["systemd"]["services"]["ssw-gateway"])["pools"]["heavy"]["aliases"] == ["npc-boss"]
+                   and "light" in unit_config(r["systemd"]["services"]["ssw-gateway"])["pools"],
+                   "docs: pools.heavy.aliases changes the heavy pool and keeps light")
+    for title, b in blocks:
+        if title.startswith("# /etc/nixos/"):
+            continue
+        body = b.strip()
+        module = body if body.startswith("{") else f"{{ ... }}: {{ {body} }}"
+        r, err = evaluate([SSW, BASE, GPU, module], lib=lib)
+        if clean(f"docs block {title!r}", r, err):
+            results[f"docs {title}"] = r
+    return results
+
+
+def flake_hosts(lib):
+    """nix/hosts.nix, what `nix flake check` builds to the system derivation, through the
+    stand-in nixosSystem: every host's toplevel evaluates (no failed assertion, no warning)."""
+    code, out, err = nix_eval(
+        f"let lib = import {lib}; e0 = import ./tests/nixos/eval.nix {{ inherit lib; }}; "
+        "hosts = import ./hosts.nix { inherit (e0) nixosSystem; sswModule = e0.flake.nixosModules.default; }; "
+        "in builtins.mapAttrs (_: h: h.config.system.build.toplevel.name) hosts",
+        writable_store=True,
+    )
+    hosts = json.loads(out) if code == 0 else {}
+    ok(code == 0 and "a40" in hosts and "stub" in hosts and any(h.startswith("docs-fragment-") for h in hosts),
+       f"nix/hosts.nix (checks.nixos-hosts): every host's system evaluates ({sorted(hosts) or err.strip()[-400:]})")
+
+
+def examples(lib):
+    """The module's option `example`s, as settings of a stub host."""
+    code, out, err = nix_eval(
+        f"let lib = import {lib}; e0 = import ./tests/nixos/eval.nix {{ inherit lib; }}; "
+        "opts = (lib.evalModules { modules = [ ../modules/ssw-inference.nix { _module.check = false; } ]; }).options.services.ssw-inference; "
+        "in map (o: { name = lib.concatStringsSep \".\" (lib.drop 2 o.loc); "
+        "text = if (o.example._type or null) == \"literalExpression\" then o.example.text else lib.generators.toPretty { } o.example; }) "
+        "(builtins.filter (o: o ? example) (lib.collect lib.isOption opts))"
+    )
+    if not ok(code == 0, "module option examples read" + ("" if code == 0 else f" ({err.strip()[-300:]})")):
+        return
+    found = json.loads(out)
+    ok(any(e["name"] == "settings" for e in found), "the settings option has an example")
+    for e in found:
+        if e["name"] == "enable":
+            continue
+        r, err = evaluate([SSW, BASE, GPU, ssw(f"{{ enable = true; {e['name']} = {e['text']}; }}")], lib=lib)
+        clean(f"option example services.ssw-inference.{e['name']} = {e['text']}", r, err)
+
+
+def must_fail(lib):
+    for name, (modules, expected) in MUST_FAIL.items():
+        r, err = evaluate(modules, lib=lib)
+        said = " ".join(r["failedAssertions"]) if r else err
+        ok(expected in said, f"module refuses: {name}" + ("" if expected in said else f" (got: {said.strip()[-400:]})"))
+    # Planted defects in a copy of the module: the real module system catches what the old
+    # stand-in (options as plain records, no types) let through.
+    for name, (old, new, expected) in PLANTED.items():
+        with tempfile.TemporaryDirectory() as d:
+            for part in ("nix", "modules", "flake.nix", "vm-tests"):
+                src = os.path.join(ROOT, part)
+                (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, os.path.join(d, part))
+            path = os.path.join(d, "modules", "ssw-inference.nix")
+            text = open(path).read()
+            if not ok(old in text, f"planted defect applies: {name}"):
+                continue
+            open(path, "w").write(text.replace(old, new, 1))
+            r, err = evaluate([SSW, BASE, GPU, ssw("{ enable = true; }")], cwd=os.path.join(d, "nix"), lib=lib)
+            said = " ".join(r["failedAssertions"]) if r else err
+            ok(r is None and expected in said, f"a planted defect fails the check: {name}" + ("" if r is None and expected in said else f" (got: {said.strip()[-300:]})"))
+
+
+def run():
+    """Runs every scenario; returns {name: result} of those that evaluated."""
+    lib = nixpkgs_lib()
+    out = {}
+    for name, modules in SCENARIOS.items():
+        r, err = evaluate(modules, lib=lib)
+        if clean(name, r, err):
+            out[name] = r
+            if name in CHECKS:
+                CHECKS[name](r)
+    out.update(docs(lib))
+    flake_hosts(lib)
+    examples(lib)
+    must_fail(lib)
+    return out
