@@ -241,10 +241,14 @@ fn gateway_config(
 
 async fn run_gateway(cfg: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signals()?;
-    let listener = listen::listener(cfg.gateway.listen, "gateway.listen").await?;
+    let listener = listen::listener(cfg.gateway.listen, "gateway.listen", "gateway").await?;
+    let ops = match cfg.gateway.ops_listen {
+        Some(addr) => Some(listen::listener(addr, "gateway.ops_listen", "ops").await?),
+        None => None,
+    };
     let grace = cfg.gateway.shutdown_timeout;
     let state = ssw_gateway::AppState::new(cfg)?;
-    let serve = ssw_gateway::serve(listener, state, shutdown.clone());
+    let serve = ssw_gateway::serve(listener, ops, state, shutdown.clone());
     tokio::pin!(serve);
     tokio::select! {
         r = &mut serve => r.context("gateway"),
@@ -276,8 +280,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             )?;
             let shutdown = shutdown_on_signals()?;
             let metrics = match cfg.worker.listen {
-                Some(addr) => Some(listen::listener(addr, "worker.listen").await?),
-                None => listen::inherited()?,
+                Some(addr) => Some(listen::listener(addr, "worker.listen", "worker").await?),
+                None => listen::inherited("worker")?,
             };
             ssw_worker::run(cfg, metrics, shutdown).await?;
             Ok(())
@@ -296,7 +300,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 Role::Stub,
             )?;
             let shutdown = shutdown_on_signals()?;
-            let listener = listen::listener(cfg.stub.listen, "stub.listen").await?;
+            let listener = listen::listener(cfg.stub.listen, "stub.listen", "stub").await?;
             ssw_stub::serve(listener, cfg.stub, shutdown).await?;
             Ok(())
         }

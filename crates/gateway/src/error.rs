@@ -21,6 +21,8 @@ pub struct ApiError {
     pub param: Option<String>,
     /// `Retry-After` for retryable codes.
     pub retry_after: Option<Duration>,
+    /// Close the connection after this response (the request body was not read to its end).
+    pub close: bool,
 }
 
 impl ApiError {
@@ -31,7 +33,20 @@ impl ApiError {
             message: message.into(),
             param: None,
             retry_after: code.retryable().then_some(Duration::from_secs(1)),
+            close: false,
         }
+    }
+
+    /// Names the offending request field.
+    pub fn param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    /// Closes the connection after the response: what is left of the request is not read.
+    pub fn close(mut self) -> Self {
+        self.close = true;
+        self
     }
 
     /// Sets `Retry-After`.
@@ -71,6 +86,7 @@ impl From<ssw_protocol::chat::RequestError> for ApiError {
             message: e.message,
             param: e.param,
             retry_after: None,
+            close: false,
         }
     }
 }
@@ -93,6 +109,10 @@ impl IntoResponse for ApiError {
             let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if self.close {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if matches!(
             self.code,

@@ -6,13 +6,16 @@
 //! request's wait, deadline and cancellation.
 //!
 //! # Layout
-//! - [`http`]: routes, middleware, handlers (thin: extract, call, return).
+//! - [`server`]: connections: the cap on open ones, head, idle and write timeouts.
+//! - [`http`]: routes, middleware, handlers (thin: read, call, answer).
+//! - [`admission`]: from a body to a job on its queue, or the reason it is refused.
 //! - [`routing`]: pool resolution.
 //! - [`lifecycle`]: the per-request [`lifecycle::Ticket`].
 //! - [`replies`]: the reply-stream reader and demultiplexer.
 //! - [`auth`]: API keys. [`error`]: error → HTTP. [`metrics`]: metric names.
 //! - [`state`]: [`AppState`], built once from the config.
 
+pub mod admission;
 pub mod auth;
 pub mod error;
 pub mod http;
@@ -20,6 +23,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod replies;
 pub mod routing;
+pub mod server;
 pub mod state;
 
 pub use state::{AppState, StartError};
@@ -27,10 +31,12 @@ pub use state::{AppState, StartError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Serves on `listener` until `shutdown` is cancelled, then drains: readiness fails, new
-/// requests are refused, responses in flight complete, and the function returns.
+/// Serves the public API on `listener` (and `/metrics`, `/readyz` on `ops` when given) until
+/// `shutdown` is cancelled, then drains: readiness fails, new requests are refused, responses in
+/// flight complete, and the function returns.
 pub async fn serve(
     listener: TcpListener,
+    ops: Option<TcpListener>,
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -53,34 +59,46 @@ pub async fn serve(
         background.clone(),
     ));
     tracing::info!(addr = %listener.local_addr()?, gateway = %state.id, "gateway listening");
+    if state.config.gateway.is_open() {
+        tracing::warn!(
+            addr = %listener.local_addr()?,
+            "serving without API keys on a listener others can reach (gateway.allow_unauthenticated)"
+        );
+    }
     let watchdog_state = state.clone();
     ssw_telemetry::systemd::ready_with_watchdog(
         move || !watchdog_state.is_draining(),
         shutdown.clone(),
     );
+    // Draining starts at once on SIGTERM; the listeners stop right after.
     let drain_state = state.clone();
-    let listener = nodelay(listener);
-    let result = axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(async move {
-            shutdown.cancelled().await;
-            drain_state.start_draining();
-            tracing::info!("draining: refusing new requests, finishing the ones in flight");
-        })
-        .await;
+    let draining = shutdown.clone();
+    tokio::spawn(async move {
+        draining.cancelled().await;
+        drain_state.start_draining();
+        tracing::info!("draining: refusing new requests, finishing the ones in flight");
+    });
+    let bounds = server::Bounds::from_config(&state.config.gateway);
+    let ops_serve = ops.map(|ops| {
+        if let Ok(addr) = ops.local_addr() {
+            tracing::info!(%addr, "operators' listener (/metrics, /readyz, /healthz)");
+        }
+        let ops_bounds = server::Bounds {
+            max_connections: 256,
+            ..bounds
+        };
+        tokio::spawn(server::serve(
+            ops,
+            http::ops_router(state.clone()),
+            ops_bounds,
+            shutdown.clone(),
+        ))
+    });
+    let result = server::serve(listener, http::router(state), bounds, shutdown).await;
+    if let Some(ops) = ops_serve {
+        let _ = ops.await;
+    }
     background.cancel();
     let _ = tokio::join!(reader, keeper, sampler);
     result
-}
-
-/// Small SSE writes must leave at once: without TCP_NODELAY, Nagle's algorithm holds each one
-/// until the client's delayed ACK (~40 ms).
-fn nodelay(
-    listener: TcpListener,
-) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
-    use axum::serve::ListenerExt;
-    listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    })
 }

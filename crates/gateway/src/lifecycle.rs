@@ -14,7 +14,7 @@ use ssw_queue::producer::Expiry;
 use tokio::time::Instant;
 
 use crate::error::ApiError;
-use crate::replies::EventRx;
+use crate::replies::{Delivery, EventRx};
 use crate::state::AppState;
 
 /// How long a cancellation marker lives: longer than any job could still be claimed.
@@ -178,18 +178,25 @@ impl Ticket {
                         "the gateway lost its reply stream",
                     ));
                 }
-                Some(ReplyEvent::KeepAlive) => self.phase = Phase::Running,
-                Some(ReplyEvent::Requeued {
+                Some(Delivery::Overflow) => {
+                    tracing::warn!(job = %self.job, pool = %self.pool, "client reads too slowly; ending its stream");
+                    return Next::Failed(ApiError::new(
+                        ErrorCode::ClientTooSlow,
+                        "the answer was produced faster than it was read; the rest was dropped",
+                    ));
+                }
+                Some(Delivery::Event(ReplyEvent::KeepAlive)) => self.phase = Phase::Running,
+                Some(Delivery::Event(ReplyEvent::Requeued {
                     entry_id,
                     deadline_ms,
-                }) => {
+                })) => {
                     tracing::info!(job = %self.job, "engine refused the job; requeued for another worker");
                     self.entry_id = entry_id;
                     self.phase = Phase::Queued {
                         deadline: instant_of(deadline_ms),
                     };
                 }
-                Some(ev) => {
+                Some(Delivery::Event(ev)) => {
                     self.phase = Phase::Running;
                     self.observe(&ev);
                     return Next::Event(ev);

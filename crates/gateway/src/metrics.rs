@@ -34,10 +34,20 @@ fn rejection_reason(code: ErrorCode) -> Option<&'static str> {
         ErrorCode::QueueUnavailable => "queue_unavailable",
         ErrorCode::ModelNotFound => "model_not_found",
         ErrorCode::MissingApiKey | ErrorCode::InvalidApiKey => "auth",
-        ErrorCode::InvalidJson | ErrorCode::InvalidRequest => "bad_request",
+        ErrorCode::InvalidJson
+        | ErrorCode::InvalidRequest
+        | ErrorCode::UnsupportedMediaType
+        | ErrorCode::NotFound
+        | ErrorCode::MethodNotAllowed => "bad_request",
         ErrorCode::RequestTooLarge => "too_large",
+        ErrorCode::RequestTimeout => "request_timeout",
+        ErrorCode::ServerBusy => "server_busy",
         ErrorCode::ShuttingDown => "shutting_down",
-        ErrorCode::UpstreamError | ErrorCode::EngineRejected | ErrorCode::InternalError => {
+        ErrorCode::UpstreamError
+        | ErrorCode::EngineRejected
+        | ErrorCode::InternalError
+        | ErrorCode::ClientTooSlow
+        | ErrorCode::ResponseTooLarge => {
             return None;
         }
     })

@@ -26,6 +26,12 @@ pub struct Pool {
     pub defaults: Map<String, Value>,
     /// Context length for `/v1/models`.
     pub max_model_len: Option<u32>,
+    /// `max_tokens` ceiling.
+    pub max_tokens: Option<u32>,
+    /// `n` / `best_of` ceiling.
+    pub max_n: u32,
+    /// vLLM extension fields accepted.
+    pub allowed_fields: Vec<String>,
 }
 
 impl Pool {
@@ -38,6 +44,18 @@ impl Pool {
             queue_timeout: cfg.queue_timeout,
             defaults: cfg.defaults.clone(),
             max_model_len: cfg.max_model_len,
+            max_tokens: cfg.max_tokens_limit(),
+            max_n: cfg.max_n,
+            allowed_fields: cfg.allowed_fields.clone(),
+        }
+    }
+
+    /// What a request routed here may ask for.
+    pub fn limits(&self) -> ssw_protocol::chat::Limits<'_> {
+        ssw_protocol::chat::Limits {
+            max_tokens: self.max_tokens,
+            max_n: self.max_n,
+            allowed_fields: &self.allowed_fields,
         }
     }
 }

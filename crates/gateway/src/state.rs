@@ -52,6 +52,12 @@ pub struct Inner {
     pub started_s: u64,
     /// Turns for parsing and enqueueing: see [`ADMISSIONS`].
     pub admissions: tokio::sync::Semaphore,
+    /// Request-body bytes being read or parsed, over all requests (`gateway.body_budget`).
+    pub body_budget: tokio::sync::Semaphore,
+    /// The last readiness answer and when it was computed (`/readyz` runs one script per pool,
+    /// so a flood of probes is answered from here for a second).
+    pub readiness:
+        tokio::sync::Mutex<Option<(tokio::time::Instant, axum::http::StatusCode, bytes::Bytes)>>,
     job_seq: AtomicU64,
 }
 
@@ -93,7 +99,13 @@ impl AppState {
         };
         let redis = Redis::new(&config.redis, password)?;
         let id = config.gateway.id.clone().unwrap_or_else(default_id);
-        let replies = Arc::new(Replies::new(redis.keys().replies(&id)));
+        let replies = Arc::new(Replies::new(
+            redis.keys().replies(&id),
+            config.gateway.reply_buffer.bytes() as usize,
+        ));
+        let body_budget = tokio::sync::Semaphore::new(
+            usize::try_from(config.gateway.body_budget.bytes()).unwrap_or(usize::MAX >> 4),
+        );
         let started_s = ssw_queue::now_ms() / 1000;
         Ok(Self(Arc::new(Inner {
             router: Arc::new(Router::new(&config)),
@@ -105,6 +117,8 @@ impl AppState {
             draining: AtomicBool::new(false),
             started_s,
             admissions: tokio::sync::Semaphore::new(ADMISSIONS),
+            body_budget,
+            readiness: tokio::sync::Mutex::new(None),
             job_seq: AtomicU64::new(0),
         })))
     }

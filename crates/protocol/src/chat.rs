@@ -1,23 +1,51 @@
 //! The chat-completions request as the gateway accepts it.
 //!
-//! Parsing checks the fields the platform relies on or that the issue contract names (`messages`,
-//! `model`, `stream`, `stream_options`, `max_tokens`, `max_completion_tokens`, `temperature`,
-//! `top_p`, `n`) and keeps every other field untouched and in order, so what the client sent
-//! reaches the engine unchanged apart from `model` and the pool's defaults.
+//! Parsing reads the body's top level into borrowed raw values, in order, without building a
+//! tree of it: a request costs about its own size in memory, whatever its shape (a body of a
+//! million tiny messages is validated by walking it, not by materialising it). The fields the
+//! platform relies on (`messages`, `model`, `stream`, `stream_options`, the token and choice
+//! counts, the sampling numbers) are checked; every field must be one the platform knows
+//! ([`crate::fields`]); every other byte reaches the engine as the client sent it, apart from
+//! `model` and the pool's defaults. [`ChatRequest::check`] applies a pool's limits once the
+//! request is routed.
 
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserializer;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::{ErrorCode, ErrorEnvelope};
+use crate::fields::{self, Owner};
 
-/// A validated chat-completions request.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ChatRequest {
-    /// The client's body, every field preserved in the order it was sent.
-    pub body: Map<String, Value>,
+/// A validated chat-completions request, borrowing the body it was parsed from.
+#[derive(Clone, Debug)]
+pub struct ChatRequest<'a> {
+    /// The body's top-level fields in the order sent (the last of duplicate keys wins, in the
+    /// first one's place), values untouched.
+    fields: Vec<(Cow<'a, str>, &'a RawValue)>,
     /// The requested model, if the client named one.
     pub model: Option<String>,
     /// Whether the client asked for an SSE stream.
     pub stream: bool,
+    /// `max_tokens`, or else `max_completion_tokens`.
+    pub max_tokens: Option<u64>,
+    /// `n`.
+    pub n: Option<u64>,
+    best_of: Option<u64>,
+}
+
+/// A pool's limits on what a request may ask for.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits<'p> {
+    /// Largest `max_tokens` / `max_completion_tokens`; none: no ceiling.
+    pub max_tokens: Option<u32>,
+    /// Largest `n` and `best_of`.
+    pub max_n: u32,
+    /// vLLM extension fields this pool accepts.
+    pub allowed_fields: &'p [String],
 }
 
 /// Why a body was refused; always a 400.
@@ -40,6 +68,14 @@ impl RequestError {
         }
     }
 
+    fn json(message: impl fmt::Display) -> Self {
+        Self {
+            code: ErrorCode::InvalidJson,
+            message: format!("request body is not valid JSON: {message}"),
+            param: None,
+        }
+    }
+
     /// The OpenAI envelope for this error.
     pub fn envelope(&self) -> ErrorEnvelope {
         let env = ErrorEnvelope::new(self.code, self.message.clone());
@@ -50,153 +86,604 @@ impl RequestError {
     }
 }
 
-impl std::fmt::Display for RequestError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)
     }
 }
 
 impl std::error::Error for RequestError {}
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+/// Longest excerpt of a client's value quoted back in an error message.
+const QUOTE_MAX: usize = 40;
+
+/// `s` for an error message: at most [`QUOTE_MAX`] characters, printable.
+pub fn quote(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(QUOTE_MAX)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if s.chars().count() > QUOTE_MAX {
+        out.push('…');
+    }
+    out
+}
+
+/// What kind of JSON value a raw value is, from its first byte.
+fn kind(raw: &RawValue) -> &'static str {
+    match raw.get().as_bytes().first() {
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'"') => "a string",
+        Some(b'[') => "an array",
+        Some(b'{') => "an object",
+        _ => "a number",
     }
 }
 
-fn expect_bool(body: &Map<String, Value>, key: &str) -> Result<bool, RequestError> {
-    match body.get(key) {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(other) => Err(RequestError::field(
-            key,
-            format!("`{key}` must be a boolean, got {}", kind(other)),
-        )),
-    }
+fn is_null(raw: &RawValue) -> bool {
+    raw.get() == "null"
 }
 
-fn expect_positive_int(body: &Map<String, Value>, key: &str) -> Result<(), RequestError> {
-    match body.get(key) {
-        None | Some(Value::Null) => Ok(()),
-        Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n >= 1) => Ok(()),
-        Some(other) => Err(RequestError::field(
-            key,
-            format!("`{key}` must be a positive integer, got {other}"),
-        )),
-    }
-}
+/// A top-level key, borrowed from the body unless it holds escapes.
+struct Key<'a>(Cow<'a, str>);
 
-fn expect_number(body: &Map<String, Value>, key: &str) -> Result<(), RequestError> {
-    match body.get(key) {
-        None | Some(Value::Null) => Ok(()),
-        Some(Value::Number(_)) => Ok(()),
-        Some(other) => Err(RequestError::field(
-            key,
-            format!("`{key}` must be a number, got {}", kind(other)),
-        )),
-    }
-}
-
-impl ChatRequest {
-    /// Parses and validates a request body.
-    pub fn parse(bytes: &[u8]) -> Result<Self, RequestError> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| RequestError {
-            code: ErrorCode::InvalidJson,
-            message: format!("request body is not valid JSON: {e}"),
-            param: None,
-        })?;
-        let Value::Object(body) = value else {
-            return Err(RequestError {
-                code: ErrorCode::InvalidRequest,
-                message: format!("request body must be a JSON object, got {}", kind(&value)),
-                param: None,
-            });
-        };
-        match body.get("messages") {
-            None => return Err(RequestError::field("messages", "`messages` is required")),
-            Some(Value::Array(list)) if list.is_empty() => {
-                return Err(RequestError::field(
-                    "messages",
-                    "`messages` must hold at least one message",
-                ));
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string key")
             }
-            Some(Value::Array(list)) => {
-                for (i, m) in list.iter().enumerate() {
-                    let role_ok = m.get("role").is_some_and(Value::is_string);
-                    if !m.is_object() || !role_ok {
-                        return Err(RequestError::field(
-                            &format!("messages[{i}]"),
-                            format!("`messages[{i}]` must be an object with a string `role`"),
-                        ));
-                    }
-                }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
             }
-            Some(other) => {
-                return Err(RequestError::field(
-                    "messages",
-                    format!("`messages` must be an array, got {}", kind(other)),
-                ));
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
             }
         }
-        let model = match body.get("model") {
-            None => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(other) => {
-                return Err(RequestError::field(
-                    "model",
-                    format!("`model` must be a string, got {}", kind(other)),
-                ));
+        d.deserialize_str(V)
+    }
+}
+
+/// The body's top level: an object of known fields, read in order.
+struct TopLevel<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+/// The first field no one knows, reported instead of a JSON error.
+#[derive(Debug)]
+struct UnknownField(String);
+
+impl fmt::Display for UnknownField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\u{0}unknown:{}", self.0)
+    }
+}
+
+impl<'de> de::Deserialize<'de> for TopLevel<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TopLevel<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::new();
+                while let Some(Key(key)) = map.next_key()? {
+                    if fields::owner(&key) == Owner::Unknown {
+                        // Refused whatever the pool: stop before reading further.
+                        return Err(de::Error::custom(UnknownField(quote(&key))));
+                    }
+                    let value: &'de RawValue = map.next_value()?;
+                    // Known keys are a few dozen, so the search is short; the last duplicate
+                    // wins, as in any JSON object reader.
+                    match out.iter_mut().find(|(k, _)| *k == key) {
+                        Some(slot) => slot.1 = value,
+                        None => out.push((key, value)),
+                    }
+                }
+                Ok(TopLevel(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Walks `messages` without keeping it: an array of objects, each with a string `role`.
+struct Messages;
+
+/// Why `messages` is not acceptable: its index, or the array itself.
+const NOT_AN_OBJECT: &str = "\u{0}not-an-object";
+
+impl<'de> Visitor<'de> for Messages {
+    type Value = usize;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of messages")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+        let mut n = 0usize;
+        while seq.next_element_seed(Message { index: n })?.is_some() {
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+struct Message {
+    index: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Message {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Message {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a message object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut role = false;
+        while let Some(Key(key)) = map.next_key()? {
+            if key == "role" {
+                role = map.next_value_seed(IsString)?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        if role {
+            Ok(())
+        } else {
+            Err(de::Error::custom(format!("{NOT_AN_OBJECT}:{}", self.index)))
+        }
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Err(E::custom(format!("{NOT_AN_OBJECT}:{}", self.index)))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        self.visit_unit()
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        self.visit_unit()
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        self.visit_unit()
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        self.visit_unit()
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        self.visit_unit()
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Err(de::Error::custom(format!("{NOT_AN_OBJECT}:{}", self.index)))
+    }
+}
+
+/// Reads any value; true if it was a string.
+struct IsString;
+
+impl<'de> DeserializeSeed<'de> for IsString {
+    type Value = bool;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for IsString {
+    type Value = bool;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any value")
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<bool, E> {
+        Ok(true)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(false)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(false)
+    }
+}
+
+fn messages(raw: &RawValue) -> Result<(), RequestError> {
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    let bad_message = |i: &str| {
+        RequestError::field(
+            &format!("messages[{i}]"),
+            format!("`messages[{i}]` must be an object with a string `role`"),
+        )
+    };
+    match de.deserialize_any(MessagesOrOther) {
+        Ok(Some(0)) => Err(RequestError::field(
+            "messages",
+            "`messages` must hold at least one message",
+        )),
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(RequestError::field(
+            "messages",
+            format!("`messages` must be an array, got {}", kind(raw)),
+        )),
+        Err(e) => {
+            let text = e.to_string();
+            match text
+                .find(NOT_AN_OBJECT)
+                .map(|at| &text[at + NOT_AN_OBJECT.len() + 1..])
+            {
+                Some(rest) => Err(bad_message(
+                    rest.split(|c: char| !c.is_ascii_digit())
+                        .next()
+                        .unwrap_or("0"),
+                )),
+                None => Err(RequestError::json(e)),
+            }
+        }
+    }
+}
+
+/// `messages` as an array (Some(count)) or anything else (None).
+struct MessagesOrOther;
+
+impl<'de> Visitor<'de> for MessagesOrOther {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of messages")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Messages.visit_seq(seq).map(Some)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+fn boolean(key: &str, raw: &RawValue) -> Result<bool, RequestError> {
+    match raw.get() {
+        "null" | "false" => Ok(false),
+        "true" => Ok(true),
+        _ => Err(RequestError::field(
+            key,
+            format!("`{key}` must be a boolean, got {}", kind(raw)),
+        )),
+    }
+}
+
+fn positive_int(key: &str, raw: &RawValue) -> Result<Option<u64>, RequestError> {
+    if is_null(raw) {
+        return Ok(None);
+    }
+    match raw.get().parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(Some(n)),
+        _ => Err(RequestError::field(
+            key,
+            format!(
+                "`{key}` must be a positive integer, got {}",
+                quote(raw.get())
+            ),
+        )),
+    }
+}
+
+fn number(key: &str, raw: &RawValue) -> Result<(), RequestError> {
+    if is_null(raw) || serde_json::from_str::<f64>(raw.get()).is_ok() {
+        return Ok(());
+    }
+    Err(RequestError::field(
+        key,
+        format!("`{key}` must be a number, got {}", kind(raw)),
+    ))
+}
+
+fn string(key: &str, raw: &RawValue) -> Result<Option<String>, RequestError> {
+    if is_null(raw) {
+        return Ok(None);
+    }
+    serde_json::from_str::<String>(raw.get())
+        .map(Some)
+        .map_err(|_| {
+            RequestError::field(key, format!("`{key}` must be a string, got {}", kind(raw)))
+        })
+}
+
+/// Deepest nesting of arrays and objects accepted, as serde_json's own limit: engines parse
+/// the body recursively (vLLM's Python `json` would exhaust its stack on a body of 100 000
+/// nested brackets), so it is refused here.
+pub const MAX_DEPTH: usize = 128;
+
+/// Whether `text` nests arrays and objects deeper than [`MAX_DEPTH`]; strings are skipped.
+fn too_deep(text: &[u8]) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in text {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+impl<'a> ChatRequest<'a> {
+    /// Parses and validates a request body.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, RequestError> {
+        let text = std::str::from_utf8(bytes).map_err(RequestError::json)?;
+        if too_deep(bytes) {
+            return Err(RequestError::json(format_args!(
+                "nested deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        let mut de = serde_json::Deserializer::from_str(text);
+        let top = match de::Deserialize::deserialize(&mut de) {
+            Ok(TopLevel(f)) => f,
+            Err(e) => {
+                let msg = e.to_string();
+                if let Some(at) = msg.find("\u{0}unknown:") {
+                    let name = msg[at + "\u{0}unknown:".len()..]
+                        .split(" at line ")
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    return Err(RequestError::field(
+                        &name,
+                        format!("unrecognized request argument supplied: `{name}`"),
+                    ));
+                }
+                if e.is_data() && msg.starts_with("invalid type") {
+                    return Err(RequestError {
+                        code: ErrorCode::InvalidRequest,
+                        message: "request body must be a JSON object".into(),
+                        param: None,
+                    });
+                }
+                return Err(RequestError::json(e));
             }
         };
-        let stream = expect_bool(&body, "stream")?;
-        match body.get("stream_options") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(o)) => {
-                if let Some(v) = o.get("include_usage")
-                    && !v.is_boolean()
-                    && !v.is_null()
-                {
+        de.end().map_err(RequestError::json)?;
+        let get = |k: &str| top.iter().find(|(key, _)| key == k).map(|(_, v)| *v);
+        match get("messages") {
+            None => return Err(RequestError::field("messages", "`messages` is required")),
+            Some(raw) => messages(raw)?,
+        }
+        let model = match get("model") {
+            None => None,
+            Some(raw) if is_null(raw) => {
+                return Err(RequestError::field(
+                    "model",
+                    "`model` must be a string, got null",
+                ));
+            }
+            Some(raw) => string("model", raw)?,
+        };
+        let stream = match get("stream") {
+            Some(raw) => boolean("stream", raw)?,
+            None => false,
+        };
+        if let Some(raw) = get("stream_options").filter(|r| !is_null(r)) {
+            #[derive(serde::Deserialize)]
+            struct StreamOptions<'a> {
+                #[serde(borrow)]
+                include_usage: Option<&'a RawValue>,
+            }
+            let opts: StreamOptions = serde_json::from_str(raw.get()).map_err(|_| {
+                RequestError::field(
+                    "stream_options",
+                    format!("`stream_options` must be an object, got {}", kind(raw)),
+                )
+            })?;
+            if let Some(v) = opts.include_usage {
+                boolean("stream_options.include_usage", v)?;
+            }
+        }
+        let int = |k: &str| get(k).map(|r| positive_int(k, r)).transpose();
+        let max_tokens = int("max_tokens")?.flatten();
+        let max_completion_tokens = int("max_completion_tokens")?.flatten();
+        let n = int("n")?.flatten();
+        let best_of = int("best_of")?.flatten();
+        for k in [
+            "temperature",
+            "top_p",
+            "presence_penalty",
+            "frequency_penalty",
+        ] {
+            if let Some(raw) = get(k) {
+                number(k, raw)?;
+            }
+        }
+        if let Some(raw) = get("logprobs") {
+            boolean("logprobs", raw)?;
+        }
+        if let Some(raw) = get("top_logprobs").filter(|r| !is_null(r)) {
+            // The OpenAI API's range.
+            match raw.get().parse::<u64>() {
+                Ok(0..=20) => {}
+                _ => {
                     return Err(RequestError::field(
-                        "stream_options.include_usage",
-                        "`stream_options.include_usage` must be a boolean",
+                        "top_logprobs",
+                        "`top_logprobs` must be an integer from 0 to 20",
                     ));
                 }
             }
-            Some(other) => {
-                return Err(RequestError::field(
-                    "stream_options",
-                    format!("`stream_options` must be an object, got {}", kind(other)),
-                ));
-            }
         }
-        expect_positive_int(&body, "max_tokens")?;
-        expect_positive_int(&body, "max_completion_tokens")?;
-        expect_positive_int(&body, "n")?;
-        expect_number(&body, "temperature")?;
-        expect_number(&body, "top_p")?;
         Ok(Self {
-            body,
+            fields: top,
             model,
             stream,
+            max_tokens: max_tokens.or(max_completion_tokens),
+            n,
+            best_of,
         })
     }
 
-    /// The body for the engine: `model` set to the pool's served name and every pool default
-    /// the client did not set merged in (objects merge key by key; the client's value wins).
-    pub fn into_engine_body(
-        mut self,
-        served_model: &str,
-        defaults: &Map<String, Value>,
-    ) -> Vec<u8> {
-        self.body
-            .insert("model".to_owned(), Value::String(served_model.to_owned()));
-        merge_defaults(&mut self.body, defaults);
-        serde_json::to_vec(&self.body).unwrap_or_default()
+    /// Applies a pool's limits: extension fields it does not accept, and token and choice
+    /// counts above its ceilings, are refused naming the field.
+    pub fn check(&self, limits: &Limits<'_>) -> Result<(), RequestError> {
+        for (key, _) in &self.fields {
+            match fields::owner(key) {
+                Owner::OpenAi | Owner::Unknown => {}
+                owner @ (Owner::Vllm | Owner::Platform) => {
+                    if !limits.allowed_fields.iter().any(|a| a == key) {
+                        let why = if owner == Owner::Platform {
+                            "is set by the platform, not by clients"
+                        } else {
+                            "is not accepted by this model"
+                        };
+                        return Err(RequestError::field(key, format!("`{key}` {why}")));
+                    }
+                }
+            }
+        }
+        if let Some(limit) = limits.max_tokens {
+            for key in ["max_tokens", "max_completion_tokens"] {
+                let asked = self
+                    .raw(key)
+                    .and_then(|r| r.get().parse::<u64>().ok())
+                    .unwrap_or(0);
+                if asked > u64::from(limit) {
+                    return Err(RequestError::field(
+                        key,
+                        format!("`{key}` is {asked}; this model allows at most {limit}"),
+                    ));
+                }
+            }
+        }
+        for (key, asked) in [("n", self.n), ("best_of", self.best_of)] {
+            if let Some(asked) = asked
+                && asked > u64::from(limits.max_n)
+            {
+                return Err(RequestError::field(
+                    key,
+                    format!(
+                        "`{key}` is {asked}; this model allows at most {}",
+                        limits.max_n
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A top-level field's raw JSON.
+    pub fn raw(&self, key: &str) -> Option<&'a RawValue> {
+        self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    /// The body for the engine: the client's fields as sent, `model` set to the pool's served
+    /// name, and every pool default the client did not set merged in (objects merge key by key;
+    /// the client's value wins).
+    pub fn into_engine_body(self, served_model: &str, defaults: &Map<String, Value>) -> Vec<u8> {
+        let size: usize = self
+            .fields
+            .iter()
+            .map(|(k, v)| k.len() + v.get().len() + 4)
+            .sum();
+        let mut out = Vec::with_capacity(size + served_model.len() + 32);
+        out.push(b'{');
+        let mut first = true;
+        let mut sep = |out: &mut Vec<u8>| {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+        };
+        let mut write_key = |out: &mut Vec<u8>, key: &str| {
+            sep(out);
+            // A key is a JSON string; serialising one cannot fail.
+            let _ = serde_json::to_writer(&mut *out, key);
+            out.push(b':');
+        };
+        let mut model_written = false;
+        for (key, raw) in &self.fields {
+            if key == "model" {
+                write_key(&mut out, key);
+                let _ = serde_json::to_writer(&mut out, served_model);
+                model_written = true;
+                continue;
+            }
+            write_key(&mut out, key);
+            match defaults.get(key.as_ref()) {
+                Some(Value::Object(d)) if raw.get().starts_with('{') => {
+                    // Both objects: merge the defaults under the client's keys.
+                    match serde_json::from_str::<Map<String, Value>>(raw.get()) {
+                        Ok(mut obj) => {
+                            merge_defaults(&mut obj, d);
+                            let _ = serde_json::to_writer(&mut out, &obj);
+                        }
+                        Err(_) => out.extend_from_slice(raw.get().as_bytes()),
+                    }
+                }
+                _ => out.extend_from_slice(raw.get().as_bytes()),
+            }
+        }
+        if !model_written {
+            write_key(&mut out, "model");
+            let _ = serde_json::to_writer(&mut out, served_model);
+        }
+        for (key, default) in defaults {
+            if self.fields.iter().any(|(k, _)| k == key) {
+                continue;
+            }
+            write_key(&mut out, key);
+            let _ = serde_json::to_writer(&mut out, default);
+        }
+        out.push(b'}');
+        out
     }
 }
 
@@ -262,27 +749,32 @@ mod tests {
         ChatRequest::parse(body.as_bytes()).unwrap_err()
     }
 
+    const M: &str = r#""messages":[{"role":"user","content":"x"}]"#;
+
+    fn open(allowed: &[&str]) -> Vec<String> {
+        allowed.iter().map(|s| (*s).to_owned()).collect()
+    }
+
     #[test]
-    fn valid_request_keeps_unknown_fields_in_order() {
-        let raw = r#"{"zeta":1,"model":"heavy","messages":[{"role":"user","content":"hi"}],"stream":true,"vendor_x":{"a":[1,2]},"tools":[]}"#;
+    fn valid_request_keeps_fields_in_order_and_bytes_untouched() {
+        let raw = r#"{"top_k":1,"model":"heavy","messages":[{"role":"user","content":"hi \u00e9"}],"stream":true,"metadata":{"a":[1, 2.50]},"tools":[]}"#;
         let req = ChatRequest::parse(raw.as_bytes()).unwrap();
         assert_eq!(req.model.as_deref(), Some("heavy"));
         assert!(req.stream);
-        let keys: Vec<_> = req.body.keys().cloned().collect();
+        let out = req.into_engine_body("Qwen/X", &Map::new());
+        let text = std::str::from_utf8(&out).unwrap();
         assert_eq!(
-            keys,
-            ["zeta", "model", "messages", "stream", "vendor_x", "tools"]
+            text,
+            r#"{"top_k":1,"model":"Qwen/X","messages":[{"role":"user","content":"hi \u00e9"}],"stream":true,"metadata":{"a":[1, 2.50]},"tools":[]}"#
         );
-        let out: Value =
-            serde_json::from_slice(&req.into_engine_body("Qwen/X", &Map::new())).unwrap();
-        assert_eq!(out["model"], "Qwen/X");
-        assert_eq!(out["vendor_x"], json!({"a":[1,2]}));
     }
 
     #[test]
     fn each_bad_field_is_named() {
         assert_eq!(err("{nope").code, ErrorCode::InvalidJson);
         assert_eq!(err("[1]").code, ErrorCode::InvalidRequest);
+        assert_eq!(err("\"x\"").code, ErrorCode::InvalidRequest);
+        assert_eq!(err("{} x").code, ErrorCode::InvalidJson);
         assert_eq!(err(r#"{"model":"m"}"#).param.as_deref(), Some("messages"));
         assert_eq!(
             err(r#"{"messages":"hi"}"#).param.as_deref(),
@@ -293,38 +785,214 @@ mod tests {
             err(r#"{"messages":[{"content":"x"}]}"#).param.as_deref(),
             Some("messages[0]")
         );
-        let m = r#""messages":[{"role":"user","content":"x"}]"#;
+        assert_eq!(
+            err(r#"{"messages":[{"role":"user"},{"role":5}]}"#)
+                .param
+                .as_deref(),
+            Some("messages[1]")
+        );
+        assert_eq!(
+            err(r#"{"messages":[{"role":"user"},[1]]}"#)
+                .param
+                .as_deref(),
+            Some("messages[1]")
+        );
         for (field, bad) in [
             ("model", "5"),
             ("model", "null"),
             ("stream", "\"yes\""),
             ("max_tokens", "-1"),
             ("max_tokens", "1.5"),
+            ("max_tokens", "1e3"),
             ("max_tokens", "\"10\""),
+            ("max_tokens", "18446744073709551616"),
+            ("max_tokens", "true"),
             ("max_completion_tokens", "0"),
             ("temperature", "\"hot\""),
             ("top_p", "[]"),
             ("n", "0"),
             ("stream_options", "1"),
+            ("top_logprobs", "21"),
+            ("logprobs", "1"),
         ] {
-            let e = err(&format!("{{{m},\"{field}\":{bad}}}"));
+            let e = err(&format!("{{{M},\"{field}\":{bad}}}"));
             assert_eq!(e.code, ErrorCode::InvalidRequest, "{field}={bad}");
             assert_eq!(e.param.as_deref(), Some(field), "{field}={bad}");
         }
         let e = err(&format!(
-            "{{{m},\"stream_options\":{{\"include_usage\":3}}}}"
+            "{{{M},\"stream_options\":{{\"include_usage\":3}}}}"
         ));
         assert_eq!(e.param.as_deref(), Some("stream_options.include_usage"));
     }
 
     #[test]
+    fn unknown_fields_are_refused_naming_them_as_openai_does() {
+        let e = err(&format!("{{{M},\"zeta\":1}}"));
+        assert_eq!(e.param.as_deref(), Some("zeta"));
+        assert!(
+            e.message.contains("unrecognized request argument"),
+            "{}",
+            e.message
+        );
+        let long = "k".repeat(500);
+        let e = err(&format!("{{\"{long}\":1,{M}}}"));
+        assert!(
+            e.message.len() < 200,
+            "the name is quoted, cut: {}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn pools_decide_extensions_and_ceilings() {
+        let allowed = open(ssw_default_allowed());
+        let limits = Limits {
+            max_tokens: Some(32768),
+            max_n: 1,
+            allowed_fields: &allowed,
+        };
+        let ok = |extra: &str| {
+            ChatRequest::parse(format!("{{{M}{extra}}}").as_bytes())
+                .unwrap()
+                .check(&limits)
+        };
+        assert!(
+            ok(r#","top_k":5,"min_p":0.1,"chat_template_kwargs":{"enable_thinking":true}"#).is_ok()
+        );
+        assert!(ok(r#","max_tokens":32768,"n":1"#).is_ok());
+        for (extra, param) in [
+            (r#","max_tokens":32769"#, "max_tokens"),
+            (
+                r#","max_completion_tokens":100000000"#,
+                "max_completion_tokens",
+            ),
+            (r#","n":2"#, "n"),
+            (r#","n":18446744073709551615"#, "n"),
+            (r#","priority":-1000"#, "priority"),
+            (r#","request_id":"victim""#, "request_id"),
+            (r#","chat_template":"{% for x in y %}""#, "chat_template"),
+            (r#","guided_regex":"(a+)+$""#, "guided_regex"),
+            (r#","ignore_eos":true"#, "ignore_eos"),
+            (r#","prompt_logprobs":20"#, "prompt_logprobs"),
+            (r#","vllm_xargs":{}"#, "vllm_xargs"),
+            (r#","kv_transfer_params":{}"#, "kv_transfer_params"),
+        ] {
+            let e = match ChatRequest::parse(format!("{{{M}{extra}}}").as_bytes()) {
+                Ok(r) => r.check(&limits).unwrap_err(),
+                Err(e) => e,
+            };
+            assert_eq!(e.param.as_deref(), Some(param), "{extra}");
+        }
+        let owned = open(&["priority"]);
+        let trusted = Limits {
+            allowed_fields: &owned,
+            ..limits
+        };
+        let body = format!("{{{M},\"priority\":3}}");
+        let req = ChatRequest::parse(body.as_bytes()).unwrap();
+        assert!(
+            req.check(&trusted).is_ok(),
+            "a pool may allow an owned field"
+        );
+    }
+
+    fn ssw_default_allowed() -> &'static [&'static str] {
+        crate::fields::DEFAULT_ALLOWED
+    }
+
+    #[test]
     fn nulls_mean_absent_where_sdks_send_them() {
         let req = ChatRequest::parse(
-            br#"{"messages":[{"role":"user","content":"x"}],"stream":null,"max_tokens":null,"temperature":null}"#,
+            br#"{"messages":[{"role":"user","content":"x"}],"stream":null,"max_tokens":null,"temperature":null,"n":null}"#,
         )
         .unwrap();
         assert!(!req.stream);
         assert_eq!(req.model, None);
+        assert_eq!(req.max_tokens, None);
+    }
+
+    #[test]
+    fn duplicate_keys_keep_the_last_value_as_json_readers_do() {
+        let body =
+            format!(r#"{{"model":"light",{M},"model":"heavy","stream":true,"stream":false}}"#);
+        let req = ChatRequest::parse(body.as_bytes()).unwrap();
+        assert_eq!(req.model.as_deref(), Some("heavy"));
+        assert!(!req.stream);
+        let out: Value =
+            serde_json::from_slice(&req.into_engine_body("served", &Map::new())).unwrap();
+        assert_eq!(out["stream"], false);
+        assert_eq!(out.as_object().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn escaped_keys_are_read_and_written_back_escaped() {
+        let body = format!(r#"{{"\u006dodel":"x",{M}}}"#);
+        let req = ChatRequest::parse(body.as_bytes()).unwrap();
+        assert_eq!(req.model.as_deref(), Some("x"));
+        let out: Value =
+            serde_json::from_slice(&req.into_engine_body("served", &Map::new())).unwrap();
+        assert_eq!(out["model"], "served");
+    }
+
+    #[test]
+    fn a_flood_of_messages_is_walked_not_built() {
+        // 200 000 tiny messages: validated by walking them; the engine body is the input
+        // plus the model, nothing more.
+        let mut body = String::from(r#"{"messages":["#);
+        for i in 0..200_000 {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(r#"{"role":"u"}"#);
+        }
+        body.push_str("]}");
+        let req = ChatRequest::parse(body.as_bytes()).unwrap();
+        let out = req.into_engine_body("m", &Map::new());
+        assert!(out.len() < body.len() + 32);
+    }
+
+    #[test]
+    fn deep_nesting_and_bad_bytes_are_json_errors() {
+        let deep = format!(
+            "{{{M},\"metadata\":{}{}}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert_eq!(err(&deep).code, ErrorCode::InvalidJson);
+        assert_eq!(
+            ChatRequest::parse(b"\xff\xfe").unwrap_err().code,
+            ErrorCode::InvalidJson
+        );
+        assert_eq!(
+            err(r#"{"messages":[{"role":"\ud800"}]}"#).code,
+            ErrorCode::InvalidJson
+        );
+    }
+
+    #[test]
+    fn defaults_fill_only_what_the_client_left_out() {
+        let defaults =
+            json!({"chat_template_kwargs": {"enable_thinking": false}, "temperature": 0.7});
+        let defaults = defaults.as_object().unwrap();
+        let body = |extra: &str| {
+            let text = format!("{{{M}{extra}}}");
+            let req = ChatRequest::parse(text.as_bytes()).unwrap();
+            serde_json::from_slice::<Value>(&req.into_engine_body("m", defaults)).unwrap()
+        };
+        let a = body("");
+        assert_eq!(a["chat_template_kwargs"]["enable_thinking"], false);
+        assert_eq!(a["temperature"], 0.7);
+        let b = body(r#","chat_template_kwargs":{"enable_thinking":true,"x":1},"temperature":0"#);
+        assert_eq!(
+            b["chat_template_kwargs"],
+            json!({"enable_thinking": true, "x": 1})
+        );
+        assert_eq!(b["temperature"], 0);
+        let c = body(r#","chat_template_kwargs":{"other":2}"#);
+        assert_eq!(
+            c["chat_template_kwargs"],
+            json!({"other": 2, "enable_thinking": false})
+        );
     }
 
     #[test]
@@ -348,36 +1016,5 @@ mod tests {
         );
         assert_eq!(usage_of_sse(b"data: {\"usage\":null}\n\n"), None);
         assert_eq!(sse_events(chunk), 3);
-    }
-
-    #[test]
-    fn defaults_fill_only_what_the_client_left_out() {
-        let defaults =
-            json!({"chat_template_kwargs": {"enable_thinking": false}, "temperature": 0.7});
-        let defaults = defaults.as_object().unwrap();
-        let mut a = json!({"messages": []}).as_object().unwrap().clone();
-        merge_defaults(&mut a, defaults);
-        assert_eq!(a["chat_template_kwargs"]["enable_thinking"], false);
-        assert_eq!(a["temperature"], 0.7);
-        let mut b =
-            json!({"chat_template_kwargs": {"enable_thinking": true, "x": 1}, "temperature": 0})
-                .as_object()
-                .unwrap()
-                .clone();
-        merge_defaults(&mut b, defaults);
-        assert_eq!(
-            b["chat_template_kwargs"],
-            json!({"enable_thinking": true, "x": 1})
-        );
-        assert_eq!(b["temperature"], 0);
-        let mut c = json!({"chat_template_kwargs": {"other": 2}})
-            .as_object()
-            .unwrap()
-            .clone();
-        merge_defaults(&mut c, defaults);
-        assert_eq!(
-            c["chat_template_kwargs"],
-            json!({"other": 2, "enable_thinking": false})
-        );
     }
 }

@@ -17,6 +17,21 @@ pub enum ErrorCode {
     ModelNotFound,
     /// The body is larger than the configured limit.
     RequestTooLarge,
+    /// The body is not JSON by its `Content-Type`.
+    UnsupportedMediaType,
+    /// The body did not arrive within `gateway.body_timeout`.
+    RequestTimeout,
+    /// No endpoint at this path.
+    NotFound,
+    /// The endpoint exists, not with this method.
+    MethodNotAllowed,
+    /// The gateway's budget for request bodies being read is spent; retry shortly.
+    ServerBusy,
+    /// The client read its stream more slowly than the engine wrote it, beyond
+    /// `gateway.reply_buffer`; the stream was ended and the job cancelled.
+    ClientTooSlow,
+    /// The engine's answer exceeded `worker.max_response_bytes`.
+    ResponseTooLarge,
     /// No `Authorization: Bearer` header while API keys are configured.
     MissingApiKey,
     /// The bearer token matches no configured key.
@@ -39,11 +54,18 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// All codes, for documentation and metric pre-registration.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 20] = [
         Self::InvalidJson,
         Self::InvalidRequest,
         Self::ModelNotFound,
         Self::RequestTooLarge,
+        Self::UnsupportedMediaType,
+        Self::RequestTimeout,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::ServerBusy,
+        Self::ClientTooSlow,
+        Self::ResponseTooLarge,
         Self::MissingApiKey,
         Self::InvalidApiKey,
         Self::QueueFull,
@@ -62,6 +84,13 @@ impl ErrorCode {
             Self::InvalidRequest => "invalid_request",
             Self::ModelNotFound => "model_not_found",
             Self::RequestTooLarge => "request_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::RequestTimeout => "request_timeout",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::ServerBusy => "server_busy",
+            Self::ClientTooSlow => "client_too_slow",
+            Self::ResponseTooLarge => "response_too_large",
             Self::MissingApiKey => "missing_api_key",
             Self::InvalidApiKey => "invalid_api_key",
             Self::QueueFull => "queue_full",
@@ -80,12 +109,17 @@ impl ErrorCode {
         match self {
             Self::InvalidJson | Self::InvalidRequest | Self::EngineRejected => 400,
             Self::MissingApiKey | Self::InvalidApiKey => 401,
-            Self::ModelNotFound => 404,
+            Self::ModelNotFound | Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::RequestTimeout | Self::ClientTooSlow => 408,
             Self::RequestTooLarge => 413,
+            Self::UnsupportedMediaType => 415,
             Self::QueueFull => 429,
             Self::InternalError => 500,
-            Self::UpstreamError => 502,
-            Self::QueueTimeout | Self::QueueUnavailable | Self::ShuttingDown => 503,
+            Self::UpstreamError | Self::ResponseTooLarge => 502,
+            Self::QueueTimeout | Self::QueueUnavailable | Self::ShuttingDown | Self::ServerBusy => {
+                503
+            }
         }
     }
 
@@ -96,13 +130,20 @@ impl ErrorCode {
             | Self::InvalidRequest
             | Self::ModelNotFound
             | Self::RequestTooLarge
+            | Self::UnsupportedMediaType
+            | Self::RequestTimeout
+            | Self::NotFound
+            | Self::MethodNotAllowed
+            | Self::ClientTooSlow
             | Self::EngineRejected => "invalid_request_error",
             Self::MissingApiKey | Self::InvalidApiKey => "authentication_error",
             Self::QueueFull => "rate_limit_error",
             Self::QueueTimeout
             | Self::QueueUnavailable
             | Self::UpstreamError
+            | Self::ResponseTooLarge
             | Self::ShuttingDown
+            | Self::ServerBusy
             | Self::InternalError => "server_error",
         }
     }
@@ -111,7 +152,11 @@ impl ErrorCode {
     pub const fn retryable(self) -> bool {
         matches!(
             self,
-            Self::QueueFull | Self::QueueTimeout | Self::QueueUnavailable | Self::ShuttingDown
+            Self::QueueFull
+                | Self::QueueTimeout
+                | Self::QueueUnavailable
+                | Self::ShuttingDown
+                | Self::ServerBusy
         )
     }
 
@@ -173,9 +218,12 @@ impl ErrorEnvelope {
         serde_json::to_vec(self).unwrap_or_else(|_| b"{\"error\":{}}".to_vec())
     }
 
-    /// Turns an engine's error body into an OpenAI envelope with code `engine_rejected`, keeping
-    /// the engine's message, type and param. vLLM has sent both `{"error": {...}}` and the older
-    /// flat `{"object": "error", "message": ...}`; anything else becomes the message verbatim.
+    /// Turns an engine's error body into an OpenAI envelope with code `engine_rejected`. Only
+    /// what a client needs passes: the engine's message (URLs removed, at most
+    /// [`ENGINE_MESSAGE_MAX`] bytes), its error type and param when they are plain
+    /// identifiers. vLLM has sent both `{"error": {...}}` and the older flat
+    /// `{"object": "error", "message": ...}`; a body that is neither (a proxy's HTML page, a
+    /// stack trace) is not shown at all.
     pub fn from_engine(status: u16, body: &[u8]) -> Self {
         let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
         let obj = parsed.as_ref().and_then(|v| match v.get("error") {
@@ -184,21 +232,56 @@ impl ErrorEnvelope {
             _ => None,
         });
         let text = |key: &str| obj.and_then(|o| o.get(key)).and_then(|v| v.as_str());
-        let message = text("message").map(str::to_owned).unwrap_or_else(|| {
-            let raw = String::from_utf8_lossy(body);
-            if raw.trim().is_empty() {
-                format!("engine answered {status}")
-            } else {
-                raw.into_owned()
-            }
-        });
+        let message = match text("message") {
+            Some(m) if !m.trim().is_empty() => sanitize(m),
+            _ => format!("the engine rejected the request (HTTP {status})"),
+        };
         let mut env = Self::new(ErrorCode::EngineRejected, message);
-        if let Some(t) = text("type") {
+        if let Some(t) = text("type").filter(|t| identifier(t)) {
             env.error.error_type = t.to_owned();
         }
-        env.error.param = text("param").map(str::to_owned);
+        env.error.param = text("param").filter(|p| identifier(p)).map(str::to_owned);
         env
     }
+}
+
+/// Longest engine message passed to a client.
+pub const ENGINE_MESSAGE_MAX: usize = 1000;
+
+/// A short name: letters, digits, `_`, `.`, `[`, `]` (an error type or a field path).
+fn identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'[' | b']'))
+}
+
+/// An engine message without URLs (they name internal hosts), cut to [`ENGINE_MESSAGE_MAX`].
+fn sanitize(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(ENGINE_MESSAGE_MAX));
+    let mut rest = message;
+    while let Some(at) = ["http://", "https://"]
+        .iter()
+        .filter_map(|p| rest.find(p))
+        .min()
+    {
+        out.push_str(&rest[..at]);
+        out.push_str("<url>");
+        let end = rest[at..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ')' | ',' | '>'))
+            .map_or(rest.len(), |i| at + i);
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    if out.len() > ENGINE_MESSAGE_MAX {
+        let mut cut = ENGINE_MESSAGE_MAX;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -236,13 +319,31 @@ mod tests {
         assert_eq!(e.error.code.as_deref(), Some("engine_rejected"));
         let old = br#"{"object":"error","message":"bad","type":"BadRequestError","code":400}"#;
         assert_eq!(ErrorEnvelope::from_engine(400, old).error.message, "bad");
+    }
+
+    #[test]
+    fn engine_errors_reach_clients_sanitised() {
+        let html = b"<html><body>502 Bad Gateway from proxy.internal:8443</body></html>";
+        let e = ErrorEnvelope::from_engine(422, html);
         assert_eq!(
-            ErrorEnvelope::from_engine(422, b"nope").error.message,
-            "nope"
+            e.error.message,
+            "the engine rejected the request (HTTP 422)"
         );
         assert_eq!(
             ErrorEnvelope::from_engine(404, b"").error.message,
-            "engine answered 404"
+            "the engine rejected the request (HTTP 404)"
+        );
+        let leaky = br#"{"error":{"message":"cannot fetch http://10.0.0.7:9000/lora/x: refused; see https://docs.internal/x.","type":"<script>","param":"a b"}}"#;
+        let e = ErrorEnvelope::from_engine(400, leaky);
+        assert_eq!(e.error.message, "cannot fetch <url> refused; see <url>");
+        assert_eq!(e.error.error_type, "invalid_request_error");
+        assert_eq!(e.error.param, None);
+        let long = format!(r#"{{"message":"{}"}}"#, "é".repeat(2000));
+        let e = ErrorEnvelope::from_engine(400, long.as_bytes());
+        assert!(
+            e.error.message.len() <= ENGINE_MESSAGE_MAX + 3,
+            "{}",
+            e.error.message.len()
         );
     }
 }

@@ -10,6 +10,7 @@
 //! - [`chat`]: parse a client's chat-completions body into a [`chat::ChatRequest`] (validated,
 //!   unknown fields preserved).
 //! - [`error`]: [`error::ErrorCode`], the one table of status, OpenAI type and code.
+//! - [`fields`]: which request fields clients may send (OpenAI's, allowed vLLM extensions).
 //! - [`job`]: [`job::Job`], the envelope on `ssw:{pool}:jobs`.
 //! - [`reply`]: [`reply::Reply`], the events on a gateway's reply stream.
 //! - [`keys`]: [`keys::Keys`], every Redis key name.
@@ -18,6 +19,7 @@
 
 pub mod chat;
 pub mod error;
+pub mod fields;
 pub mod heartbeat;
 pub mod job;
 pub mod keys;

@@ -8,6 +8,7 @@
 //! written by one worker task in order, and a Redis stream keeps that order.
 
 use crate::EpochMillis;
+use crate::error::{ErrorCode, ErrorEnvelope};
 use crate::job::{DecodeError, number, text};
 
 /// One event for one job.
@@ -38,7 +39,8 @@ pub enum ReplyEvent {
     Data(Vec<u8>),
     /// The stream is complete.
     End,
-    /// A complete response: the non-streaming answer, or an engine 4xx as an OpenAI error.
+    /// A complete response: the non-streaming answer, or an engine 4xx as an OpenAI error
+    /// (code `engine_rejected`).
     Full {
         /// HTTP status.
         status: u16,
@@ -55,6 +57,8 @@ pub enum ReplyEvent {
         status: u16,
         /// Worker that reports it.
         worker: String,
+        /// The error's code, carried typed so no reader parses the body for it.
+        code: ErrorCode,
         /// OpenAI error envelope, JSON.
         body: Vec<u8>,
     },
@@ -68,6 +72,40 @@ pub enum ReplyEvent {
         /// The new start deadline.
         deadline_ms: EpochMillis,
     },
+}
+
+impl ReplyEvent {
+    /// A failure with `code`'s status and an envelope saying `message`.
+    pub fn fail(code: ErrorCode, worker: impl Into<String>, message: &str) -> Self {
+        Self::Fail {
+            status: code.status(),
+            worker: worker.into(),
+            code,
+            body: ErrorEnvelope::new(code, message).to_json(),
+        }
+    }
+
+    /// The event's kind, for logs (its bytes may be model output).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Head { .. } => "head",
+            Self::Data(_) => "data",
+            Self::End => "end",
+            Self::Full { .. } => "full",
+            Self::Fail { .. } => "fail",
+            Self::KeepAlive => "keep-alive",
+            Self::Requeued { .. } => "requeued",
+        }
+    }
+
+    /// The code of a finished request: `None` for a successful answer.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Fail { code, .. } => Some(*code),
+            Self::Full { status, .. } if *status >= 400 => Some(ErrorCode::EngineRejected),
+            _ => None,
+        }
+    }
 }
 
 impl Reply {
@@ -107,11 +145,13 @@ impl Reply {
             ReplyEvent::Fail {
                 status,
                 worker,
+                code,
                 body,
             } => {
                 f.push(("k", b"x".to_vec()));
                 f.push(("status", status.to_string().into_bytes()));
                 f.push(("worker", worker.clone().into_bytes()));
+                f.push(("code", code.as_str().as_bytes().to_vec()));
                 f.push(("data", body.clone()));
             }
             ReplyEvent::KeepAlive => f.push(("k", b"k".to_vec())),
@@ -148,11 +188,26 @@ impl Reply {
                 claimed_ms: number("claimed", take("claimed"))?,
                 body: data(&mut take)?,
             },
-            b"x" => ReplyEvent::Fail {
-                status: number("status", take("status"))?,
-                worker: text("worker", take("worker"))?,
-                body: data(&mut take)?,
-            },
+            b"x" => {
+                let status = number("status", take("status"))?;
+                let worker = text("worker", take("worker"))?;
+                let code = take("code");
+                let body = data(&mut take)?;
+                // Workers before 0.1.1 sent no `code`: read it from the envelope once.
+                let code = match code {
+                    Some(c) => ErrorCode::parse(&String::from_utf8_lossy(&c)),
+                    None => serde_json::from_slice::<ErrorEnvelope>(&body)
+                        .ok()
+                        .and_then(|e| ErrorCode::parse(e.error.code.as_deref()?)),
+                }
+                .unwrap_or(ErrorCode::UpstreamError);
+                ReplyEvent::Fail {
+                    status,
+                    worker,
+                    code,
+                    body,
+                }
+            }
             b"k" => ReplyEvent::KeepAlive,
             b"r" => ReplyEvent::Requeued {
                 entry_id: text("entry", take("entry"))?,
@@ -198,6 +253,7 @@ mod tests {
             ReplyEvent::Fail {
                 status: 502,
                 worker: "w".into(),
+                code: ErrorCode::ResponseTooLarge,
                 body: b"{\"error\":{}}".to_vec(),
             },
             ReplyEvent::KeepAlive,
@@ -214,6 +270,22 @@ mod tests {
             let mut map: HashMap<&str, Vec<u8>> = r.to_fields().into_iter().collect();
             assert_eq!(Reply::from_fields(|k| map.remove(k)).unwrap(), r);
         }
+    }
+
+    #[test]
+    fn a_failure_from_an_older_worker_gets_its_code_from_the_envelope() {
+        let body = ErrorEnvelope::new(ErrorCode::QueueTimeout, "late").to_json();
+        let mut map: HashMap<&str, Vec<u8>> = [
+            ("job", b"j".to_vec()),
+            ("k", b"x".to_vec()),
+            ("status", b"503".to_vec()),
+            ("worker", b"w".to_vec()),
+            ("data", body),
+        ]
+        .into_iter()
+        .collect();
+        let r = Reply::from_fields(|k| map.remove(k)).unwrap();
+        assert_eq!(r.event.error_code(), Some(ErrorCode::QueueTimeout));
     }
 
     #[test]

@@ -54,6 +54,8 @@ struct Stub {
     seqs: Arc<Semaphore>,
     counters: Counters,
     log: Mutex<VecDeque<(String, Value)>>,
+    /// The key `/v1` requests must carry, as `vllm serve --api-key` requires.
+    api_key: Option<String>,
 }
 
 /// Serves until `shutdown`.
@@ -81,23 +83,55 @@ pub async fn serve(
             "timing model on"
         );
     }
+    let api_key = match &cfg.api_key_file {
+        Some(p) => Some(ssw_config::read_secret(p)?),
+        None => None,
+    };
     let stub = Arc::new(Stub {
+        api_key,
         engine: model.map(timing::Engine::start),
         seqs: Arc::new(Semaphore::new(cfg.max_num_seqs as usize)),
         cfg,
         counters: Counters::default(),
         log: Mutex::new(VecDeque::new()),
     });
-    let app = Router::new()
+    let v1 = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/models", get(models))
+        .layer(axum::middleware::from_fn_with_state(
+            stub.clone(),
+            check_api_key,
+        ));
+    let app = Router::new()
+        .merge(v1)
         .route("/health", get(|| async { StatusCode::OK }))
         .route("/metrics", get(metrics))
         .route("/stub/requests", get(requests))
+        // vLLM (uvicorn) sets no body limit; an over-long prompt gets its 400, not a reset.
+        .layer(axum::extract::DefaultBodyLimit::max(256 * 1024 * 1024))
         .with_state(stub);
     axum::serve(nodelay(listener), app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
+}
+
+/// vLLM's `--api-key` check: `/v1` requests without `Authorization: Bearer <key>` get 401
+/// `{"error": "Unauthorized"}` (vllm/entrypoints/openai/api_server.py, AuthenticationMiddleware).
+async fn check_api_key(
+    State(stub): State<Arc<Stub>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(key) = &stub.api_key {
+        let sent = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if sent != Some(&format!("Bearer {key}")) {
+            return json_resp(401, &json!({"error": "Unauthorized"}));
+        }
+    }
+    next.run(req).await
 }
 
 fn json_resp(status: u16, v: &Value) -> Response {

@@ -59,7 +59,9 @@ pub fn recorder() -> &'static PrometheusHandle {
 }
 
 /// Records the build info and start time of this process, and keeps its heartbeat gauge fresh
-/// (every 5 s) until `shutdown`.
+/// (every 5 s) until `shutdown`. The same tick drains the recorder's histogram samples into their
+/// buckets (`run_upkeep`): samples otherwise accumulate until `/metrics` is scraped, so a
+/// process nobody scrapes would grow by every latency it records.
 pub fn start_process_metrics(role: &'static str, shutdown: CancellationToken) {
     recorder();
     metrics::gauge!(names::BUILD_INFO, "role" => role, "version" => env!("CARGO_PKG_VERSION"))
@@ -70,7 +72,10 @@ pub fn start_process_metrics(role: &'static str, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tick.tick() => metrics::gauge!(names::HEARTBEAT, "role" => role).set(unix_now()),
+                _ = tick.tick() => {
+                    metrics::gauge!(names::HEARTBEAT, "role" => role).set(unix_now());
+                    recorder().run_upkeep();
+                }
             }
         }
     });

@@ -47,11 +47,19 @@ metrics! {
     /// Requests answered by the gateway.
     GATEWAY_REQUESTS = "ssw_gateway_requests_total", Counter, ["pool", "stream", "status", "code"], "Chat-completion requests answered, by pool, streaming or not, HTTP status and code (ok or an error code; 499 client_closed when the client left).";
     /// Requests refused before or instead of running.
-    GATEWAY_REJECTIONS = "ssw_gateway_rejections_total", Counter, ["pool", "reason"], "Requests refused, by reason: queue_full, queue_timeout, queue_unavailable, model_not_found, auth, bad_request, too_large, shutting_down.";
+    GATEWAY_REJECTIONS = "ssw_gateway_rejections_total", Counter, ["pool", "reason"], "Requests refused, by reason: queue_full, queue_timeout, queue_unavailable, model_not_found, auth, bad_request, too_large, request_timeout, server_busy, shutting_down.";
     /// Clients that left early.
     GATEWAY_DISCONNECTS = "ssw_gateway_client_disconnects_total", Counter, ["pool"], "Clients that disconnected before their answer was complete (the job is cancelled).";
     /// Requests in flight.
     GATEWAY_INFLIGHT = "ssw_gateway_inflight_requests", Gauge, ["pool"], "Requests admitted and not yet answered.";
+    /// Open client connections.
+    GATEWAY_OPEN_CONNECTIONS = "ssw_gateway_open_connections", Gauge, [], "Client connections open on the public listener.";
+    /// Connections refused at `gateway.max_connections`.
+    GATEWAY_CONNECTIONS_REFUSED = "ssw_gateway_connections_refused_total", Counter, [], "Connections answered 503 and closed because gateway.max_connections were open.";
+    /// Connections the gateway closed on a timeout.
+    GATEWAY_CONNECTIONS_CLOSED = "ssw_gateway_connections_closed_total", Counter, ["reason"], "Connections the gateway closed: idle_timeout, header_timeout (slow request head), write_timeout (client not reading).";
+    /// Requests refused for want of body budget.
+    GATEWAY_BODY_BUDGET_REFUSED = "ssw_gateway_body_budget_refused_total", Counter, [], "Requests answered 503 server_busy because gateway.body_budget stayed spent for gateway.body_wait.";
     /// Time from enqueue to a worker's claim.
     GATEWAY_QUEUE_WAIT = "ssw_gateway_queue_wait_seconds", Histogram, ["pool"], "Time a job waited in the queue before a worker claimed it.";
     /// Time to first token.

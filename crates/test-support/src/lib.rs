@@ -22,6 +22,8 @@ pub fn test_config() -> Config {
     };
     c.gateway.listen = "127.0.0.1:0".parse().expect("address");
     c.gateway.stall_timeout = Duration::from_secs(2);
+    // Tests poll /readyz for queue state: every answer fresh.
+    c.gateway.readiness_ttl = Duration::ZERO;
     let w = &mut c.worker;
     w.heartbeat_interval = Duration::from_millis(100);
     w.heartbeat_ttl = Duration::from_secs(1);

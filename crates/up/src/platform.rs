@@ -123,6 +123,8 @@ pub struct Platform {
     pub redis_url: String,
     /// Gateway base URL (`http://127.0.0.1:PORT`).
     pub gateway_url: String,
+    /// The gateway's operators' listener (`gateway.ops_listen` set in the spec's config).
+    pub ops_url: Option<String>,
     spec: PlatformSpec,
     dir: TempDir,
 }
@@ -172,10 +174,20 @@ impl Platform {
                 .local_addr()
                 .map_err(io("gateway address"))?
         );
+        let ops = match spec.config.gateway.ops_listen {
+            Some(addr) => {
+                let l = bind(addr).map_err(io(format!("binding the ops listener to {addr}")))?;
+                let url = format!("http://{}", l.local_addr().map_err(io("ops address"))?);
+                Some((l, url))
+            }
+            None => None,
+        };
+        let ops_url = ops.as_ref().map(|(_, u)| u.clone());
         let mut platform = Self {
             redis,
             redis_url,
             gateway_url,
+            ops_url,
             gateway: None,
             workers: BTreeMap::new(),
             stubs: BTreeMap::new(),
@@ -197,8 +209,9 @@ impl Platform {
         }
         let cfg = platform.base_config();
         let path = platform.write_config("gateway", &cfg)?;
-        platform.gateway =
-            Some(platform.spawn_ssw("gateway", "gateway", &path, Some(gateway_listener))?);
+        let mut listeners = vec![("gateway", gateway_listener)];
+        listeners.extend(ops.map(|(l, _)| ("ops", l)));
+        platform.gateway = Some(platform.spawn_ssw("gateway", "gateway", &path, listeners)?);
         Ok(platform)
     }
 
@@ -225,7 +238,7 @@ impl Platform {
         role: &str,
         name: &str,
         config: &Path,
-        listener: Option<TcpListener>,
+        listeners: Vec<(&str, TcpListener)>,
     ) -> Result<Child, UpError> {
         let env: Vec<(&str, String)> = self
             .spec
@@ -239,7 +252,7 @@ impl Platform {
             &self.spec.ssw,
             &[role, "--config", &config],
             &env,
-            listener,
+            listeners,
             None,
         )
     }
@@ -267,7 +280,7 @@ impl Platform {
         let mut cfg = self.base_config();
         cfg.stub = stub;
         let path = self.write_config(&format!("stub-{}", replica.id), &cfg)?;
-        let child = self.spawn_ssw("stub", &replica.id, &path, Some(listener))?;
+        let child = self.spawn_ssw("stub", &replica.id, &path, vec![("stub", listener)])?;
         self.stubs.insert(replica.id.clone(), (child, url.clone()));
         Ok(url)
     }
@@ -287,7 +300,7 @@ impl Platform {
         cfg.worker.gpus = gpus;
         let path = self.write_config(&format!("worker-{id}"), &cfg)?;
         let (listener, url) = bind_loopback()?;
-        let child = self.spawn_ssw("worker", id, &path, Some(listener))?;
+        let child = self.spawn_ssw("worker", id, &path, vec![("worker", listener)])?;
         self.workers.insert(id.to_owned(), child);
         self.worker_metrics.insert(id.to_owned(), url);
         Ok(())

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::{UpError, io};
 
-/// The fd number a listener is handed over as.
+/// The fd number the first listener is handed over as (the next ones follow).
 pub const LISTEN_FD: i32 = 3;
 
 /// A running child.
@@ -20,15 +20,16 @@ pub struct Child {
 }
 
 impl Child {
-    /// Spawns `program args`, optionally handing `listener` over as fd 3 (`LISTEN_FDS=1`, as
-    /// systemd socket activation does). Output goes to `log` if given, else is inherited.
-    /// The child gets SIGTERM if this process dies, and SIGKILL when the handle is dropped.
+    /// Spawns `program args`, handing `listeners` over as fds 3, 4, … with their names
+    /// (`LISTEN_FDS`, `LISTEN_FDNAMES`, as systemd socket activation does). Output goes to
+    /// `log` if given, else is inherited. The child gets SIGTERM if this process dies, and
+    /// SIGKILL when the handle is dropped.
     pub fn spawn(
         name: impl Into<String>,
         program: &Path,
         args: &[&str],
         env: &[(&str, String)],
-        listener: Option<TcpListener>,
+        listeners: Vec<(&str, TcpListener)>,
         log: Option<&Path>,
     ) -> Result<Self, UpError> {
         let name = name.into();
@@ -37,9 +38,12 @@ impl Child {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let fd = listener.as_ref().map(AsRawFd::as_raw_fd);
-        if fd.is_some() {
-            cmd.env("LISTEN_FDS", "1").env_remove("LISTEN_PID");
+        let fds: Vec<i32> = listeners.iter().map(|(_, l)| l.as_raw_fd()).collect();
+        if !fds.is_empty() {
+            let names: Vec<&str> = listeners.iter().map(|(n, _)| *n).collect();
+            cmd.env("LISTEN_FDS", fds.len().to_string())
+                .env("LISTEN_FDNAMES", names.join(":"))
+                .env_remove("LISTEN_PID");
         }
         if let Some(path) = log {
             let f =
@@ -47,19 +51,25 @@ impl Child {
             let f2 = f.try_clone().map_err(io("log file"))?;
             cmd.stdout(f).stderr(f2);
         }
-        // SAFETY: only async-signal-safe calls (prctl, dup2, fcntl) run between fork and exec.
+        // SAFETY: only async-signal-safe calls (prctl, dup2, fcntl) run between fork and exec,
+        // on the fds vector allocated before the fork.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                if let Some(fd) = fd {
-                    if fd == LISTEN_FD {
-                        // dup2 onto itself keeps close-on-exec; clear it instead.
-                        if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                    } else if libc::dup2(fd, LISTEN_FD) < 0 {
+                // Move every listener out of the way first (close-on-exec copies above 100),
+                // so placing one on 3, 4, … never overwrites another.
+                let mut high = [0i32; 8];
+                for (i, fd) in fds.iter().enumerate().take(high.len()) {
+                    high[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 100);
+                    if high[i] < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                for (i, fd) in high.iter().enumerate().take(fds.len()) {
+                    // dup2 leaves the new fd without close-on-exec.
+                    if libc::dup2(*fd, LISTEN_FD + i as i32) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
@@ -69,8 +79,8 @@ impl Child {
         let inner = cmd
             .spawn()
             .map_err(io(format!("starting {name} ({})", program.display())))?;
-        // The child holds its own copy of the listener now.
-        drop(listener);
+        // The child holds its own copies of the listeners now.
+        drop(listeners);
         Ok(Self { name, inner })
     }
 

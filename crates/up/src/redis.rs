@@ -88,7 +88,7 @@ impl RedisServer {
                 "10000",
             ],
             &[],
-            None,
+            Vec::new(),
             Some(&self.dir.join("redis.log")),
         )?;
         self.child = Some(child);

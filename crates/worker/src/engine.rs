@@ -146,12 +146,24 @@ pub struct Engine {
 
 impl Engine {
     /// A client for the configured engine.
-    pub fn new(cfg: &WorkerConfig) -> Result<Self, reqwest::Error> {
+    pub fn new(cfg: &WorkerConfig, api_key: Option<&str>) -> Result<Self, reqwest::Error> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = api_key
+            && let Ok(mut v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+        {
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(cfg.engine_connect_timeout)
             .pool_max_idle_per_host(cfg.max_inflight as usize)
             .tcp_nodelay(true)
             .http1_only()
+            // The engine is a fixed address: a redirect (which would replay the prompt
+            // elsewhere) is an error, and proxy variables of the environment do not apply.
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .default_headers(headers)
             .build()?;
         Ok(Self {
             base: cfg.engine_url.trim_end_matches('/').to_owned(),

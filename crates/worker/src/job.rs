@@ -32,11 +32,31 @@ enum Outcome {
 }
 
 fn fail(ctx: &Ctx, code: ErrorCode, message: &str) -> ReplyEvent {
-    ReplyEvent::Fail {
-        status: code.status(),
-        worker: ctx.id.clone(),
-        body: ErrorEnvelope::new(code, message).to_json(),
+    ReplyEvent::fail(code, ctx.id.clone(), message)
+}
+
+/// Most engine bytes coalesced into one reply entry while a write is in flight; beyond, the
+/// engine is read no further until the write is done (so a job holds at most this much).
+const COALESCE_MAX: usize = 64 * 1024;
+
+/// Reads a whole engine body, up to `max` bytes; `Ok(None)` if it is longer.
+async fn read_capped(
+    resp: reqwest::Response,
+    max: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Ok(None);
     }
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if body.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }
 
 /// A job as pulled from its stream, with what decides how it starts.
@@ -170,6 +190,10 @@ pub async fn run(
     crate::telemetry::job(
         &ctx,
         match &outcome {
+            Outcome::Done(Some(ReplyEvent::Fail {
+                code: ErrorCode::ResponseTooLarge,
+                ..
+            })) => "too_large",
             Outcome::Done(Some(ReplyEvent::Fail { .. })) => "engine_error",
             Outcome::Done(Some(ReplyEvent::Full { status, .. })) if *status >= 400 => {
                 "engine_rejected"
@@ -341,25 +365,38 @@ async fn execute(
     };
     let status = resp.status().as_u16();
     if status >= 500 {
-        let body = resp.bytes().await.unwrap_or_default();
+        // The detail goes to the log only, cut short: the body may be anything.
+        let body = read_capped(resp, 4096)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         return Outcome::Retry(format!(
             "engine answered {status}: {}",
-            String::from_utf8_lossy(&body)
+            ssw_protocol::chat::quote(&String::from_utf8_lossy(&body))
         ));
     }
     if status >= 400 || !job.stream {
-        let body = match with_keepalive(ctx, job, verdict, resp.bytes()).await {
+        let max = ctx.cfg.max_response_bytes.bytes() as usize;
+        let body = match with_keepalive(ctx, job, verdict, read_capped(resp, max)).await {
             Err(o) => return o,
             Ok(Err(e)) => {
                 return Outcome::Retry(format!("engine response cut short: {}", error_chain(&e)));
             }
-            Ok(Ok(b)) => b,
+            Ok(Ok(None)) => {
+                tracing::warn!(
+                    max,
+                    "engine answer exceeds worker.max_response_bytes; dropped"
+                );
+                return Outcome::Done(Some(too_large(ctx)));
+            }
+            Ok(Ok(Some(b))) => b,
         };
         let body = if status >= 400 {
             tracing::info!(status, "engine rejected the request");
             ErrorEnvelope::from_engine(status, &body).to_json()
         } else {
-            body.to_vec()
+            body
         };
         return Outcome::Done(Some(ReplyEvent::Full {
             status,
@@ -390,6 +427,8 @@ async fn stream_body(
         std::pin::Pin<Box<dyn Future<Output = Result<bool, ssw_queue::QueueError>> + Send>>;
     let mut body = resp.bytes_stream();
     let every = ctx.cfg.keepalive_interval;
+    let max = ctx.cfg.max_response_bytes.bytes() as usize;
+    let mut received = 0usize;
     let mut pending: Vec<u8> = Vec::new();
     let mut ended = false;
     let mut broken: Option<String> = None;
@@ -442,9 +481,17 @@ async fn stream_body(
             }
         }
         tokio::select! {
-            next = body.next(), if !ended && broken.is_none() => match next {
+            next = body.next(), if !ended && broken.is_none() && pending.len() < COALESCE_MAX => match next {
                 None => ended = true,
-                Some(Ok(c)) => pending.extend_from_slice(&c),
+                Some(Ok(c)) => {
+                    received += c.len();
+                    if received > max {
+                        // Dropping the engine request aborts it in vLLM.
+                        tracing::warn!(max, "engine stream exceeds worker.max_response_bytes; ended");
+                        return Outcome::Done(Some(too_large(ctx)));
+                    }
+                    pending.extend_from_slice(&c);
+                }
                 Some(Err(e)) => broken = Some(error_chain(&e)),
             },
             written = async { inflight.as_mut().expect("guarded by the precondition").await }, if inflight.is_some() => {
@@ -474,6 +521,14 @@ async fn stream_body(
             }
         }
     }
+}
+
+fn too_large(ctx: &Ctx) -> ReplyEvent {
+    fail(
+        ctx,
+        ErrorCode::ResponseTooLarge,
+        "the answer exceeds the platform's size limit",
+    )
 }
 
 /// How long job state markers live (longer than any job runs).

@@ -44,8 +44,13 @@ pub enum StartError {
     #[error("worker.engine_url: {0}")]
     Engine(#[from] reqwest::Error),
     /// Secret file unreadable.
-    #[error("redis.password_file: {0}")]
-    Secret(std::io::Error),
+    #[error("{field}: {source}")]
+    Secret {
+        /// The config field naming the file.
+        field: &'static str,
+        /// The I/O error.
+        source: std::io::Error,
+    },
 }
 
 /// A job this worker is running.
@@ -86,10 +91,17 @@ impl Ctx {
     /// The context of a worker with this (validated) configuration; connects lazily.
     pub fn new(config: &Config) -> Result<Self, StartError> {
         let (pool, pool_cfg) = config.worker_pool().ok_or(StartError::NoPool)?;
-        let password = match &config.redis.password_file {
-            Some(p) => Some(ssw_config::read_secret(p).map_err(StartError::Secret)?),
-            None => None,
+        let secret = |field: &'static str, path: &Option<std::path::PathBuf>| {
+            path.as_deref()
+                .map(ssw_config::read_secret)
+                .transpose()
+                .map_err(|source| StartError::Secret { field, source })
         };
+        let password = secret("redis.password_file", &config.redis.password_file)?;
+        let engine_key = secret(
+            "worker.engine_api_key_file",
+            &config.worker.engine_api_key_file,
+        )?;
         let cfg = config.worker.clone();
         Ok(Self {
             id: cfg.id.clone().unwrap_or_else(|| default_id(pool)),
@@ -97,7 +109,7 @@ impl Ctx {
             max_attempts: pool_cfg.max_attempts,
             queue_timeout: pool_cfg.queue_timeout,
             redis: Redis::new(&config.redis, password)?,
-            engine: Engine::new(&cfg)?,
+            engine: Engine::new(&cfg, engine_key.as_deref())?,
             engine_state: Arc::new(EngineState::default()),
             state_ttl: job::state_ttl(&cfg),
             running: Mutex::new(HashMap::new()),

@@ -237,7 +237,7 @@ async fn request_reaches_engine_unchanged_but_model_and_pool_defaults() {
         "model": "light",
         "messages": [{"role": "system", "content": "You are a dock worker."}, {"role": "user", "content": "hi"}],
         "temperature": 0.3, "top_p": 0.9, "seed": 7, "stop": ["\n\n"],
-        "logprobs": true, "vendor_ext": {"npc_id": 42, "tags": ["a", "b"]},
+        "logprobs": true, "metadata": {"npc_id": "42", "tags": "a,b"}, "top_k": 5,
         "chat_template_kwargs": {"custom": 1}
     });
     let r = p

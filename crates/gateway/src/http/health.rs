@@ -34,8 +34,32 @@ struct Readiness {
 
 /// 200 only when Redis answers, this gateway's reply stream exists, every pool has a live
 /// worker whose engine is up, and the gateway is not draining; the body says which part is
-/// missing.
+/// missing. Reused for `gateway.readiness_ttl` (draining is reported at once), so a flood of
+/// probes costs Redis one round of scripts per period, not one per probe.
 pub async fn readyz(State(state): State<AppState>) -> Response {
+    let mut cached = state.readiness.lock().await;
+    if let Some((at, status, body)) = cached.as_ref()
+        && at.elapsed() < state.config.gateway.readiness_ttl
+        && !state.is_draining()
+    {
+        return (
+            *status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body.clone(),
+        )
+            .into_response();
+    }
+    let (status, body) = readiness(&state).await;
+    *cached = Some((tokio::time::Instant::now(), status, body.clone()));
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+async fn readiness(state: &AppState) -> (StatusCode, bytes::Bytes) {
     let now = ssw_queue::now_ms();
     let mut pools = Vec::new();
     let mut redis_ok = true;
@@ -71,7 +95,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(body)).into_response()
+    (status, serde_json::to_vec(&body).unwrap_or_default().into())
 }
 
 /// Prometheus text exposition.

@@ -1,8 +1,12 @@
 //! HTTP surface: routes, request-id and auth middleware.
+//!
+//! Two routers: the public one (the OpenAI API, `/healthz`, and `/readyz` and `/metrics` unless
+//! an operators' listener is configured) and the operators' one (`/healthz`, `/readyz`,
+//! `/metrics`). Unknown paths and methods get OpenAI-shaped 404 and 405 errors.
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderName, HeaderValue};
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -12,6 +16,7 @@ use crate::auth::AuthError;
 use crate::error::ApiError;
 use crate::state::AppState;
 
+pub mod body;
 pub mod chat;
 pub mod health;
 pub mod models;
@@ -27,27 +32,60 @@ pub static X_SSW_WORKER: HeaderName = HeaderName::from_static("x-ssw-worker");
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
 
-/// The gateway's routes.
+/// The public listener's routes; `/readyz` and `/metrics` too unless `gateway.ops_listen` is
+/// set.
 pub fn router(state: AppState) -> Router {
-    let max_body = state.config.gateway.max_body.bytes() as usize;
     let v1 = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::get))
-        .layer(middleware::from_fn_with_state(state.clone(), auth))
-        .layer(DefaultBodyLimit::max(max_body));
-    Router::new()
+        .layer(middleware::from_fn_with_state(state.clone(), auth));
+    let mut public = Router::new()
         .merge(v1)
-        .route("/healthz", get(health::healthz))
+        .route("/healthz", get(health::healthz));
+    if state.config.gateway.ops_listen.is_none() {
+        public = public.merge(ops_routes());
+    }
+    finish(public, state)
+}
+
+/// The operators' listener's routes (`gateway.ops_listen`).
+pub fn ops_router(state: AppState) -> Router {
+    finish(ops_routes().route("/healthz", get(health::healthz)), state)
+}
+
+fn ops_routes() -> Router<AppState> {
+    Router::new()
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+}
+
+fn finish(router: Router<AppState>, state: AppState) -> Router {
+    router
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(request_id))
         .with_state(state)
 }
 
-async fn not_found() -> ApiError {
-    ApiError::new(ErrorCode::InvalidRequest, "no such endpoint")
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!(
+            "no endpoint {method} {}",
+            ssw_protocol::chat::quote(uri.path())
+        ),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!(
+            "{method} is not allowed on {}",
+            ssw_protocol::chat::quote(uri.path())
+        ),
+    )
 }
 
 fn valid_request_id(v: &HeaderValue) -> Option<String> {

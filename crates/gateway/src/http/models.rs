@@ -1,6 +1,7 @@
 //! `/v1/models`.
 
 use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use ssw_protocol::error::ErrorCode;
 use ssw_protocol::models::{ModelCard, ModelList};
@@ -37,8 +38,10 @@ pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
 /// One pool, by any name that routes to it.
 pub async fn get(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ModelCard>, ApiError> {
+    // A name that does not decode (`%FF`) names no model either.
+    let id = id.map(|Path(id)| id).unwrap_or_default();
     state
         .router
         .by_model(&id)
@@ -46,7 +49,7 @@ pub async fn get(
         .ok_or_else(|| {
             ApiError::new(
                 ErrorCode::ModelNotFound,
-                format!("model `{id}` does not exist"),
+                format!("model `{}` does not exist", ssw_protocol::chat::quote(&id)),
             )
         })
 }

@@ -1,0 +1,107 @@
+//! `[stub]`: the stub engine, a vLLM stand-in.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ConfigError, invalid};
+
+/// Stub engine settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StubConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// The model name it serves and answers with.
+    pub served_model: String,
+    /// Context length; prompt words + `max_tokens` beyond it get a vLLM-style 400.
+    pub max_model_len: u32,
+    /// Delay before the first token.
+    #[serde(with = "humantime_serde")]
+    pub ttft: Duration,
+    /// Delay between output tokens.
+    #[serde(with = "humantime_serde")]
+    pub tpot: Duration,
+    /// Tokens per answer when the request sets no smaller `max_tokens`.
+    pub output_tokens: u32,
+    /// Requests run at once; the rest wait (and count in `vllm:num_requests_waiting`).
+    pub max_num_seqs: u32,
+    /// Share of requests answered 500 before any output (0–1).
+    pub error_rate: f64,
+    /// Behave like a busy GPU: a continuous-batching timing model (`ssw_stub::timing`) instead
+    /// of fixed `ttft`/`tpot`. Uses `step_base`, `step_per_seq`, `prefill_per_token`,
+    /// `kv_tokens` and `max_num_seqs`.
+    pub batching: bool,
+    /// A named set of timing-model figures (implies `batching`): one of [`STUB_PRESETS`].
+    pub preset: Option<String>,
+    /// Timing model: fixed cost of a decode step.
+    #[serde(with = "humantime_serde")]
+    pub step_base: Duration,
+    /// Timing model: extra step cost per running sequence.
+    #[serde(with = "humantime_serde")]
+    pub step_per_seq: Duration,
+    /// Timing model: cost per prompt token prefilled.
+    #[serde(with = "humantime_serde")]
+    pub prefill_per_token: Duration,
+    /// Timing model: KV-cache budget in tokens.
+    pub kv_tokens: u32,
+    /// File holding the key clients must send (as `vllm serve --api-key` does for `/v1`).
+    pub api_key_file: Option<PathBuf>,
+}
+
+/// Timing-model presets of `ssw stub` (the A40 replicas of the production layout).
+pub const STUB_PRESETS: &[&str] = &["a40-qwen2.5-14b-awq", "a40-qwen3-8b-awq"];
+
+impl Default for StubConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            served_model: "stub-model".into(),
+            max_model_len: 32_768,
+            ttft: Duration::ZERO,
+            tpot: Duration::ZERO,
+            output_tokens: 16,
+            max_num_seqs: 256,
+            error_rate: 0.0,
+            batching: false,
+            preset: None,
+            step_base: Duration::from_millis(20),
+            step_per_seq: Duration::from_micros(500),
+            prefill_per_token: Duration::from_micros(200),
+            kv_tokens: 60_000,
+            api_key_file: None,
+        }
+    }
+}
+
+impl StubConfig {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let s = self;
+        if s.served_model.is_empty() {
+            return Err(invalid("stub.served_model", "must not be empty"));
+        }
+        if s.max_num_seqs == 0 {
+            return Err(invalid("stub.max_num_seqs", "must be at least 1"));
+        }
+        if !(0.0..=1.0).contains(&s.error_rate) {
+            return Err(invalid("stub.error_rate", "must be between 0 and 1"));
+        }
+        if let Some(p) = &s.preset
+            && !STUB_PRESETS.contains(&p.as_str())
+        {
+            return Err(invalid(
+                "stub.preset",
+                format!(
+                    "unknown preset `{p}` (presets: {})",
+                    STUB_PRESETS.join(", ")
+                ),
+            ));
+        }
+        if s.kv_tokens == 0 {
+            return Err(invalid("stub.kv_tokens", "must be at least 1"));
+        }
+        Ok(())
+    }
+}

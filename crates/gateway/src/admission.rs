@@ -1,0 +1,198 @@
+//! Admission: from a request body to a job on its pool's queue, or the reason it is refused.
+//!
+//! One function decides everything that happens before a worker sees a request: the gateway
+//! takes new work, the body is a valid request of a known model, the pool's limits allow it, and
+//! the queue has room. Every refusal is an [`ApiError`] with its status and code. The HTTP
+//! handler only reads the body before and writes the answer after.
+
+use std::sync::Arc;
+
+use axum::http::HeaderMap;
+use ssw_protocol::chat::{ChatRequest, quote};
+use ssw_protocol::error::ErrorCode;
+use ssw_protocol::job::Job;
+use ssw_queue::producer::Enqueued;
+use tracing::Instrument;
+
+use crate::error::ApiError;
+use crate::http::X_SSW_POOL;
+use crate::lifecycle::Ticket;
+use crate::routing::{Pool, RouteError};
+use crate::state::AppState;
+
+/// A request on its pool's queue.
+pub struct Admitted {
+    /// The pool it was routed to.
+    pub pool: Arc<Pool>,
+    /// Its place in the reply table; dropping it cancels the job.
+    pub ticket: Ticket,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// The request's span (request id, job, pool, worker).
+    pub span: tracing::Span,
+}
+
+/// Why a request was not admitted.
+pub struct Refusal {
+    /// The pool, if routing got that far.
+    pub pool: Option<Arc<Pool>>,
+    /// Whether the client asked for a stream (a metric label).
+    pub stream: bool,
+    /// What the client is told.
+    pub error: ApiError,
+    /// Already counted in the request metrics (refused at the queue, with a ticket).
+    pub recorded: bool,
+}
+
+impl Refusal {
+    fn new(error: ApiError) -> Self {
+        Self {
+            pool: None,
+            stream: false,
+            error,
+            recorded: false,
+        }
+    }
+}
+
+/// Admits the request in `body`: validates, routes, applies the pool's limits and enqueues.
+pub async fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+    request_id: String,
+) -> Result<Admitted, Refusal> {
+    if state.is_draining() {
+        return Err(Refusal::new(ApiError::new(
+            ErrorCode::ShuttingDown,
+            "the gateway is shutting down; retry",
+        )));
+    }
+    if !state.replies.is_open() {
+        return Err(Refusal::new(ApiError::new(
+            ErrorCode::QueueUnavailable,
+            "the gateway is still connecting to the queue; retry later",
+        )));
+    }
+    // Held until the job is on the queue (or refused): see `state::ADMISSIONS`. The semaphore
+    // is never closed.
+    let turn = state.admissions.acquire().await.ok();
+    let req = ChatRequest::parse(body).map_err(|e| Refusal::new(e.into()))?;
+    let stream = req.stream;
+    let pool = route(state, headers, &req).map_err(|error| Refusal {
+        pool: None,
+        stream,
+        error,
+        recorded: false,
+    })?;
+    let refused = |error: ApiError, recorded: bool| Refusal {
+        pool: Some(pool.clone()),
+        stream,
+        error,
+        recorded,
+    };
+    req.check(&pool.limits())
+        .map_err(|e| refused(e.into(), false))?;
+    let arrived = tokio::time::Instant::now();
+    let now = ssw_queue::now_ms();
+    let deadline_ms = now + pool.queue_timeout.as_millis() as u64;
+    let job = Job {
+        id: state.next_job_id(),
+        request_id,
+        reply_to: state.replies.key().to_owned(),
+        enqueued_ms: now,
+        deadline_ms,
+        stream,
+        attempt: 1,
+        body: req.into_engine_body(&pool.served_model, &pool.defaults),
+    };
+    let span = tracing::info_span!(
+        "request",
+        request_id = %job.request_id,
+        job = %job.id,
+        pool = %pool.name,
+        worker = tracing::field::Empty,
+    );
+    let mut ticket = Ticket::register(
+        state,
+        pool.name.clone(),
+        job.id.clone(),
+        (arrived, now, deadline_ms),
+        stream,
+        span.clone(),
+    );
+    let enqueued = state
+        .redis
+        .enqueue(&pool.name, &job, pool.max_queue)
+        .instrument(span.clone())
+        .await;
+    drop(turn);
+    let error = match enqueued {
+        Ok(Enqueued::Accepted(entry)) => {
+            tracing::debug!(parent: &span, %entry, deadline_ms, "enqueued");
+            ticket.enqueued(entry);
+            return Ok(Admitted {
+                pool,
+                ticket,
+                stream,
+                span,
+            });
+        }
+        Ok(Enqueued::Full { backlog }) => ApiError::new(
+            ErrorCode::QueueFull,
+            format!(
+                "pool `{}` has {backlog} requests waiting; retry later",
+                pool.name
+            ),
+        )
+        .retry_after(state.config.gateway.retry_after),
+        Err(e) => {
+            tracing::warn!(parent: &span, error = %e, "cannot enqueue");
+            // The enqueue may have happened before the connection failed or timed out; the
+            // client is told it did not, so make sure no worker runs it.
+            ticket.cancel_unconfirmed();
+            ApiError::new(
+                ErrorCode::QueueUnavailable,
+                "the queue is unavailable; retry later",
+            )
+        }
+    };
+    ticket.finish();
+    ticket.record(error.code.status(), error.code.as_str());
+    Err(refused(error, true))
+}
+
+/// The pool a request goes to: the `x-ssw-pool` header wins over `model`.
+fn route(
+    state: &AppState,
+    headers: &HeaderMap,
+    req: &ChatRequest<'_>,
+) -> Result<Arc<Pool>, ApiError> {
+    let header = match headers.get(&X_SSW_POOL) {
+        None => None,
+        Some(v) => Some(v.to_str().map(str::trim).map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                "`x-ssw-pool` must be a pool name in visible ASCII",
+            )
+            .param("x-ssw-pool")
+        })?),
+    };
+    match state.router.resolve(header, req.model.as_deref()) {
+        Ok(pool) => Ok(pool.clone()),
+        Err(RouteError::Unknown(m)) => Err(ApiError::new(
+            ErrorCode::ModelNotFound,
+            format!("the model `{}` does not exist; see /v1/models", quote(&m)),
+        )
+        .param(if header.is_some() {
+            "x-ssw-pool"
+        } else {
+            "model"
+        })),
+        Err(RouteError::Missing) => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "`model` is required (or an `x-ssw-pool` header)",
+        )
+        .param("model")),
+    }
+}

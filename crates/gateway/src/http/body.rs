@@ -1,0 +1,138 @@
+//! Reading a request body within the gateway's bounds.
+//!
+//! A body is read only if it is JSON by its `Content-Type` (or has none), fits `max_body`, finds
+//! room in the gateway's body budget within `body_wait` (the budget bounds the bytes being read
+//! and parsed at once, over all requests), and arrives within `body_timeout`. The budget is held
+//! until the request is on the queue.
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use ssw_protocol::error::ErrorCode;
+use tokio::sync::SemaphorePermit;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// A body and its share of the budget.
+pub struct ReadBody<'s> {
+    /// The bytes.
+    pub bytes: Bytes,
+    /// Released when dropped.
+    pub _budget: SemaphorePermit<'s>,
+}
+
+/// Whether a `Content-Type` is JSON (`application/json`, `…+json`, any parameters).
+fn is_json(value: &str) -> bool {
+    let mime = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// Reads `body` within the bounds; every refusal is an OpenAI error with its status.
+pub async fn read<'s>(
+    state: &'s AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<ReadBody<'s>, ApiError> {
+    let g = &state.config.gateway;
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or_default();
+        if !is_json(ct) {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "send the request body as JSON, with `Content-Type: application/json`",
+            ));
+        }
+    }
+    let max = g.max_body.bytes();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large(g.max_body));
+    }
+    // Room for what the client declared, or for the largest body when it declared nothing.
+    let want = declared.unwrap_or(max).max(1);
+    let permits = u32::try_from(want).unwrap_or(u32::MAX);
+    let budget =
+        match tokio::time::timeout(g.body_wait, state.body_budget.acquire_many(permits)).await {
+            Ok(Ok(p)) => p,
+            // The semaphore is never closed; a timeout means the budget stayed spent.
+            _ => {
+                metrics::counter!(ssw_telemetry::names::GATEWAY_BODY_BUDGET_REFUSED).increment(1);
+                return Err(ApiError::new(
+                    ErrorCode::ServerBusy,
+                    "the gateway is reading too many large requests at once; retry shortly",
+                )
+                .retry_after(Duration::from_secs(1)));
+            }
+        };
+    let limited = Limited::new(body, max as usize);
+    let bytes = match tokio::time::timeout(g.body_timeout, limited.collect()).await {
+        Err(_) => {
+            return Err(ApiError::new(
+                ErrorCode::RequestTimeout,
+                format!(
+                    "the request body did not arrive within {}s",
+                    g.body_timeout.as_secs_f32()
+                ),
+            )
+            .close());
+        }
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(too_large(g.max_body));
+        }
+        Ok(Err(e)) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("cannot read the request body: {e}"),
+            )
+            .close());
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    Ok(ReadBody {
+        bytes,
+        _budget: budget,
+    })
+}
+
+fn too_large(max: ssw_config::ByteSize) -> ApiError {
+    ApiError::new(
+        ErrorCode::RequestTooLarge,
+        format!("request body exceeds {max}"),
+    )
+    .close()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_json;
+
+    #[test]
+    fn json_content_types_are_recognised() {
+        for ct in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/vnd.api+json",
+        ] {
+            assert!(is_json(ct), "{ct}");
+        }
+        for ct in [
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "text/plain",
+            "",
+        ] {
+            assert!(!is_json(ct), "{ct}");
+        }
+    }
+}
