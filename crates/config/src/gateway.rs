@@ -176,6 +176,7 @@ impl GatewayConfig {
         }
         if let Some(ops) = self.ops_listen
             && ops == self.listen
+            && ops.port() != 0
         {
             return Err(invalid(
                 "gateway.ops_listen",

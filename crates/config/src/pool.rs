@@ -91,20 +91,18 @@ impl PoolConfig {
 }
 
 /// The A40 layout's pools: `heavy` = Qwen2.5-14B-Instruct-AWQ, `light` = Qwen3-8B-AWQ with
-/// thinking off by default (Qwen3 thinks unless told not to; light is the fast tier).
+/// thinking off by default (Qwen3 thinks unless told not to; light is the fast tier); both run
+/// with `--max-model-len 32768`.
 pub fn default_pools() -> BTreeMap<String, PoolConfig> {
+    let mut heavy = PoolConfig::new("Qwen/Qwen2.5-14B-Instruct-AWQ");
+    heavy.max_model_len = Some(32_768);
     let mut light = PoolConfig::new("Qwen/Qwen3-8B-AWQ");
+    light.max_model_len = Some(32_768);
     light.defaults.insert(
         "chat_template_kwargs".into(),
         serde_json::json!({ "enable_thinking": false }),
     );
-    BTreeMap::from([
-        (
-            "heavy".to_owned(),
-            PoolConfig::new("Qwen/Qwen2.5-14B-Instruct-AWQ"),
-        ),
-        ("light".to_owned(), light),
-    ])
+    BTreeMap::from([("heavy".to_owned(), heavy), ("light".to_owned(), light)])
 }
 
 /// Checks every pool, and that each model name routes to one pool only.

@@ -7,8 +7,12 @@
 //!   - *idle*: no request in progress for `idle_timeout` (also before the first byte);
 //!   - *head*: the request line and headers not complete `header_timeout` after their first
 //!     byte (slowloris);
-//!   - *write*: the client has not taken a byte of its response for `write_timeout` (a client
-//!     that never reads its stream); closing drops the response, which cancels its job.
+//!   - *write*: the client has not acknowledged a byte of its response for `write_timeout` (a
+//!     client that never reads its stream); closing drops the response, which cancels its job.
+//!     Progress is what the peer acknowledged (the socket's unacknowledged bytes, `SIOCOUTQ`,
+//!     against the bytes written), sampled every quarter of the timeout while something is
+//!     outstanding: the kernel's send buffer grows to megabytes on its own, so a blocked write
+//!     would reveal a stalled client only after those megabytes.
 //!
 //! The body of a request is bounded by the handler (`gateway.body_timeout`), which is where it
 //! is read.
@@ -17,7 +21,9 @@
 //! (it starts when hyper waits for a head, idle or not), so it is not used.
 
 use std::future::Future;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -45,7 +51,7 @@ pub struct Bounds {
     pub header_timeout: Duration,
     /// No request in progress for this long closes the connection.
     pub idle_timeout: Duration,
-    /// A response the client does not read for this long closes the connection.
+    /// A response the client does not acknowledge for this long closes the connection.
     pub write_timeout: Duration,
 }
 
@@ -90,17 +96,12 @@ impl Expired {
     }
 }
 
-#[derive(Debug)]
-struct State {
-    phase: Phase,
-    /// A write has been waiting for the client since then.
-    write_blocked: Option<Instant>,
-}
-
 /// One connection's activity, updated by its I/O and its service, read by its supervisor.
 #[derive(Debug)]
 struct Activity {
-    state: Mutex<State>,
+    phase: Mutex<Phase>,
+    /// Bytes written to the socket so far.
+    written: AtomicU64,
     /// Signalled when a deadline may have moved earlier.
     changed: Notify,
 }
@@ -108,69 +109,125 @@ struct Activity {
 impl Activity {
     fn new() -> Self {
         Self {
-            state: Mutex::new(State {
-                phase: Phase::Idle(Instant::now()),
-                write_blocked: None,
-            }),
+            phase: Mutex::new(Phase::Idle(Instant::now())),
+            written: AtomicU64::new(0),
             changed: Notify::new(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Phase> {
+        self.phase.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Bytes arrived: an idle connection starts a request head.
     fn read(&self) {
-        let mut s = self.lock();
-        if let Phase::Idle(_) = s.phase {
-            s.phase = Phase::Head(Instant::now());
-            drop(s);
+        let mut phase = self.lock();
+        if let Phase::Idle(_) = *phase {
+            *phase = Phase::Head(Instant::now());
+            drop(phase);
             self.changed.notify_one();
         }
     }
 
-    fn write_pending(&self) {
-        let mut s = self.lock();
-        if s.write_blocked.is_none() {
-            s.write_blocked = Some(Instant::now());
-            drop(s);
-            self.changed.notify_one();
-        }
-    }
-
-    fn write_done(&self) {
-        let mut s = self.lock();
-        if s.write_blocked.is_some() {
-            s.write_blocked = None;
-        }
+    fn wrote(&self, n: usize) {
+        self.written.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     fn request_started(&self) {
-        self.lock().phase = Phase::Busy;
+        *self.lock() = Phase::Busy;
     }
 
     fn request_done(&self) {
-        self.lock().phase = Phase::Idle(Instant::now());
+        *self.lock() = Phase::Idle(Instant::now());
         self.changed.notify_one();
     }
 
-    /// The earliest deadline in force, and what it is for.
+    fn busy(&self) -> bool {
+        *self.lock() == Phase::Busy
+    }
+
+    /// The idle or head deadline in force (none while a request is in progress).
     fn deadline(&self, b: &Bounds) -> Option<(Instant, Expired)> {
-        let s = self.lock();
-        let phase = match s.phase {
+        match *self.lock() {
             Phase::Idle(t) => Some((t + b.idle_timeout, Expired::Idle)),
             Phase::Head(t) => Some((t + b.header_timeout, Expired::Head)),
             Phase::Busy => None,
-        };
-        let write = s
-            .write_blocked
-            .map(|t| (t + b.write_timeout, Expired::Write));
-        match (phase, write) {
-            (Some(a), Some(w)) => Some(if w.0 < a.0 { w } else { a }),
-            (a, w) => a.or(w),
         }
     }
+}
+
+/// Whether the peer keeps acknowledging what is written to it.
+#[derive(Debug)]
+struct AckWatch {
+    /// Bytes the peer had acknowledged at the last sample.
+    acked: u64,
+    /// When the acknowledged count last grew (or nothing was outstanding).
+    progress_at: Instant,
+    /// When to sample next, while something is outstanding.
+    next_sample: Option<Instant>,
+    /// Bytes are (or may be) waiting for the peer.
+    outstanding: bool,
+}
+
+impl AckWatch {
+    fn new() -> Self {
+        Self {
+            acked: 0,
+            progress_at: Instant::now(),
+            next_sample: None,
+            outstanding: false,
+        }
+    }
+
+    /// When to sample next: every `period` while a request is in progress (`busy`: its
+    /// response may be written at any time, and writes do not wake the supervisor) or bytes may
+    /// be outstanding (more written than seen acknowledged); otherwise never.
+    fn schedule(
+        &mut self,
+        written: u64,
+        busy: bool,
+        now: Instant,
+        period: Duration,
+    ) -> Option<Instant> {
+        if written > self.acked || busy {
+            if !self.outstanding {
+                // Nothing was outstanding until now: the wait starts here, not at the last
+                // progress of an earlier response.
+                self.outstanding = true;
+                self.progress_at = now;
+            }
+            if self.next_sample.is_none() {
+                self.next_sample = Some(now + period);
+            }
+        } else {
+            self.outstanding = false;
+            self.next_sample = None;
+        }
+        self.next_sample
+    }
+
+    /// Accounts a sample: `written` bytes so far, `unacked` of them not acknowledged. Returns
+    /// whether the peer has acknowledged nothing for `timeout` while bytes were outstanding.
+    fn sample(&mut self, written: u64, unacked: u64, now: Instant, timeout: Duration) -> bool {
+        self.next_sample = None;
+        let acked = written.saturating_sub(unacked);
+        if acked > self.acked || unacked == 0 {
+            self.acked = acked;
+            self.progress_at = now;
+        }
+        self.outstanding = unacked > 0;
+        unacked > 0 && now.saturating_duration_since(self.progress_at) >= timeout
+    }
+}
+
+/// Bytes written to `fd` and not yet acknowledged by the peer (`SIOCOUTQ`, tcp(7)).
+#[allow(unsafe_code)]
+fn unacked_bytes(fd: RawFd) -> Option<u64> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int; `fd` is this connection's socket, open for
+    // as long as the connection (which owns it) is being served.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) };
+    (r == 0).then(|| u64::try_from(n).unwrap_or(0))
 }
 
 /// The socket, reporting reads and blocked writes to the connection's [`Activity`].
@@ -195,10 +252,9 @@ impl AsyncRead for TimedIo {
 }
 
 impl TimedIo {
-    fn track<T>(&self, r: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
-        match &r {
-            Poll::Pending => self.activity.write_pending(),
-            Poll::Ready(_) => self.activity.write_done(),
+    fn track(&self, r: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = &r {
+            self.activity.wrote(*n);
         }
         r
     }
@@ -228,8 +284,7 @@ impl AsyncWrite for TimedIo {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let r = Pin::new(&mut self.tcp).poll_flush(cx);
-        self.track(r)
+        Pin::new(&mut self.tcp).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -389,6 +444,7 @@ async fn connection(
 ) {
     let open = metrics::gauge!(names::GATEWAY_OPEN_CONNECTIONS);
     open.increment(1.0);
+    let fd = tcp.as_raw_fd();
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(TimedIo {
         tcp,
@@ -404,8 +460,20 @@ async fn connection(
         .serve_connection(io, service);
     tokio::pin!(conn);
     let mut draining = false;
+    let mut acks = AckWatch::new();
+    let period = (bounds.write_timeout / 4).max(Duration::from_millis(50));
+    let close = |why: Expired| {
+        tracing::debug!(reason = why.label(), "closing connection");
+        metrics::counter!(names::GATEWAY_CONNECTIONS_CLOSED, "reason" => why.label()).increment(1);
+    };
     loop {
-        let deadline = activity.deadline(&bounds);
+        let deadline = activity.deadline(&bounds).map(|d| d.0);
+        let written = activity.written.load(Ordering::Relaxed);
+        let sample = acks.schedule(written, activity.busy(), Instant::now(), period);
+        let wake = match (deadline, sample) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
@@ -414,14 +482,23 @@ async fn connection(
                 break;
             }
             _ = activity.changed.notified() => {}
-            _ = tokio::time::sleep_until(deadline.map_or_else(far_future, |d| d.0)), if deadline.is_some() => {
+            _ = tokio::time::sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {
+                let now = Instant::now();
                 // The deadline may have moved since it was read; close only if it still holds.
                 if let Some((at, why)) = activity.deadline(&bounds)
-                    && at <= Instant::now()
+                    && at <= now
                 {
-                    tracing::debug!(reason = why.label(), "closing connection");
-                    metrics::counter!(names::GATEWAY_CONNECTIONS_CLOSED, "reason" => why.label()).increment(1);
+                    close(why);
                     break;
+                }
+                if sample.is_some_and(|at| at <= now) {
+                    let written = activity.written.load(Ordering::Relaxed);
+                    let stalled = unacked_bytes(fd)
+                        .is_some_and(|unacked| acks.sample(written, unacked, now, bounds.write_timeout));
+                    if stalled {
+                        close(Expired::Write);
+                        break;
+                    }
                 }
             }
             _ = shutdown.cancelled(), if !draining => {
@@ -470,21 +547,55 @@ mod tests {
             None,
             "a request in progress has no idle or head limit"
         );
-        a.write_pending();
-        let w = Instant::now() + b.write_timeout;
-        assert_eq!(a.deadline(&b), Some((w, Expired::Write)));
-        // A write that went through clears it; a later block starts a new one.
-        a.write_done();
-        assert_eq!(a.deadline(&b), None);
         a.request_done();
         let idle = Instant::now() + b.idle_timeout;
         assert_eq!(a.deadline(&b), Some((idle, Expired::Idle)));
-        // A blocked write after the request (the tail of a response) is the earlier deadline.
-        a.write_pending();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_acknowledges_nothing_stalls_one_that_reads_slowly_does_not() {
+        let timeout = Duration::from_secs(4);
+        let period = Duration::from_secs(1);
+        let mut w = AckWatch::new();
         assert_eq!(
-            a.deadline(&b),
-            Some((Instant::now() + b.write_timeout, Expired::Write))
+            w.schedule(0, false, Instant::now(), period),
+            None,
+            "nothing written"
         );
+        // 1 MB written; the peer takes 10 KB a second: never stalled.
+        let mut written = 1_000_000u64;
+        for i in 1..=10u64 {
+            assert!(w.schedule(written, false, Instant::now(), period).is_some());
+            tokio::time::advance(period).await;
+            let unacked = written - i * 10_000;
+            assert!(
+                !w.sample(written, unacked, Instant::now(), timeout),
+                "second {i}"
+            );
+        }
+        // It stops reading: stalled once the timeout passes without progress, not before.
+        written += 50_000;
+        let unacked = written - 100_000;
+        let mut stalled_after = None;
+        for i in 1..=10u64 {
+            w.schedule(written, false, Instant::now(), period);
+            tokio::time::advance(period).await;
+            if w.sample(written, unacked, Instant::now(), timeout) {
+                stalled_after = Some(i);
+                break;
+            }
+        }
+        assert_eq!(stalled_after, Some(4));
+        // A new response after a long quiet time: its wait starts when it is written.
+        let mut w = AckWatch::new();
+        tokio::time::advance(Duration::from_secs(600)).await;
+        w.schedule(500, false, Instant::now(), period);
+        tokio::time::advance(period).await;
+        assert!(!w.sample(500, 500, Instant::now(), timeout));
+        // Everything acknowledged is progress.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(!w.sample(500, 0, Instant::now(), timeout));
+        assert_eq!(w.schedule(500, false, Instant::now(), period), None);
     }
 
     #[test]

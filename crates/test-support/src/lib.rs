@@ -193,6 +193,53 @@ impl TestPlatform {
             .map(|r| r["body"].clone())
     }
 
+    /// The gateway's address (`127.0.0.1:PORT`).
+    pub fn gateway_addr(&self) -> std::net::SocketAddr {
+        self.platform
+            .gateway_url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("gateway address")
+    }
+
+    /// The gateway process's resident memory, in KiB.
+    pub fn gateway_rss_kib(&self) -> u64 {
+        let pid = self
+            .platform
+            .gateway
+            .as_ref()
+            .and_then(|g| g.pid())
+            .expect("gateway running");
+        rss_kib(pid)
+    }
+
+    /// Waits until no job is waiting or running in any pool (nothing left behind in Redis).
+    pub async fn assert_no_jobs_left(&self, timeout: Duration) {
+        Self::eventually(timeout, "no job left in any pool", || async {
+            let Ok(r) = self.http.get(self.url("/readyz")).send().await else {
+                return false;
+            };
+            let v: Value =
+                serde_json::from_str(&r.text().await.unwrap_or_default()).unwrap_or_default();
+            v["pools"]
+                .as_array()
+                .is_some_and(|pools| pools.iter().all(|p| p["backlog"] == 0 && p["pending"] == 0))
+        })
+        .await;
+    }
+
+    /// Waits until the gateway answers `/healthz`.
+    pub async fn assert_healthy(&self) {
+        let r = self
+            .http
+            .get(self.url("/healthz"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .expect("gateway answers /healthz");
+        assert_eq!(r.status(), 200);
+    }
+
     /// Waits until `cond` holds, polling every 50 ms, or panics with `what` after `timeout`.
     pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut cond: F)
     where
@@ -265,6 +312,18 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         }
     }
     sum
+}
+
+/// A process's resident memory (`VmRSS`), in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Sends `sig` to a process.

@@ -275,6 +275,10 @@ impl Platform {
     ) -> Result<String, UpError> {
         if let Some(pool) = self.spec.config.pools.get(&replica.pool) {
             stub.served_model = pool.served_model.clone();
+            // The engine's context length is the pool's (as `--max-model-len` is on vLLM).
+            if let Some(len) = pool.max_model_len {
+                stub.max_model_len = len;
+            }
         }
         let (listener, url) = bind_loopback()?;
         let mut cfg = self.base_config();
@@ -314,7 +318,8 @@ impl Platform {
     /// Waits until the gateway's `/readyz` answers 200.
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<(), UpError> {
         let client = reqwest::Client::new();
-        let url = format!("{}/readyz", self.gateway_url);
+        let base = self.ops_url.as_deref().unwrap_or(&self.gateway_url);
+        let url = format!("{base}/readyz");
         let deadline = tokio::time::Instant::now() + timeout;
         let mut last = String::from("no answer");
         while tokio::time::Instant::now() < deadline {
