@@ -18,14 +18,23 @@ let
   redisPassword = s.redis.passwordFile;
   apiKeys = s.gateway.apiKeysFile;
 
+  # The key workers present to their engines: the user's file, or one the ssw-secrets unit
+  # generates on first start (and the VLLM_API_KEY environment file vLLM reads it from).
+  secretsDir = "/var/lib/ssw/secrets";
+  engineKey = if s.engineApiKeyFile != null then s.engineApiKeyFile else "${secretsDir}/engine-api-key";
+  engineEnv = "${secretsDir}/engine.env";
+
   # A config file for one unit, with the unit's credential paths, checked by `ssw check-config`
   # at build time: a bad setting fails `nixos-rebuild`, not the service.
   configFile = unit: role: value:
     let
-      withSecrets = lib.recursiveUpdate value (
-        optionalAttrs (redisPassword != null) { redis.password_file = "/run/credentials/${unit}.service/redis-password"; }
-        // optionalAttrs (role == "gateway" && apiKeys != null) { gateway.api_keys_file = "/run/credentials/${unit}.service/api-keys"; }
-      );
+      cred = name: "/run/credentials/${unit}.service/${name}";
+      withSecrets = lib.foldl' lib.recursiveUpdate value [
+        (optionalAttrs (redisPassword != null && role != "stub") { redis.password_file = cred "redis-password"; })
+        (optionalAttrs (role == "gateway" && apiKeys != null) { gateway.api_keys_file = cred "api-keys"; })
+        (optionalAttrs (role == "worker") { worker.engine_api_key_file = cred "engine-key"; })
+        (optionalAttrs (role == "stub") { stub.api_key_file = cred "engine-key"; })
+      ];
     in
     pkgs.runCommand "${unit}.json"
       {
@@ -78,8 +87,9 @@ let
   redisUnit = optional cfg.roles.redis "redis-ssw.service";
   engineUnit = r: if vllm then "${containerUnit r.containerName}.service" else "ssw-stub-${r.name}.service";
   credentials = role:
-    optional (redisPassword != null) "redis-password:${redisPassword}"
-    ++ optional (role == "gateway" && apiKeys != null) "api-keys:${apiKeys}";
+    optional (redisPassword != null && role != "stub") "redis-password:${redisPassword}"
+    ++ optional (role == "gateway" && apiKeys != null) "api-keys:${apiKeys}"
+    ++ optional (role == "worker" || role == "stub") "engine-key:${engineKey}";
 
   # gateway and worker speak sd_notify (READY=1 once serving, WATCHDOG=1 while healthy).
   notifyUnit = {
@@ -88,12 +98,15 @@ let
     WatchdogSec = "30s";
   };
 
+  secretsUnit = r: optional (r == "worker" || r == "stub") "ssw-secrets.service";
+
   sswService = { unit, role, config, after ? [ ], extra ? { } }: {
     description = "SSW ${role} (${unit})";
     wantedBy = [ "multi-user.target" ];
     startLimitIntervalSec = 0;
-    after = [ "network-online.target" ] ++ redisUnit ++ after;
+    after = [ "network-online.target" ] ++ redisUnit ++ secretsUnit role ++ after;
     wants = [ "network-online.target" ] ++ redisUnit ++ after;
+    requires = secretsUnit role;
     environment = { RUST_LOG = cfg.logLevel; };
     serviceConfig = hardening // {
       ExecStart = "${lib.getExe cfg.package} ${role} --config ${configFile unit role config}";
@@ -158,10 +171,17 @@ in
 
   config = mkIf cfg.enable (mkMerge [
     {
-      assertions = [{
-        assertion = cfg.roles.redis || s.redis.host != "127.0.0.1" || !(cfg.roles.gateway || cfg.roles.workers);
-        message = "services.ssw-inference: roles.redis is off but settings.redis.host is 127.0.0.1; point it at the Redis host.";
-      }];
+      assertions = [
+        {
+          assertion = cfg.roles.redis || s.redis.host != "127.0.0.1" || !(cfg.roles.gateway || cfg.roles.workers);
+          message = "services.ssw-inference: roles.redis is off but settings.redis.host is 127.0.0.1; point it at the Redis host.";
+        }
+        {
+          assertion = !cfg.roles.gateway || apiKeys != null || s.gateway.allowUnauthenticated
+            || lib.hasPrefix "127." s.gateway.listen || lib.hasPrefix "[::1]" s.gateway.listen;
+          message = "services.ssw-inference.settings.gateway: the gateway listens on ${s.gateway.listen} without API keys; set gateway.apiKeysFile, listen on loopback, or set gateway.allowUnauthenticated = true to serve anyone who can reach it.";
+        }
+      ];
     }
 
     (mkIf cfg.roles.redis {
@@ -173,7 +193,7 @@ in
         save = [ ];
         appendOnly = false;
         requirePassFile = redisPassword;
-        maxclients = 10000;
+        maxclients = mkDefault 10000;
       };
     })
 
@@ -191,6 +211,30 @@ in
         extra = notifyUnit // { TimeoutStopSec = "45s"; };
       };
       networking.firewall.allowedTCPPorts = optional cfg.openFirewall (lib.toInt topo.gateway.port);
+    })
+
+    (mkIf cfg.roles.workers {
+      # The engine key, generated on first start unless settings.engineApiKeyFile names one, and
+      # the environment file vLLM reads it from (VLLM_API_KEY, vllm/entrypoints/openai/api_server.py:
+      # `args.api_key or envs.VLLM_API_KEY`); only root reads them, units get them as credentials.
+      systemd.services.ssw-secrets = {
+        description = "SSW engine key";
+        wantedBy = [ "multi-user.target" ];
+        serviceConfig = { Type = "oneshot"; RemainAfterExit = true; UMask = "0077"; };
+        path = [ pkgs.coreutils ];
+        script = ''
+          mkdir -p ${secretsDir}
+          key=${lib.escapeShellArg engineKey}
+          ${lib.optionalString (s.engineApiKeyFile == null) ''
+            if [ ! -s "$key" ]; then
+              head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$key.tmp"
+              mv "$key.tmp" "$key"
+            fi
+          ''}
+          printf 'VLLM_API_KEY=%s\n' "$(head -n 1 "$key")" > ${engineEnv}.tmp
+          mv ${engineEnv}.tmp ${engineEnv}
+        '';
+      };
     })
 
     (mkIf cfg.roles.workers {
@@ -242,7 +286,7 @@ in
             "${s.volumes.vllmCache}:/root/.cache/vllm"
           ];
           environment = { VLLM_CACHE_ROOT = "/root/.cache/vllm"; };
-          environmentFiles = optional (cfg.hfTokenFile != null) cfg.hfTokenFile;
+          environmentFiles = [ engineEnv ] ++ optional (cfg.hfTokenFile != null) cfg.hfTokenFile;
           devices = [ "nvidia.com/gpu=${toString r.gpu}" ];
           extraOptions = [
             "--ipc=host"
@@ -250,6 +294,10 @@ in
             "--health-interval=15s"
             "--health-retries=3"
             "--health-start-period=900s"
+            # A vLLM that stays unhealthy (at start, after the start period, or later) is
+            # killed, and its unit restarts it: without this podman's `--sdnotify=healthy`
+            # waits for "healthy" forever and the unit stays "activating".
+            "--health-on-failure=kill"
           ];
           # The unit is up only once vLLM answers /health, and the next vLLM on the same GPU
           # starts only then: two must not profile GPU memory at the same time.
@@ -262,8 +310,9 @@ in
           # CDI specs (/run/cdi) are written by the generator; without the ordering a container
           # can start first and fail "unresolvable CDI devices" (NixOS/nixpkgs#420638). `wants`,
           # not `requires`: a udev-triggered restart of the generator must not restart every vLLM.
-          after = [ cdiGenerator ];
+          after = [ cdiGenerator "ssw-secrets.service" ];
           wants = [ cdiGenerator ];
+          requires = [ "ssw-secrets.service" ];
           # vLLM that fails (GPU not ready, OOM at start) retries every 10 s forever instead of
           # hitting systemd's start limit (5 starts in 10 s) and staying down.
           startLimitIntervalSec = 0;
@@ -273,6 +322,9 @@ in
           # first start failed, this start failed with it ("dependency") and systemd would not
           # retry it. Upholds= starts it again whenever the one before it is active.
           upheldBy = [ "${containerUnit "ssw-vllm-${r.startAfter}"}.service" ];
+          # Upholds= would start it again between the stop and the start of a switch (from
+          # the old unit file): restart it in one step instead.
+          stopIfChanged = false;
         }))
         topo.replicas);
     })
@@ -280,7 +332,7 @@ in
     (mkIf (s.prometheus.enable && (cfg.roles.gateway || cfg.roles.workers)) {
       services.prometheus = {
         enable = true;
-        listenAddress = "127.0.0.1";
+        listenAddress = mkDefault "127.0.0.1";
         port = s.prometheus.port;
         scrapeConfigs =
           optionals cfg.roles.gateway [ (builtins.elemAt topo.prometheus.scrapeConfigs 0) ]

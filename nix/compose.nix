@@ -1,6 +1,9 @@
 # The Docker Compose document for a topology (builtins only). Inside compose, services reach each
 # other by service name: the ssw configs point at `redis:6379`, `vllm-<replica>:8000`, and the
-# gateway listens on 0.0.0.0:8080. vLLM ports are published on 127.0.0.1 only.
+# gateway listens on 0.0.0.0:8080 (its /metrics, /readyz on 9300, not published). Published ports
+# bind to 127.0.0.1 (the gateway's to `gateway.publishAddress`). Secrets come from files beside
+# the compose file (`secrets/api-keys`, `secrets/redis-password`, `secrets/engine-api-key`,
+# docs/deploy-compose.md); ssw containers run as uid 65534.
 { sswImage ? "ssw:latest", redisImage ? "docker.io/library/redis:7.4-alpine", prometheusImage ? "docker.io/prom/prometheus:v3.5.0" }:
 topo:
 let
@@ -11,6 +14,9 @@ let
   engineService = r: (if topo.engine == "vllm" then "vllm-" else "stub-") + r.name;
   engineUrl = r: "http://${engineService r}:8000";
   gatewayPort = topo.gateway.port;
+  # An unprivileged user for the ssw containers (the image has no /etc/passwd; any uid works).
+  user = "65534:65534";
+  secretPath = name: "/run/secrets/${name}";
 
   # Compose interpolates `$NAME`/`${NAME}` in every value, inline config `content` included, and
   # `$$` is its escape for a literal `$` (docs.docker.com/reference/compose-file/interpolation).
@@ -23,7 +29,12 @@ let
     name = engineService r;
     value = {
       image = r.image;
+      # vLLM reads its key from VLLM_API_KEY (vllm/entrypoints/openai/api_server.py:
+      # `args.api_key or envs.VLLM_API_KEY`); the secret file is read into it at start, so the
+      # key is neither in this file nor on the command line. `$$` is Compose's literal `$`.
+      entrypoint = [ "/bin/sh" "-c" "export VLLM_API_KEY=\"$$(cat ${secretPath "engine-api-key"})\"; exec vllm serve \"$$@\"" "vllm" ];
       command = r.vllmArgs;
+      secrets = [ "engine-api-key" ];
       ipc = "host";
       environment = {
         HF_TOKEN = "\${HF_TOKEN:-}";
@@ -55,8 +66,10 @@ let
     name = engineService r;
     value = {
       image = sswImage;
+      inherit user;
       command = [ "stub" "--config" "/etc/ssw/config.json" ];
       configs = [{ source = "stub-${r.name}"; target = "/etc/ssw/config.json"; }];
+      secrets = [ "engine-api-key" ];
       ports = [ "127.0.0.1:${toString r.port}:8000" ];
       restart = "unless-stopped";
     };
@@ -66,8 +79,10 @@ let
     name = "worker-${r.name}";
     value = {
       image = sswImage;
+      inherit user;
       command = [ "worker" "--config" "/etc/ssw/config.json" ];
       configs = [{ source = "worker-${r.name}"; target = "/etc/ssw/config.json"; }];
+      secrets = [ "redis-password" "engine-api-key" ];
       depends_on = {
         redis.condition = "service_healthy";
         ${engineService r}.condition = if topo.engine == "vllm" then "service_healthy" else "service_started";
@@ -84,9 +99,11 @@ in
   services = builtins.listToAttrs (engineServices ++ map workerService topo.replicas) // {
     redis = {
       image = redisImage;
-      command = [ "redis-server" "--save" "" "--appendonly" "no" ];
+      # The image's entrypoint drops to the redis user; the password file is read before it.
+      entrypoint = [ "/bin/sh" "-c" "exec docker-entrypoint.sh redis-server --save '' --appendonly no --requirepass \"$$(cat ${secretPath "redis-password"})\"" ];
+      secrets = [ "redis-password" ];
       healthcheck = {
-        test = [ "CMD" "redis-cli" "ping" ];
+        test = [ "CMD-SHELL" "redis-cli -a \"$$(cat ${secretPath "redis-password"})\" --no-auth-warning ping | grep -q PONG" ];
         interval = "5s";
         timeout = "3s";
         retries = 5;
@@ -95,9 +112,11 @@ in
     };
     gateway = {
       image = sswImage;
+      inherit user;
       command = [ "gateway" "--config" "/etc/ssw/config.json" ];
       configs = [{ source = "gateway"; target = "/etc/ssw/config.json"; }];
-      ports = [ "${gatewayPort}:8080" ];
+      secrets = [ "api-keys" "redis-password" ];
+      ports = [ "${topo.gateway.publishAddress}:${gatewayPort}:8080" ];
       depends_on.redis.condition = "service_healthy";
       restart = "unless-stopped";
     };
@@ -113,19 +132,28 @@ in
       restart = "unless-stopped";
     };
   };
+  secrets = builtins.listToAttrs (map (name: { inherit name; value.file = "./secrets/${name}"; }) [ "api-keys" "redis-password" "engine-api-key" ]);
   configs = builtins.listToAttrs ([
-    (configFile "gateway" (t.gatewayConfig s redisUrl "0.0.0.0:8080"))
+    (configFile "gateway" (l.recursiveUpdate (t.gatewayConfig s redisUrl "0.0.0.0:8080" "0.0.0.0:9300") {
+      redis.password_file = secretPath "redis-password";
+      gateway.api_keys_file = secretPath "api-keys";
+    }))
   ]
   # No NVML in compose: the Nix-built image's glibc does not read the libraries the NVIDIA
   # toolkit injects, and workers reserve no GPU (docs/deploy-compose.md, "GPU metrics").
-  ++ map (r: configFile "worker-${r.name}" (t.workerConfig s redisUrl (r // { exportsGpu = false; }) (engineUrl r) "0.0.0.0:9300")) topo.replicas
-  ++ (if topo.engine == "stub" then map (r: configFile "stub-${r.name}" (t.stubConfig s r "0.0.0.0:8000")) topo.replicas else [ ])
+  ++ map
+    (r: configFile "worker-${r.name}" (l.recursiveUpdate (t.workerConfig s redisUrl (r // { exportsGpu = false; }) (engineUrl r) "0.0.0.0:9300") {
+      redis.password_file = secretPath "redis-password";
+      worker.engine_api_key_file = secretPath "engine-api-key";
+    }))
+    topo.replicas
+  ++ (if topo.engine == "stub" then map (r: configFile "stub-${r.name}" (l.recursiveUpdate (t.stubConfig s r "0.0.0.0:8000") { stub.api_key_file = secretPath "engine-api-key"; })) topo.replicas else [ ])
   ++ l.optional topo.prometheus.enable (content "prometheus-alerts" (builtins.readFile ../modules/observability/alerts.yml))
   ++ l.optional topo.prometheus.enable (configFile "prometheus" {
     global.scrape_interval = topo.prometheus.scrapeInterval;
     rule_files = [ "/etc/prometheus/alerts.yml" ];
     scrape_configs = [
-      { job_name = "ssw-gateway"; static_configs = [{ targets = [ "gateway:8080" ]; }]; }
+      { job_name = "ssw-gateway"; static_configs = [{ targets = [ "gateway:9300" ]; }]; }
       {
         job_name = if topo.engine == "vllm" then "vllm" else "ssw-stub";
         static_configs = map (r: { targets = [ "${engineService r}:8000" ]; labels = { replica = r.name; pool = r.pool; gpu = toString r.gpu; }; }) topo.replicas;

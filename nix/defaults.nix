@@ -61,10 +61,20 @@
 
   gateway = {
     listen = "127.0.0.1:8080";
-    maxBody = "8MiB";
-    apiKeysFile = null;
+    # /metrics and /readyz (operators only); /healthz is on both listeners.
+    opsListen = "127.0.0.1:9300";
+    # compose only: the host address its gateway port is published on ("0.0.0.0" to open it).
+    publishAddress = "127.0.0.1";
+    maxBody = "2MiB";
+    apiKeysFile = null; # required when `listen` is not loopback, unless allowUnauthenticated
+    allowUnauthenticated = false;
     stallTimeout = "30s";
   };
+
+  # The key workers present to their engines (`vllm serve` reads VLLM_API_KEY), so nothing else
+  # on the host can call an engine. null: the NixOS module generates one under /var/lib/ssw
+  # (compose takes it from secrets/engine-api-key).
+  engineApiKeyFile = null;
 
   # Defaults for every worker.
   worker = {

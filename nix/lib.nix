@@ -13,19 +13,29 @@ rec {
   sum = builtins.foldl' (a: b: a + b) 0;
 
   # Whole seconds (rounded up) of a duration as the ssw config writes it (humantime: "90s",
-  # "1m30s", "2m 30s", "500ms", "1h"); throws naming `path` for anything else, so a drain
-  # timeout is never silently misread.
+  # "1m30s", "2m 30s", "500ms", "1h", "2days"); throws naming `path` for anything else, so a
+  # drain timeout is never silently misread.
   seconds = path: text:
     let
-      units = { h = 3600000; m = 60000; min = 60000; s = 1000; sec = 1000; ms = 1; };
-      parts = builtins.split "([0-9]+) *(h|min|ms|m|sec|s)" text;
+      # Microseconds per unit (humantime's names).
+      units = {
+        ns = 0; us = 1; usec = 1; ms = 1000; msec = 1000;
+        s = 1000000; sec = 1000000; secs = 1000000; second = 1000000; seconds = 1000000;
+        m = 60000000; min = 60000000; mins = 60000000; minute = 60000000; minutes = 60000000;
+        h = 3600000000; hr = 3600000000; hrs = 3600000000; hour = 3600000000; hours = 3600000000;
+        d = 86400000000; day = 86400000000; days = 86400000000;
+      };
+      parts = builtins.split "([0-9]+) *([a-z]+)" text;
       matches = builtins.filter builtins.isList parts;
       rest = builtins.concatStringsSep "" (builtins.filter builtins.isString parts);
-      ms = sum (map (m: builtins.fromJSON (builtins.head m) * units.${builtins.elemAt m 1}) matches);
+      # fromJSON reads "08" as nothing: strip leading zeros first.
+      number = digits: builtins.fromJSON (builtins.head (builtins.match "0*([0-9]+)" digits));
+      known = builtins.all (m: units ? ${builtins.elemAt m 1}) matches;
+      us = sum (map (m: number (builtins.head m) * units.${builtins.elemAt m 1}) matches);
     in
-    if !(builtins.isString text) || matches == [ ] || builtins.match " *" rest == null
+    if !(builtins.isString text) || matches == [ ] || !known || builtins.match " *" rest == null
     then fail path "must be a duration such as \"90s\", \"2m\" or \"1m30s\", got ${builtins.toJSON text}"
-    else (ms + 999) / 1000;
+    else (us + 999999) / 1000000;
 
   # Index of `x` in list `xs` (first occurrence), or -1.
   indexOf = x: xs:

@@ -130,6 +130,7 @@ let
         (secret "redis.passwordFile" s.redis.passwordFile)
         (secret "gateway.apiKeysFile" s.gateway.apiKeysFile)
         (secret "grafana.secretKeyFile" s.grafana.secretKeyFile)
+        (secret "engineApiKeyFile" s.engineApiKeyFile)
       ];
       failed = builtins.filter (c: !c.ok) (checks ++ secrets);
     in
@@ -189,8 +190,9 @@ let
           inherit name port;
           inherit (r) pool gpu;
           metricsPort = r.metricsPort or (s.ports.workerMetricsBase + i);
-          # One worker per GPU exports the GPU's NVML metrics, so none is counted twice.
-          exportsGpu = pos == 0;
+          # One worker per GPU exports the GPU's NVML metrics, so none is counted twice (stub
+          # engines have no GPU).
+          exportsGpu = pos == 0 && s.engine == "vllm";
           containerName = "ssw-vllm-${name}";
           engineUrl = "http://127.0.0.1:${toString port}";
           image = r.image or pool.image;
@@ -201,7 +203,9 @@ let
         };
       list = builtins.genList (i: one i (builtins.elemAt names i)) (builtins.length names);
     in
-    assert checkUnique "port" "replicas.<name>.port / metricsPort" (map (r: r.port) list ++ map (r: r.metricsPort) list);
+    assert checkUnique "port" "replicas.<name>.port / metricsPort, gateway.listen / opsListen"
+      (map (r: r.port) list ++ map (r: r.metricsPort) list
+        ++ map (a: builtins.fromJSON (l.last (builtins.split ":" a))) [ s.gateway.listen s.gateway.opsListen ]);
     checkMemory s list;
 
   # The ssw configuration (same schema as `ssw check-config`), for one role.
@@ -223,11 +227,13 @@ let
     pools = sswPools s;
   };
 
-  gatewayConfig = s: redisUrl: listen: sswBase s redisUrl // {
+  gatewayConfig = s: redisUrl: listen: opsListen: sswBase s redisUrl // {
     gateway = {
       inherit listen;
+      ops_listen = opsListen;
       max_body = s.gateway.maxBody;
       stall_timeout = s.gateway.stallTimeout;
+      allow_unauthenticated = s.gateway.allowUnauthenticated;
     };
   };
 
@@ -269,17 +275,18 @@ let
       replicas = assert checkRouting s; mkReplicas s;
       redisUrl = "redis://${s.redis.host}:${toString s.redis.port}";
       gatewayPort = l.last (builtins.split ":" s.gateway.listen);
+      opsPort = l.last (builtins.split ":" s.gateway.opsListen);
     in
     {
       inherit (s) engine gpus pools volumes redis stub;
       settings = s;
       inherit replicas;
-      gateway = { inherit (s.gateway) listen; port = gatewayPort; };
+      gateway = { inherit (s.gateway) listen opsListen publishAddress; port = gatewayPort; inherit opsPort; };
       # systemd TimeoutStopSec / compose stop_grace_period of a worker: its drain plus 15 s to
       # hand back unstarted jobs and deregister before SIGKILL.
       workerStopSeconds = l.seconds "worker.drainTimeout" s.worker.drainTimeout + 15;
       ssw = {
-        gateway = gatewayConfig s redisUrl s.gateway.listen;
+        gateway = gatewayConfig s redisUrl s.gateway.listen s.gateway.opsListen;
         workers = builtins.listToAttrs (map (r: { name = r.name; value = workerConfig s redisUrl r r.engineUrl "127.0.0.1:${toString r.metricsPort}"; }) replicas);
         stubs = builtins.listToAttrs (map (r: { name = r.name; value = stubConfig s r "127.0.0.1:${toString r.port}"; }) replicas);
       };
@@ -288,7 +295,7 @@ let
           {
             job_name = "ssw-gateway";
             scrape_interval = s.prometheus.scrapeInterval;
-            static_configs = [{ targets = [ "127.0.0.1:${gatewayPort}" ]; }];
+            static_configs = [{ targets = [ "127.0.0.1:${opsPort}" ]; }];
           }
           {
             job_name = if s.engine == "vllm" then "vllm" else "ssw-stub";

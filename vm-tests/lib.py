@@ -4,6 +4,8 @@ import json
 import shlex
 
 GATEWAY = "http://127.0.0.1:8080"
+# The gateway's operators' listener (settings.gateway.opsListen): /readyz, /metrics.
+OPS = "http://127.0.0.1:9300"
 
 
 def background(machine, cmd):

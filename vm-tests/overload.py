@@ -1,13 +1,13 @@
 # A burst beyond the heavy pool's max_queue gets 429 queue_full with Retry-After; light is unaffected.
 start_all()
 machine.wait_for_unit("ssw-gateway.service")
-machine.wait_until_succeeds(f"curl -sf {GATEWAY}/readyz", timeout=120)
+machine.wait_until_succeeds(f"curl -sf {OPS}/readyz", timeout=120)
 
 with subtest("a burst fills the heavy queue"):
     for i in range(10):
         background(machine, chat_cmd("heavy", f"/tmp/burst-{i}"))
     machine.wait_until_succeeds(
-        f"curl -s {GATEWAY}/readyz | jq -e '.pools[] | select(.pool == \"heavy\") | .backlog >= 4'",
+        f"curl -s {OPS}/readyz | jq -e '.pools[] | select(.pool == \"heavy\") | .backlog >= 4'",
         timeout=30,
     )
 

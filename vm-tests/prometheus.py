@@ -1,11 +1,11 @@
-# Every scrape target (gateway, stubs, workers) is up, the alert rules are loaded, and the
-# request counters reach Prometheus.
+# Every scrape target (the gateway's operators' listener, stubs, workers) is up, the alert rules
+# are loaded, and the request counters reach Prometheus; the public port serves no metrics.
 import json
 
 start_all()
 machine.wait_for_unit("prometheus.service")
 machine.wait_for_unit("ssw-gateway.service")
-machine.wait_until_succeeds("curl -sf http://127.0.0.1:8080/readyz", timeout=120)
+machine.wait_until_succeeds(f"curl -sf {OPS}/readyz", timeout=120)
 
 for _ in range(3):
     machine.succeed(
@@ -23,6 +23,10 @@ with subtest("every target is scraped and up"):
     targets = json.loads(machine.succeed("curl -sf http://127.0.0.1:9090/api/v1/targets"))
     jobs = sorted({t["labels"]["job"] for t in targets["data"]["activeTargets"]})
     assert jobs == ["ssw-gateway", "ssw-stub", "ssw-workers"], jobs
+
+with subtest("metrics are on the operators' listener only"):
+    assert machine.succeed(f"curl -s -o /dev/null -w '%{{http_code}}' {GATEWAY}/metrics") == "404"
+    machine.succeed(f"curl -sf {OPS}/metrics | grep -q ssw_gateway_open_connections")
 
 with subtest("the alert rules are loaded"):
     machine.wait_until_succeeds(

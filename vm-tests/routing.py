@@ -17,7 +17,7 @@ def chat(model, header=None, stream=False):
 start_all()
 machine.wait_for_unit("redis-ssw.service")
 machine.wait_for_unit("ssw-gateway.service")
-machine.wait_until_succeeds("curl -sf http://127.0.0.1:8080/readyz", timeout=120)
+machine.wait_until_succeeds(f"curl -sf {OPS}/readyz", timeout=120)
 
 with subtest("model names route to their pool"):
     for model, served in [("heavy", HEAVY), (HEAVY, HEAVY), ("light", LIGHT), (LIGHT, LIGHT)]:

@@ -5,9 +5,9 @@ HEAVY_0_METRICS = "http://127.0.0.1:9301/metrics"  # workerMetricsBase, first re
 
 start_all()
 machine.wait_for_unit("ssw-gateway.service")
-machine.wait_until_succeeds(f"curl -sf {GATEWAY}/readyz", timeout=120)
+machine.wait_until_succeeds(f"curl -sf {OPS}/readyz", timeout=120)
 machine.wait_until_succeeds(
-    f"curl -s {GATEWAY}/readyz | jq -e '.pools[] | select(.pool == \"heavy\") | .serving_workers == 2'",
+    f"curl -s {OPS}/readyz | jq -e '.pools[] | select(.pool == \"heavy\") | .serving_workers == 2'",
     timeout=60,
 )
 
@@ -44,6 +44,6 @@ with subtest("requests in flight on a worker survive its SIGKILL"):
 
 with subtest("the restarted worker serves again"):
     machine.wait_until_succeeds(
-        f"curl -s {GATEWAY}/readyz | jq -e '.pools[] | select(.pool == \"heavy\") | .serving_workers == 2'",
+        f"curl -s {OPS}/readyz | jq -e '.pools[] | select(.pool == \"heavy\") | .serving_workers == 2'",
         timeout=30,
     )

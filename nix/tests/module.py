@@ -42,6 +42,8 @@ SCENARIOS = {
         '{ enable = true; openFirewall = true; roles = { redis = false; workers = false; }; '
         'settings = { redis = { host = "10.0.0.5"; passwordFile = "/run/secrets/redis"; }; '
         'gateway = { listen = "0.0.0.0:8080"; apiKeysFile = "/run/secrets/keys"; }; }; }')],
+    "own engine key and more Redis clients": [SSW, BASE, GPU, ssw('{ enable = true; settings.engineApiKeyFile = "/run/secrets/engine"; }'),
+                                               "{ services.redis.servers.ssw.maxclients = 20000; }"],
     "redis host": [SSW, BASE, ssw(
         '{ enable = true; roles = { gateway = false; workers = false; }; '
         'settings.redis = { host = "10.0.0.5"; passwordFile = "/run/secrets/redis"; }; }')],
@@ -61,8 +63,10 @@ MUST_FAIL = {
     "GPU host without NVIDIA driver": ([SSW, BASE, ssw("{ enable = true; }")], "`nvidia-container-toolkit` requires nvidia drivers"),
     "secret as a Nix path literal": ([SSW, BASE, ssw('{ enable = true; settings.engine = "stub"; settings.redis.passwordFile = ./run.py; }')],
                                      "redis.passwordFile: must be an absolute path outside the Nix store"),
-    "HF token in the store": ([SSW, BASE, GPU, ssw('{ enable = true; hfTokenFile = "/nix/store/00000000000000000000000000000000-hf.env"; }')],
+    "HF token in the store": ([SSW, BASE, GPU, ssw('{ enable = true; hfTokenFile = builtins.storeDir + "/00000000000000000000000000000000-hf.env"; }')],
                               "hfTokenFile"),
+    "open gateway without keys": ([SSW, BASE, ssw('{ enable = true; settings = { engine = "stub"; gateway.listen = "0.0.0.0:8080"; }; }')],
+                                  "without API keys"),
     "option of the wrong type": ([SSW, BASE, ssw('{ enable = true; openFirewall = "yes"; }')], "openFirewall' is not of type `boolean'"),
     "unknown module option": ([SSW, BASE, ssw("{ enable = true; openFirewalls = true; }")], "services.ssw-inference.openFirewalls' does not exist"),
     "grafana without secret key": ([SSW, BASE, ssw('{ enable = true; settings = { engine = "stub"; grafana.enable = true; }; }')],
@@ -100,6 +104,11 @@ def unit_config(unit):
     return built(unit["serviceConfig"]["ExecStart"]).get("config", {})
 
 
+def ssw_units(services):
+    """The ssw processes' units (gateway, workers, stubs), by name."""
+    return {n: u for n, u in services.items() if n.startswith("ssw-") and "ExecStart" in u["serviceConfig"]}
+
+
 def clean(name, r, err):
     good = r is not None and not r["failedAssertions"] and not r["warnings"]
     detail = err.strip()[-600:] if r is None else f"assertions {r['failedAssertions']}, warnings {r['warnings']}"
@@ -128,8 +137,17 @@ def a40(r, firewall=()):
     ok(svc["podman-ssw-vllm-light-1"]["upheldBy"] == ["podman-ssw-vllm-heavy-1.service"] and svc["podman-ssw-vllm-heavy-1"]["upheldBy"] == [],
        "A40: light-1 is started again whenever heavy-1 is up (Upholds=), after a failed first start")
     ok("podman.service" in svc["nvidia-container-toolkit-cdi-generator"]["requiredBy"], "A40: the CDI generator runs (stand-in of the toolkit module)")
-    ssw_units = sorted(k for k in svc if k.startswith("ssw-"))
-    ok(ssw_units == ["ssw-gateway", "ssw-worker-heavy-0", "ssw-worker-heavy-1", "ssw-worker-light-0", "ssw-worker-light-1"], f"A40: gateway and one worker unit per replica ({ssw_units})")
+    units = sorted(ssw_units(svc))
+    ok(units == ["ssw-gateway", "ssw-worker-heavy-0", "ssw-worker-heavy-1", "ssw-worker-light-0", "ssw-worker-light-1"], f"A40: gateway and one worker unit per replica ({units})")
+    sec = svc["ssw-secrets"]
+    ok(sec["serviceConfig"]["Type"] == "oneshot" and "head -c 32 /dev/urandom" in sec["script"] and "VLLM_API_KEY=" in sec["script"],
+       "A40: ssw-secrets generates the engine key and vLLM's environment file")
+    for n, c in cs.items():
+        ok(c["environmentFiles"][0] == "/var/lib/ssw/secrets/engine.env", f"A40: {n} gets its API key from the engine environment file")
+        ok("--health-on-failure=kill" in c["extraOptions"], f"A40: {n} is killed (and restarted) when it stays unhealthy")
+        ok("ssw-secrets.service" in svc[f"podman-{n}"]["requires"], f"A40: {n} starts after its key exists")
+    ok(svc["podman-ssw-vllm-light-0"]["stopIfChanged"] is False and svc["podman-ssw-vllm-heavy-0"]["stopIfChanged"] is True,
+       "A40: an upheld replica is restarted in one step by a switch")
     w = svc["ssw-worker-light-1"]
     ok("podman-ssw-vllm-light-1.service" in w["after"] and "redis-ssw.service" in w["after"], "A40: a worker starts after its container and Redis")
     sc = w["serviceConfig"]
@@ -137,10 +155,16 @@ def a40(r, firewall=()):
     ok(w["startLimitIntervalSec"] == 0 and sc["RestartMaxDelaySec"] == "30s", "A40: ssw units back off up to 30 s and never hit a start limit")
     ok(sc["TimeoutStopSec"] == "75s", "A40: worker stop timeout covers its drain (60 s + 15 s)")
     ok("ssw check-config $out --role worker" in built(sc["ExecStart"]).get("checks", ""), "A40: worker config checked at build time")
+    wc = unit_config(w)["worker"]
+    ok(wc["engine_api_key_file"] == "/run/credentials/ssw-worker-light-1.service/engine-key"
+       and sc["LoadCredential"] == ["engine-key:/var/lib/ssw/secrets/engine-api-key"]
+       and "ssw-secrets.service" in w["requires"], "A40: workers present the engine key, loaded as a credential")
+    gc = unit_config(svc["ssw-gateway"])["gateway"]
+    ok(gc["ops_listen"] == "127.0.0.1:9300" and "LoadCredential" in svc["ssw-gateway"]["serviceConfig"], "A40: /metrics and /readyz on the operators' listener")
     g = svc["ssw-gateway"]["serviceConfig"]
     ok(g["LimitNOFILE"] == 65536 and sc["LimitNOFILE"] == 65536, "A40: gateway and workers may open 65536 files (systemd's default soft limit is 1024)")
     ok(g["Type"] == "notify" and sc["Type"] == "notify" and sc["WatchdogSec"] == "30s", "A40: ssw units use sd_notify and a watchdog")
-    exporters = sorted(n for n, v in svc.items() if n.startswith("ssw-") and unit_config(v).get("worker", {}).get("gpu_metrics") == "configured")
+    exporters = sorted(n for n, v in ssw_units(svc).items() if unit_config(v).get("worker", {}).get("gpu_metrics") == "configured")
     ok(exporters == ["ssw-worker-heavy-0", "ssw-worker-heavy-1"], f"A40: one GPU exporter per GPU ({exporters})")
     h0 = svc["ssw-worker-heavy-0"]["serviceConfig"]
     ok(h0["PrivateDevices"] is False and h0["DeviceAllow"] == ["/dev/nvidiactl rw", "/dev/nvidia0 rw"] and sc["PrivateDevices"] is True,
@@ -153,6 +177,7 @@ def a40(r, firewall=()):
     ok(p["listenAddress"] == "127.0.0.1", "A40: Prometheus listens on localhost only")
     jobs = [j["job_name"] for j in p["yml"]["scrape_configs"]]
     ok(jobs == ["ssw-gateway", "vllm", "ssw-workers"], f"A40: Prometheus scrapes the gateway, the engines and the workers ({jobs})")
+    ok(p["yml"]["scrape_configs"][0]["static_configs"][0]["targets"] == ["127.0.0.1:9300"], "A40: Prometheus scrapes the gateway's operators' listener")
     ok(p["yml"]["rule_files"][0].endswith("alerts.yml"), "A40: alert rules loaded")
     ok(r["firewall"] == list(firewall), f"A40: firewall open for {list(firewall)} only")
     ok(r["sysctl"]["net.core.somaxconn"] == 65535, "A40: deep accept queue for bursts of connections")
@@ -163,6 +188,12 @@ def stub(r):
     ok(r["containers"] == {} and not r["nvidiaToolkit"], "stub: no containers, no GPU toolkit")
     ok(sorted(k for k in svc if k.startswith("ssw-stub-")) == ["ssw-stub-heavy-0", "ssw-stub-heavy-1", "ssw-stub-light-0", "ssw-stub-light-1"], "stub: ssw stub units replace vLLM")
     ok("ssw-stub-heavy-0.service" in svc["ssw-worker-heavy-0"]["after"], "stub: workers start after their stub")
+    stub_unit = svc["ssw-stub-heavy-0"]
+    ok(unit_config(stub_unit)["stub"]["api_key_file"] == "/run/credentials/ssw-stub-heavy-0.service/engine-key"
+       and stub_unit["serviceConfig"]["LoadCredential"] == ["engine-key:/var/lib/ssw/secrets/engine-api-key"],
+       "stub: stub engines require the engine key as vLLM does")
+    exporters = [n for n, v in ssw_units(svc).items() if unit_config(v).get("worker", {}).get("gpu_metrics") == "configured"]
+    ok(exporters == [], f"stub: no worker exports GPU metrics without GPUs ({exporters})")
 
 
 def grafana(r):
@@ -182,13 +213,15 @@ def secrets(r):
     ok(conf.get("gateway", {}).get("api_keys_file") == "/run/credentials/ssw-gateway.service/api-keys", "secrets: API keys from the credential")
     ok(r["redis"]["ssw"]["requirePassFile"] == "/run/secrets/redis", "secrets: Redis requires the password")
     ok(r["firewall"] == [8080], "secrets: openFirewall opens the gateway port")
-    ok(svc["ssw-worker-heavy-0"]["serviceConfig"]["LoadCredential"] == ["redis-password:/run/secrets/redis"], "secrets: workers load only the Redis password")
-    ok(r["containers"]["ssw-vllm-heavy-0"]["environmentFiles"] == ["/run/secrets/hf-token.env"], "secrets: the HF token file reaches the containers, as a path outside the store")
+    ok(svc["ssw-worker-heavy-0"]["serviceConfig"]["LoadCredential"] == ["redis-password:/run/secrets/redis", "engine-key:/var/lib/ssw/secrets/engine-api-key"],
+       "secrets: workers load the Redis password and the engine key, not the API keys")
+    ok(r["containers"]["ssw-vllm-heavy-0"]["environmentFiles"] == ["/var/lib/ssw/secrets/engine.env", "/run/secrets/hf-token.env"],
+       "secrets: the HF token file reaches the containers, as a path outside the store")
 
 
 def gpu_host(r):
     svc = r["systemd"]["services"]
-    mine = sorted(k for k in svc if k.startswith("ssw-"))
+    mine = sorted(ssw_units(svc))
     ok(mine == ["ssw-worker-heavy-2", "ssw-worker-light-2"], f"GPU host: workers only ({mine})")
     ok(r["redis"] == {} and "prometheus" in r and r["prometheus"]["yml"]["scrape_configs"][0]["job_name"] == "vllm", "GPU host: no local Redis; Prometheus scrapes engines and workers only")
     conf = unit_config(svc["ssw-worker-heavy-2"])
@@ -197,14 +230,14 @@ def gpu_host(r):
 
 def gateway_host(r):
     svc = r["systemd"]["services"]
-    mine = sorted(k for k in svc if k.startswith("ssw-"))
-    ok(mine == ["ssw-gateway"] and r["containers"] == {} and r["redis"] == {}, f"gateway host: the gateway only ({mine})")
+    mine = sorted(ssw_units(svc))
+    ok(mine == ["ssw-gateway"] and "ssw-secrets" not in svc and r["containers"] == {} and r["redis"] == {}, f"gateway host: the gateway only ({mine})")
     ok(r["firewall"] == [8080] and r["sysctl"]["net.core.somaxconn"] == 65535, "gateway host: its port opened, deep accept queue")
 
 
 def redis_host(r):
     svc = r["systemd"]["services"]
-    ok(sorted(k for k in svc if k.startswith("ssw-")) == [] and r["redis"]["ssw"]["bind"] is None, "Redis host: Redis on every interface (host is remote), no ssw units")
+    ok(sorted(ssw_units(svc)) == [] and r["redis"]["ssw"]["bind"] is None, "Redis host: Redis on every interface (host is remote), no ssw units")
     ok("prometheus" not in r or r["prometheus"] == {}, "Redis host: no Prometheus without gateway or workers")
 
 
@@ -223,7 +256,16 @@ def vm_worker_restart(r):
     ok(unit_config(svc["ssw-stub-heavy-1"])["stub"]["ttft"] == "3s", "vm-test worker-restart: heavy answers take 3 s to start")
 
 
-CHECKS = {"a40": a40, "stub": stub, "grafana": grafana, "secrets": secrets, "gpu host": gpu_host,
+def own_key(r):
+    svc = r["systemd"]["services"]
+    script = svc["ssw-secrets"]["script"]
+    ok("/dev/urandom" not in script and "/run/secrets/engine" in script, "own engine key: used, not generated")
+    ok(svc["ssw-worker-heavy-0"]["serviceConfig"]["LoadCredential"] == ["engine-key:/run/secrets/engine"], "own engine key: workers load it")
+    ok(r["redis"]["ssw"]["settings"]["maxclients"] == 20000 and svc["redis-ssw"]["serviceConfig"]["LimitNOFILE"] == "20032",
+       "Redis maxclients can be raised (the module's value is only a default)")
+
+
+CHECKS = {"a40": a40, "own engine key and more Redis clients": own_key, "stub": stub, "grafana": grafana, "secrets": secrets, "gpu host": gpu_host,
           "gateway host": gateway_host, "redis host": redis_host,
           "vm-test overload": vm_overload, "vm-test worker-restart": vm_worker_restart}
 

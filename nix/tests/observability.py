@@ -77,6 +77,27 @@ def compose_checks(configs):
             ok(conf["worker"]["gpu_metrics"] == "off", f"compose.yaml: {name} does not try NVML (no GPU in its container)")
             ok(s["stop_grace_period"] == "75s", f"compose.yaml: {name} gets its drain (60 s) + 15 s before SIGKILL")
     ok(committed["services"]["vllm-heavy-0"]["environment"]["HF_TOKEN"] == "${HF_TOKEN:-}", "compose.yaml: HF_TOKEN still comes from the environment")
+    services = committed["services"]
+    ok(committed["secrets"] == {n: {"file": f"./secrets/{n}"} for n in ["api-keys", "redis-password", "engine-api-key"]},
+       "compose.yaml: API keys, Redis password and engine key come from secret files")
+    gw = services["gateway"]
+    ok(gw["ports"] == ["127.0.0.1:8080:8080"], f"compose.yaml: the gateway is published on loopback unless opted in ({gw['ports']})")
+    ok(all(services[n].get("user") == "65534:65534" for n in services if n == "gateway" or n.startswith("worker-")),
+       "compose.yaml: ssw containers run as an unprivileged user")
+    gconf = json.loads(interpolate(committed["configs"]["gateway"]["content"]))
+    ok(gconf["gateway"]["api_keys_file"] == "/run/secrets/api-keys" and gconf["redis"]["password_file"] == "/run/secrets/redis-password"
+       and gconf["gateway"]["ops_listen"] == "0.0.0.0:9300", "compose.yaml: the gateway reads its keys and Redis password from secrets, ops on 9300")
+    vllm = services["vllm-heavy-0"]
+    ok(interpolate(vllm["entrypoint"][2]) == 'export VLLM_API_KEY="$(cat /run/secrets/engine-api-key)"; exec vllm serve "$@"'
+       and vllm["secrets"] == ["engine-api-key"] and all(p.startswith("127.0.0.1:") for p in vllm["ports"]),
+       "compose.yaml: vLLM takes its API key from the secret, at start (Compose leaves the shell's $ alone)")
+    redis = services["redis"]
+    ok('--requirepass "$(cat /run/secrets/redis-password)"' in interpolate(redis["entrypoint"][2]) and "ports" not in redis,
+       "compose.yaml: Redis requires the password from its secret and is not published")
+    for name in services:
+        if name.startswith("worker-"):
+            wconf = json.loads(interpolate(committed["configs"][name]["content"]))["worker"]
+            ok(wconf["engine_api_key_file"] == "/run/secrets/engine-api-key", f"compose.yaml: {name} presents the engine key")
 
 
 def promtool(args, what):

@@ -100,6 +100,8 @@ MERGES = [
      {"heavy": "3s", "light": "20ms", "tpot": "5ms"}),
     ("a drain timeout in minutes gives the stop timeout drain + 15 s",
      '{ worker.drainTimeout = "2m"; }', "t.workerStopSeconds", 135),
+    ("humantime units and leading zeros read as ssw reads them",
+     '{ worker.drainTimeout = "1min 05secs"; }', "t.workerStopSeconds", 80),
 ]
 
 
@@ -119,14 +121,15 @@ BAD = [
     ("unknown GPU on a replica", '{ replicas = { heavy-0 = { pool = "heavy"; gpu = 0; }; light-0 = { pool = "light"; gpu = 7; }; }; }', "replicas.light-0.gpu: GPU 7 is not in gpus"),
     ("GPU memory over-committed", '{ pools = { heavy = { servedModel = "a"; gpuMemoryUtilization = 0.6; }; light = { servedModel = "b"; gpuMemoryUtilization = 0.4; }; }; }', "GPU 0 is over-committed: replicas heavy-0 (pools.heavy.gpuMemoryUtilization = 0.6) + light-0 (pools.light.gpuMemoryUtilization = 0.4) = 1 > maxGpuMemoryUtilization 0.92"),
     ("memory fraction out of range", '{ pools = { heavy = { servedModel = "a"; gpuMemoryUtilization = 1.5; }; light = null; }; replicas = { h = { pool = "heavy"; gpu = 0; }; }; }', "pools.heavy.gpuMemoryUtilization: must be a fraction"),
-    ("duplicate engine ports", '{ replicas = { heavy-0 = { pool = "heavy"; gpu = 0; port = 9000; }; light-0 = { pool = "light"; gpu = 1; port = 9000; }; }; }', "replicas.<name>.port / metricsPort: duplicate port 9000"),
+    ("duplicate engine ports", '{ replicas = { heavy-0 = { pool = "heavy"; gpu = 0; port = 9000; }; light-0 = { pool = "light"; gpu = 1; port = 9000; }; }; }', "replicas.<name>.port / metricsPort, gateway.listen / opsListen: duplicate port 9000"),
+    ("ops port taken by a worker", '{ ports.workerMetricsBase = 9300; }', "duplicate port 9300"),
     ("duplicate model names", '{ pools = { heavy = { servedModel = "m"; gpuMemoryUtilization = 0.3; }; light = { servedModel = "m"; gpuMemoryUtilization = 0.3; }; }; }', "duplicate model name"),
     ("alias that names another pool", '{ pools = { heavy = { servedModel = "a"; aliases = [ "light" ]; gpuMemoryUtilization = 0.3; }; light = { servedModel = "b"; gpuMemoryUtilization = 0.3; }; }; }', "duplicate model name (pool name, alias or servedModel) \"light\""),
     ("every pool removed", "{ pools = { heavy = null; light = null; }; replicas = { }; }", "pools: at least one pool is needed"),
     ("pool that is not an attribute set", '{ pools.heavy = "big"; }', "pools.heavy: must be an attribute set (or null to remove the pool)"),
-    ("drain timeout that is not a duration", '{ worker.drainTimeout = "1 minute"; }', "worker.drainTimeout: must be a duration"),
+    ("drain timeout that is not a duration", '{ worker.drainTimeout = "1 fortnight"; }', "worker.drainTimeout: must be a duration"),
     ("secret as a Nix path literal", "{ gateway.apiKeysFile = ./run.py; }", "gateway.apiKeysFile: must be an absolute path outside the Nix store"),
-    ("secret in the Nix store", '{ redis.passwordFile = "/nix/store/x-pw"; }', "redis.passwordFile: must be an absolute path outside the Nix store"),
+    ("secret in the Nix store", '{ redis.passwordFile = builtins.storeDir + "/x-pw"; }', "redis.passwordFile: must be an absolute path outside the Nix store"),
     ("pool without replicas", '{ pools = { heavy = { servedModel = "a"; gpuMemoryUtilization = 0.3; }; light = { servedModel = "b"; gpuMemoryUtilization = 0.3; }; spare = { servedModel = "c"; gpuMemoryUtilization = 0.1; }; }; }', "pools.spare: no replica serves this pool"),
     ("new pool without servedModel", '{ pools.medium = { }; replicas.m = { pool = "medium"; gpu = 0; }; }', "pools.medium.servedModel: is required"),
     ("unknown engine", '{ engine = "tgi"; }', "engine: must be \"vllm\" or \"stub\""),
@@ -159,10 +162,9 @@ def ssw_configs(t, modules=None):
             role = cname.split("-")[0]
             cases.append((f"compose {flavour} {cname}", json.loads(content), role))
     for mname, m in (modules or {}).items():
-        for unit, svc in m["systemd"]["services"].items():
-            if unit.startswith("ssw-"):
-                start = svc["serviceConfig"]["ExecStart"]
-                cases.append((f"module {mname} {unit}", module.unit_config(svc), start.split()[1]))
+        for unit, svc in module.ssw_units(m["systemd"]["services"]).items():
+            start = svc["serviceConfig"]["ExecStart"]
+            cases.append((f"module {mname} {unit}", module.unit_config(svc), start.split()[1]))
     with tempfile.TemporaryDirectory() as d:
         for i, (what, config, role) in enumerate(cases):
             path = os.path.join(d, f"c{i}.json")

@@ -16,7 +16,8 @@
     light-a = { pool = "light"; gpu = 0; };
     light-b = { pool = "light"; gpu = 0; port = 9100; };
   };
-  gateway.listen = "0.0.0.0:8080";
+  # A staging host on a private network: open on purpose.
+  gateway = { listen = "0.0.0.0:8080"; allowUnauthenticated = true; };
   redis.port = 6380;
   stub = { ttft = "5ms"; tpot = "1ms"; outputTokens = 8; };
 }

@@ -17,6 +17,7 @@ in
   stdenv.hostPlatform.system = "x86_64-linux";
   ssw = drv "ssw-0.1.0" { pname = "ssw"; meta.mainProgram = "ssw"; };
   curl = drv "curl" { };
+  coreutils = drv "coreutils" { };
   jq = drv "jq" { };
   podman = drv "podman" { };
   docker = drv "docker" { };
