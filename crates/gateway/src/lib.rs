@@ -12,6 +12,7 @@
 //! - [`routing`]: pool resolution.
 //! - [`lifecycle`]: the per-request [`lifecycle::Ticket`].
 //! - [`replies`]: the reply-stream reader and demultiplexer.
+//! - [`openapi`]: the OpenAPI document (`GET /openapi.json`).
 //! - [`auth`]: API keys. [`error`]: error → HTTP. [`metrics`]: metric names.
 //! - [`state`]: [`AppState`], built once from the config.
 
@@ -21,6 +22,7 @@ pub mod error;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;
+pub mod openapi;
 pub mod replies;
 pub mod routing;
 pub mod server;

@@ -1018,3 +1018,131 @@ mod tests {
         assert_eq!(sse_events(chunk), 3);
     }
 }
+
+/// Property tests: whatever bytes a client sends, parsing ends in a value or a typed error.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::collection::{btree_map, vec};
+    use proptest::prelude::*;
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-1e12f64..1e12).prop_map(Value::from),
+            ".{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                vec(inner.clone(), 0..6).prop_map(Value::Array),
+                btree_map("[a-z_]{1,10}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A field the platform knows, with any value.
+    fn known_field() -> impl Strategy<Value = (String, Value)> {
+        let names: Vec<&'static str> = crate::fields::OPENAI_CHAT
+            .iter()
+            .chain(crate::fields::VLLM_EXTENSIONS)
+            .copied()
+            .collect();
+        (proptest::sample::select(names), json()).prop_map(|(k, v)| (k.to_owned(), v))
+    }
+
+    fn limits(allowed: &[String]) -> Limits<'_> {
+        Limits {
+            max_tokens: Some(32_768),
+            max_n: 1,
+            allowed_fields: allowed,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_bytes_end_in_a_request_or_a_typed_error(bytes in vec(any::<u8>(), 0..400)) {
+            match ChatRequest::parse(&bytes) {
+                Ok(r) => {
+                    let _ = r.check(&limits(&[]));
+                }
+                Err(e) => prop_assert!(matches!(e.code, ErrorCode::InvalidJson | ErrorCode::InvalidRequest)),
+            }
+        }
+
+        #[test]
+        fn arbitrary_json_parses_or_names_what_is_wrong(v in json()) {
+            let text = v.to_string();
+            match ChatRequest::parse(text.as_bytes()) {
+                Ok(r) => {
+                    let body = r.into_engine_body("served", &Map::new());
+                    let out: Value = serde_json::from_slice(&body).expect("the engine body is JSON");
+                    prop_assert_eq!(&out["model"], "served");
+                }
+                Err(e) => prop_assert!(matches!(e.code, ErrorCode::InvalidJson | ErrorCode::InvalidRequest)),
+            }
+        }
+
+        #[test]
+        fn requests_of_known_fields_keep_every_field_for_the_engine(
+            fields in vec(known_field(), 0..8),
+            defaults in btree_map("[a-z_]{1,8}", json(), 0..3),
+        ) {
+            let mut obj = Map::new();
+            obj.insert("messages".into(), serde_json::json!([{"role": "user", "content": "x"}]));
+            for (k, v) in fields {
+                if k != "messages" {
+                    obj.insert(k, v);
+                }
+            }
+            let text = Value::Object(obj).to_string();
+            // The client's fields as a JSON reader sees the text sent (floats read back the same
+            // way on both sides).
+            let obj: Map<String, Value> = serde_json::from_str(&text).expect("JSON");
+            let allowed: Vec<String> = crate::fields::VLLM_EXTENSIONS.iter().map(|s| (*s).to_owned()).collect();
+            if let Ok(r) = ChatRequest::parse(text.as_bytes()) {
+                let _ = r.check(&limits(&allowed));
+                let defaults: Map<String, Value> = defaults.into_iter().collect();
+                let out: Value = serde_json::from_slice(&r.into_engine_body("m", &defaults)).expect("JSON");
+                for k in obj.keys() {
+                    prop_assert!(out.get(k).is_some(), "{} lost", k);
+                    if k != "model" && !defaults.contains_key(k) {
+                        prop_assert_eq!(&out[k], &obj[k]);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn engine_stream_bytes_never_break_the_usage_reader(bytes in vec(any::<u8>(), 0..400)) {
+            let _ = usage_of_sse(&bytes);
+            let _ = usage_of_body(&bytes);
+            let _ = sse_events(&bytes);
+        }
+
+        #[test]
+        fn usage_is_found_in_any_framing_of_a_final_chunk(
+            prompt in 0u64..100_000,
+            completion in 0u64..100_000,
+            before in vec("[a-z ]{0,20}", 0..4),
+        ) {
+            let mut chunk = String::new();
+            for b in &before {
+                chunk.push_str(&format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"{b}\"}}}}],\"usage\":null}}\n\n"));
+            }
+            chunk.push_str(&format!(
+                "data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":{prompt},\"completion_tokens\":{completion}}}}}\n\ndata: [DONE]\n\n"
+            ));
+            prop_assert_eq!(
+                usage_of_sse(chunk.as_bytes()),
+                Some(Usage { prompt_tokens: prompt, completion_tokens: completion })
+            );
+            prop_assert_eq!(sse_events(chunk.as_bytes()), before.len() + 2);
+        }
+    }
+}

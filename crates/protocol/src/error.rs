@@ -173,14 +173,14 @@ impl std::fmt::Display for ErrorCode {
 }
 
 /// `{"error": {...}}`, the OpenAI error envelope.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorEnvelope {
     /// The error object.
     pub error: ErrorBody,
 }
 
 /// The inner OpenAI error object.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Human-readable message.
     pub message: String,

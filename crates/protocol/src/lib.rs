@@ -16,6 +16,7 @@
 //! - [`keys`]: [`keys::Keys`], every Redis key name.
 //! - [`heartbeat`]: [`heartbeat::WorkerStatus`], what a worker publishes about itself.
 //! - [`models`]: the `/v1/models` list types.
+//! - [`schema`]: the API's shapes for the OpenAPI document.
 
 pub mod chat;
 pub mod error;
@@ -25,6 +26,7 @@ pub mod job;
 pub mod keys;
 pub mod models;
 pub mod reply;
+pub mod schema;
 
 /// Milliseconds since the Unix epoch, the time unit of every timestamp in Redis.
 pub type EpochMillis = u64;

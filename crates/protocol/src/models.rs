@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// `{"object":"list","data":[...]}`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModelList {
     /// Always `list`.
     pub object: String,
@@ -12,7 +12,7 @@ pub struct ModelList {
 }
 
 /// One model card; `id` is the pool name, `root` the served model, like vLLM's own cards.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModelCard {
     /// Pool name, usable as `model`.
     pub id: String,

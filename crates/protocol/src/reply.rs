@@ -296,3 +296,61 @@ mod tests {
         assert!(Reply::from_fields(|k| map.remove(k)).is_err());
     }
 }
+
+/// Property tests: whatever a Redis entry holds, decoding ends in a value or an error.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::job::Job;
+    use proptest::collection::{hash_map, vec};
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    fn field() -> impl Strategy<Value = String> {
+        prop_oneof![
+            proptest::sample::select(vec![
+                "job", "k", "worker", "claimed", "data", "status", "code", "entry", "deadline",
+                "id", "rid", "reply", "enq", "stream", "attempt", "body",
+            ])
+            .prop_map(str::to_owned),
+            "[a-z]{1,6}",
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            vec(any::<u8>(), 0..24),
+            proptest::sample::select(vec!["h", "d", "e", "f", "x", "k", "r", "200", "1", "0"])
+                .prop_map(|s| s.as_bytes().to_vec()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_entry_decodes_or_is_refused(entry in hash_map(field(), value(), 0..10)) {
+            let mut a: HashMap<String, Vec<u8>> = entry.clone();
+            let _ = Reply::from_fields(|k| a.remove(k));
+            let mut b = entry;
+            let _ = Job::from_fields(|k| b.remove(k));
+        }
+
+        #[test]
+        fn every_event_survives_its_fields(job in "[a-z0-9-]{1,12}", data in vec(any::<u8>(), 0..64), status in 100u16..600, n in any::<u64>()) {
+            for event in [
+                ReplyEvent::Head { worker: job.clone(), claimed_ms: n, data: data.clone() },
+                ReplyEvent::Data(data.clone()),
+                ReplyEvent::Full { status, worker: job.clone(), claimed_ms: n, body: data.clone() },
+                ReplyEvent::Fail { status, worker: job.clone(), code: ErrorCode::UpstreamError, body: data.clone() },
+                ReplyEvent::Requeued { entry_id: job.clone(), deadline_ms: n },
+            ] {
+                let r = Reply { job: job.clone(), event };
+                let mut map: HashMap<&str, Vec<u8>> = r.to_fields().into_iter().collect();
+                let back = Reply::from_fields(|k| map.remove(k));
+                // A head without data reads back as one with empty data, as written.
+                prop_assert_eq!(back.map(|b| b.job), Ok(job.clone()));
+            }
+        }
+    }
+}

@@ -109,3 +109,73 @@ pub fn read_reply(v: Value) -> Result<Vec<Entry>, QueueError> {
     };
     list.map(entries).unwrap_or_else(|| Ok(Vec::new()))
 }
+
+/// Property tests: whatever Redis (or something pretending to be Redis) answers, decoding ends
+/// in entries or an error, never a panic.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Nil),
+            Just(Value::Okay),
+            any::<i64>().prop_map(Value::Int),
+            vec(any::<u8>(), 0..16).prop_map(Value::BulkString),
+            "[ -~]{0,12}".prop_map(Value::SimpleString),
+        ];
+        leaf.prop_recursive(5, 64, 6, |inner| {
+            prop_oneof![
+                vec(inner.clone(), 0..6).prop_map(Value::Array),
+                vec((inner.clone(), inner), 0..3).prop_map(Value::Map),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_reply_value_decodes_or_is_malformed(v in value()) {
+            let _ = read_reply(v.clone());
+            let _ = entries(v.clone());
+            let _ = entry(v.clone());
+            let _ = int(&v);
+            let _ = string(v);
+        }
+
+        #[test]
+        fn any_bytes_on_the_wire_parse_to_a_value_or_an_error(bytes in vec(any::<u8>(), 0..256)) {
+            if let Ok(v) = redis::parse_redis_value(&bytes) {
+                let _ = read_reply(v);
+            }
+        }
+
+        #[test]
+        fn a_well_formed_stream_read_yields_its_entries(
+            fields in vec(("[a-z]{1,6}", vec(any::<u8>(), 0..12)), 0..5),
+            n in 0usize..4,
+        ) {
+            let entry = |i: usize| Value::Array(vec![
+                Value::BulkString(format!("{i}-0").into_bytes()),
+                Value::Array(fields.iter().flat_map(|(k, v)| [Value::BulkString(k.clone().into_bytes()), Value::BulkString(v.clone())]).collect()),
+            ]);
+            let reply = Value::Array(vec![Value::Array(vec![
+                Value::BulkString(b"key".to_vec()),
+                Value::Array((0..n).map(entry).collect()),
+            ])]);
+            let got = read_reply(reply).expect("decodes");
+            prop_assert_eq!(got.len(), n);
+            for e in got {
+                for (k, v) in &fields {
+                    // The last value of a repeated field wins.
+                    let last = fields.iter().rev().find(|(k2, _)| k2 == k).map(|(_, v)| v);
+                    prop_assert_eq!(e.fields.get(k), last);
+                    let _ = v;
+                }
+            }
+        }
+    }
+}

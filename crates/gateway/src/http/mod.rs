@@ -42,7 +42,8 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     let mut public = Router::new()
         .merge(v1)
-        .route("/healthz", get(health::healthz));
+        .route("/healthz", get(health::healthz))
+        .route("/openapi.json", get(crate::openapi::serve));
     if state.config.gateway.ops_listen.is_none() {
         public = public.merge(ops_routes());
     }

@@ -1,0 +1,138 @@
+//! The OpenAPI document of the gateway's endpoints (`GET /openapi.json`), generated from the
+//! protocol's Rust types ([`ssw_protocol::schema`], [`ssw_protocol::error::ErrorEnvelope`],
+//! [`ssw_protocol::models`]). Every error response is the OpenAI envelope; the statuses listed
+//! are the ones the gateway answers (CI runs schemathesis against it: `scripts/schemathesis.sh`).
+
+use axum::Json;
+use ssw_protocol::error::{ErrorBody, ErrorEnvelope};
+use ssw_protocol::models::{ModelCard, ModelList};
+use ssw_protocol::schema::{
+    ChatCompletion, ChatCompletionRequest, ChatMessage, Health, StreamOptions,
+};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "SSW inference gateway",
+        description = "OpenAI-compatible chat completions, queued per pool. Errors are OpenAI envelopes `{\"error\": {message, type, code, param}}` whose `code` is stable (docs/api.md).",
+    ),
+    paths(chat_completions, list_models, get_model, healthz),
+    components(schemas(
+        ChatCompletionRequest,
+        ChatMessage,
+        StreamOptions,
+        ChatCompletion,
+        ErrorEnvelope,
+        ErrorBody,
+        ModelList,
+        ModelCard,
+        Health
+    )),
+    modifiers(&Bearer),
+)]
+struct Api;
+
+/// The bearer scheme of `gateway.api_keys_file` (required only when keys are configured).
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(c) = openapi.components.as_mut() {
+            c.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}
+
+/// A chat completion, queued on the pool its `model` names.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    request_body = ChatCompletionRequest,
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The answer (`stream: false`) or server-sent events ending with `data: [DONE]` (`stream: true`); a failure mid-stream is a last `data: {\"error\": …}` event.",
+            content((ChatCompletion = "application/json"), (String = "text/event-stream"))),
+        (status = 400, description = "`invalid_json`, `invalid_request` (naming `param`), or `engine_rejected` (the engine's own 4xx)", body = ErrorEnvelope),
+        (status = 401, description = "`missing_api_key`, `invalid_api_key`", body = ErrorEnvelope),
+        (status = 404, description = "`model_not_found`", body = ErrorEnvelope),
+        (status = 408, description = "`request_timeout`: the body did not arrive within `gateway.body_timeout`", body = ErrorEnvelope),
+        (status = 413, description = "`request_too_large`", body = ErrorEnvelope),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorEnvelope),
+        (status = 429, description = "`queue_full` (with Retry-After)", body = ErrorEnvelope),
+        (status = 502, description = "`upstream_error`, `response_too_large`", body = ErrorEnvelope),
+        (status = 503, description = "`queue_timeout`, `queue_unavailable`, `server_busy`, `shutting_down` (with Retry-After)", body = ErrorEnvelope),
+    ),
+)]
+#[allow(dead_code)]
+fn chat_completions() {}
+
+/// Every pool as a model card.
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, body = ModelList),
+        (status = 401, description = "`missing_api_key`, `invalid_api_key`", body = ErrorEnvelope),
+    ),
+)]
+#[allow(dead_code)]
+fn list_models() {}
+
+/// One pool, by any name that routes to it.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{model}",
+    params(("model" = String, Path, description = "A pool name, served model name or alias")),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, body = ModelCard),
+        (status = 401, description = "`missing_api_key`, `invalid_api_key`", body = ErrorEnvelope),
+        (status = 404, description = "`model_not_found`", body = ErrorEnvelope),
+    ),
+)]
+#[allow(dead_code)]
+fn get_model() {}
+
+/// The process is alive.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
+#[allow(dead_code)]
+fn healthz() {}
+
+/// The document.
+pub fn document() -> utoipa::openapi::OpenApi {
+    Api::openapi()
+}
+
+/// `GET /openapi.json`.
+pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
+    Json(document())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_document_describes_every_public_endpoint_and_error() {
+        let doc = serde_json::to_value(super::document()).unwrap();
+        for path in [
+            "/v1/chat/completions",
+            "/v1/models",
+            "/v1/models/{model}",
+            "/healthz",
+        ] {
+            assert!(doc["paths"].get(path).is_some(), "{path}");
+        }
+        let chat = &doc["paths"]["/v1/chat/completions"]["post"]["responses"];
+        for status in [
+            "200", "400", "401", "404", "408", "413", "415", "429", "502", "503",
+        ] {
+            assert!(chat.get(status).is_some(), "{status}");
+        }
+        assert!(doc["components"]["schemas"]["ErrorEnvelope"].is_object());
+    }
+}

@@ -1,0 +1,120 @@
+//! The shapes of the chat-completions API as the OpenAPI document (`GET /openapi.json`)
+//! describes them. Requests are parsed by [`crate::chat`] without these types (the body stays
+//! raw); they state, for clients and tools, which fields the gateway itself checks and how.
+//! Every property named here is one [`crate::fields`] accepts (a test keeps them in step).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// A chat message (OpenAI's shapes; only `role` is checked by the gateway).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant`, `tool`, `developer`.
+    pub role: String,
+    /// Text, or an array of content parts.
+    #[schema(value_type = Option<Object>)]
+    pub content: Option<Value>,
+}
+
+/// `stream_options`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamOptions {
+    /// Send a last chunk with `usage`.
+    pub include_usage: Option<bool>,
+}
+
+/// `POST /v1/chat/completions`: the OpenAI request. Unknown fields are refused (400 naming
+/// the field); vLLM extensions only where the model's pool allows them.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"model": "light", "messages": [{"role": "user", "content": "Hail, traveller!"}], "max_tokens": 16}))]
+pub struct ChatCompletionRequest {
+    /// A pool name, served model name or alias (`GET /v1/models`); may be left out when the
+    /// `x-ssw-pool` header names the pool.
+    pub model: String,
+    /// The conversation; at least one message.
+    #[schema(min_items = 1)]
+    pub messages: Vec<ChatMessage>,
+    /// Answer as server-sent events.
+    pub stream: Option<bool>,
+    /// Streaming options.
+    pub stream_options: Option<StreamOptions>,
+    /// Most tokens to generate; at most the pool's ceiling (its context length by default).
+    #[schema(minimum = 1)]
+    pub max_tokens: Option<u64>,
+    /// Same as `max_tokens` (OpenAI's newer name).
+    #[schema(minimum = 1)]
+    pub max_completion_tokens: Option<u64>,
+    /// Choices to generate; at most the pool's `max_n` (1 by default).
+    #[schema(minimum = 1)]
+    pub n: Option<u64>,
+    /// Sampling temperature.
+    pub temperature: Option<f64>,
+    /// Nucleus sampling.
+    pub top_p: Option<f64>,
+    /// Return log probabilities of the output tokens.
+    pub logprobs: Option<bool>,
+    /// Alternatives per token with their log probabilities.
+    #[schema(minimum = 0, maximum = 20)]
+    pub top_logprobs: Option<u64>,
+    /// Stop sequences.
+    #[schema(value_type = Option<Object>)]
+    pub stop: Option<Value>,
+    /// Seed for sampling.
+    pub seed: Option<i64>,
+    /// Tools the model may call.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub tools: Option<Value>,
+    /// How the model picks a tool.
+    #[schema(value_type = Option<Object>)]
+    pub tool_choice: Option<Value>,
+    /// Output format (`json_object`, `json_schema`).
+    #[schema(value_type = Option<Object>)]
+    pub response_format: Option<Value>,
+    /// An end-user id (logs only).
+    pub user: Option<String>,
+}
+
+/// A chat completion (non-streaming answer), as the engine produced it.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ChatCompletion {
+    /// `chatcmpl-…`.
+    pub id: String,
+    /// `chat.completion`.
+    pub object: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// The served model name.
+    pub model: String,
+    /// The answers.
+    #[schema(value_type = Vec<Object>)]
+    pub choices: Vec<Value>,
+    /// Token counts.
+    #[schema(value_type = Option<Object>)]
+    pub usage: Option<Value>,
+}
+
+/// `/healthz`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`.
+    pub status: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::fields::{Owner, owner};
+
+    #[test]
+    fn documented_request_fields_are_openai_fields() {
+        use utoipa::PartialSchema;
+        let schema = serde_json::to_value(super::ChatCompletionRequest::schema()).unwrap();
+        let props = schema["properties"].as_object().unwrap();
+        assert!(props.len() >= 10);
+        for name in props.keys() {
+            assert_eq!(owner(name), Owner::OpenAi, "{name}");
+        }
+    }
+}
