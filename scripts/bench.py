@@ -438,6 +438,117 @@ def fanout():
 
 
 # ---------------------------------------------------------------------------------------------
+def rss_kib(pid):
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class PeakRss:
+    """The highest VmRSS of a process while the block runs (sampled every 10 ms)."""
+
+    def __init__(self, pid):
+        self.pid, self.peak, self.done = pid, rss_kib(pid), False
+
+    def __enter__(self):
+        def sample():
+            while not self.done:
+                self.peak = max(self.peak, rss_kib(self.pid))
+                time.sleep(0.01)
+        self.t = threading.Thread(target=sample, daemon=True)
+        self.t.start()
+        return self
+
+    def __exit__(self, *_):
+        self.done = True
+        self.t.join()
+
+
+def gateway_pid(u):
+    return next(p for p in platform_pids(u) if role(p) == "gateway")
+
+
+EDGE_CONFIG = """
+[gateway]
+max_connections = 20000
+[pools.heavy]
+served_model = "Qwen/Qwen2.5-14B-Instruct-AWQ"
+max_model_len = 32768
+[pools.light]
+served_model = "Qwen/Qwen3-8B-AWQ"
+max_model_len = 32768
+"""
+
+
+def edge():
+    """The gateway's bounds under careless clients: a normal request's latency with 10 000
+    connections held open (2 000 of them half-way through a head) against none; the gateway's
+    peak memory for 64 concurrent 2 MB bodies, 10 000 queued requests and 1 000 streams whose
+    clients never read, against its idle baseline."""
+    log("7. edge")
+    out = {}
+    engines, stubs = [], []
+    for pool in ("heavy", "light"):
+        for _ in range(2):
+            s = stub(HEAVY if pool == "heavy" else LIGHT, output_tokens=4000, max_model_len=32768)
+            stubs.append(s)
+            engines.append((pool, s[1]))
+    u, gurl = up(engines, config=EDGE_CONFIG)
+    gw = gateway_pid(u)
+    n = 200 if QUICK else 500
+    common = ["-c", 1, "-n", n, "--mix", "light", "--max-tokens", 16, "--prompt-words", 16, "--metrics-url", "none"]
+    bench(gurl, *common)  # warm
+    out["idle_rss_kib"] = rss_kib(gw)
+    out["latency_alone"] = bench(gurl, *common)
+    with PeakRss(gw) as m:
+        out["bodies"] = bench(gurl, "-c", 64, "-n", 64, "--body-bytes", 2_000_000, "--max-tokens", 1, "--mix", "light",
+                              "--metrics-url", "none")
+    out["bodies_rss_kib"] = m.peak
+    time.sleep(2)
+    out["bodies_after_rss_kib"] = rss_kib(gw)
+    # The unread streams go to heavy; the measured requests to light.
+    with PeakRss(gw) as m:
+        out["unread"] = bench(gurl, *common, "--hold-unread", 1000, "--hold-unread-tokens", 4000, "--hold-model", "heavy")
+        time.sleep(3)  # the streams fill their buffers, overflow, hit the write timeout
+    out["unread_rss_kib"] = m.peak
+    time.sleep(2)
+    out["unread_after_rss_kib"] = rss_kib(gw)
+    with PeakRss(gw) as m:
+        out["latency_held"] = bench(gurl, *common, "--hold-idle", 10000, "--hold-slow", 2000)
+    out["held_rss_kib"] = m.peak
+    time.sleep(2)
+    out["after_rss_kib"] = rss_kib(gw)
+    stop(u)
+    for s in stubs:
+        stop(s[0])
+    # 10 000 requests queued: engines that take a minute to answer, so the burst waits in Redis.
+    engines, stubs = [], []
+    for _ in range(2):
+        s = stub(HEAVY, ttft="60s", max_num_seqs=4)
+        stubs.append(s)
+        engines.append(("heavy", s[1]))
+    for _ in range(2):
+        s = stub(LIGHT)
+        stubs.append(s)
+        engines.append(("light", s[1]))
+    u, gurl = up(engines, config=EDGE_CONFIG)
+    gw = gateway_pid(u)
+    out["queue_idle_rss_kib"] = rss_kib(gw)
+    q = 2000 if QUICK else 10000
+    with PeakRss(gw) as m:
+        out["queued"] = bench(gurl, "--mode", "burst", "-n", q, "--mix", "heavy", "--timeout", "15s", "--max-tokens", 16)
+    out["queued_n"] = q
+    out["queued_rss_kib"] = m.peak
+    stop(u)
+    for s in stubs:
+        stop(s[0])
+    return out
+
+
 def sysctl(name, value=None):
     path = "/proc/sys/" + name.replace(".", "/")
     try:
@@ -461,7 +572,7 @@ def main():
     if "--only" in sys.argv:
         # One scenario, its figures as JSON on stdout; the report is left alone.
         name = sys.argv[sys.argv.index("--only") + 1]
-        scenarios = {f.__name__: f for f in (overhead, overhead_cpu_split, saturation, burst, balance, fanout)}
+        scenarios = {f.__name__: f for f in (overhead, overhead_cpu_split, saturation, burst, balance, fanout, edge)}
         if name not in scenarios:
             sys.exit(f"--only: unknown scenario {name!r}; one of {', '.join(scenarios)}")
         print(json.dumps(without_samples(scenarios[name]()), indent=1, default=str))

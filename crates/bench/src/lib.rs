@@ -15,6 +15,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::time::Instant;
 
+pub mod hold;
 pub mod report;
 pub mod scrape;
 pub mod stats;
@@ -158,6 +159,13 @@ pub struct Options {
     pub timeout: Duration,
     /// Progress on stderr.
     pub progress: bool,
+    /// Pad each request body to about this many bytes (one long word in the message, so the
+    /// prompt's token count stays as asked); 0: no padding.
+    pub body_bytes: usize,
+    /// Connections and streams held open during the run ([`hold::Hold`]).
+    pub hold: hold::Hold,
+    /// The model of the unread streams (default: the first of the mix).
+    pub hold_model: Option<String>,
 }
 
 /// One request's measurement.
@@ -198,9 +206,14 @@ fn pick_model(mix: &[(String, f64)]) -> String {
 fn body(opts: &Options, model: &str) -> String {
     let words = opts.prompt_words.sample().max(1) as usize;
     let prompt = "npc dialogue word ".repeat(words.div_ceil(3));
+    let mut content = prompt.trim_end().to_owned();
+    if opts.body_bytes > content.len() + 128 {
+        content.push(' ');
+        content.push_str(&"p".repeat(opts.body_bytes - content.len() - 128));
+    }
     let mut b = serde_json::json!({
         "model": model,
-        "messages": [{"role": "user", "content": prompt.trim_end()}],
+        "messages": [{"role": "user", "content": content}],
         "max_tokens": opts.max_tokens.sample().max(1),
         "stream": opts.stream,
     });
@@ -452,6 +465,24 @@ pub async fn run(opts: Options) -> Result<report::Report, String> {
         )
         .await;
     }
+    let held = if opts.hold.any() {
+        let addr = hold::addr_of(&opts.url)?;
+        let model = opts
+            .hold_model
+            .clone()
+            .unwrap_or_else(|| opts.mix[0].0.clone());
+        let h = hold::open(addr, opts.hold, &model).await;
+        if opts.progress {
+            eprintln!(
+                "holding {} connections open ({} could not be opened)",
+                h.conns.len(),
+                h.failed
+            );
+        }
+        Some(h)
+    } else {
+        None
+    };
     let sampler = opts
         .metrics_url
         .clone()
@@ -482,14 +513,16 @@ pub async fn run(opts: Options) -> Result<report::Report, String> {
         (Some(b), Some(a)) => Some(scrape::delta(&b, &a)),
         _ => None,
     };
+    let held_open = held.as_ref().map_or(0, |h| h.conns.len());
+    drop(held);
     let mut errors = BTreeMap::new();
     for s in samples.iter().filter(|s| s.error.is_some()) {
         let key = format!("{} {}", s.status, s.error.as_deref().unwrap_or(""));
         *errors.entry(key).or_insert(0usize) += 1;
     }
-    Ok(report::Report::new(
-        opts, samples, wall, cpu, errors, depth, queue_wait,
-    ))
+    let mut report = report::Report::new(opts, samples, wall, cpu, errors, depth, queue_wait);
+    report.held_open = held_open;
+    Ok(report)
 }
 
 #[cfg(test)]

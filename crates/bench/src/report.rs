@@ -69,6 +69,8 @@ pub struct Report {
     pub samples: Vec<Sample>,
     /// Queue depth over time `(s, depth)`.
     pub depth: Vec<(f64, f64)>,
+    /// Connections held open during the run (`--hold-*`).
+    pub held_open: usize,
 }
 
 impl Report {
@@ -130,6 +132,7 @@ impl Report {
             options,
             samples,
             depth,
+            held_open: 0,
         }
     }
 
@@ -342,6 +345,9 @@ mod tests {
             metrics_url: Some("http://x/metrics".into()),
             timeout: Duration::from_secs(1),
             progress: false,
+            body_bytes: 0,
+            hold: crate::hold::Hold::default(),
+            hold_model: None,
         }
     }
 

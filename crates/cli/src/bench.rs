@@ -69,6 +69,24 @@ pub struct BenchArgs {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
+    /// Pad each request body to about this many bytes (e.g. `2000000`).
+    #[arg(long, default_value_t = 0)]
+    body_bytes: usize,
+    /// Hold this many connections open, idle, during the run.
+    #[arg(long, default_value_t = 0)]
+    hold_idle: usize,
+    /// Of the held connections, this many send half a request head first.
+    #[arg(long, default_value_t = 0)]
+    hold_slow: usize,
+    /// Hold this many streaming requests whose responses are never read.
+    #[arg(long, default_value_t = 0)]
+    hold_unread: usize,
+    /// `max_tokens` of each unread stream.
+    #[arg(long, default_value_t = 2000)]
+    hold_unread_tokens: u32,
+    /// Model of the unread streams (default: the first of --mix).
+    #[arg(long)]
+    hold_model: Option<String>,
 }
 
 fn parse_mix(s: &str) -> anyhow::Result<Vec<(String, f64)>> {
@@ -116,6 +134,14 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         metrics_url,
         timeout: a.timeout,
         progress: !a.quiet,
+        body_bytes: a.body_bytes,
+        hold: ssw_bench::hold::Hold {
+            idle: a.hold_idle,
+            slow: a.hold_slow,
+            unread: a.hold_unread,
+            unread_tokens: a.hold_unread_tokens,
+        },
+        hold_model: a.hold_model,
     };
     let report = ssw_bench::run(opts).await.map_err(anyhow::Error::msg)?;
     print!("{}", report.table());

@@ -88,7 +88,9 @@ impl Default for GatewayConfig {
             // A 32k-token prompt is about 130 KB of text; 2 MiB leaves room for long tool
             // schemas and JSON escaping.
             max_body: ByteSize::mib(2),
-            body_budget: ByteSize::mib(32),
+            // Eight largest bodies at once; the gateway holds each about four times while it
+            // parses it and hands it to Redis (docs/security.md).
+            body_budget: ByteSize::mib(16),
             body_wait: Duration::from_secs(5),
             api_keys_file: None,
             allow_unauthenticated: false,

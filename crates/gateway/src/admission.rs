@@ -56,10 +56,12 @@ impl Refusal {
 }
 
 /// Admits the request in `body`: validates, routes, applies the pool's limits and enqueues.
+/// The body is dropped as soon as the job's own copy exists (before the enqueue), so a large
+/// request is in memory twice at most at any time.
 pub async fn admit(
     state: &AppState,
     headers: &HeaderMap,
-    body: &[u8],
+    body: axum::body::Bytes,
     request_id: String,
 ) -> Result<Admitted, Refusal> {
     if state.is_draining() {
@@ -77,7 +79,7 @@ pub async fn admit(
     // Held until the job is on the queue (or refused): see `state::ADMISSIONS`. The semaphore
     // is never closed.
     let turn = state.admissions.acquire().await.ok();
-    let req = ChatRequest::parse(body).map_err(|e| Refusal::new(e.into()))?;
+    let req = ChatRequest::parse(&body).map_err(|e| Refusal::new(e.into()))?;
     let stream = req.stream;
     let pool = route(state, headers, &req).map_err(|error| Refusal {
         pool: None,
@@ -106,6 +108,7 @@ pub async fn admit(
         attempt: 1,
         body: req.into_engine_body(&pool.served_model, &pool.defaults),
     };
+    drop(body);
     let span = tracing::info_span!(
         "request",
         request_id = %job.request_id,

@@ -54,24 +54,19 @@ pub(crate) fn number<T: std::str::FromStr>(
 }
 
 impl Job {
-    /// The stream fields, in order.
-    pub fn to_fields(&self) -> [(&'static str, Vec<u8>); 8] {
+    /// The stream fields, in order. The body is borrowed: it may be megabytes, and the Redis
+    /// command copies it anyway.
+    pub fn to_fields(&self) -> [(&'static str, std::borrow::Cow<'_, [u8]>); 8] {
+        use std::borrow::Cow::{Borrowed, Owned};
         [
-            ("id", self.id.clone().into_bytes()),
-            ("rid", self.request_id.clone().into_bytes()),
-            ("reply", self.reply_to.clone().into_bytes()),
-            ("enq", self.enqueued_ms.to_string().into_bytes()),
-            ("deadline", self.deadline_ms.to_string().into_bytes()),
-            (
-                "stream",
-                if self.stream {
-                    b"1".to_vec()
-                } else {
-                    b"0".to_vec()
-                },
-            ),
-            ("attempt", self.attempt.to_string().into_bytes()),
-            ("body", self.body.clone()),
+            ("id", Borrowed(self.id.as_bytes())),
+            ("rid", Borrowed(self.request_id.as_bytes())),
+            ("reply", Borrowed(self.reply_to.as_bytes())),
+            ("enq", Owned(self.enqueued_ms.to_string().into_bytes())),
+            ("deadline", Owned(self.deadline_ms.to_string().into_bytes())),
+            ("stream", Borrowed(if self.stream { b"1" } else { b"0" })),
+            ("attempt", Owned(self.attempt.to_string().into_bytes())),
+            ("body", Borrowed(&self.body)),
         ]
     }
 
@@ -107,7 +102,11 @@ mod tests {
             attempt: 2,
             body: br#"{"model":"m","messages":[]}"#.to_vec(),
         };
-        let mut map: HashMap<&str, Vec<u8>> = job.to_fields().into_iter().collect();
+        let mut map: HashMap<&str, Vec<u8>> = job
+            .to_fields()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_owned()))
+            .collect();
         assert_eq!(Job::from_fields(|k| map.remove(k)).unwrap(), job);
     }
 

@@ -350,7 +350,7 @@ impl Redis {
             .arg(GROUP)
             .arg(entry_id);
         for (k, v) in job.to_fields() {
-            inv.arg(k).arg(v);
+            inv.arg(k).arg(&*v);
         }
         self.script(&inv).await
     }

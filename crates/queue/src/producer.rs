@@ -157,7 +157,7 @@ impl Redis {
         let mut inv = ENQUEUE.prepare_invoke();
         inv.key(self.keys().jobs(pool)).arg(GROUP).arg(max_queue);
         for (k, v) in job.to_fields() {
-            inv.arg(k).arg(v);
+            inv.arg(k).arg(&*v);
         }
         let v: Value = self.script(&inv).await?;
         let mut parts = resp::array(v)?.into_iter();

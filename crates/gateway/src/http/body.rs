@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::BytesMut;
+use http_body_util::BodyExt;
 use ssw_protocol::error::ErrorCode;
 use tokio::sync::SemaphorePermit;
 
@@ -21,7 +22,7 @@ pub struct ReadBody<'s> {
     /// The bytes.
     pub bytes: Bytes,
     /// Released when dropped.
-    pub _budget: SemaphorePermit<'s>,
+    pub budget: SemaphorePermit<'s>,
 }
 
 /// Whether a `Content-Type` is JSON (`application/json`, `…+json`, any parameters).
@@ -75,8 +76,7 @@ pub async fn read<'s>(
                 .retry_after(Duration::from_secs(1)));
             }
         };
-    let limited = Limited::new(body, max as usize);
-    let bytes = match tokio::time::timeout(g.body_timeout, limited.collect()).await {
+    let bytes = match tokio::time::timeout(g.body_timeout, collect(body, want, max)).await {
         Err(_) => {
             return Err(ApiError::new(
                 ErrorCode::RequestTimeout,
@@ -87,22 +87,38 @@ pub async fn read<'s>(
             )
             .close());
         }
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(too_large(g.max_body));
-        }
-        Ok(Err(e)) => {
+        Ok(Err(Collect::TooLarge)) => return Err(too_large(g.max_body)),
+        Ok(Err(Collect::Broken(e))) => {
             return Err(ApiError::new(
                 ErrorCode::InvalidRequest,
                 format!("cannot read the request body: {e}"),
             )
             .close());
         }
-        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Ok(b)) => b,
     };
-    Ok(ReadBody {
-        bytes,
-        _budget: budget,
-    })
+    Ok(ReadBody { bytes, budget })
+}
+
+enum Collect {
+    TooLarge,
+    Broken(axum::Error),
+}
+
+/// The body's frames into one buffer sized for what was declared: one copy of the body in
+/// memory, never more than `max` bytes.
+async fn collect(mut body: Body, declared: u64, max: u64) -> Result<Bytes, Collect> {
+    let mut buf = BytesMut::with_capacity(usize::try_from(declared.min(max)).unwrap_or(0));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(Collect::Broken)?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() as u64 + data.len() as u64 > max {
+                return Err(Collect::TooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
 }
 
 fn too_large(max: ssw_config::ByteSize) -> ApiError {

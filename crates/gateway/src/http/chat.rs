@@ -33,9 +33,10 @@ pub async fn chat_completions(
             });
         }
     };
-    let admitted = admission::admit(&state, &parts.headers, &body.bytes, rid.0).await;
+    let super::body::ReadBody { bytes, budget } = body;
+    let admitted = admission::admit(&state, &parts.headers, bytes, rid.0).await;
     // The job is on the queue (or refused): the body's budget is free again.
-    drop(body);
+    drop(budget);
     match admitted {
         Err(r) => refuse(r),
         Ok(Admitted {
