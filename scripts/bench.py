@@ -583,7 +583,8 @@ def main():
     bu = burst()
     ba = balance()
     fo = fanout()
-    write_report(ov, split, sat, bu, ba, fo)
+    ed = edge()
+    write_report(ov, split, sat, bu, ba, fo, ed)
     log("wrote docs/benchmarks.md")
 
 
@@ -595,9 +596,9 @@ def without_samples(x):
     return x
 
 
-def write_report(ov, split, sat, bu, ba, fo):
+def write_report(ov, split, sat, bu, ba, fo, ed):
     from bench_report import render  # scripts/bench_report.py
-    text = render(ov, split, sat, bu, ba, fo, machine())
+    text = render(ov, split, sat, bu, ba, fo, ed, machine())
     open(os.path.join(ROOT, "docs", "benchmarks.md"), "w").write(text)
 
 

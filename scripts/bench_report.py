@@ -9,12 +9,12 @@ def ok(cond):
     return "met" if cond else "**missed**"
 
 
-def render(ov, split, sat, bu, ba, fo, m):
+def render(ov, split, sat, bu, ba, fo, ed, m):
     L = []
     w = L.append
     w("# Benchmarks")
     w("")
-    w("Reproduce on any machine: `python3 scripts/bench.py` (about 6 minutes; `--quick` for a shorter")
+    w("Reproduce on any machine: `python3 scripts/bench.py` (about 9 minutes; `--quick` for a shorter")
     w("run). It builds `ssw` in release mode, starts real processes (stub engines, `ssw up`: gateway,")
     w("Redis, workers), drives them with `ssw bench`, reads CPU time from `/proc`, and rewrites this file.")
     w("Every platform figure is measured in the same run as its baseline and given as a ratio to it:")
@@ -55,6 +55,8 @@ def render(ov, split, sat, bu, ba, fo, m):
     w(f"| burst of {bu['n']}: lost requests | 0 | {lost} | {ok(lost == 0)} |")
     w(f"| burst: errors (queue limit above the burst) | 0 | {errors} | {ok(errors == 0)} |")
     w(f"| burst: drain time vs theoretical | ≤ 1.05 × | {f(drain_ratio)} × | {ok(drain_ratio <= 1.05)} |")
+    held_p99 = ed["latency_held"]["e2e_ms"]["p99"]
+    w(f"| request p99 with {ed['latency_held']['held_open']} connections held open | < 100 ms | {f(held_p99)} ms | {ok(held_p99 < 100)} |")
     w("")
     w("Where a target is missed, see *Analysis* at the end.")
     w("")
@@ -175,6 +177,41 @@ def render(ov, split, sat, bu, ba, fo, m):
     w("|---|---|---|---|---|")
     w(f"| {fo['chunks_per_s']:.0f} | {fo['direct_chunks_per_s']:.0f} | {fo['chunks_per_s'] / fo['direct_chunks_per_s']:.2f} | "
       f"{fo['cpu_per_chunk_us']:.1f} µs | {fo['platform_cores']:.2f} |")
+    w("")
+    w("## 6. Careless clients (the edge)")
+    w("")
+    w("The gateway's bounds (docs/security.md) under the clients issue 10 describes, on a platform")
+    w("of 2 heavy and 2 light stub engines; memory is the gateway's RSS (VmRSS, sampled every 10 ms,")
+    w("peak while the load runs), latency is a concurrency-1 light request of 16 tokens.")
+    w("")
+    la, lh = ed["latency_alone"], ed["latency_held"]
+    w("| latency | p50 ms | p99 ms |")
+    w("|---|---|---|")
+    w(f"| alone | {f(la['e2e_ms']['p50'], 3)} | {f(la['e2e_ms']['p99'], 3)} |")
+    w(f"| with {lh['held_open']} connections held open (a fifth of them part-way through a head) | "
+      f"{f(lh['e2e_ms']['p50'], 3)} | {f(lh['e2e_ms']['p99'], 3)} |")
+    w(f"| ratio | {lh['e2e_ms']['p50'] / la['e2e_ms']['p50']:.2f} × | {lh['e2e_ms']['p99'] / la['e2e_ms']['p99']:.2f} × |")
+    w("")
+    idle = ed["idle_rss_kib"] / 1024
+    mb = lambda k: ed[k] / 1024
+    per = lambda k, base, n: (ed[k] - ed[base]) / n
+    q = ed["queued"]
+    w("| gateway memory | peak MB | 2 s after MB | per item above idle |")
+    w("|---|---|---|---|")
+    w(f"| idle | {idle:.0f} | | |")
+    w(f"| 64 concurrent 2 MB bodies (`max_body`; `body_budget` 16 MiB) | {mb('bodies_rss_kib'):.0f} | {mb('bodies_after_rss_kib'):.0f} | |")
+    w(f"| 1 000 streams of 4 000 tokens to clients that never read (`reply_buffer` 256 KiB each) | {mb('unread_rss_kib'):.0f} | {mb('unread_after_rss_kib'):.0f} | "
+      f"{per('unread_rss_kib', 'idle_rss_kib', 1000):.0f} KiB |")
+    w(f"| {lh['held_open']} idle or slow connections | {mb('held_rss_kib'):.0f} | {mb('after_rss_kib'):.0f} | "
+      f"{per('held_rss_kib', 'idle_rss_kib', lh['held_open']):.0f} KiB |")
+    w(f"| {ed['queued_n']} queued requests (engines that answer after 60 s) | {mb('queued_rss_kib'):.0f} | | "
+      f"{per('queued_rss_kib', 'queue_idle_rss_kib', ed['queued_n']):.0f} KiB |")
+    w("")
+    w(f"The bodies' requests: {ed['bodies']['ok']} of {ed['bodies']['requests']} answered; those beyond the budget waited for it. "
+      f"The queued requests' clients gave up after 15 s ({q['requests'] - q['ok']} timeouts by design); "
+      "each disconnect cancelled its job. Memory held per connection or request is bounded by "
+      "`gateway.max_connections`, `gateway.body_budget` and the reply buffer per request, not by what "
+      "clients send.")
     w("")
     w(PRESET_DOC)
     over = [r for r in sat if r["level"] != "closed-256"][-1]

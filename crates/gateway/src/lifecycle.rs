@@ -41,6 +41,9 @@ struct Timing {
     enqueued_ms: u64,
     first_token: Option<Instant>,
     last_chunk: Option<Instant>,
+    /// The latest usage the answer reported, counted once when the request ends: with
+    /// `stream_options.continuous_usage_stats` every chunk carries running totals.
+    usage: Option<ssw_protocol::chat::Usage>,
 }
 
 /// A request in flight.
@@ -81,6 +84,7 @@ impl Ticket {
                 enqueued_ms,
                 first_token: None,
                 last_chunk: None,
+                usage: None,
             },
             state: state.clone(),
             pool,
@@ -125,6 +129,9 @@ impl Ticket {
         if !self.recorded {
             self.recorded = true;
             crate::metrics::request_done(&self.pool, self.stream, status, code);
+            if let Some(u) = self.timing.usage.take() {
+                crate::metrics::tokens(&self.pool, u);
+            }
             let t = &self.timing;
             let ttft_ms = t.first_token.map(|f| (f - t.arrived).as_millis() as u64);
             tracing::info!(
@@ -232,7 +239,7 @@ impl Ticket {
             t.first_token.get_or_insert(now);
             t.last_chunk = Some(now);
             if let Some(u) = ssw_protocol::chat::usage_of_sse(chunk) {
-                crate::metrics::tokens(pool, u);
+                t.usage = Some(u);
             }
         };
         match ev {
@@ -256,9 +263,7 @@ impl Ticket {
                 if *status < 400 {
                     t.first_token.get_or_insert(now);
                     crate::metrics::ttft(pool, stream, now - t.arrived);
-                    if let Some(u) = ssw_protocol::chat::usage_of_body(body) {
-                        crate::metrics::tokens(pool, u);
-                    }
+                    t.usage = ssw_protocol::chat::usage_of_body(body);
                 }
                 crate::metrics::duration(pool, stream, now - t.arrived);
             }

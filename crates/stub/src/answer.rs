@@ -26,6 +26,9 @@ pub struct Plan {
     pub logprobs: bool,
     /// Whether the stream ends with a usage chunk.
     pub include_usage: bool,
+    /// Whether every chunk carries the usage so far (`stream_options.continuous_usage_stats`,
+    /// a vLLM extension: the counts are running totals, not increments).
+    pub continuous_usage: bool,
     /// Unix seconds.
     pub created: u64,
 }
@@ -149,6 +152,10 @@ impl Plan {
                 .pointer("/stream_options/include_usage")
                 .and_then(Value::as_bool)
                 == Some(true),
+            continuous_usage: body
+                .pointer("/stream_options/continuous_usage_stats")
+                .and_then(Value::as_bool)
+                == Some(true),
             created: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -268,6 +275,19 @@ impl Plan {
             false,
             self.chunk(json!({}), Value::Null, Some(self.finish_reason)),
         ));
+        if self.include_usage && self.continuous_usage {
+            let mut produced = 0;
+            for (_, c) in &mut out {
+                let delta = &c["choices"][0]["delta"];
+                if delta.get("content").is_some_and(|t| t != "")
+                    || delta.get("tool_calls").is_some()
+                {
+                    produced += 1;
+                }
+                c["usage"] = json!({"prompt_tokens": self.prompt_tokens, "completion_tokens": produced,
+                    "total_tokens": self.prompt_tokens + produced});
+            }
+        }
         if self.include_usage {
             out.push((false, json!({
                 "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,

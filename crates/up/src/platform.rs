@@ -81,16 +81,27 @@ impl PlatformSpec {
 pub struct TempDir(PathBuf);
 
 impl TempDir {
-    /// A fresh directory under the system temp dir.
+    /// A fresh directory under the system temp dir, readable by its owner only (it holds the
+    /// platform's configs and secrets). Its name is unpredictable and the directory is created
+    /// exclusively, so another local user cannot plant it or a symlink in its place beforehand.
     pub fn new(prefix: &str) -> Result<Self, UpError> {
+        use std::hash::{BuildHasher, RandomState};
+        use std::os::unix::fs::DirBuilderExt;
         static N: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "{prefix}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).map_err(io(format!("creating {}", path.display())))?;
-        Ok(Self(path))
+        let mut attempts = 0;
+        loop {
+            // RandomState is seeded from the OS's random source.
+            let nonce = RandomState::new().hash_one(N.fetch_add(1, Ordering::Relaxed));
+            let path =
+                std::env::temp_dir().join(format!("{prefix}-{}-{nonce:016x}", std::process::id()));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(Self(path)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempts < 8 => {
+                    attempts += 1
+                }
+                Err(e) => return Err(io(format!("creating {}", path.display()))(e)),
+            }
+        }
     }
 
     /// Its path.
@@ -374,5 +385,32 @@ impl Platform {
         if let Some(mut r) = self.redis.take() {
             r.kill().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::TempDir;
+
+    #[test]
+    fn temp_dirs_are_private_unpredictable_and_removed() {
+        let a = TempDir::new("ssw-test").unwrap();
+        let b = TempDir::new("ssw-test").unwrap();
+        assert_ne!(a.path(), b.path());
+        let mode = std::fs::metadata(a.path()).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o777,
+            0o700,
+            "configs and secrets are the owner's only"
+        );
+        // The name does not follow from the pid and a counter.
+        let name = a.path().file_name().unwrap().to_str().unwrap().to_owned();
+        let nonce = name.rsplit('-').next().unwrap();
+        assert_eq!(nonce.len(), 16, "{name}");
+        let path = a.path().to_owned();
+        drop(a);
+        assert!(!path.exists());
     }
 }

@@ -37,10 +37,11 @@ async fn gateway_and_worker_metrics_count_the_traffic_sent() {
     for _ in 0..20 {
         assert_eq!(p.chat(&chat_body("heavy")).await.status(), 200);
     }
-    for _ in 0..10 {
+    for i in 0..10 {
         let mut b = chat_body("light");
         b["stream"] = json!(true);
-        b["stream_options"] = json!({"include_usage": true});
+        // vLLM's continuous usage puts running totals on every chunk: counted once, not summed.
+        b["stream_options"] = json!({"include_usage": true, "continuous_usage_stats": i % 2 == 0});
         let text = p.chat(&b).await.text().await.unwrap();
         assert!(text.ends_with("data: [DONE]\n\n"));
     }
