@@ -225,7 +225,9 @@ def overhead_cpu_split():
 # ---------------------------------------------------------------------------------------------
 # Workers pull a little beyond the engine's batch (64 sequences) so the next sequence is already
 # in the engine when a slot frees; the engine-waiting rule keeps it from hoarding more.
-HEADROOM = "[worker]\nmax_inflight = 72\n"
+# max_inflight a little above the engines' 64 sequences; the connection cap above the burst's
+# 10 000 connections plus the load generator's metrics poller (the default cap is 10 000).
+HEADROOM = "[worker]\nmax_inflight = 72\n[gateway]\nmax_connections = 20000\n"
 
 PRESETS = {"heavy": ("a40-qwen2.5-14b-awq", 0.028, 0.001, 0.00035), "light": ("a40-qwen3-8b-awq", 0.016, 0.0006, 0.0002)}
 

@@ -18,7 +18,8 @@
 //! is read.
 //!
 //! hyper's own header timer would also close idle keep-alive connections at the head timeout
-//! (it starts when hyper waits for a head, idle or not), so it is not used.
+//! (it starts when hyper waits for a head, idle or not; 30 s by default once hyper has a
+//! timer), and costs a timer allocation per request, so hyper gets no timer at all.
 
 use std::future::Future;
 use std::os::fd::{AsRawFd, RawFd};
@@ -31,7 +32,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use hyper::body::{Frame, Incoming, SizeHint};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use ssw_protocol::error::{ErrorCode, ErrorEnvelope};
 use ssw_telemetry::names;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -455,7 +456,6 @@ async fn connection(
         activity: activity.clone(),
     };
     let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
         .keep_alive(true)
         .serve_connection(io, service);
     tokio::pin!(conn);

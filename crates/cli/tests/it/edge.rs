@@ -190,6 +190,29 @@ async fn idle_connections_are_closed_at_the_idle_timeout_not_the_header_timeout(
     p.assert_healthy().await;
 }
 
+/// hyper arms its own 30 s header timer (on idle keep-alive connections too) whenever it is
+/// given a timer; the gateway's idle timeout must be the only limit on a quiet connection.
+#[tokio::test]
+async fn a_keep_alive_connection_outlives_hypers_default_header_timer() {
+    let p = TestPlatform::start_with(ssw(), |s| {
+        s.config.gateway.idle_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let mut conn = TcpStream::connect(p.gateway_addr()).await.unwrap();
+    let get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    conn.write_all(get).await.unwrap();
+    let mut buf = [0u8; 1024];
+    let n = conn.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    assert!(
+        !closed_within(&mut conn, Duration::from_secs(32)).await,
+        "closed before the idle timeout"
+    );
+    conn.write_all(get).await.unwrap();
+    let n = conn.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
+
 #[tokio::test]
 async fn a_slow_body_gets_408_and_nothing_is_enqueued() {
     let p = TestPlatform::start_with(ssw(), |s| {
