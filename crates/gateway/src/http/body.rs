@@ -58,6 +58,7 @@ pub async fn read<'s>(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max) {
+        linger(body, max).await;
         return Err(too_large(g.max_body));
     }
     // Room for what the client declared, or for the largest body when it declared nothing.
@@ -76,7 +77,8 @@ pub async fn read<'s>(
                 .retry_after(Duration::from_secs(1)));
             }
         };
-    let bytes = match tokio::time::timeout(g.body_timeout, collect(body, want, max)).await {
+    let mut body = body;
+    let bytes = match tokio::time::timeout(g.body_timeout, collect(&mut body, want, max)).await {
         Err(_) => {
             return Err(ApiError::new(
                 ErrorCode::RequestTimeout,
@@ -87,7 +89,11 @@ pub async fn read<'s>(
             )
             .close());
         }
-        Ok(Err(Collect::TooLarge)) => return Err(too_large(g.max_body)),
+        Ok(Err(Collect::TooLarge)) => {
+            drop(budget);
+            linger(body, max).await;
+            return Err(too_large(g.max_body));
+        }
         Ok(Err(Collect::Broken(e))) => {
             return Err(ApiError::new(
                 ErrorCode::InvalidRequest,
@@ -107,7 +113,7 @@ enum Collect {
 
 /// The body's frames into one buffer sized for what was declared: one copy of the body in
 /// memory, never more than `max` bytes.
-async fn collect(mut body: Body, declared: u64, max: u64) -> Result<Bytes, Collect> {
+async fn collect(body: &mut Body, declared: u64, max: u64) -> Result<Bytes, Collect> {
     let mut buf = BytesMut::with_capacity(usize::try_from(declared.min(max)).unwrap_or(0));
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(Collect::Broken)?;
@@ -119,6 +125,30 @@ async fn collect(mut body: Body, declared: u64, max: u64) -> Result<Bytes, Colle
         }
     }
     Ok(buf.freeze())
+}
+
+/// How long an oversized body is drained, discarding it, before the 413 is sent.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Reads and discards up to `limit` more bytes of a body that will be refused, for at most
+/// [`LINGER`], so that a client still sending it reads the 413 instead of a connection reset:
+/// closing a socket with unread bytes makes the kernel answer with RST, which can reach the
+/// client before the response does (nginx's `lingering_close` exists for the same reason). A
+/// body larger still is cut off with a reset: the client was told the limit by
+/// `Content-Length` or by the first 413.
+async fn linger(mut body: Body, limit: u64) {
+    let drain = async {
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                seen += data.len() as u64;
+                if seen > limit {
+                    return;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 fn too_large(max: ssw_config::ByteSize) -> ApiError {
