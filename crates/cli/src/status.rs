@@ -40,8 +40,8 @@ pub fn render(pools: &[(String, Result<PoolStats, String>)], now_ms: u64) -> Str
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<12} {:>8} {:>8} {:>10} {:>6} {:>8}",
-        "POOL", "BACKLOG", "PENDING", "OLDEST", "LIVE", "SERVING"
+        "{:<12} {:>8} {:>8} {:>10} {:>6} {:>8} {:>10}",
+        "POOL", "BACKLOG", "PENDING", "OLDEST", "LIVE", "SERVING", "QUEUED MB"
     );
     for (name, stats) in pools {
         match stats {
@@ -51,11 +51,12 @@ pub fn render(pools: &[(String, Result<PoolStats, String>)], now_ms: u64) -> Str
                     .map_or_else(|| "-".to_owned(), |t| age(now_ms, t));
                 let _ = writeln!(
                     out,
-                    "{name:<12} {:>8} {:>8} {oldest:>10} {:>6} {:>8}",
+                    "{name:<12} {:>8} {:>8} {oldest:>10} {:>6} {:>8} {:>10.1}",
                     s.backlog,
                     s.pending,
                     s.workers.len(),
-                    s.serving()
+                    s.serving(),
+                    s.queued_bytes as f64 / 1e6
                 );
             }
             Err(e) => {
@@ -183,6 +184,7 @@ mod tests {
             pending: 3,
             oldest_waiting_ms: Some(5_000),
             workers: vec![worker("heavy-1", false), worker("heavy-0", true)],
+            queued_bytes: 2_500_000,
         };
         let out = render(
             &[
@@ -192,7 +194,7 @@ mod tests {
             10_000,
         );
         assert!(
-            out.contains("heavy              12        3       5.0s      2        1"),
+            out.contains("heavy              12        3       5.0s      2        1        2.5"),
             "{out}"
         );
         assert!(out.contains("light        unavailable: down"), "{out}");

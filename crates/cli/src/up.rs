@@ -43,7 +43,7 @@ fn parse_engine(s: &str) -> Result<(String, String), String> {
     Ok((pool.to_owned(), url.to_owned()))
 }
 
-/// Runs the platform until SIGINT/SIGTERM or until a process dies.
+/// Runs the platform until SIGINT/SIGTERM, restarting processes that die.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut config = Config::from_figment(&Config::figment(args.config.as_deref()))?;
     if let Some(l) = args.listen {
@@ -94,21 +94,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         "redis: {}   (ssw status --redis-url {} --watch)",
         platform.redis_url, platform.redis_url
     );
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let died = loop {
+    // A process that dies is started again with back-off, as systemd does on the appliance;
+    // the others keep serving.
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break None,
+            _ = shutdown.cancelled() => break,
             _ = tick.tick() => {
-                if let Some(name) = platform.exited() {
-                    break Some(name);
+                for line in platform.supervise().await {
+                    eprintln!("{line}");
                 }
             }
         }
-    };
+    }
     eprintln!("stopping…");
     platform.shutdown(Duration::from_secs(30)).await;
-    match died {
-        Some(name) => anyhow::bail!("{name} exited unexpectedly; platform stopped"),
-        None => Ok(()),
-    }
+    Ok(())
 }

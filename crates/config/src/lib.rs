@@ -27,7 +27,7 @@ pub mod worker;
 
 pub use gateway::{GatewayConfig, MAX_THREADS};
 pub use pool::{PoolConfig, default_pools};
-pub use redis::RedisConfig;
+pub use redis::{Persistence, RedisConfig};
 pub use size::ByteSize;
 pub use stub::{STUB_PRESETS, StubConfig};
 pub use worker::{GpuMetrics, WorkerConfig};
@@ -145,7 +145,29 @@ impl Config {
 
     fn validate_common(&self) -> Result<(), ConfigError> {
         self.redis.validate()?;
-        pool::validate(&self.pools)
+        pool::validate(&self.pools)?;
+        for (name, pool) in &self.pools {
+            if pool.max_queue_bytes < self.gateway.max_body {
+                return Err(invalid(
+                    format!("pools.{name}.max_queue_bytes"),
+                    format!(
+                        "must be at least gateway.max_body ({}), or a largest request could never be queued",
+                        self.gateway.max_body
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The `maxmemory` for the platform's own Redis: `redis.max_memory`, else twice the pools'
+    /// `max_queue_bytes` (a job's entry costs about its body; reply streams and markers take
+    /// the rest) plus 256 MiB.
+    pub fn redis_max_memory(&self) -> ByteSize {
+        self.redis.max_memory.unwrap_or_else(|| {
+            let queues: u64 = self.pools.values().map(|p| p.max_queue_bytes.bytes()).sum();
+            ByteSize(queues * 2 + ByteSize::mib(256).bytes())
+        })
     }
 
     /// The configuration as TOML (a file `ssw --config` reads back to the same value).

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::{ConfigError, invalid, valid_name};
+use crate::{ByteSize, ConfigError, invalid, valid_name};
 
 /// One pool: a served model and the replicas serving it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -23,9 +23,17 @@ pub struct PoolConfig {
     /// A job no worker started within this time is answered 503 `queue_timeout`.
     #[serde(default = "default_queue_timeout", with = "humantime_serde")]
     pub queue_timeout: Duration,
+    /// Bytes of job bodies on the pool's stream (waiting or running) at which new requests get
+    /// 429 `queue_full`: with `max_queue` it bounds the pool's Redis memory.
+    #[serde(default = "default_max_queue_bytes")]
+    pub max_queue_bytes: ByteSize,
     /// Deliveries of a job before an engine that refuses or fails it yields 502.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// Further attempts, on another replica, for a request that seems to have crashed its
+    /// engine (connection reset, answer broken off before output); then 502 `engine_crashed`.
+    #[serde(default = "default_max_crash_retries")]
+    pub max_crash_retries: u32,
     /// Request fields merged into every request that does not set them (objects merge by key).
     #[serde(default)]
     pub defaults: Map<String, Value>,
@@ -56,6 +64,12 @@ fn default_queue_timeout() -> Duration {
 fn default_max_attempts() -> u32 {
     3
 }
+fn default_max_queue_bytes() -> ByteSize {
+    ByteSize::mib(256)
+}
+fn default_max_crash_retries() -> u32 {
+    1
+}
 fn default_max_n() -> u32 {
     1
 }
@@ -75,7 +89,9 @@ impl PoolConfig {
             aliases: Vec::new(),
             max_queue: default_max_queue(),
             queue_timeout: default_queue_timeout(),
+            max_queue_bytes: default_max_queue_bytes(),
             max_attempts: default_max_attempts(),
+            max_crash_retries: default_max_crash_retries(),
             defaults: Map::new(),
             max_model_len: None,
             max_tokens: None,

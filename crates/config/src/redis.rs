@@ -22,6 +22,25 @@ pub struct RedisConfig {
     /// Longest wait for one Redis command before the request fails with `queue_unavailable`.
     #[serde(with = "humantime_serde")]
     pub op_timeout: Duration,
+    /// How the Redis that `ssw up` (and the NixOS module, and compose) runs keeps its data:
+    /// `none` (a restart loses the queue; gateways re-enqueue what had not started) or `aof`
+    /// (append-only file, `appendfsync everysec`: a crash loses at most the last second).
+    pub persistence: Persistence,
+    /// `maxmemory` of the Redis that `ssw up` runs (`noeviction`: a full Redis refuses new jobs
+    /// with 503 `queue_memory_full`, never drops one). None: twice the pools' `max_queue_bytes`
+    /// plus 256 MiB.
+    pub max_memory: Option<crate::ByteSize>,
+}
+
+/// How the platform's own Redis keeps its data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Persistence {
+    /// Nothing on disk.
+    #[default]
+    None,
+    /// Append-only file, fsynced every second.
+    Aof,
 }
 
 /// `url` with any password replaced by `***`: the part before the *last* `@` of the authority
@@ -46,6 +65,8 @@ impl std::fmt::Debug for RedisConfig {
             .field("key_prefix", &self.key_prefix)
             .field("pool_size", &self.pool_size)
             .field("op_timeout", &self.op_timeout)
+            .field("persistence", &self.persistence)
+            .field("max_memory", &self.max_memory)
             .finish()
     }
 }
@@ -58,6 +79,8 @@ impl Default for RedisConfig {
             key_prefix: "ssw".into(),
             pool_size: 16,
             op_timeout: Duration::from_secs(1),
+            persistence: Persistence::None,
+            max_memory: None,
         }
     }
 }

@@ -25,15 +25,13 @@ pub struct WorkerConfig {
     /// Period of heartbeats in Redis.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
-    /// A worker whose last heartbeat is older than this counts as dead.
+    /// A worker whose last heartbeat is older than this counts as dead: other workers take its
+    /// jobs over, and gateways end its streams with an error.
     #[serde(with = "humantime_serde")]
     pub heartbeat_ttl: Duration,
     /// Period of engine `/health` and `/metrics` probes.
     #[serde(with = "humantime_serde")]
     pub engine_poll_interval: Duration,
-    /// A claimed job whose worker has not touched it for this long is taken over by another.
-    #[serde(with = "humantime_serde")]
-    pub reclaim_idle: Duration,
     /// Period of checks for cancelled running jobs (bounds how late a disconnect aborts).
     #[serde(with = "humantime_serde")]
     pub cancel_poll_interval: Duration,
@@ -92,7 +90,6 @@ impl Default for WorkerConfig {
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_ttl: Duration::from_secs(5),
             engine_poll_interval: Duration::from_millis(500),
-            reclaim_idle: Duration::from_secs(30),
             cancel_poll_interval: Duration::from_millis(250),
             keepalive_interval: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(60),
@@ -144,7 +141,6 @@ impl WorkerConfig {
         for (field, d) in [
             ("worker.heartbeat_interval", w.heartbeat_interval),
             ("worker.engine_poll_interval", w.engine_poll_interval),
-            ("worker.reclaim_idle", w.reclaim_idle),
             ("worker.cancel_poll_interval", w.cancel_poll_interval),
             ("worker.keepalive_interval", w.keepalive_interval),
             ("worker.engine_connect_timeout", w.engine_connect_timeout),
@@ -158,12 +154,6 @@ impl WorkerConfig {
             return Err(invalid(
                 "worker.heartbeat_ttl",
                 "must exceed worker.heartbeat_interval",
-            ));
-        }
-        if w.reclaim_idle <= w.cancel_poll_interval * 2 {
-            return Err(invalid(
-                "worker.reclaim_idle",
-                "must exceed twice worker.cancel_poll_interval (running jobs are refreshed then)",
             ));
         }
         Ok(())

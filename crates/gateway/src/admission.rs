@@ -11,7 +11,8 @@ use axum::http::HeaderMap;
 use ssw_protocol::chat::{ChatRequest, quote};
 use ssw_protocol::error::ErrorCode;
 use ssw_protocol::job::Job;
-use ssw_queue::producer::Enqueued;
+use ssw_queue::QueueError;
+use ssw_queue::producer::{Enqueued, QueueLimits};
 use tracing::Instrument;
 
 use crate::error::ApiError;
@@ -57,7 +58,8 @@ impl Refusal {
 
 /// Admits the request in `body`: validates, routes, applies the pool's limits and enqueues.
 /// The body is dropped as soon as the job's own copy exists (before the enqueue), so a large
-/// request is in memory twice at most at any time.
+/// request is in memory twice at most at any time. The ticket keeps the job until output
+/// reaches the client (it enqueues it again if Redis loses it).
 pub async fn admit(
     state: &AppState,
     headers: &HeaderMap,
@@ -106,6 +108,8 @@ pub async fn admit(
         deadline_ms,
         stream,
         attempt: 1,
+        crashes: 0,
+        crashed_on: String::new(),
         body: req.into_engine_body(&pool.served_model, &pool.defaults),
     };
     drop(body);
@@ -124,16 +128,20 @@ pub async fn admit(
         stream,
         span.clone(),
     );
+    let limits = QueueLimits {
+        max_queue: pool.max_queue,
+        max_queue_bytes: pool.max_queue_bytes,
+    };
     let enqueued = state
         .redis
-        .enqueue(&pool.name, &job, pool.max_queue)
+        .enqueue(&pool.name, &job, limits)
         .instrument(span.clone())
         .await;
     drop(turn);
     let error = match enqueued {
         Ok(Enqueued::Accepted(entry)) => {
             tracing::debug!(parent: &span, %entry, deadline_ms, "enqueued");
-            ticket.enqueued(entry);
+            ticket.enqueued(entry, job, limits);
             return Ok(Admitted {
                 pool,
                 ticket,
@@ -149,6 +157,23 @@ pub async fn admit(
             ),
         )
         .retry_after(state.config.gateway.retry_after),
+        Ok(Enqueued::FullBytes { bytes }) => ApiError::new(
+            ErrorCode::QueueFull,
+            format!(
+                "pool `{}` has {} MiB of requests waiting; retry later",
+                pool.name,
+                bytes >> 20
+            ),
+        )
+        .retry_after(state.config.gateway.retry_after),
+        Err(QueueError::OutOfMemory(e)) => {
+            tracing::warn!(parent: &span, error = %e, "redis is at maxmemory; refusing");
+            ApiError::new(
+                ErrorCode::QueueMemoryFull,
+                "the queue is out of memory; retry later",
+            )
+            .retry_after(state.config.gateway.retry_after)
+        }
         Err(e) => {
             tracing::warn!(parent: &span, error = %e, "cannot enqueue");
             // The enqueue may have happened before the connection failed or timed out; the

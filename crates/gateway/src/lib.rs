@@ -60,7 +60,12 @@ pub async fn serve(
         state.replies.clone(),
         background.clone(),
     ));
-    tracing::info!(addr = %listener.local_addr()?, gateway = %state.id, "gateway listening");
+    let watcher = tokio::spawn(replies::watch_workers(
+        state.redis.clone(),
+        state.replies.clone(),
+        background.clone(),
+    ));
+    tracing::info!(addr = %listener.local_addr()?, gateway = %state.instance, "gateway listening");
     if state.config.gateway.is_open() {
         tracing::warn!(
             addr = %listener.local_addr()?,
@@ -101,6 +106,6 @@ pub async fn serve(
         let _ = ops.await;
     }
     background.cancel();
-    let _ = tokio::join!(reader, keeper, sampler);
+    let _ = tokio::join!(reader, keeper, watcher, sampler);
     result
 }

@@ -3,22 +3,31 @@
 //! A [`Ticket`] owns the request's place in the reply table. Dropping it before the job
 //! finished — the client disconnected, so axum dropped the handler or the response body —
 //! cancels the job in Redis: a queued job is removed and never runs, a running one is aborted by
-//! its worker within the worker's cancel-poll interval.
+//! its worker within the worker's cancel-poll interval. That holds also while the enqueue is
+//! still on its way (the job is then marked cancelled by id, so a worker that claims it skips
+//! it).
+//!
+//! The ticket keeps the job until output reaches the client: if Redis restarts and loses it,
+//! the ticket enqueues it again (under a new id, within its original deadline), so a request
+//! nobody had answered yet does not fail.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ssw_protocol::error::ErrorCode;
+use ssw_protocol::job::Job;
 use ssw_protocol::reply::ReplyEvent;
-use ssw_queue::producer::Expiry;
+use ssw_queue::QueueError;
+use ssw_queue::producer::{Enqueued, Expiry, QueueLimits};
 use tokio::time::Instant;
 
 use crate::error::ApiError;
 use crate::replies::{Delivery, EventRx};
 use crate::state::AppState;
 
-/// How long a cancellation marker lives: longer than any job could still be claimed.
-const CANCEL_TTL: Duration = Duration::from_secs(3600);
+/// How long a cancellation marker outlives the job's deadline (after it, a claim refuses the
+/// job as expired anyway; a running job's worker sees the marker within a poll interval).
+const CANCEL_GRACE: Duration = Duration::from_secs(60);
 
 enum Phase {
     /// On the stream; no worker has said anything yet.
@@ -56,6 +65,12 @@ pub struct Ticket {
     pool: Arc<str>,
     job: String,
     entry_id: String,
+    /// The job as enqueued, kept until output reaches the client (to enqueue it again if
+    /// Redis loses it), with the pool's limits.
+    resubmit: Option<(Job, QueueLimits)>,
+    /// What the job counts for in the pool's queued bytes.
+    size: u64,
+    deadline_ms: u64,
     rx: EventRx,
     phase: Phase,
     stream: bool,
@@ -75,7 +90,7 @@ impl Ticket {
         stream: bool,
         span: tracing::Span,
     ) -> Self {
-        let rx = state.replies.register(&job);
+        let rx = state.replies.register(&job, pool.clone());
         crate::metrics::inflight(&pool, 1.0);
         Self {
             span,
@@ -90,6 +105,9 @@ impl Ticket {
             pool,
             job,
             entry_id: String::new(),
+            resubmit: None,
+            size: 0,
+            deadline_ms,
             rx,
             phase: Phase::Queued {
                 deadline: instant_of(deadline_ms),
@@ -100,9 +118,11 @@ impl Ticket {
         }
     }
 
-    /// Records the stream entry id once enqueued.
-    pub fn enqueued(&mut self, entry_id: String) {
+    /// Records the stream entry id once enqueued, and keeps the job.
+    pub fn enqueued(&mut self, entry_id: String, job: Job, limits: QueueLimits) {
         self.entry_id = entry_id;
+        self.size = job.size();
+        self.resubmit = Some((job, limits));
     }
 
     /// Marks the job as over (answered, or refused before it was enqueued): no cancellation.
@@ -120,7 +140,13 @@ impl Ticket {
             self.pool.clone(),
             self.job.clone(),
             String::new(),
+            (self.cancel_ttl(), 0),
         );
+    }
+
+    /// The cancellation marker's TTL: past the deadline by [`CANCEL_GRACE`].
+    fn cancel_ttl(&self) -> Duration {
+        Duration::from_millis(self.deadline_ms.saturating_sub(ssw_queue::now_ms())) + CANCEL_GRACE
     }
 
     /// Counts the request's outcome once (`code` is `ok` or an error code) and logs its end
@@ -185,6 +211,11 @@ impl Ticket {
                         "the gateway lost its reply stream",
                     ));
                 }
+                Some(Delivery::Resubmit) => {
+                    if let Err(e) = self.resubmit().await {
+                        return Next::Failed(e);
+                    }
+                }
                 Some(Delivery::Overflow) => {
                     tracing::warn!(job = %self.job, pool = %self.pool, "client reads too slowly; ending its stream");
                     return Next::Failed(ApiError::new(
@@ -199,12 +230,20 @@ impl Ticket {
                 })) => {
                     tracing::info!(job = %self.job, "engine refused the job; requeued for another worker");
                     self.entry_id = entry_id;
+                    self.deadline_ms = deadline_ms;
+                    if let Some((job, _)) = &mut self.resubmit {
+                        job.deadline_ms = deadline_ms;
+                    }
                     self.phase = Phase::Queued {
                         deadline: instant_of(deadline_ms),
                     };
                 }
                 Some(Delivery::Event(ev)) => {
                     self.phase = Phase::Running;
+                    if matches!(ev, ReplyEvent::Head { .. } | ReplyEvent::Data(_)) {
+                        // Output reaches the client: the job can no longer be run again.
+                        self.resubmit = None;
+                    }
                     self.observe(&ev);
                     return Next::Event(ev);
                 }
@@ -280,7 +319,13 @@ impl Ticket {
         match self
             .state
             .redis
-            .expire(&self.pool, &self.job, &self.entry_id, CANCEL_TTL)
+            .expire(
+                &self.pool,
+                &self.job,
+                &self.entry_id,
+                CANCEL_GRACE,
+                self.size,
+            )
             .await
         {
             Ok(Expiry::Expired) => {
@@ -297,6 +342,68 @@ impl Ticket {
                     ErrorCode::QueueUnavailable,
                     "the queue is unavailable",
                 ))
+            }
+        }
+    }
+
+    /// Enqueues the job again after Redis lost it: under a new id (events of the lost job
+    /// that Redis kept, with persistence, are then nobody's), with its original deadline. The
+    /// old id is marked cancelled, so a copy Redis kept never runs. Retries while Redis is
+    /// unreachable, until the deadline.
+    async fn resubmit(&mut self) -> Result<(), ApiError> {
+        let Some((mut job, limits)) = self.resubmit.take() else {
+            return Err(ApiError::new(
+                ErrorCode::QueueUnavailable,
+                "the queue lost this request; retry it",
+            ));
+        };
+        let old = std::mem::replace(&mut self.job, self.state.next_job_id());
+        spawn_cancel(
+            &self.state,
+            self.pool.clone(),
+            old,
+            String::new(),
+            (self.cancel_ttl(), 0),
+        );
+        self.rx = self.state.replies.register(&self.job, self.pool.clone());
+        job.id.clone_from(&self.job);
+        let deadline = instant_of(self.deadline_ms);
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.state.redis.enqueue(&self.pool, &job, limits).await {
+                Ok(Enqueued::Accepted(entry)) => {
+                    tracing::info!(job = %self.job, "redis lost the request; enqueued it again");
+                    crate::metrics::resubmitted(&self.pool);
+                    self.entry_id = entry;
+                    self.phase = Phase::Queued { deadline };
+                    self.resubmit = Some((job, limits));
+                    return Ok(());
+                }
+                Ok(Enqueued::Full { .. } | Enqueued::FullBytes { .. }) => {
+                    self.finished = true;
+                    return Err(ApiError::new(
+                        ErrorCode::QueueFull,
+                        "the queue lost this request and is now full; retry later",
+                    )
+                    .retry_after(self.state.config.gateway.retry_after));
+                }
+                Err(QueueError::OutOfMemory(_)) => {
+                    self.finished = true;
+                    return Err(ApiError::new(
+                        ErrorCode::QueueMemoryFull,
+                        "the queue lost this request and is now out of memory; retry later",
+                    )
+                    .retry_after(self.state.config.gateway.retry_after));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "enqueueing again failed; retrying");
+                    if Instant::now() + backoff >= deadline {
+                        self.finished = true;
+                        return Err(self.timeout_error());
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
             }
         }
     }
@@ -323,27 +430,37 @@ impl Drop for Ticket {
             // nginx's 499: the client closed the connection before the answer was complete.
             self.record(499, "client_closed");
         }
-        if self.finished || self.entry_id.is_empty() {
+        if self.finished {
             return;
         }
+        // An empty entry id: the enqueue was still on its way. The marker alone then keeps
+        // any worker from running the job.
+        let ttl = (self.cancel_ttl(), self.size);
         let (job, entry) = (
             std::mem::take(&mut self.job),
             std::mem::take(&mut self.entry_id),
         );
         tracing::info!(%job, pool = %self.pool, "client disconnected; cancelling the job");
         crate::metrics::client_disconnected(&self.pool);
-        spawn_cancel(&self.state, self.pool.clone(), job, entry);
+        spawn_cancel(&self.state, self.pool.clone(), job, entry, ttl);
     }
 }
 
 /// Cancels a job on its own task: it needs Redis, and its caller may be a `Drop`. A Redis
 /// hiccup gets a few retries; after that the job may still run, its answer unread.
-fn spawn_cancel(state: &AppState, pool: Arc<str>, job: String, entry: String) {
+/// `(ttl, size)`: the marker's TTL and the job's size in the pool's queued bytes.
+fn spawn_cancel(
+    state: &AppState,
+    pool: Arc<str>,
+    job: String,
+    entry: String,
+    (ttl, size): (Duration, u64),
+) {
     const ATTEMPTS: u32 = 3;
     let redis = state.redis.clone();
     tokio::spawn(async move {
         for attempt in 1..=ATTEMPTS {
-            match redis.cancel(&pool, &job, &entry, CANCEL_TTL).await {
+            match redis.cancel(&pool, &job, &entry, ttl, size).await {
                 Ok(_) => return,
                 Err(e) if attempt == ATTEMPTS => {
                     tracing::warn!(error = %e, %job, "cannot cancel job; it may run unread");

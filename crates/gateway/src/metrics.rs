@@ -32,6 +32,7 @@ fn rejection_reason(code: ErrorCode) -> Option<&'static str> {
         ErrorCode::QueueFull => "queue_full",
         ErrorCode::QueueTimeout => "queue_timeout",
         ErrorCode::QueueUnavailable => "queue_unavailable",
+        ErrorCode::QueueMemoryFull => "queue_memory_full",
         ErrorCode::ModelNotFound => "model_not_found",
         ErrorCode::MissingApiKey | ErrorCode::InvalidApiKey => "auth",
         ErrorCode::InvalidJson
@@ -44,6 +45,7 @@ fn rejection_reason(code: ErrorCode) -> Option<&'static str> {
         ErrorCode::ServerBusy => "server_busy",
         ErrorCode::ShuttingDown => "shutting_down",
         ErrorCode::UpstreamError
+        | ErrorCode::EngineCrashed
         | ErrorCode::EngineRejected
         | ErrorCode::InternalError
         | ErrorCode::ClientTooSlow
@@ -51,6 +53,16 @@ fn rejection_reason(code: ErrorCode) -> Option<&'static str> {
             return None;
         }
     })
+}
+
+/// Counts a reply event not delivered (`stale`, `duplicate`, `gap`).
+pub fn event_dropped(reason: &'static str) {
+    metrics::counter!(names::GATEWAY_EVENTS_DROPPED, "reason" => reason).increment(1);
+}
+
+/// Counts a request enqueued again after Redis lost it.
+pub fn resubmitted(pool: &str) {
+    metrics::counter!(names::GATEWAY_RESUBMITTED, "pool" => pool.to_owned()).increment(1);
 }
 
 /// Counts a client disconnect.
@@ -125,6 +137,7 @@ pub async fn sample_queues(
             let p = pool.name.to_string();
             metrics::gauge!(names::QUEUE_BACKLOG, "pool" => p.clone()).set(stats.backlog as f64);
             metrics::gauge!(names::QUEUE_PENDING, "pool" => p.clone()).set(stats.pending as f64);
+            metrics::gauge!(names::QUEUE_BYTES, "pool" => p.clone()).set(stats.queued_bytes as f64);
             let age = stats
                 .oldest_waiting_ms
                 .map_or(0.0, |ms| now.saturating_sub(ms) as f64 / 1000.0);

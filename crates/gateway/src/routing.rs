@@ -20,6 +20,8 @@ pub struct Pool {
     pub aliases: Vec<String>,
     /// Backlog limit.
     pub max_queue: u64,
+    /// Bytes of job bodies on the stream at which new requests get 429.
+    pub max_queue_bytes: u64,
     /// Queue timeout.
     pub queue_timeout: std::time::Duration,
     /// Request defaults merged into each request.
@@ -41,6 +43,7 @@ impl Pool {
             served_model: cfg.served_model.clone(),
             aliases: cfg.aliases.clone(),
             max_queue: cfg.max_queue,
+            max_queue_bytes: cfg.max_queue_bytes.bytes(),
             queue_timeout: cfg.queue_timeout,
             defaults: cfg.defaults.clone(),
             max_model_len: cfg.max_model_len,

@@ -36,8 +36,12 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     /// The configuration it was built from.
     pub config: Config,
-    /// This gateway's id.
+    /// This gateway's id (`gateway.id`, or one made up per process).
     pub id: String,
+    /// This process: the id and a random nonce. Names the reply stream and prefixes every job
+    /// id, so a gateway restarted with the same `gateway.id` (or two sharing one) never sees
+    /// replies meant for another process.
+    pub instance: String,
     /// Routing table.
     pub router: Arc<Router>,
     /// Redis handle.
@@ -99,8 +103,9 @@ impl AppState {
         };
         let redis = Redis::new(&config.redis, password)?;
         let id = config.gateway.id.clone().unwrap_or_else(default_id);
+        let instance = format!("{id}.{:08x}", fastrand::u32(..));
         let replies = Arc::new(Replies::new(
-            redis.keys().replies(&id),
+            redis.keys().replies(&instance),
             config.gateway.reply_buffer.bytes() as usize,
         ));
         let body_budget = tokio::sync::Semaphore::new(
@@ -111,6 +116,7 @@ impl AppState {
             router: Arc::new(Router::new(&config)),
             config,
             id,
+            instance,
             redis,
             replies,
             api_keys,
@@ -123,10 +129,11 @@ impl AppState {
         })))
     }
 
-    /// A job id unique across gateways: this gateway's id and a counter.
+    /// A job id unique across gateways and their restarts: this process's instance and a
+    /// counter.
     pub fn next_job_id(&self) -> String {
         let n = self.job_seq.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n:x}", self.id)
+        format!("{}-{n:x}", self.instance)
     }
 
     /// Whether SIGTERM has been received.

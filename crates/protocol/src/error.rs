@@ -46,6 +46,11 @@ pub enum ErrorCode {
     UpstreamError,
     /// The engine rejected the request with a 4xx; status and message are the engine's.
     EngineRejected,
+    /// The request crashed its engine (the connection reset or the answer broke off before
+    /// any output) on every replica it was allowed to try (`pools.<p>.max_crash_retries`).
+    EngineCrashed,
+    /// Redis is at `maxmemory`: it takes no new jobs until some finish.
+    QueueMemoryFull,
     /// The gateway is draining and takes no new work.
     ShuttingDown,
     /// A bug or an unexpected state; details are in the log only.
@@ -54,7 +59,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// All codes, for documentation and metric pre-registration.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 22] = [
         Self::InvalidJson,
         Self::InvalidRequest,
         Self::ModelNotFound,
@@ -73,6 +78,8 @@ impl ErrorCode {
         Self::QueueUnavailable,
         Self::UpstreamError,
         Self::EngineRejected,
+        Self::EngineCrashed,
+        Self::QueueMemoryFull,
         Self::ShuttingDown,
         Self::InternalError,
     ];
@@ -98,6 +105,8 @@ impl ErrorCode {
             Self::QueueUnavailable => "queue_unavailable",
             Self::UpstreamError => "upstream_error",
             Self::EngineRejected => "engine_rejected",
+            Self::EngineCrashed => "engine_crashed",
+            Self::QueueMemoryFull => "queue_memory_full",
             Self::ShuttingDown => "shutting_down",
             Self::InternalError => "internal_error",
         }
@@ -116,10 +125,12 @@ impl ErrorCode {
             Self::UnsupportedMediaType => 415,
             Self::QueueFull => 429,
             Self::InternalError => 500,
-            Self::UpstreamError | Self::ResponseTooLarge => 502,
-            Self::QueueTimeout | Self::QueueUnavailable | Self::ShuttingDown | Self::ServerBusy => {
-                503
-            }
+            Self::UpstreamError | Self::ResponseTooLarge | Self::EngineCrashed => 502,
+            Self::QueueTimeout
+            | Self::QueueUnavailable
+            | Self::QueueMemoryFull
+            | Self::ShuttingDown
+            | Self::ServerBusy => 503,
         }
     }
 
@@ -142,6 +153,8 @@ impl ErrorCode {
             | Self::QueueUnavailable
             | Self::UpstreamError
             | Self::ResponseTooLarge
+            | Self::EngineCrashed
+            | Self::QueueMemoryFull
             | Self::ShuttingDown
             | Self::ServerBusy
             | Self::InternalError => "server_error",
@@ -155,6 +168,7 @@ impl ErrorCode {
             Self::QueueFull
                 | Self::QueueTimeout
                 | Self::QueueUnavailable
+                | Self::QueueMemoryFull
                 | Self::ShuttingDown
                 | Self::ServerBusy
         )

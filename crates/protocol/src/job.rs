@@ -23,8 +23,22 @@ pub struct Job {
     /// 1 for the first delivery; incremented each time a worker puts it back after an engine
     /// failure.
     pub attempt: u32,
+    /// How many of those failures looked like the request crashed its engine (the connection
+    /// reset or the answer broke off before output): a poison request is not replayed onto
+    /// every replica of the pool.
+    pub crashes: u32,
+    /// The worker whose engine the request last seemed to crash (empty if none): that worker
+    /// lets another replica try it first.
+    pub crashed_on: String,
     /// The engine request body (model rewritten, pool defaults merged).
     pub body: Vec<u8>,
+}
+
+impl Job {
+    /// What the job counts for in the pool's `max_queue_bytes`: its body.
+    pub fn size(&self) -> u64 {
+        self.body.len() as u64
+    }
 }
 
 /// A stream entry that is not a valid job.
@@ -56,7 +70,7 @@ pub(crate) fn number<T: std::str::FromStr>(
 impl Job {
     /// The stream fields, in order. The body is borrowed: it may be megabytes, and the Redis
     /// command copies it anyway.
-    pub fn to_fields(&self) -> [(&'static str, std::borrow::Cow<'_, [u8]>); 8] {
+    pub fn to_fields(&self) -> [(&'static str, std::borrow::Cow<'_, [u8]>); 10] {
         use std::borrow::Cow::{Borrowed, Owned};
         [
             ("id", Borrowed(self.id.as_bytes())),
@@ -66,6 +80,8 @@ impl Job {
             ("deadline", Owned(self.deadline_ms.to_string().into_bytes())),
             ("stream", Borrowed(if self.stream { b"1" } else { b"0" })),
             ("attempt", Owned(self.attempt.to_string().into_bytes())),
+            ("crashes", Owned(self.crashes.to_string().into_bytes())),
+            ("crashed_on", Borrowed(self.crashed_on.as_bytes())),
             ("body", Borrowed(&self.body)),
         ]
     }
@@ -80,6 +96,15 @@ impl Job {
             deadline_ms: number("deadline", take("deadline"))?,
             stream: take("stream").as_deref() == Some(b"1"),
             attempt: number("attempt", take("attempt"))?,
+            // Entries of gateways and workers before 0.2 have no `crashes`.
+            crashes: match take("crashes") {
+                Some(v) => number("crashes", Some(v))?,
+                None => 0,
+            },
+            crashed_on: match take("crashed_on") {
+                Some(v) => text("crashed_on", Some(v))?,
+                None => String::new(),
+            },
             body: take("body").ok_or_else(|| DecodeError("missing field `body`".into()))?,
         })
     }
@@ -100,6 +125,8 @@ mod tests {
             deadline_ms: 20,
             stream: true,
             attempt: 2,
+            crashes: 1,
+            crashed_on: "light-1".into(),
             body: br#"{"model":"m","messages":[]}"#.to_vec(),
         };
         let mut map: HashMap<&str, Vec<u8>> = job

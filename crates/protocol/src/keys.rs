@@ -6,11 +6,12 @@
 //!
 //! | key | type | written by | meaning |
 //! |---|---|---|---|
-//! | `P:{pool}:jobs` | stream, group `workers` | gateway `XADD`, worker `XREADGROUP`/`XAUTOCLAIM` | jobs not yet finished |
+//! | `P:{pool}:jobs` | stream, group `workers` | gateway `XADD`, worker `XREADGROUP`/RECLAIM | jobs not yet finished |
+//! | `P:{pool}:queued-bytes` | integer | ENQUEUE, and every script that deletes an entry | bytes of job bodies on the stream |
 //! | `P:{pool}:job:<id>` | string with TTL | worker claim, gateway cancel | [`JobState`] of a job |
 //! | `P:{pool}:workers` | sorted set | worker | member = worker id, score = heartbeat expiry (ms) |
 //! | `P:{pool}:worker-status` | hash | worker | worker id → [`crate::heartbeat::WorkerStatus`] JSON |
-//! | `P:{gw:<id>}:replies` | stream with TTL | worker `XADD NOMKSTREAM`, gateway `XREAD` | reply events for one gateway |
+//! | `P:{gw:<instance>}:replies` | stream with TTL | worker `XADD NOMKSTREAM`, gateway `XREAD` | reply events for one gateway process (`<instance>`: its id and a random nonce per start) |
 
 /// The consumer group every worker of a pool reads the job stream through.
 pub const GROUP: &str = "workers";
@@ -40,6 +41,11 @@ impl Keys {
         format!("{}:{{{pool}}}:jobs", self.prefix)
     }
 
+    /// Bytes of job bodies on the pool's stream (what `max_queue_bytes` limits).
+    pub fn queued_bytes(&self, pool: &str) -> String {
+        format!("{}:{{{pool}}}:queued-bytes", self.prefix)
+    }
+
     /// The state marker of one job.
     pub fn job_state(&self, pool: &str, job: &str) -> String {
         format!("{}:{{{pool}}}:job:{job}", self.prefix)
@@ -55,20 +61,39 @@ impl Keys {
         format!("{}:{{{pool}}}:worker-status", self.prefix)
     }
 
-    /// A gateway's reply stream.
-    pub fn replies(&self, gateway: &str) -> String {
-        format!("{}:{{gw:{gateway}}}:replies", self.prefix)
+    /// A gateway process's reply stream (`instance`: the gateway's id and its start nonce).
+    pub fn replies(&self, instance: &str) -> String {
+        format!("{}:{{gw:{instance}}}:replies", self.prefix)
     }
 }
 
-/// What a job's state key holds. Absent means queued and untouched.
+/// What a job's state key holds. Absent means queued and never claimed.
+///
+/// Every claim that lets a worker run the job takes the next *fence* number; the run's reply
+/// events carry it, and a gateway ignores events of an older fence than one it has seen.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JobState {
-    /// A worker claimed it and called its engine; no output has reached the client yet, so
-    /// another worker may take it over if this one dies.
-    Started(String),
-    /// The worker has committed a response to the client; the job must never run again.
-    Output(String),
+    /// Put back on the queue after run `fence` (its engine refused or crashed before output).
+    Queued {
+        /// The last run's fence.
+        fence: u32,
+    },
+    /// Run `fence` by `worker`, which called its engine; no output has reached the client yet,
+    /// so another worker may take it over if this one dies.
+    Started {
+        /// The worker.
+        worker: String,
+        /// The run's fence.
+        fence: u32,
+    },
+    /// Run `fence` by `worker` has committed a response to the client; the job must never run
+    /// again.
+    Output {
+        /// The worker.
+        worker: String,
+        /// The run's fence.
+        fence: u32,
+    },
     /// The client is gone or the deadline passed: no worker may start it, a running one aborts.
     Cancelled,
 }
@@ -77,8 +102,9 @@ impl JobState {
     /// The stored string.
     pub fn encode(&self) -> String {
         match self {
-            Self::Started(w) => format!("started:{w}"),
-            Self::Output(w) => format!("output:{w}"),
+            Self::Queued { fence } => format!("queued:{fence}"),
+            Self::Started { worker, fence } => format!("started:{worker}:{fence}"),
+            Self::Output { worker, fence } => format!("output:{worker}:{fence}"),
             Self::Cancelled => "cancelled".to_owned(),
         }
     }
@@ -88,11 +114,31 @@ impl JobState {
         if s == "cancelled" {
             return Some(Self::Cancelled);
         }
-        if let Some(w) = s.strip_prefix("started:") {
-            return Some(Self::Started(w.to_owned()));
+        if let Some(f) = s.strip_prefix("queued:") {
+            return Some(Self::Queued {
+                fence: f.parse().ok()?,
+            });
         }
-        s.strip_prefix("output:")
-            .map(|w| Self::Output(w.to_owned()))
+        let run = |rest: &str| {
+            let (worker, fence) = rest.rsplit_once(':')?;
+            Some((worker.to_owned(), fence.parse().ok()?))
+        };
+        if let Some(rest) = s.strip_prefix("started:") {
+            let (worker, fence) = run(rest)?;
+            return Some(Self::Started { worker, fence });
+        }
+        let (worker, fence) = run(s.strip_prefix("output:")?)?;
+        Some(Self::Output { worker, fence })
+    }
+
+    /// Whether run `fence` of `worker` owns the job in this state.
+    pub fn owned_by(&self, me: &str, my_fence: u32) -> bool {
+        match self {
+            Self::Started { worker, fence } | Self::Output { worker, fence } => {
+                worker == me && *fence == my_fence
+            }
+            Self::Queued { .. } | Self::Cancelled => false,
+        }
     }
 }
 
@@ -107,18 +153,32 @@ mod tests {
         assert_eq!(k.job_state("heavy", "j1"), "ssw:{heavy}:job:j1");
         assert_eq!(k.workers("light"), "ssw:{light}:workers");
         assert_eq!(k.worker_status("light"), "ssw:{light}:worker-status");
+        assert_eq!(k.queued_bytes("heavy"), "ssw:{heavy}:queued-bytes");
         assert_eq!(k.replies("g1"), "ssw:{gw:g1}:replies");
     }
 
     #[test]
     fn job_state_round_trips() {
         for s in [
-            JobState::Started("heavy-0".into()),
-            JobState::Output("w:1".into()),
+            JobState::Queued { fence: 3 },
+            JobState::Started {
+                worker: "heavy-0".into(),
+                fence: 1,
+            },
+            JobState::Output {
+                worker: "w.1".into(),
+                fence: 12,
+            },
             JobState::Cancelled,
         ] {
             assert_eq!(JobState::parse(&s.encode()), Some(s));
         }
-        assert_eq!(JobState::parse("garbage"), None);
+        for bad in ["garbage", "started:w", "output:w:x", "queued:"] {
+            assert_eq!(JobState::parse(bad), None, "{bad}");
+        }
+        let s = JobState::parse("started:w:2").unwrap();
+        assert!(s.owned_by("w", 2));
+        assert!(!s.owned_by("w", 1));
+        assert!(!s.owned_by("v", 2));
     }
 }

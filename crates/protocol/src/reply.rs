@@ -16,6 +16,12 @@ use crate::job::{DecodeError, number, text};
 pub struct Reply {
     /// The job id.
     pub job: String,
+    /// The run that sent it: the fence its claim took (0 from workers before 0.2, which sent
+    /// none). A gateway ignores events of a run older than one it has heard from.
+    pub fence: u32,
+    /// The event's place in its run, from 0: a gap means events were lost, a repeat that an
+    /// event was sent twice.
+    pub seq: u32,
     /// What happened.
     pub event: ReplyEvent,
 }
@@ -111,7 +117,11 @@ impl ReplyEvent {
 impl Reply {
     /// The stream fields.
     pub fn to_fields(&self) -> Vec<(&'static str, Vec<u8>)> {
-        let mut f = vec![("job", self.job.clone().into_bytes())];
+        let mut f = vec![
+            ("job", self.job.clone().into_bytes()),
+            ("f", self.fence.to_string().into_bytes()),
+            ("n", self.seq.to_string().into_bytes()),
+        ];
         match &self.event {
             ReplyEvent::Head {
                 worker,
@@ -170,6 +180,13 @@ impl Reply {
     /// Decodes an entry; `take` removes and returns one field's value.
     pub fn from_fields(mut take: impl FnMut(&str) -> Option<Vec<u8>>) -> Result<Self, DecodeError> {
         let job = text("job", take("job"))?;
+        let counter =
+            |take: &mut dyn FnMut(&str) -> Option<Vec<u8>>, name: &'static str| match take(name) {
+                Some(v) => number(name, Some(v)),
+                None => Ok(0),
+            };
+        let fence = counter(&mut take, "f")?;
+        let seq = counter(&mut take, "n")?;
         let kind = take("k").ok_or_else(|| DecodeError("missing field `k`".into()))?;
         let data = |take: &mut dyn FnMut(&str) -> Option<Vec<u8>>| {
             take("data").ok_or_else(|| DecodeError("missing field `data`".into()))
@@ -220,7 +237,12 @@ impl Reply {
                 )));
             }
         };
-        Ok(Self { job, event })
+        Ok(Self {
+            job,
+            fence,
+            seq,
+            event,
+        })
     }
 }
 
@@ -262,9 +284,11 @@ mod tests {
                 deadline_ms: 9,
             },
         ];
-        for event in events {
+        for (i, event) in events.into_iter().enumerate() {
             let r = Reply {
                 job: "j".into(),
+                fence: 2,
+                seq: i as u32,
                 event,
             };
             let mut map: HashMap<&str, Vec<u8>> = r.to_fields().into_iter().collect();
@@ -286,6 +310,11 @@ mod tests {
         .collect();
         let r = Reply::from_fields(|k| map.remove(k)).unwrap();
         assert_eq!(r.event.error_code(), Some(ErrorCode::QueueTimeout));
+        assert_eq!(
+            (r.fence, r.seq),
+            (0, 0),
+            "an older worker's events carry no run"
+        );
     }
 
     #[test]
@@ -310,7 +339,7 @@ mod props {
         prop_oneof![
             proptest::sample::select(vec![
                 "job", "k", "worker", "claimed", "data", "status", "code", "entry", "deadline",
-                "id", "rid", "reply", "enq", "stream", "attempt", "body",
+                "id", "rid", "reply", "enq", "stream", "attempt", "body", "f", "n", "crashes",
             ])
             .prop_map(str::to_owned),
             "[a-z]{1,6}",
@@ -337,7 +366,7 @@ mod props {
         }
 
         #[test]
-        fn every_event_survives_its_fields(job in "[a-z0-9-]{1,12}", data in vec(any::<u8>(), 0..64), status in 100u16..600, n in any::<u64>()) {
+        fn every_event_survives_its_fields(job in "[a-z0-9-]{1,12}", data in vec(any::<u8>(), 0..64), status in 100u16..600, n in any::<u64>(), fence in any::<u32>(), seq in any::<u32>()) {
             for event in [
                 ReplyEvent::Head { worker: job.clone(), claimed_ms: n, data: data.clone() },
                 ReplyEvent::Data(data.clone()),
@@ -345,11 +374,10 @@ mod props {
                 ReplyEvent::Fail { status, worker: job.clone(), code: ErrorCode::UpstreamError, body: data.clone() },
                 ReplyEvent::Requeued { entry_id: job.clone(), deadline_ms: n },
             ] {
-                let r = Reply { job: job.clone(), event };
+                let r = Reply { job: job.clone(), fence, seq, event };
                 let mut map: HashMap<&str, Vec<u8>> = r.to_fields().into_iter().collect();
                 let back = Reply::from_fields(|k| map.remove(k));
-                // A head without data reads back as one with empty data, as written.
-                prop_assert_eq!(back.map(|b| b.job), Ok(job.clone()));
+                prop_assert_eq!(back.map(|b| (b.job, b.fence, b.seq)), Ok((job.clone(), fence, seq)));
             }
         }
     }

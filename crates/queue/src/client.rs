@@ -26,11 +26,16 @@ pub enum QueueError {
     /// Redis answered something this code does not understand.
     #[error("unexpected redis reply: {0}")]
     Malformed(String),
+    /// Redis is at `maxmemory` and refused a write that needs memory.
+    #[error("redis is out of memory: {0}")]
+    OutOfMemory(String),
 }
 
 impl QueueError {
     fn from_redis(e: RedisError) -> Self {
-        if e.is_io_error()
+        if e.code() == Some("OOM") {
+            Self::OutOfMemory(e.to_string())
+        } else if e.is_io_error()
             || e.is_connection_dropped()
             || e.is_connection_refusal()
             || e.is_timeout()
@@ -191,6 +196,29 @@ impl Redis {
     ) -> Result<T, QueueError> {
         self.run(|mut c| async move { pipe.query_async(&mut c).await })
             .await
+    }
+
+    /// Runs a pipeline that invokes `scripts` (EVALSHA); if Redis does not know one (it
+    /// restarted, or never saw it), loads them and runs the pipeline once more. Whatever the
+    /// first run executed before the failing call runs again: only for pipelines whose
+    /// commands may repeat (a reply event carries its sequence number, so a gateway drops a
+    /// second copy).
+    pub async fn pipe_scripts<T: FromRedisValue + Send>(
+        &self,
+        pipe: &redis::Pipeline,
+        scripts: &[&crate::scripts::Lua],
+    ) -> Result<T, QueueError> {
+        match self.pipe(pipe).await {
+            Err(QueueError::Redis(m)) if m.contains("NOSCRIPT") || m.contains("NoScript") => {
+                for s in scripts {
+                    let _: String = self
+                        .query(redis::cmd("SCRIPT").arg("LOAD").arg(s.code))
+                        .await?;
+                }
+                self.pipe(pipe).await
+            }
+            other => other,
+        }
     }
 
     /// Runs a Lua script (EVALSHA, loading it on NOSCRIPT).

@@ -1,100 +1,75 @@
 //! Worker side of the queue.
+//!
+//! A run of a job is fenced: the claim that lets a worker run it gives the run a fence number,
+//! and every later step of the run (committing a response, finishing, putting the job back)
+//! checks in its script that the run still owns the job. A worker that was only slow, and
+//! whose job another worker took over meanwhile, therefore changes nothing; its reply events
+//! carry the old fence and the gateway ignores them.
 
-use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::{Script, Value};
+use redis::Value;
 use ssw_protocol::heartbeat::WorkerStatus;
 use ssw_protocol::job::Job;
-use ssw_protocol::keys::GROUP;
+use ssw_protocol::keys::{GROUP, JobState};
 use ssw_protocol::reply::Reply;
 
 use crate::client::Dedicated;
 use crate::resp;
+use crate::scripts::{CLAIM, DROP, FINISH, HEARTBEAT, MARK_OUTPUT, RECLAIM, REQUEUE};
 use crate::{QueueError, Redis};
-
-/// Decides, atomically per job, whether this worker may run it: not cancelled, not past its
-/// deadline, and not already answering a client through a worker that died. Marks the ones it
-/// may run as started by this worker.
-static CLAIM: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local res = {}
-local me = 'started:' .. ARGV[1]
-for i, key in ipairs(KEYS) do
-  local cur = redis.call('GET', key)
-  if not cur then
-    if tonumber(ARGV[3]) > tonumber(ARGV[3 + i]) then
-      redis.call('SET', key, 'cancelled', 'PX', ARGV[2])
-      res[i] = 'expired'
-    else
-      redis.call('SET', key, me, 'PX', ARGV[2])
-      res[i] = 'run'
-    end
-  elseif cur == 'cancelled' then
-    res[i] = 'cancelled'
-  elseif string.sub(cur, 1, 7) == 'output:' then
-    res[i] = 'orphaned'
-  else
-    redis.call('SET', key, me, 'PX', ARGV[2])
-    res[i] = 'run'
-  end
-end
-return res
-",
-    )
-});
-
-/// Puts a job back for another worker (engine refused it before any output), unless the client
-/// cancelled meanwhile. Returns the new entry id, or nil when cancelled.
-static REQUEUE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local cur = redis.call('GET', KEYS[2])
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-if cur == 'cancelled' then return false end
-redis.call('DEL', KEYS[2])
-return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
-",
-    )
-});
-
-/// Marks that a response is committed to the client: from now on the job must never run again.
-/// Returns the state it replaced (`cancelled` means the client is gone).
-const MARK_OUTPUT: &str = r"
-local cur = redis.call('GET', KEYS[1])
-if cur == 'started:' .. ARGV[1] then redis.call('SET', KEYS[1], 'output:' .. ARGV[1], 'PX', ARGV[2]) end
-return cur
-";
-
-/// Refreshes this worker's heartbeat and drops workers silent for over an hour.
-static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
-if #stale > 0 then
-  redis.call('ZREM', KEYS[1], unpack(stale))
-  redis.call('HDEL', KEYS[2], unpack(stale))
-end
-return #stale
-",
-    )
-});
 
 /// What the claim script decided for one job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Claim {
-    /// Run it.
-    Run,
+    /// Run it; the run's events carry this fence.
+    Run {
+        /// The run's fence.
+        fence: u32,
+    },
     /// The client is gone; acknowledge and drop.
     Cancelled,
     /// Its deadline passed before anyone started it; the gateway answers `queue_timeout`.
     Expired,
-    /// A worker that died had already committed a response; tell the client it failed.
-    Orphaned,
+    /// A worker that died had already committed a response; tell the client it failed (with
+    /// this fence, newer than the dead run's).
+    Orphaned {
+        /// The fence of the failure event.
+        fence: u32,
+    },
+}
+
+/// What committing a stream's head found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Commit {
+    /// The run owns the job; its head is on the gateway's stream.
+    Committed,
+    /// The client cancelled, or another run owns the job now: stop silently.
+    Lost,
+    /// The gateway's reply stream is gone (the gateway died).
+    GatewayGone,
+}
+
+/// What putting a job back found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Requeue {
+    /// Back on the stream under this entry id.
+    Queued(String),
+    /// The client had cancelled; the entry is gone.
+    Cancelled,
+    /// Another run owns the job; nothing was touched.
+    Lost,
+}
+
+/// What a running job's state says about its run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Watch {
+    /// The run still owns the job.
+    Mine,
+    /// The client cancelled.
+    Cancelled,
+    /// Another run owns the job, or its state is gone (Redis lost it): stop without a word.
+    Lost,
 }
 
 /// A job as pulled from the stream.
@@ -104,19 +79,32 @@ pub struct Pulled {
     pub entry_id: String,
     /// The decoded job, or why it could not be decoded.
     pub job: Result<Job, String>,
+    /// What the entry counts for in the pool's queued bytes (its body).
+    pub size: u64,
 }
 
 fn pulled(entries: Vec<resp::Entry>) -> Vec<Pulled> {
     entries
         .into_iter()
         .map(|mut e| {
+            let size = e.fields.get("body").map_or(0, |b| b.len() as u64);
             let job = Job::from_fields(|k| e.take(k)).map_err(|err| err.to_string());
             Pulled {
                 entry_id: e.id,
                 job,
+                size,
             }
         })
         .collect()
+}
+
+/// Where a reclaim scan stopped, and what it took over.
+#[derive(Debug)]
+pub struct Reclaimed {
+    /// Pass to the next scan (`-` once the scan reached the end of the pending list).
+    pub cursor: String,
+    /// Jobs taken over from workers whose heartbeat expired.
+    pub jobs: Vec<Pulled>,
 }
 
 impl Redis {
@@ -166,59 +154,41 @@ impl Redis {
         Ok(pulled(resp::read_reply(v)?))
     }
 
-    /// Takes over up to `count` jobs that another consumer claimed and has not touched for
-    /// `min_idle` (it died).
+    /// Takes over up to `want` jobs handed to workers whose heartbeat has expired at `now_ms`,
+    /// looking at up to `budget` pending entries after `cursor` (RECLAIM).
     pub async fn reclaim(
         &self,
         pool: &str,
         consumer: &str,
-        min_idle: Duration,
-        count: usize,
-    ) -> Result<Vec<Pulled>, QueueError> {
-        let v: Value = self
-            .query(
-                redis::cmd("XAUTOCLAIM")
-                    .arg(self.keys().jobs(pool))
-                    .arg(GROUP)
-                    .arg(consumer)
-                    .arg(min_idle.as_millis() as u64)
-                    .arg("0-0")
-                    .arg("COUNT")
-                    .arg(count),
-            )
-            .await?;
+        cursor: &str,
+        budget: usize,
+        want: usize,
+        now_ms: u64,
+    ) -> Result<Reclaimed, QueueError> {
+        let mut inv = RECLAIM.prepare_invoke();
+        inv.key(self.keys().jobs(pool))
+            .key(self.keys().workers(pool))
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(now_ms)
+            .arg(cursor)
+            .arg(budget)
+            .arg(want);
+        let v: Value = self.script(&inv).await?;
         let mut parts = resp::array(v)?.into_iter();
-        let _cursor = parts.next();
-        let claimed = parts
+        let cursor = parts
+            .next()
+            .and_then(resp::string)
+            .ok_or_else(|| QueueError::Malformed("reclaim cursor".into()))?;
+        let jobs = parts
             .next()
             .map(resp::entries)
             .transpose()?
             .unwrap_or_default();
-        Ok(pulled(claimed))
-    }
-
-    /// Resets the idle time of jobs this worker is running, so nobody reclaims them.
-    pub async fn touch(
-        &self,
-        pool: &str,
-        consumer: &str,
-        entry_ids: &[String],
-    ) -> Result<(), QueueError> {
-        if entry_ids.is_empty() {
-            return Ok(());
-        }
-        let _: Value = self
-            .query(
-                redis::cmd("XCLAIM")
-                    .arg(self.keys().jobs(pool))
-                    .arg(GROUP)
-                    .arg(consumer)
-                    .arg(0)
-                    .arg(entry_ids)
-                    .arg("JUSTID"),
-            )
-            .await?;
-        Ok(())
+        Ok(Reclaimed {
+            cursor,
+            jobs: pulled(jobs),
+        })
     }
 
     /// Runs the claim decision for a batch of jobs (`(job id, deadline ms)`).
@@ -243,16 +213,30 @@ impl Redis {
         for (_, deadline) in jobs {
             inv.arg(*deadline);
         }
-        let v: Vec<String> = self.script(&inv).await?;
+        let v: Vec<(String, u32)> = self.script(&inv).await?;
         v.into_iter()
-            .map(|s| match s.as_str() {
-                "run" => Ok(Claim::Run),
+            .map(|(verdict, fence)| match verdict.as_str() {
+                "run" => Ok(Claim::Run { fence }),
                 "cancelled" => Ok(Claim::Cancelled),
                 "expired" => Ok(Claim::Expired),
-                "orphaned" => Ok(Claim::Orphaned),
+                "orphaned" => Ok(Claim::Orphaned { fence }),
                 other => Err(QueueError::Malformed(format!("claim result {other}"))),
             })
             .collect()
+    }
+
+    /// Which of these reply streams exist: a gateway's stream is there while the gateway
+    /// lives (it renews the stream's TTL).
+    pub async fn streams_exist(&self, keys: &[&str]) -> Result<Vec<bool>, QueueError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.cmd("EXISTS").arg(*k);
+        }
+        let v: Vec<i64> = self.pipe(&pipe).await?;
+        Ok(v.into_iter().map(|n| n == 1).collect())
     }
 
     /// Sends one reply event; `Ok(false)` when the owning gateway's stream is gone.
@@ -261,31 +245,40 @@ impl Redis {
         Ok(id.is_some())
     }
 
-    /// Commits a response (marks the job as answered: it must never run again) and sends its
-    /// head, in one round trip. Returns `Ok(false)` when the client is gone (cancelled, or
-    /// gateway stream gone).
+    /// Commits a stream's response (MARK_OUTPUT: the job must never run again) and sends its
+    /// head, in one round trip. The head goes out even when the run no longer owns the job:
+    /// it carries the run's old fence, which the gateway ignores.
     pub async fn commit_reply(
         &self,
         pool: &str,
         worker: &str,
+        fence: u32,
         reply_to: &str,
         head: &Reply,
         state_ttl: Duration,
-    ) -> Result<bool, QueueError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("EVAL")
-            .arg(MARK_OUTPUT)
-            .arg(1)
-            .arg(self.keys().job_state(pool, &head.job))
+    ) -> Result<Commit, QueueError> {
+        let mut inv = MARK_OUTPUT.prepare_invoke();
+        inv.key(self.keys().job_state(pool, &head.job))
             .arg(worker)
-            .arg(state_ttl.as_millis() as u64)
+            .arg(fence)
+            .arg(state_ttl.as_millis() as u64);
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(&inv)
             .add_command(xadd_reply(reply_to, head));
-        let (prev, id): (Option<String>, Option<String>) = self.pipe(&pipe).await?;
-        Ok(id.is_some() && prev.as_deref() != Some("cancelled"))
+        let (marked, id): (Value, Option<String>) =
+            self.pipe_scripts(&pipe, &[&MARK_OUTPUT]).await?;
+        Ok(if id.is_none() {
+            Commit::GatewayGone
+        } else if resp::int(&marked) == Some(1) {
+            Commit::Committed
+        } else {
+            Commit::Lost
+        })
     }
 
-    /// Sends the job's last event and removes the job (ack, delete entry and state) in one
-    /// round trip. `Ok(false)` when the gateway's stream is gone.
+    /// Sends the job's last event (if any) and removes the job if this run still owns it
+    /// (FINISH), in one round trip. `Ok(false)` when the gateway's stream is gone.
+    #[allow(clippy::too_many_arguments)] // one script's contract
     pub async fn finish(
         &self,
         pool: &str,
@@ -293,81 +286,112 @@ impl Redis {
         reply_to: &str,
         reply: Option<&Reply>,
         job_id: &str,
+        run: (&str, u32),
+        size: u64,
     ) -> Result<bool, QueueError> {
-        let jobs = self.keys().jobs(pool);
+        let (worker, fence) = run;
+        let mut inv = FINISH.prepare_invoke();
+        inv.key(self.keys().jobs(pool))
+            .key(self.keys().job_state(pool, job_id))
+            .key(self.keys().queued_bytes(pool))
+            .arg(GROUP)
+            .arg(entry_id)
+            .arg(worker)
+            .arg(fence)
+            .arg(size);
         let mut pipe = redis::pipe();
         if let Some(r) = reply {
             pipe.add_command(xadd_reply(reply_to, r));
         }
-        pipe.cmd("XACK")
-            .arg(&jobs)
-            .arg(GROUP)
-            .arg(entry_id)
-            .ignore()
-            .cmd("XDEL")
-            .arg(&jobs)
-            .arg(entry_id)
-            .ignore()
-            .cmd("DEL")
-            .arg(self.keys().job_state(pool, job_id))
-            .ignore();
+        pipe.invoke_script(&inv).ignore();
         if reply.is_some() {
-            let (id,): (Option<String>,) = self.pipe(&pipe).await?;
+            let (id,): (Option<String>,) = self.pipe_scripts(&pipe, &[&FINISH]).await?;
             Ok(id.is_some())
         } else {
-            let _: () = self.pipe(&pipe).await?;
+            let _: () = self.pipe_scripts(&pipe, &[&FINISH]).await?;
             Ok(true)
         }
     }
 
-    /// Acknowledges and deletes an entry without touching the job's state (for jobs that are
-    /// skipped: cancelled, expired, undecodable).
-    pub async fn drop_entry(&self, pool: &str, entry_id: &str) -> Result<(), QueueError> {
-        let jobs = self.keys().jobs(pool);
-        let mut pipe = redis::pipe();
-        pipe.cmd("XACK")
-            .arg(&jobs)
+    /// Acknowledges and deletes an entry nobody will run (cancelled, expired, undecodable),
+    /// leaving the job's state alone.
+    pub async fn drop_entry(
+        &self,
+        pool: &str,
+        entry_id: &str,
+        size: u64,
+    ) -> Result<(), QueueError> {
+        let mut inv = DROP.prepare_invoke();
+        inv.key(self.keys().jobs(pool))
+            .key(self.keys().queued_bytes(pool))
             .arg(GROUP)
             .arg(entry_id)
-            .ignore()
-            .cmd("XDEL")
-            .arg(&jobs)
-            .arg(entry_id)
-            .ignore();
-        self.pipe(&pipe).await
+            .arg(size);
+        let _: i64 = self.script(&inv).await?;
+        Ok(())
     }
 
-    /// Puts a job back with its attempt count raised; `None` if the client cancelled meanwhile.
+    /// Puts a job back (as a new entry) for another worker, if this run still owns it and its
+    /// client has not cancelled.
     pub async fn requeue(
         &self,
         pool: &str,
         entry_id: &str,
         job: &Job,
-    ) -> Result<Option<String>, QueueError> {
+        run: (&str, u32),
+        state_ttl: Duration,
+    ) -> Result<Requeue, QueueError> {
+        let (worker, fence) = run;
         let mut inv = REQUEUE.prepare_invoke();
         inv.key(self.keys().jobs(pool))
             .key(self.keys().job_state(pool, &job.id))
+            .key(self.keys().queued_bytes(pool))
             .arg(GROUP)
-            .arg(entry_id);
+            .arg(entry_id)
+            .arg(worker)
+            .arg(fence)
+            .arg(job.size())
+            .arg(state_ttl.as_millis() as u64);
         for (k, v) in job.to_fields() {
             inv.arg(k).arg(&*v);
         }
-        self.script(&inv).await
+        let v: Value = self.script(&inv).await?;
+        let mut parts = resp::array(v)?.into_iter();
+        let flag = parts.next().as_ref().and_then(resp::int);
+        let what = parts.next().and_then(resp::string);
+        match (flag, what.as_deref()) {
+            (Some(1), Some(id)) => Ok(Requeue::Queued(id.to_owned())),
+            (Some(0), Some("cancelled")) => Ok(Requeue::Cancelled),
+            (Some(0), Some("lost")) => Ok(Requeue::Lost),
+            other => Err(QueueError::Malformed(format!("requeue reply {other:?}"))),
+        }
     }
 
-    /// Which of these jobs the client cancelled.
-    pub async fn cancelled(&self, pool: &str, job_ids: &[&str]) -> Result<Vec<bool>, QueueError> {
-        if job_ids.is_empty() {
+    /// What the states of these running jobs (`(job id, fence)` of this worker's runs) say.
+    pub async fn watch(
+        &self,
+        pool: &str,
+        worker: &str,
+        runs: &[(&str, u32)],
+    ) -> Result<Vec<Watch>, QueueError> {
+        if runs.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = job_ids
+        let keys: Vec<String> = runs
             .iter()
-            .map(|j| self.keys().job_state(pool, j))
+            .map(|(j, _)| self.keys().job_state(pool, j))
             .collect();
         let states: Vec<Option<String>> = self.query(redis::cmd("MGET").arg(keys)).await?;
         Ok(states
             .into_iter()
-            .map(|s| s.as_deref() == Some("cancelled"))
+            .zip(runs)
+            .map(
+                |(s, (_, fence))| match s.as_deref().and_then(JobState::parse) {
+                    Some(JobState::Cancelled) => Watch::Cancelled,
+                    Some(state) if state.owned_by(worker, *fence) => Watch::Mine,
+                    _ => Watch::Lost,
+                },
+            )
             .collect())
     }
 

@@ -11,11 +11,13 @@
 //! - [`consumer`]: worker side — group set-up, pulling, claiming, reclaiming, replies, requeue,
 //!   finish, cancellation polling, heartbeats.
 //! - [`resp`]: decoding of raw replies.
+//! - [`scripts`]: the Lua scripts, one file each under `crates/queue/lua/`.
 
 pub mod client;
 pub mod consumer;
 pub mod producer;
 pub mod resp;
+pub mod scripts;
 
 pub use client::{QueueError, Redis};
 

@@ -1,105 +1,25 @@
 //! Gateway side of the queue.
 
-use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::{Script, Value};
+use redis::Value;
 use ssw_protocol::heartbeat::WorkerStatus;
 use ssw_protocol::job::Job;
 use ssw_protocol::keys::{GROUP, JobState};
 use ssw_protocol::reply::Reply;
 
 use crate::resp::{self, Entry};
+use crate::scripts::{CANCEL, ENQUEUE, EXPIRE, KEEP_REPLIES, POOL_STATS};
 use crate::{QueueError, Redis};
 
-/// Admission and enqueue in one step: refuse when the backlog (entries not yet delivered to any
-/// worker = stream length − pending) has reached `max_queue`, else `XADD`.
-static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local len = redis.call('XLEN', KEYS[1])
-local pending = 0
-local p = redis.pcall('XPENDING', KEYS[1], ARGV[1])
-if type(p) == 'table' and p.err == nil then pending = p[1] end
-local backlog = len - pending
-if backlog < 0 then backlog = 0 end
-if backlog >= tonumber(ARGV[2]) then return {0, backlog} end
-return {1, redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))}
-",
-    )
-});
-
-/// Client gone: mark the job cancelled (a running worker sees it on its next poll and drops
-/// the engine request); if nobody had claimed it, remove it from the stream too. Returns the
-/// previous state.
-static CANCEL: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local cur = redis.call('GET', KEYS[1])
-redis.call('SET', KEYS[1], 'cancelled', 'PX', ARGV[2])
-if (not cur) and ARGV[1] ~= '' then redis.call('XDEL', KEYS[2], ARGV[1]) end
-return cur
-",
-    )
-});
-
-/// Deadline reached: if no worker has started the job, cancel and remove it (nil reply);
-/// otherwise return the state and leave it running.
-static EXPIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local cur = redis.call('GET', KEYS[1])
-if (not cur) or cur == 'cancelled' then
-  redis.call('SET', KEYS[1], 'cancelled', 'PX', ARGV[2])
-  redis.call('XDEL', KEYS[2], ARGV[1])
-  return false
-end
-return cur
-",
-    )
-});
-
-/// Creates the reply stream if missing (empty, through a consumer group) and renews its TTL.
-/// Returns 1 if it already existed.
-static KEEP_REPLIES: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local existed = redis.call('EXISTS', KEYS[1])
-if existed == 0 then redis.call('XGROUP', 'CREATE', KEYS[1], 'gateway', '$', 'MKSTREAM') end
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return existed
-",
-    )
-});
-
-/// Backlog, pending count, oldest waiting job and live workers' statuses of one pool.
-static POOL_STATS: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local len = redis.call('XLEN', KEYS[1])
-local pending = 0
-local oldest = false
-local p = redis.pcall('XPENDING', KEYS[1], ARGV[1])
-if type(p) == 'table' and p.err == nil then pending = p[1] end
-local g = redis.pcall('XINFO', 'GROUPS', KEYS[1])
-local last = '0-0'
-if type(g) == 'table' and g.err == nil then
-  for _, grp in ipairs(g) do
-    for i = 1, #grp, 2 do
-      if grp[i] == 'name' and grp[i + 1] ~= ARGV[1] then break end
-      if grp[i] == 'last-delivered-id' then last = grp[i + 1] end
-    end
-  end
-end
-local first = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 1)
-if #first > 0 then oldest = first[1][1] end
-local live = redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[2], '+inf')
-local statuses = {}
-if #live > 0 then statuses = redis.call('HMGET', KEYS[3], unpack(live)) end
-return {len, pending, oldest, statuses}
-",
-    )
-});
+/// A pool's queue limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Most jobs waiting for a worker (`pools.<p>.max_queue`).
+    pub max_queue: u64,
+    /// Most bytes of job bodies on the pool's stream (`pools.<p>.max_queue_bytes`).
+    pub max_queue_bytes: u64,
+}
 
 /// Result of an enqueue attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,6 +30,11 @@ pub enum Enqueued {
     Full {
         /// Backlog at the time.
         backlog: u64,
+    },
+    /// Refused: the job would take the pool's queued bytes past `max_queue_bytes`.
+    FullBytes {
+        /// Queued bytes at the time.
+        bytes: u64,
     },
 }
 
@@ -133,6 +58,8 @@ pub struct PoolStats {
     pub oldest_waiting_ms: Option<u64>,
     /// Statuses of workers whose heartbeat has not expired.
     pub workers: Vec<WorkerStatus>,
+    /// Bytes of job bodies on the stream.
+    pub queued_bytes: u64,
 }
 
 impl PoolStats {
@@ -147,48 +74,61 @@ fn entry_ms(id: &str) -> Option<u64> {
 }
 
 impl Redis {
-    /// Admits and enqueues a job on `pool`'s stream.
+    /// Admits and enqueues a job on `pool`'s stream. A Redis at `maxmemory` refuses it
+    /// ([`QueueError::OutOfMemory`]) before anything is written.
     pub async fn enqueue(
         &self,
         pool: &str,
         job: &Job,
-        max_queue: u64,
+        limits: QueueLimits,
     ) -> Result<Enqueued, QueueError> {
         let mut inv = ENQUEUE.prepare_invoke();
-        inv.key(self.keys().jobs(pool)).arg(GROUP).arg(max_queue);
+        inv.key(self.keys().jobs(pool))
+            .key(self.keys().queued_bytes(pool))
+            .arg(GROUP)
+            .arg(limits.max_queue)
+            .arg(limits.max_queue_bytes)
+            .arg(job.size());
         for (k, v) in job.to_fields() {
             inv.arg(k).arg(&*v);
         }
         let v: Value = self.script(&inv).await?;
         let mut parts = resp::array(v)?.into_iter();
         let flag = parts.next().as_ref().and_then(resp::int);
-        let val = parts.next();
-        match (flag, val) {
-            (Some(1), Some(id)) => Ok(Enqueued::Accepted(
+        match (flag, parts.next(), parts.next()) {
+            (Some(1), Some(id), None) => Ok(Enqueued::Accepted(
                 resp::string(id).ok_or_else(|| QueueError::Malformed("XADD id".into()))?,
             )),
-            (Some(0), Some(n)) => Ok(Enqueued::Full {
-                backlog: resp::int(&n).unwrap_or_default().max(0) as u64,
-            }),
+            (Some(0), Some(which), Some(n)) => {
+                let n = resp::int(&n).unwrap_or_default().max(0) as u64;
+                match resp::string(which).as_deref() {
+                    Some("jobs") => Ok(Enqueued::Full { backlog: n }),
+                    Some("bytes") => Ok(Enqueued::FullBytes { bytes: n }),
+                    other => Err(QueueError::Malformed(format!("enqueue refusal {other:?}"))),
+                }
+            }
             other => Err(QueueError::Malformed(format!("enqueue reply {other:?}"))),
         }
     }
 
-    /// Cancels a job whose client went away. `ttl` bounds how long the marker lives (longer
-    /// than the job could still be claimed or run). An empty `entry_id` (an enqueue whose
-    /// outcome is unknown) only sets the marker: a worker that claims the entry skips it.
+    /// Cancels a job whose client went away. `ttl` bounds how long the marker lives (past the
+    /// job's deadline). An empty `entry_id` (an enqueue whose outcome is unknown) only sets the
+    /// marker: a worker that claims the entry skips it.
     pub async fn cancel(
         &self,
         pool: &str,
         job: &str,
         entry_id: &str,
         ttl: Duration,
+        size: u64,
     ) -> Result<Option<JobState>, QueueError> {
         let mut inv = CANCEL.prepare_invoke();
         inv.key(self.keys().job_state(pool, job))
             .key(self.keys().jobs(pool))
+            .key(self.keys().queued_bytes(pool))
             .arg(entry_id)
-            .arg(ttl.as_millis() as u64);
+            .arg(ttl.as_millis() as u64)
+            .arg(size);
         let prev: Option<String> = self.script(&inv).await?;
         Ok(prev.as_deref().and_then(JobState::parse))
     }
@@ -200,17 +140,41 @@ impl Redis {
         job: &str,
         entry_id: &str,
         ttl: Duration,
+        size: u64,
     ) -> Result<Expiry, QueueError> {
         let mut inv = EXPIRE.prepare_invoke();
         inv.key(self.keys().job_state(pool, job))
             .key(self.keys().jobs(pool))
+            .key(self.keys().queued_bytes(pool))
             .arg(entry_id)
-            .arg(ttl.as_millis() as u64);
+            .arg(ttl.as_millis() as u64)
+            .arg(size);
         let cur: Option<String> = self.script(&inv).await?;
         Ok(match cur.as_deref().and_then(JobState::parse) {
-            None | Some(JobState::Cancelled) => Expiry::Expired,
+            None | Some(JobState::Cancelled | JobState::Queued { .. }) => Expiry::Expired,
             Some(state) => Expiry::Running(state),
         })
+    }
+
+    /// Workers of `pool` whose heartbeat has not expired at `now_ms`.
+    pub async fn live_workers(&self, pool: &str, now_ms: u64) -> Result<Vec<String>, QueueError> {
+        self.query(
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(self.keys().workers(pool))
+                .arg(now_ms)
+                .arg("+inf"),
+        )
+        .await
+    }
+
+    /// The Redis server's `run_id`: a new one means the server restarted (and, without
+    /// persistence, lost every key).
+    pub async fn run_id(&self) -> Result<String, QueueError> {
+        let info: String = self.query(redis::cmd("INFO").arg("server")).await?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_owned())
+            .ok_or_else(|| QueueError::Malformed("INFO server without run_id".into()))
     }
 
     /// Ensures a gateway's reply stream exists and renews its TTL; `Ok(false)` means it had
@@ -243,6 +207,7 @@ impl Redis {
         inv.key(keys.jobs(pool))
             .key(keys.workers(pool))
             .key(keys.worker_status(pool))
+            .key(keys.queued_bytes(pool))
             .arg(GROUP)
             .arg(now_ms);
         let v: Value = self.script(&inv).await?;
@@ -271,11 +236,18 @@ impl Redis {
                 .collect(),
             None => Vec::new(),
         };
+        let queued_bytes = parts
+            .next()
+            .as_ref()
+            .and_then(resp::int)
+            .unwrap_or(0)
+            .max(0) as u64;
         Ok(PoolStats {
             backlog: len.saturating_sub(pending),
             pending,
             oldest_waiting_ms,
             workers,
+            queued_bytes,
         })
     }
 }

@@ -222,6 +222,10 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// A message containing this makes the stub break the connection before any output (a
+/// request that crashes its engine), for the fault tests.
+pub const CRASH_MARKER: &str = "ssw-stub:crash";
+
 async fn chat(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: Bytes) -> Response {
     let body: Value = match serde_json::from_slice(&body) {
         Ok(v @ Value::Object(_)) => v,
@@ -264,6 +268,24 @@ async fn chat(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: Bytes) ->
             500,
             &error_body(500, "InternalServerError", "stub: injected engine failure"),
         );
+    }
+    if body
+        .get("messages")
+        .is_some_and(|m| m.to_string().contains(CRASH_MARKER))
+    {
+        // A poison request: the engine dies under it. The response starts, then the
+        // connection breaks before any output, as when vLLM's engine process crashes.
+        stub.counters.errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!("stub: crashing on a poison request");
+        let broken = futures::stream::once(async {
+            Err::<Bytes, std::io::Error>(std::io::Error::other("stub: engine crashed"))
+        });
+        let mut resp = Response::new(axum::body::Body::from_stream(broken));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
+        return resp;
     }
     let mut pace = match &stub.engine {
         Some(engine) => Pace::Engine(engine.submit(plan.prompt_tokens, plan.completion_tokens())),

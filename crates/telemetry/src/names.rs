@@ -47,7 +47,11 @@ metrics! {
     /// Requests answered by the gateway.
     GATEWAY_REQUESTS = "ssw_gateway_requests_total", Counter, ["pool", "stream", "status", "code"], "Chat-completion requests answered, by pool, streaming or not, HTTP status and code (ok or an error code; 499 client_closed when the client left).";
     /// Requests refused before or instead of running.
-    GATEWAY_REJECTIONS = "ssw_gateway_rejections_total", Counter, ["pool", "reason"], "Requests refused, by reason: queue_full, queue_timeout, queue_unavailable, model_not_found, auth, bad_request, too_large, request_timeout, server_busy, shutting_down.";
+    GATEWAY_REJECTIONS = "ssw_gateway_rejections_total", Counter, ["pool", "reason"], "Requests refused, by reason: queue_full, queue_timeout, queue_unavailable, queue_memory_full, model_not_found, auth, bad_request, too_large, request_timeout, server_busy, shutting_down.";
+    /// Reply events a gateway did not deliver.
+    GATEWAY_EVENTS_DROPPED = "ssw_gateway_reply_events_dropped_total", Counter, ["reason"], "Reply events not delivered to a request: stale (from a run its job was taken away from), duplicate (sent twice), gap (events before it were lost: the request fails).";
+    /// Requests re-enqueued after Redis lost them.
+    GATEWAY_RESUBMITTED = "ssw_gateway_requests_resubmitted_total", Counter, ["pool"], "Requests the gateway enqueued again because Redis restarted and lost them before any answer reached the client.";
     /// Clients that left early.
     GATEWAY_DISCONNECTS = "ssw_gateway_client_disconnects_total", Counter, ["pool"], "Clients that disconnected before their answer was complete (the job is cancelled).";
     /// Requests in flight.
@@ -77,6 +81,8 @@ metrics! {
     QUEUE_BACKLOG = "ssw_queue_backlog", Gauge, ["pool"], "Jobs waiting for a worker (sampled by each gateway).";
     /// Jobs claimed, unfinished.
     QUEUE_PENDING = "ssw_queue_pending", Gauge, ["pool"], "Jobs claimed by a worker and not finished.";
+    /// Bytes of job bodies queued.
+    QUEUE_BYTES = "ssw_queue_bytes", Gauge, ["pool"], "Bytes of job bodies on the pool's stream, waiting or running (limited by max_queue_bytes).";
     /// Oldest waiting job's age.
     QUEUE_OLDEST_AGE = "ssw_queue_oldest_age_seconds", Gauge, ["pool"], "Age of the oldest job waiting for a worker (0 when none).";
     /// Live workers.
@@ -85,7 +91,7 @@ metrics! {
     POOL_SERVING_WORKERS = "ssw_pool_serving_workers", Gauge, ["pool"], "Live workers whose engine is up and that are not draining.";
 
     /// Jobs by outcome.
-    WORKER_JOBS = "ssw_worker_jobs_total", Counter, ["pool", "worker", "outcome"], "Jobs ended, by outcome: ok, engine_rejected, engine_error, requeued, cancelled, expired, orphaned, reclaimed (taken over from a dead worker).";
+    WORKER_JOBS = "ssw_worker_jobs_total", Counter, ["pool", "worker", "outcome"], "Jobs ended, by outcome: ok, engine_rejected, engine_error, too_large, requeued, crash_requeued (the request may have crashed the engine), engine_crashed (it did, on every replica allowed), bounced (handed to another replica after crashing this one), cancelled, expired, orphaned (its worker died mid-answer), orphaned_gateway (its gateway died), lost (taken over by another worker), reclaimed (taken over from a dead worker).";
     /// Jobs running.
     WORKER_INFLIGHT = "ssw_worker_inflight_jobs", Gauge, ["pool", "worker"], "Jobs running on this worker.";
     /// Free slots.

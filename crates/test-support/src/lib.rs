@@ -28,7 +28,6 @@ pub fn test_config() -> Config {
     w.heartbeat_interval = Duration::from_millis(100);
     w.heartbeat_ttl = Duration::from_secs(1);
     w.engine_poll_interval = Duration::from_millis(100);
-    w.reclaim_idle = Duration::from_secs(1);
     w.cancel_poll_interval = Duration::from_millis(100);
     w.keepalive_interval = Duration::from_millis(250);
     w.drain_timeout = Duration::from_secs(10);

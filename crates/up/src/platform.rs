@@ -9,7 +9,7 @@ use std::time::Duration;
 use ssw_config::{Config, StubConfig};
 
 use crate::process::Child;
-use crate::redis::RedisServer;
+use crate::redis::{RedisOptions, RedisServer};
 use crate::{UpError, io};
 
 /// What serves a replica's requests.
@@ -137,7 +137,28 @@ pub struct Platform {
     /// The gateway's operators' listener (`gateway.ops_listen` set in the spec's config).
     pub ops_url: Option<String>,
     spec: PlatformSpec,
+    /// Copies of the gateway's listeners, handed to it again when it is restarted (clients
+    /// that connect meanwhile wait in the kernel's queue).
+    gateway_listeners: Vec<(&'static str, TcpListener)>,
+    /// Each replica's engine URL.
+    engine_urls: BTreeMap<String, String>,
+    /// Restart bookkeeping per child name.
+    restarts: BTreeMap<String, Restarts>,
     dir: TempDir,
+}
+
+/// How often a child was restarted, and when it may be next.
+#[derive(Debug)]
+struct Restarts {
+    count: u32,
+    not_before: tokio::time::Instant,
+    started: tokio::time::Instant,
+}
+
+/// Restart back-off: 100 ms doubling to 5 s, reset after a child ran for a minute (as
+/// systemd's `RestartSec` with `RestartSteps` does on the appliance).
+fn backoff(count: u32) -> Duration {
+    (Duration::from_millis(100) * 2u32.saturating_pow(count.min(6))).min(Duration::from_secs(5))
 }
 
 /// Binds with a deep accept queue: a burst of thousands of connections must not overflow it
@@ -170,7 +191,11 @@ impl Platform {
         let (redis, redis_url) = match &spec.redis_url {
             Some(url) => (None, url.clone()),
             None => {
-                let r = RedisServer::start(dir.path()).await?;
+                let options = RedisOptions {
+                    max_memory: spec.config.redis_max_memory().bytes(),
+                    aof: spec.config.redis.persistence == ssw_config::Persistence::Aof,
+                };
+                let r = RedisServer::start_with(dir.path(), options).await?;
                 let url = r.url();
                 (Some(r), url)
             }
@@ -204,6 +229,9 @@ impl Platform {
             stubs: BTreeMap::new(),
             worker_metrics: BTreeMap::new(),
             spec,
+            gateway_listeners: Vec::new(),
+            engine_urls: BTreeMap::new(),
+            restarts: BTreeMap::new(),
             dir,
         };
         for replica in platform.spec.replicas.clone() {
@@ -211,6 +239,9 @@ impl Platform {
                 EngineSpec::External(url) => url.clone(),
                 EngineSpec::Stub(stub) => platform.spawn_stub(&replica, stub.clone())?,
             };
+            platform
+                .engine_urls
+                .insert(replica.id.clone(), engine_url.clone());
             platform.spawn_worker(
                 &replica.id,
                 &replica.pool,
@@ -218,12 +249,142 @@ impl Platform {
                 replica.gpus.clone(),
             )?;
         }
-        let cfg = platform.base_config();
-        let path = platform.write_config("gateway", &cfg)?;
         let mut listeners = vec![("gateway", gateway_listener)];
         listeners.extend(ops.map(|(l, _)| ("ops", l)));
-        platform.gateway = Some(platform.spawn_ssw("gateway", "gateway", &path, listeners)?);
+        platform.gateway_listeners = listeners
+            .iter()
+            .map(|(n, l)| Ok((*n, l.try_clone()?)))
+            .collect::<std::io::Result<_>>()
+            .map_err(io("keeping the gateway's listeners"))?;
+        platform.gateway = Some(platform.spawn_gateway(listeners)?);
         Ok(platform)
+    }
+
+    fn spawn_gateway(&self, listeners: Vec<(&str, TcpListener)>) -> Result<Child, UpError> {
+        let cfg = self.base_config();
+        let path = self.write_config("gateway", &cfg)?;
+        self.spawn_ssw("gateway", "gateway", &path, listeners)
+    }
+
+    /// Starts the gateway again on the same listeners (after it exited or was killed).
+    pub async fn restart_gateway(&mut self) -> Result<(), UpError> {
+        if let Some(mut g) = self.gateway.take() {
+            g.signal(libc::SIGKILL);
+            let _ = g.wait().await;
+        }
+        let listeners = self
+            .gateway_listeners
+            .iter()
+            .map(|(n, l)| Ok((*n, l.try_clone()?)))
+            .collect::<std::io::Result<_>>()
+            .map_err(io("handing the gateway its listeners"))?;
+        self.gateway = Some(self.spawn_gateway(listeners)?);
+        Ok(())
+    }
+
+    /// Restarts, with back-off, every child that has exited (Redis included, on its port;
+    /// stubs on theirs, the gateway on its listeners), as systemd does on the appliance.
+    /// Returns a line for each restart and for each child waiting for its back-off.
+    pub async fn supervise(&mut self) -> Vec<String> {
+        let mut exited: Vec<(String, String)> = Vec::new();
+        if let Some(r) = self.redis.as_mut()
+            && let Some(status) = r.exited()
+        {
+            exited.push(("redis-server".into(), status));
+        }
+        if let Some(g) = self.gateway.as_mut()
+            && let Some(status) = g.try_wait()
+        {
+            exited.push(("gateway".into(), status.to_string()));
+        }
+        for (id, (c, _)) in &mut self.stubs {
+            if let Some(status) = c.try_wait() {
+                exited.push((format!("stub {id}"), status.to_string()));
+            }
+        }
+        for (id, c) in &mut self.workers {
+            if let Some(status) = c.try_wait() {
+                exited.push((format!("worker {id}"), status.to_string()));
+            }
+        }
+        let now = tokio::time::Instant::now();
+        let mut out = Vec::new();
+        for (name, status) in exited {
+            let r = self.restarts.entry(name.clone()).or_insert(Restarts {
+                count: 0,
+                not_before: now,
+                started: now,
+            });
+            if now.duration_since(r.started) > Duration::from_secs(60) {
+                r.count = 0;
+            }
+            if now < r.not_before {
+                continue;
+            }
+            let result = self.restart_child(&name).await;
+            let r = self.restarts.get_mut(&name).expect("inserted above");
+            r.count += 1;
+            r.started = now;
+            r.not_before = now + backoff(r.count);
+            out.push(match result {
+                Ok(()) => format!("restarted {name} ({status}; restart {})", r.count),
+                Err(e) => format!("{name} exited ({status}); restart failed: {e}"),
+            });
+        }
+        out
+    }
+
+    async fn restart_child(&mut self, name: &str) -> Result<(), UpError> {
+        if name == "redis-server" {
+            if let Some(r) = self.redis.as_mut() {
+                r.restart().await?;
+            }
+            return Ok(());
+        }
+        if name == "gateway" {
+            return self.restart_gateway().await;
+        }
+        if let Some(id) = name.strip_prefix("stub ") {
+            return self.restart_stub(id).await;
+        }
+        if let Some(id) = name.strip_prefix("worker ") {
+            let replica = self
+                .spec
+                .replicas
+                .iter()
+                .find(|r| r.id == id)
+                .cloned()
+                .ok_or_else(|| UpError::NotReady(format!("no replica {id}")))?;
+            let url = self.engine_urls.get(id).cloned().unwrap_or_default();
+            return self.spawn_worker(id, &replica.pool, &url, replica.gpus);
+        }
+        Ok(())
+    }
+
+    /// Starts a replica's stub engine again on its port.
+    pub async fn restart_stub(&mut self, id: &str) -> Result<(), UpError> {
+        let replica = self
+            .spec
+            .replicas
+            .iter()
+            .find(|r| r.id == id)
+            .cloned()
+            .ok_or_else(|| UpError::NotReady(format!("no replica {id}")))?;
+        let EngineSpec::Stub(stub) = replica.engine.clone() else {
+            return Ok(());
+        };
+        let Some((mut old, url)) = self.stubs.remove(id) else {
+            return Ok(());
+        };
+        old.signal(libc::SIGKILL);
+        let _ = old.wait().await;
+        let addr: SocketAddr = url
+            .trim_start_matches("http://")
+            .parse()
+            .map_err(|_| UpError::NotReady(format!("stub url {url}")))?;
+        let listener = bind(addr).map_err(io(format!("binding {addr} again")))?;
+        self.spawn_stub_on(&replica, stub, listener, url)?;
+        Ok(())
     }
 
     /// The configuration every child starts from (Redis URL filled in).
@@ -292,12 +453,23 @@ impl Platform {
             }
         }
         let (listener, url) = bind_loopback()?;
+        self.spawn_stub_on(replica, stub, listener, url.clone())?;
+        Ok(url)
+    }
+
+    fn spawn_stub_on(
+        &mut self,
+        replica: &ReplicaSpec,
+        stub: StubConfig,
+        listener: TcpListener,
+        url: String,
+    ) -> Result<(), UpError> {
         let mut cfg = self.base_config();
         cfg.stub = stub;
         let path = self.write_config(&format!("stub-{}", replica.id), &cfg)?;
         let child = self.spawn_ssw("stub", &replica.id, &path, vec![("stub", listener)])?;
-        self.stubs.insert(replica.id.clone(), (child, url.clone()));
-        Ok(url)
+        self.stubs.insert(replica.id.clone(), (child, url));
+        Ok(())
     }
 
     /// Starts (or restarts) a worker process.

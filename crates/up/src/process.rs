@@ -32,7 +32,35 @@ impl Child {
         listeners: Vec<(&str, TcpListener)>,
         log: Option<&Path>,
     ) -> Result<Self, UpError> {
-        let name = name.into();
+        let log = match log {
+            Some(path) => Some(
+                std::fs::File::create(path).map_err(io(format!("creating {}", path.display())))?,
+            ),
+            None => None,
+        };
+        Self::spawn_inner(name.into(), program, args, env, listeners, log)
+    }
+
+    /// Like [`Child::spawn`], output to an open file.
+    pub fn spawn_with_log(
+        name: impl Into<String>,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, String)],
+        listeners: Vec<(&str, TcpListener)>,
+        log: std::fs::File,
+    ) -> Result<Self, UpError> {
+        Self::spawn_inner(name.into(), program, args, env, listeners, Some(log))
+    }
+
+    fn spawn_inner(
+        name: String,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, String)],
+        listeners: Vec<(&str, TcpListener)>,
+        log: Option<std::fs::File>,
+    ) -> Result<Self, UpError> {
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args).stdin(Stdio::null()).kill_on_drop(true);
         for (k, v) in env {
@@ -45,9 +73,7 @@ impl Child {
                 .env("LISTEN_FDNAMES", names.join(":"))
                 .env_remove("LISTEN_PID");
         }
-        if let Some(path) = log {
-            let f =
-                std::fs::File::create(path).map_err(io(format!("creating {}", path.display())))?;
+        if let Some(f) = log {
             let f2 = f.try_clone().map_err(io("log file"))?;
             cmd.stdout(f).stderr(f2);
         }

@@ -3,10 +3,19 @@
 //! Outcomes: the engine's answer goes back chunk by chunk (streaming) or whole; an engine 4xx
 //! goes back as an OpenAI error with the engine's status; a refused connection or a 5xx before
 //! any output puts the job back on the queue for another worker (bounded attempts, then 502);
-//! a failure after output is an explicit error event. A cancelled job's engine request is
-//! dropped, which closes the connection: vLLM aborts a request whose client goes away.
+//! a request that looks like it crashed its engine (the connection reset, the answer broke off
+//! before output) is retried at most `max_crash_retries` times, elsewhere, then answered 502
+//! `engine_crashed`; a failure after output is an explicit error event. A cancelled job's
+//! engine request is dropped, which closes the connection: vLLM aborts a request whose client
+//! goes away.
+//!
+//! Every event of a run carries the run's fence (from its claim) and its place in the run
+//! (a sequence number from 0), so the gateway can drop events of a superseded run and notice
+//! lost or repeated ones. A run that learns it no longer owns its job (another worker took it
+//! over, or Redis lost it) stops without writing anything.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, Shared};
@@ -14,7 +23,7 @@ use futures::{FutureExt, StreamExt};
 use ssw_protocol::error::{ErrorCode, ErrorEnvelope};
 use ssw_protocol::job::Job;
 use ssw_protocol::reply::{Reply, ReplyEvent};
-use ssw_queue::consumer::Claim;
+use ssw_queue::consumer::{Claim, Commit, Requeue};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -25,14 +34,56 @@ use crate::engine::error_chain;
 enum Outcome {
     /// Send this last event (if any) and remove the job.
     Done(Option<ReplyEvent>),
-    /// Nothing reached the client; another worker may try.
-    Retry(String),
+    /// Nothing reached the client; another worker may try. `crash`: the failure looks like the
+    /// request crashed the engine.
+    Retry { reason: String, crash: bool },
     /// The client or its gateway is gone, or the job was aborted: remove it silently.
     Gone,
+    /// This run no longer owns the job (taken over, or Redis lost it): touch nothing.
+    Lost,
+}
+
+fn retry(reason: String) -> Outcome {
+    Outcome::Retry {
+        reason,
+        crash: false,
+    }
+}
+
+fn crashed(reason: String) -> Outcome {
+    Outcome::Retry {
+        reason,
+        crash: true,
+    }
 }
 
 fn fail(ctx: &Ctx, code: ErrorCode, message: &str) -> ReplyEvent {
     ReplyEvent::fail(code, ctx.id.clone(), message)
+}
+
+/// Stamps a run's events with its fence and their order.
+pub struct Sender {
+    job: String,
+    seq: AtomicU32,
+}
+
+impl Sender {
+    fn new(job: &str) -> Self {
+        Self {
+            job: job.to_owned(),
+            seq: AtomicU32::new(0),
+        }
+    }
+
+    /// The run's next event.
+    fn reply(&self, fence: u32, event: ReplyEvent) -> Reply {
+        Reply {
+            job: self.job.clone(),
+            fence,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            event,
+        }
+    }
 }
 
 /// Most engine bytes coalesced into one reply entry while a write is in flight; beyond, the
@@ -65,6 +116,8 @@ pub struct Pulled {
     pub entry_id: String,
     /// The job.
     pub job: Job,
+    /// What it counts for in the pool's queued bytes.
+    pub size: u64,
     /// When this worker pulled it (reported to the gateway as the claim time).
     pub pulled_ms: u64,
     /// Taken over from a worker that died.
@@ -73,30 +126,50 @@ pub struct Pulled {
     pub early: bool,
 }
 
+/// What the claim decided, with what the worker checked beside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Run it, as run `fence`.
+    Run {
+        /// The run's fence.
+        fence: u32,
+    },
+    /// The claim did not let this worker run it (never [`Claim::Run`]).
+    Refused(Claim),
+    /// The claim let it run, but the gateway that owns it is gone: nobody would read the
+    /// answer. Finished silently as run `fence`.
+    GatewayGone {
+        /// The run's fence.
+        fence: u32,
+    },
+}
+
 /// The claim's verdict on one job, awaited wherever it matters; `None` when the claim failed.
-pub type Verdict = Shared<BoxFuture<'static, Option<Claim>>>;
+pub type Verdict = Shared<BoxFuture<'static, Option<Decision>>>;
 
 /// A verdict to be sent once the batch's claim has answered.
-pub fn verdict() -> (oneshot::Sender<Option<Claim>>, Verdict) {
+pub fn verdict() -> (oneshot::Sender<Option<Decision>>, Verdict) {
     let (tx, rx) = oneshot::channel();
     (tx, async move { rx.await.ok().flatten() }.boxed().shared())
 }
 
 /// The verdict, if it does not let this worker run the job.
-async fn refusal(verdict: &Verdict) -> Option<Option<Claim>> {
+async fn refusal(verdict: &Verdict) -> Option<Option<Decision>> {
     let v = verdict.clone().await;
-    (v != Some(Claim::Run)).then_some(v)
+    (!matches!(v, Some(Decision::Run { .. }))).then_some(v)
 }
 
-/// Resolves once the claim lets this worker run the job; never if it does not.
-async fn claimed(verdict: &Verdict) {
-    if refusal(verdict).await.is_some() {
-        std::future::pending::<()>().await;
+/// Resolves with the run's fence once the claim lets this worker run the job; never if it
+/// does not.
+async fn claimed(verdict: &Verdict) -> u32 {
+    match verdict.clone().await {
+        Some(Decision::Run { fence }) => fence,
+        _ => std::future::pending().await,
     }
 }
 
 /// Resolves with the verdict if it does not let this worker run the job; never otherwise.
-async fn refused(verdict: &Verdict) -> Option<Claim> {
+async fn refused(verdict: &Verdict) -> Option<Decision> {
     match refusal(verdict).await {
         Some(v) => v,
         None => std::future::pending().await,
@@ -108,30 +181,58 @@ enum Race {
     /// The client cancelled (or the drain timed out).
     Cancelled,
     /// The claim refused the job while its engine request was starting.
-    Refused(Option<Claim>),
+    Refused(Option<Decision>),
     /// The engine request ended (or timed out).
     Done(Result<Outcome, tokio::time::error::Elapsed>),
 }
 
+/// Why a running job was told to stop (set before its cancel token fires).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Its client cancelled.
+    Cancelled,
+    /// Another run owns the job now, or Redis lost its state.
+    Lost,
+    /// The gateway that owns it is gone.
+    GatewayGone,
+    /// The worker is shutting down and the drain timed out.
+    Drain,
+}
+
 /// Runs a pulled job to its end. A job marked `early` starts its engine request while the claim
 /// is on its way, but nothing about it reaches Redis or the client before the claim lets this
-/// worker run it; a refusal drops the engine request, which aborts it. Returns whether the
-/// engine request was made.
+/// worker run it; a refusal drops the engine request, which aborts it. `stop` says why `cancel`
+/// fired. Returns whether the engine request was made.
 pub async fn run(
     ctx: Arc<Ctx>,
     pulled: Pulled,
     verdict: Verdict,
     cancel: CancellationToken,
+    stop: Arc<std::sync::Mutex<Option<Stop>>>,
 ) -> bool {
     let Pulled {
         entry_id,
         job,
+        size,
         pulled_ms: claimed_ms,
         reclaimed,
         early,
     } = pulled;
+    let sender = Sender::new(&job.id);
     if !early && let Some(v) = refusal(&verdict).await {
-        refuse(&ctx, &entry_id, &job, v).await;
+        refuse(&ctx, &entry_id, &job, size, &sender, v).await;
+        return false;
+    }
+    if let Some(Decision::Run { fence }) = verdict.clone().now_or_never().flatten()
+        && job.crashed_on == ctx.id
+        && ctx.bounce(&job.id)
+    {
+        // It crashed this worker's engine last time: let another replica try first (once).
+        tracing::info!("job crashed this engine before; handing it to another replica");
+        crate::telemetry::job(&ctx, "bounced");
+        if let Err(e) = put_back(&ctx, &entry_id, job, fence, &sender).await {
+            tracing::warn!(error = %e, "cannot hand the job back");
+        }
         return false;
     }
     let started = tokio::time::Instant::now();
@@ -140,27 +241,30 @@ pub async fn run(
         biased;
         _ = cancel.cancelled() => Race::Cancelled,
         v = refused(&verdict) => Race::Refused(v),
-        r = tokio::time::timeout(ctx.cfg.engine_request_timeout, execute(&ctx, &job, claimed_ms, &mut head_sent, &verdict)) => Race::Done(r),
+        r = tokio::time::timeout(ctx.cfg.engine_request_timeout, execute(&ctx, &job, claimed_ms, &mut head_sent, &verdict, &sender)) => Race::Done(r),
     };
     let refused = match race {
         Race::Refused(v) => Some(v),
         _ => refusal(&verdict).await,
     };
     if let Some(v) = refused {
-        refuse(&ctx, &entry_id, &job, v).await;
+        refuse(&ctx, &entry_id, &job, size, &sender, v).await;
         return true;
     }
+    let fence = claimed(&verdict).await;
     if reclaimed {
         crate::telemetry::job(&ctx, "reclaimed");
     }
     tracing::debug!(
         queued_ms = claimed_ms.saturating_sub(job.enqueued_ms),
+        fence,
         "claimed"
     );
     let outcome = match race {
         Race::Done(r) => Some(r),
         Race::Cancelled | Race::Refused(_) => None,
     };
+    let why = *stop.lock().unwrap_or_else(|p| p.into_inner());
     let outcome = match outcome {
         Some(Ok(o)) => o,
         Some(Err(_)) => Outcome::Done(Some(fail(
@@ -168,25 +272,31 @@ pub async fn run(
             ErrorCode::UpstreamError,
             "the engine took too long",
         ))),
-        None if ctx.drain_aborted() => {
+        None => match why {
             // Shutting down with the job unfinished: give it to another worker if the client
             // has not seen anything yet.
-            if head_sent {
-                Outcome::Done(Some(fail(
-                    &ctx,
-                    ErrorCode::UpstreamError,
-                    "the worker shut down mid-answer",
-                )))
-            } else {
-                Outcome::Retry("worker shut down".into())
+            Some(Stop::Drain) if head_sent => Outcome::Done(Some(fail(
+                &ctx,
+                ErrorCode::UpstreamError,
+                "the worker shut down mid-answer",
+            ))),
+            Some(Stop::Drain) => retry("worker shut down".into()),
+            Some(Stop::Lost) => {
+                tracing::warn!("job taken over or lost by the queue; engine request dropped");
+                Outcome::Lost
             }
-        }
-        None => {
-            tracing::info!("job cancelled by its client; engine request dropped");
-            Outcome::Gone
-        }
+            Some(Stop::GatewayGone) => {
+                tracing::info!("job's gateway is gone; engine request dropped");
+                Outcome::Gone
+            }
+            Some(Stop::Cancelled) | None => {
+                tracing::info!("job cancelled by its client; engine request dropped");
+                Outcome::Gone
+            }
+        },
     };
     crate::telemetry::engine_duration(&ctx, started.elapsed());
+    let max_crashes = ctx.max_crash_retries;
     crate::telemetry::job(
         &ctx,
         match &outcome {
@@ -199,32 +309,55 @@ pub async fn run(
                 "engine_rejected"
             }
             Outcome::Done(_) => "ok",
-            Outcome::Retry(_) if job.attempt >= ctx.max_attempts => "engine_error",
-            Outcome::Retry(_) => "requeued",
+            Outcome::Retry { crash: true, .. } if job.crashes >= max_crashes => "engine_crashed",
+            Outcome::Retry { crash: true, .. } => "crash_requeued",
+            Outcome::Retry { .. } if job.attempt >= ctx.max_attempts => "engine_error",
+            Outcome::Retry { .. } => "requeued",
             Outcome::Gone => "cancelled",
+            Outcome::Lost => "lost",
         },
     );
     let pool = &ctx.pool;
+    let run = (ctx.id.as_str(), fence);
     let result = match outcome {
         Outcome::Done(event) => {
-            let reply = event.map(|event| Reply {
-                job: job.id.clone(),
-                event,
-            });
+            let reply = event.map(|event| sender.reply(fence, event));
             ctx.redis
-                .finish(pool, &entry_id, &job.reply_to, reply.as_ref(), &job.id)
+                .finish(
+                    pool,
+                    &entry_id,
+                    &job.reply_to,
+                    reply.as_ref(),
+                    &job.id,
+                    run,
+                    size,
+                )
                 .await
                 .map(|_| ())
         }
         Outcome::Gone => ctx
             .redis
-            .finish(pool, &entry_id, &job.reply_to, None, &job.id)
+            .finish(pool, &entry_id, &job.reply_to, None, &job.id, run, size)
             .await
             .map(|_| ()),
-        Outcome::Retry(reason) => retry(&ctx, &entry_id, job.clone(), reason).await,
+        Outcome::Lost => Ok(()),
+        Outcome::Retry { reason, crash } => {
+            give_back(
+                &ctx,
+                &entry_id,
+                job.clone(),
+                size,
+                fence,
+                &sender,
+                reason,
+                crash,
+            )
+            .await
+        }
     };
     if let Err(e) = result {
-        // The entry stays pending; another worker reclaims it after `reclaim_idle`.
+        // The entry stays pending; a live worker reclaims it once this one's heartbeat stops,
+        // or this one's next attempt at the job sees it.
         tracing::warn!(error = %e, "cannot report the job's end to redis");
     }
     tracing::info!(
@@ -237,10 +370,26 @@ pub async fn run(
 
 /// Handles a job the claim did not let this worker run (`None`: the claim failed, so the entry
 /// stays pending until a live worker reclaims it).
-async fn refuse(ctx: &Ctx, entry_id: &str, job: &Job, verdict: Option<Claim>) {
+async fn refuse(
+    ctx: &Ctx,
+    entry_id: &str,
+    job: &Job,
+    size: u64,
+    sender: &Sender,
+    verdict: Option<Decision>,
+) {
     match verdict {
-        None | Some(Claim::Run) => {}
-        Some(claim @ (Claim::Cancelled | Claim::Expired)) => {
+        None | Some(Decision::Run { .. } | Decision::Refused(Claim::Run { .. })) => {}
+        Some(Decision::GatewayGone { fence }) => {
+            tracing::info!("job's gateway is gone; not running it");
+            crate::telemetry::job(ctx, "orphaned_gateway");
+            let run = (ctx.id.as_str(), fence);
+            let _ = ctx
+                .redis
+                .finish(&ctx.pool, entry_id, &job.reply_to, None, &job.id, run, size)
+                .await;
+        }
+        Some(Decision::Refused(claim @ (Claim::Cancelled | Claim::Expired))) => {
             tracing::debug!(?claim, "skipping a job nobody waits for");
             crate::telemetry::job(
                 ctx,
@@ -250,61 +399,112 @@ async fn refuse(ctx: &Ctx, entry_id: &str, job: &Job, verdict: Option<Claim>) {
                     "expired"
                 },
             );
-            let _ = ctx.redis.drop_entry(&ctx.pool, entry_id).await;
+            let _ = ctx.redis.drop_entry(&ctx.pool, entry_id, size).await;
         }
-        Some(Claim::Orphaned) => {
+        Some(Decision::Refused(Claim::Orphaned { fence })) => {
             tracing::warn!("job's worker died mid-answer; telling its client");
             crate::telemetry::job(ctx, "orphaned");
-            let reply = Reply {
-                job: job.id.clone(),
-                event: fail(
+            let reply = sender.reply(
+                fence,
+                fail(
                     ctx,
                     ErrorCode::UpstreamError,
                     "the worker running this request died mid-answer",
                 ),
-            };
-            let _ = ctx
-                .redis
-                .finish(&ctx.pool, entry_id, &job.reply_to, Some(&reply), &job.id)
-                .await;
+            );
+            // The dead run's state is `output:…`, not this run's: drop the entry directly.
+            let _ = ctx.redis.send_reply(&job.reply_to, &reply).await;
+            let _ = ctx.redis.drop_entry(&ctx.pool, entry_id, size).await;
         }
     }
 }
 
-async fn retry(
+/// Puts a job the engine failed before output back on the queue, or answers it when it has
+/// had its attempts (or crashed engines often enough).
+#[allow(clippy::too_many_arguments)] // the run's identity and what went wrong
+async fn give_back(
     ctx: &Ctx,
     entry_id: &str,
     mut job: Job,
+    size: u64,
+    fence: u32,
+    sender: &Sender,
     reason: String,
+    crash: bool,
 ) -> Result<(), ssw_queue::QueueError> {
-    if job.attempt >= ctx.max_attempts {
-        tracing::warn!(attempt = job.attempt, %reason, "engine failed the job on every attempt");
-        let reply = Reply {
-            job: job.id.clone(),
-            event: fail(
-                ctx,
-                ErrorCode::UpstreamError,
-                "the engine failed this request on every attempt",
-            ),
-        };
+    let last = if crash {
+        (job.crashes >= ctx.max_crash_retries).then_some((
+            ErrorCode::EngineCrashed,
+            "the request crashed the engine on every replica it was tried on",
+        ))
+    } else {
+        (job.attempt >= ctx.max_attempts).then_some((
+            ErrorCode::UpstreamError,
+            "the engine failed this request on every attempt",
+        ))
+    };
+    if let Some((code, message)) = last {
+        if crash {
+            // An operator looks for these: the request id and the body's size identify it.
+            tracing::error!(attempt = job.attempt, crashes = job.crashes, bytes = size, %reason,
+                "request crashed its engine on every replica it was tried on; answering 502 engine_crashed");
+        } else {
+            tracing::warn!(attempt = job.attempt, %reason, "engine failed the job on every attempt");
+        }
+        let reply = sender.reply(fence, fail(ctx, code, message));
+        let run = (ctx.id.as_str(), fence);
         return ctx
             .redis
-            .finish(&ctx.pool, entry_id, &job.reply_to, Some(&reply), &job.id)
+            .finish(
+                &ctx.pool,
+                entry_id,
+                &job.reply_to,
+                Some(&reply),
+                &job.id,
+                run,
+                size,
+            )
             .await
             .map(|_| ());
     }
     job.attempt += 1;
+    if crash {
+        job.crashes += 1;
+        job.crashed_on = ctx.id.clone();
+        tracing::warn!(attempt = job.attempt, crashes = job.crashes, %reason,
+            "the request may have crashed the engine; putting it back for another replica");
+    } else {
+        tracing::info!(attempt = job.attempt, %reason, "engine refused the job; putting it back");
+    }
+    put_back(ctx, entry_id, job, fence, sender).await
+}
+
+/// REQUEUE with a new deadline, and tell the gateway the job's new entry.
+async fn put_back(
+    ctx: &Ctx,
+    entry_id: &str,
+    mut job: Job,
+    fence: u32,
+    sender: &Sender,
+) -> Result<(), ssw_queue::QueueError> {
     job.deadline_ms = ssw_queue::now_ms() + ctx.queue_timeout.as_millis() as u64;
-    tracing::info!(attempt = job.attempt, %reason, "engine refused the job; putting it back");
-    if let Some(new_entry) = ctx.redis.requeue(&ctx.pool, entry_id, &job).await? {
-        let reply = Reply {
-            job: job.id.clone(),
-            event: ReplyEvent::Requeued {
-                entry_id: new_entry,
-                deadline_ms: job.deadline_ms,
-            },
-        };
-        ctx.redis.send_reply(&job.reply_to, &reply).await?;
+    let run = (ctx.id.as_str(), fence);
+    match ctx
+        .redis
+        .requeue(&ctx.pool, entry_id, &job, run, ctx.state_ttl)
+        .await?
+    {
+        Requeue::Queued(new_entry) => {
+            let reply = sender.reply(
+                fence,
+                ReplyEvent::Requeued {
+                    entry_id: new_entry,
+                    deadline_ms: job.deadline_ms,
+                },
+            );
+            ctx.redis.send_reply(&job.reply_to, &reply).await?;
+        }
+        Requeue::Cancelled | Requeue::Lost => {}
     }
     Ok(())
 }
@@ -315,6 +515,7 @@ async fn with_keepalive<F: Future>(
     ctx: &Ctx,
     job: &Job,
     verdict: &Verdict,
+    sender: &Sender,
     fut: F,
 ) -> Result<F::Output, Outcome> {
     tokio::pin!(fut);
@@ -324,8 +525,8 @@ async fn with_keepalive<F: Future>(
             out = &mut fut => return Ok(out),
             _ = tokio::time::sleep(every) => {
                 // Nothing is said of a job before its claim; a refusal ends this from `run`.
-                claimed(verdict).await;
-                let ka = Reply { job: job.id.clone(), event: ReplyEvent::KeepAlive };
+                let fence = claimed(verdict).await;
+                let ka = sender.reply(fence, ReplyEvent::KeepAlive);
                 match ctx.redis.send_reply(&job.reply_to, &ka).await {
                     Ok(true) => {}
                     Ok(false) => return Err(Outcome::Gone),
@@ -342,6 +543,7 @@ async fn execute(
     claimed_ms: u64,
     head_sent: &mut bool,
     verdict: &Verdict,
+    sender: &Sender,
 ) -> Outcome {
     let request = ctx
         .engine
@@ -351,15 +553,19 @@ async fn execute(
         .header("x-request-id", &job.request_id)
         .body(job.body.clone())
         .send();
-    let resp = match with_keepalive(ctx, job, verdict, request).await {
+    let resp = match with_keepalive(ctx, job, verdict, sender, request).await {
         Err(o) => return o,
         Ok(Err(e)) => {
             let detail = error_chain(&e);
-            if e.is_connect() {
-                // Stop pulling until a probe finds the engine healthy again.
-                ctx.engine_state.set_up(false, Some(detail.clone()));
-            }
-            return Outcome::Retry(detail);
+            // Stop pulling until a probe finds the engine healthy again.
+            ctx.engine_state.set_up(false, Some(detail.clone()));
+            // A refused connection reached no engine; anything else (reset, closed without an
+            // answer) happened while the engine had the request.
+            return if e.is_connect() {
+                retry(detail)
+            } else {
+                crashed(detail)
+            };
         }
         Ok(Ok(r)) => r,
     };
@@ -371,17 +577,19 @@ async fn execute(
             .ok()
             .flatten()
             .unwrap_or_default();
-        return Outcome::Retry(format!(
+        return retry(format!(
             "engine answered {status}: {}",
             ssw_protocol::chat::quote(&String::from_utf8_lossy(&body))
         ));
     }
     if status >= 400 || !job.stream {
         let max = ctx.cfg.max_response_bytes.bytes() as usize;
-        let body = match with_keepalive(ctx, job, verdict, read_capped(resp, max)).await {
+        let body = match with_keepalive(ctx, job, verdict, sender, read_capped(resp, max)).await {
             Err(o) => return o,
             Ok(Err(e)) => {
-                return Outcome::Retry(format!("engine response cut short: {}", error_chain(&e)));
+                ctx.engine_state
+                    .set_up(false, Some("the engine broke off an answer".into()));
+                return crashed(format!("engine response cut short: {}", error_chain(&e)));
             }
             Ok(Ok(None)) => {
                 tracing::warn!(
@@ -405,7 +613,7 @@ async fn execute(
             body,
         }));
     }
-    stream_body(ctx, job, claimed_ms, resp, head_sent, verdict).await
+    stream_body(ctx, job, claimed_ms, resp, head_sent, verdict, sender).await
 }
 
 /// Forwards the engine's SSE bytes. The response is committed (head sent, job marked as
@@ -422,9 +630,10 @@ async fn stream_body(
     resp: reqwest::Response,
     head_sent: &mut bool,
     verdict: &Verdict,
+    sender: &Sender,
 ) -> Outcome {
-    type Write =
-        std::pin::Pin<Box<dyn Future<Output = Result<bool, ssw_queue::QueueError>> + Send>>;
+    type Write<'a> =
+        std::pin::Pin<Box<dyn Future<Output = Result<Commit, ssw_queue::QueueError>> + Send + 'a>>;
     let mut body = resp.bytes_stream();
     let every = ctx.cfg.keepalive_interval;
     let max = ctx.cfg.max_response_bytes.bytes() as usize;
@@ -432,7 +641,7 @@ async fn stream_body(
     let mut pending: Vec<u8> = Vec::new();
     let mut ended = false;
     let mut broken: Option<String> = None;
-    let mut inflight: Option<Write> = None;
+    let mut inflight: Option<Write<'_>> = None;
     let mut committing = false;
     let mut last_write = tokio::time::Instant::now();
     loop {
@@ -441,33 +650,42 @@ async fn stream_body(
             let reply_to = job.reply_to.clone();
             let data = std::mem::take(&mut pending);
             inflight = Some(if *head_sent {
-                let reply = Reply {
-                    job: job.id.clone(),
-                    event: ReplyEvent::Data(data),
-                };
-                Box::pin(async move { redis.send_reply(&reply_to, &reply).await })
+                let fence = claimed(verdict).now_or_never().unwrap_or_default();
+                let reply = sender.reply(fence, ReplyEvent::Data(data));
+                let write: Write<'_> = Box::pin(async move {
+                    Ok(match redis.send_reply(&reply_to, &reply).await? {
+                        true => Commit::Committed,
+                        false => Commit::GatewayGone,
+                    })
+                });
+                write
             } else {
                 committing = true;
-                let head = Reply {
-                    job: job.id.clone(),
-                    event: ReplyEvent::Head {
-                        worker: ctx.id.clone(),
-                        claimed_ms,
-                        data,
-                    },
-                };
                 let (pool, id, ttl) = (ctx.pool.clone(), ctx.id.clone(), ctx.state_ttl);
                 let verdict = verdict.clone();
+                let worker = ctx.id.clone();
                 Box::pin(async move {
-                    claimed(&verdict).await;
-                    redis.commit_reply(&pool, &id, &reply_to, &head, ttl).await
+                    let fence = claimed(&verdict).await;
+                    let head = sender.reply(
+                        fence,
+                        ReplyEvent::Head {
+                            worker,
+                            claimed_ms,
+                            data,
+                        },
+                    );
+                    redis
+                        .commit_reply(&pool, &id, fence, &reply_to, &head, ttl)
+                        .await
                 })
             });
         }
         if inflight.is_none() && pending.is_empty() {
             if let Some(reason) = broken {
                 if !*head_sent {
-                    return Outcome::Retry(format!("engine stream broke before output: {reason}"));
+                    ctx.engine_state
+                        .set_up(false, Some("the engine broke off a stream".into()));
+                    return crashed(format!("engine stream broke before output: {reason}"));
                 }
                 tracing::warn!(error = %reason, "engine stream broke");
                 return Outcome::Done(Some(fail(
@@ -498,13 +716,14 @@ async fn stream_body(
                 inflight = None;
                 last_write = tokio::time::Instant::now();
                 match written {
-                    Ok(true) if committing => {
+                    Ok(Commit::Committed) if committing => {
                         committing = false;
                         *head_sent = true;
                     }
-                    Ok(true) => {}
-                    Ok(false) => return Outcome::Gone,
-                    Err(e) if committing => return Outcome::Retry(format!("cannot send the head: {e}")),
+                    Ok(Commit::Committed) => {}
+                    Ok(Commit::GatewayGone) => return Outcome::Gone,
+                    Ok(Commit::Lost) => return Outcome::Lost,
+                    Err(e) if committing => return retry(format!("cannot send the head: {e}")),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot forward a chunk");
                         return Outcome::Done(Some(fail(ctx, ErrorCode::UpstreamError, "the worker lost its queue mid-answer")));
@@ -512,8 +731,8 @@ async fn stream_body(
                 }
             }
             _ = tokio::time::sleep_until(last_write + every), if inflight.is_none() => {
-                claimed(verdict).await;
-                let ka = Reply { job: job.id.clone(), event: ReplyEvent::KeepAlive };
+                let fence = claimed(verdict).await;
+                let ka = sender.reply(fence, ReplyEvent::KeepAlive);
                 if let Ok(false) = ctx.redis.send_reply(&job.reply_to, &ka).await {
                     return Outcome::Gone;
                 }

@@ -4,15 +4,15 @@
 //! (`max_inflight`), its engine is healthy and the engine reports no waiting requests: the
 //! backlog stays in Redis, where whichever replica has room takes it. Each job runs on its own
 //! task ([`job`]); background tasks probe the engine ([`engine`]), publish heartbeats, abort
-//! jobs whose client cancelled, keep running jobs from being reclaimed, and reclaim jobs of
-//! workers that died.
+//! jobs whose client cancelled, whose gateway died or whose run was superseded, and reclaim
+//! jobs of workers whose heartbeat expired.
 //!
 //! # Layout
 //! - this file: [`run`], the pull loop and the background tasks.
 //! - [`job`]: one job's execution and outcome.
 //! - [`engine`]: engine client, health and load probe.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,6 +30,7 @@ pub mod job;
 pub mod telemetry;
 
 use engine::{Engine, EngineState};
+use job::{Decision, Stop};
 
 /// Why the worker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -53,10 +54,24 @@ pub enum StartError {
     },
 }
 
-/// A job this worker is running.
+/// A job this worker is running, by entry id.
 struct Running {
-    entry_id: String,
+    job_id: String,
+    reply_to: String,
+    /// The run's fence, once the claim has given one.
+    fence: Option<u32>,
     cancel: CancellationToken,
+    stop: Arc<Mutex<Option<Stop>>>,
+}
+
+impl Running {
+    fn stop(&self, why: Stop) {
+        self.stop
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(why);
+        self.cancel.cancel();
+    }
 }
 
 /// Shared context of the worker's tasks.
@@ -69,6 +84,8 @@ pub struct Ctx {
     pub pool: String,
     /// The pool's `max_attempts`.
     pub max_attempts: u32,
+    /// The pool's `max_crash_retries`.
+    pub max_crash_retries: u32,
     /// The pool's queue timeout (deadline of requeued jobs).
     pub queue_timeout: Duration,
     /// Redis.
@@ -80,6 +97,8 @@ pub struct Ctx {
     /// TTL of job state markers.
     pub state_ttl: Duration,
     running: Mutex<HashMap<String, Running>>,
+    /// Jobs this worker handed to another replica after they crashed its engine (bounded).
+    bounced: Mutex<VecDeque<String>>,
     inflight: AtomicU32,
     slot_freed: Notify,
     draining: AtomicBool,
@@ -107,12 +126,14 @@ impl Ctx {
             id: cfg.id.clone().unwrap_or_else(|| default_id(pool)),
             pool: pool.to_owned(),
             max_attempts: pool_cfg.max_attempts,
+            max_crash_retries: pool_cfg.max_crash_retries,
             queue_timeout: pool_cfg.queue_timeout,
             redis: Redis::new(&config.redis, password)?,
             engine: Engine::new(&cfg, engine_key.as_deref())?,
             engine_state: Arc::new(EngineState::default()),
             state_ttl: job::state_ttl(&cfg),
             running: Mutex::new(HashMap::new()),
+            bounced: Mutex::new(VecDeque::new()),
             inflight: AtomicU32::new(0),
             slot_freed: Notify::new(),
             draining: AtomicBool::new(false),
@@ -129,6 +150,21 @@ impl Ctx {
 
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether to hand `job` to another replica instead of running it: true the first time
+    /// this worker sees it again after it crashed this worker's engine.
+    pub fn bounce(&self, job: &str) -> bool {
+        const REMEMBERED: usize = 1024;
+        let mut b = self.bounced.lock().unwrap_or_else(|p| p.into_inner());
+        if b.iter().any(|j| j == job) {
+            return false;
+        }
+        if b.len() == REMEMBERED {
+            b.pop_front();
+        }
+        b.push_back(job.to_owned());
+        true
     }
 
     /// Jobs running now.
@@ -218,6 +254,15 @@ pub async fn run(
     bg.spawn(watch_running(ctx.clone(), background.clone()));
     bg.close();
 
+    // Live before the first pull: a worker that holds jobs without a heartbeat looks dead, and
+    // others would take its jobs over.
+    if let Err(e) = ctx
+        .redis
+        .heartbeat(&ctx.status(), ssw_queue::now_ms(), ctx.cfg.heartbeat_ttl)
+        .await
+    {
+        tracing::warn!(error = %e, "first heartbeat failed; pulling waits for redis");
+    }
     let jobs = TaskTracker::new();
     pull_loop(&ctx, &jobs, &shutdown).await;
 
@@ -237,7 +282,7 @@ pub async fn run(
         );
         ctx.drain_aborted.store(true, Ordering::Relaxed);
         for r in ctx.running().values() {
-            r.cancel.cancel();
+            r.stop(Stop::Drain);
         }
         jobs.wait().await;
     }
@@ -258,11 +303,16 @@ async fn backoff_sleep(backoff: &mut Duration, shutdown: &CancellationToken) {
     *backoff = (*backoff * 2).min(Duration::from_secs(2));
 }
 
+/// Pending entries one reclaim scan looks at; the next scan resumes after them.
+const RECLAIM_SCAN: usize = 200;
+
 async fn pull_loop(ctx: &Arc<Ctx>, jobs: &TaskTracker, shutdown: &CancellationToken) {
     let mut backoff = Duration::from_millis(50);
     let mut conn = None;
     let mut last_reclaim = tokio::time::Instant::now();
-    let reclaim_every = ctx.cfg.reclaim_idle / 2;
+    // Jobs of a dead worker wait at most its heartbeat TTL plus this.
+    let reclaim_every = ctx.cfg.heartbeat_interval;
+    let mut cursor = String::from("-");
     let mut group_ready = false;
     while !shutdown.is_cancelled() {
         if let Some(why) = ctx.pull_blocked() {
@@ -289,14 +339,25 @@ async fn pull_loop(ctx: &Arc<Ctx>, jobs: &TaskTracker, shutdown: &CancellationTo
         let pulled = if last_reclaim.elapsed() >= reclaim_every {
             last_reclaim = tokio::time::Instant::now();
             ctx.redis
-                .reclaim(&ctx.pool, &ctx.id, ctx.cfg.reclaim_idle, free)
+                .reclaim(
+                    &ctx.pool,
+                    &ctx.id,
+                    &cursor,
+                    RECLAIM_SCAN,
+                    free,
+                    ssw_queue::now_ms(),
+                )
                 .await
-                .inspect(|p| {
-                    if !p.is_empty() {
-                        tracing::info!(count = p.len(), "reclaimed jobs of a dead worker");
+                .map(|r| {
+                    cursor = r.cursor;
+                    if !r.jobs.is_empty() {
+                        tracing::info!(
+                            count = r.jobs.len(),
+                            "took over jobs of a worker whose heartbeat expired"
+                        );
                     }
+                    (r.jobs, true)
                 })
-                .map(|p| (p, true))
         } else {
             if conn.is_none() {
                 match ctx.redis.dedicated().await {
@@ -344,10 +405,10 @@ async fn start_jobs(ctx: &Arc<Ctx>, jobs: &TaskTracker, batch: Vec<Pulled>, recl
     let mut valid = Vec::with_capacity(batch.len());
     for p in batch {
         match p.job {
-            Ok(job) => valid.push((p.entry_id, job)),
+            Ok(job) => valid.push((p.entry_id, job, p.size)),
             Err(e) => {
                 tracing::error!(entry = %p.entry_id, error = %e, "dropping an undecodable job");
-                let _ = ctx.redis.drop_entry(&ctx.pool, &p.entry_id).await;
+                let _ = ctx.redis.drop_entry(&ctx.pool, &p.entry_id, p.size).await;
             }
         }
     }
@@ -356,25 +417,37 @@ async fn start_jobs(ctx: &Arc<Ctx>, jobs: &TaskTracker, batch: Vec<Pulled>, recl
     }
     let now = ssw_queue::now_ms();
     let (senders, verdicts): (Vec<_>, Vec<_>) = valid.iter().map(|_| job::verdict()).unzip();
-    let ids: Vec<(String, u64)> = valid
+    let ids: Vec<(String, String, u64, String)> = valid
         .iter()
-        .map(|(_, j)| (j.id.clone(), j.deadline_ms))
+        .map(|(entry, j, _)| {
+            (
+                entry.clone(),
+                j.id.clone(),
+                j.deadline_ms,
+                j.reply_to.clone(),
+            )
+        })
         .collect();
     // An enqueue the gateway gave up on (it waited `op_timeout`) may still have reached the
     // stream, marked cancelled; such a job is never fresh, so it never reaches the engine.
     let fresh_within = ctx.redis.op_timeout() / 2;
-    for ((entry_id, job), verdict) in valid.into_iter().zip(verdicts) {
+    for ((entry_id, job, size), verdict) in valid.into_iter().zip(verdicts) {
         let early = !reclaimed
+            && job.crashes == 0
             && job.deadline_ms > now
             && now.saturating_sub(job.enqueued_ms) < fresh_within.as_millis() as u64;
         let cancel = CancellationToken::new();
+        let stop = Arc::new(Mutex::new(None));
         ctx.inflight.fetch_add(1, Ordering::Relaxed);
         telemetry::slots(ctx);
         ctx.running().insert(
-            job.id.clone(),
+            entry_id.clone(),
             Running {
-                entry_id: entry_id.clone(),
+                job_id: job.id.clone(),
+                reply_to: job.reply_to.clone(),
+                fence: None,
                 cancel: cancel.clone(),
+                stop: stop.clone(),
             },
         );
         let span = tracing::info_span!(
@@ -390,15 +463,16 @@ async fn start_jobs(ctx: &Arc<Ctx>, jobs: &TaskTracker, batch: Vec<Pulled>, recl
         let pulled = job::Pulled {
             entry_id,
             job,
+            size,
             pulled_ms: now,
             reclaimed,
             early,
         };
         jobs.spawn(tracing::Instrument::instrument(
             async move {
-                let job_id = pulled.job.id.clone();
-                let engine_used = job::run(c.clone(), pulled, verdict, cancel).await;
-                c.running().remove(&job_id);
+                let entry = pulled.entry_id.clone();
+                let engine_used = job::run(c.clone(), pulled, verdict, cancel, stop).await;
+                c.running().remove(&entry);
                 c.inflight.fetch_sub(1, Ordering::Relaxed);
                 if engine_used {
                     c.engine_state.request_finished();
@@ -411,20 +485,62 @@ async fn start_jobs(ctx: &Arc<Ctx>, jobs: &TaskTracker, batch: Vec<Pulled>, recl
         ));
     }
     // Spawned after the jobs, so their engine requests leave first: the engine's answer
-    // takes longer than the claim's.
+    // takes longer than the claim's. Beside the claim, the owning gateways' reply streams
+    // are checked: a job whose gateway died has nobody to answer.
     let c = ctx.clone();
     tokio::spawn(async move {
-        let ids: Vec<(&str, u64)> = ids.iter().map(|(id, d)| (id.as_str(), *d)).collect();
-        let claims = match c.redis.claim(&c.pool, &c.id, &ids, now, c.state_ttl).await {
-            Ok(claims) => claims.into_iter().map(Some).collect(),
+        let claim_ids: Vec<(&str, u64)> =
+            ids.iter().map(|(_, id, d, _)| (id.as_str(), *d)).collect();
+        let mut streams: Vec<&str> = ids.iter().map(|(.., r)| r.as_str()).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        let (claims, alive) = tokio::join!(
+            c.redis.claim(&c.pool, &c.id, &claim_ids, now, c.state_ttl),
+            c.redis.streams_exist(&streams),
+        );
+        let alive: Vec<&str> = match alive {
+            Ok(flags) => streams
+                .iter()
+                .zip(flags)
+                .filter(|(_, up)| *up)
+                .map(|(s, _)| *s)
+                .collect(),
+            // Unknown: assume alive (the watcher checks again while the job runs).
+            Err(_) => streams.clone(),
+        };
+        let decisions: Vec<Option<Decision>> = match claims {
+            Ok(claims) => claims
+                .into_iter()
+                .zip(&ids)
+                .map(|(claim, (.., reply_to))| {
+                    Some(match claim {
+                        ssw_queue::consumer::Claim::Run { fence }
+                            if !alive.contains(&reply_to.as_str()) =>
+                        {
+                            Decision::GatewayGone { fence }
+                        }
+                        ssw_queue::consumer::Claim::Run { fence } => Decision::Run { fence },
+                        other => Decision::Refused(other),
+                    })
+                })
+                .collect(),
             Err(e) => {
-                // Left pending: reclaimed after `reclaim_idle` by whoever is alive.
+                // Left pending: reclaimed by a live worker once this one's heartbeat stops,
+                // else picked up by the watcher below as lost.
                 tracing::warn!(error = %e, "cannot claim pulled jobs");
                 vec![None; ids.len()]
             }
         };
-        for (tx, claim) in senders.into_iter().zip(claims) {
-            let _ = tx.send(claim);
+        {
+            let mut running = c.running();
+            for ((entry, ..), d) in ids.iter().zip(&decisions) {
+                if let (Some(Decision::Run { fence }), Some(r)) = (d, running.get_mut(entry)) {
+                    r.fence = Some(*fence);
+                }
+            }
+        }
+        for (tx, d) in senders.into_iter().zip(decisions) {
+            let _ = tx.send(d);
         }
     });
 }
@@ -467,42 +583,59 @@ async fn heartbeats(ctx: Arc<Ctx>, shutdown: CancellationToken, stopping: Cancel
     }
 }
 
-/// Aborts running jobs whose client cancelled, and refreshes the idle time of the others so no
-/// live job is reclaimed.
+/// Stops running jobs whose client cancelled, whose run was superseded (another worker took the
+/// job over, or Redis lost it), or whose gateway is gone.
 async fn watch_running(ctx: Arc<Ctx>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(ctx.cfg.cancel_poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let touch_every = ctx.cfg.reclaim_idle / 3;
-    let mut last_touch = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let (ids, entries): (Vec<String>, Vec<String>) = ctx
-            .running()
-            .iter()
-            .map(|(id, r)| (id.clone(), r.entry_id.clone()))
-            .unzip();
-        if ids.is_empty() {
+        let (runs, streams): (Vec<(String, String, u32)>, Vec<String>) = {
+            let running = ctx.running();
+            let runs = running
+                .iter()
+                .filter_map(|(entry, r)| Some((entry.clone(), r.job_id.clone(), r.fence?)))
+                .collect();
+            let mut streams: Vec<String> = running.values().map(|r| r.reply_to.clone()).collect();
+            streams.sort_unstable();
+            streams.dedup();
+            (runs, streams)
+        };
+        if runs.is_empty() {
             continue;
         }
-        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        match ctx.redis.cancelled(&ctx.pool, &refs).await {
-            Ok(flags) => {
-                let running = ctx.running();
-                for (id, cancelled) in ids.iter().zip(flags) {
-                    if cancelled && let Some(r) = running.get(id) {
-                        r.cancel.cancel();
+        let refs: Vec<(&str, u32)> = runs.iter().map(|(_, j, f)| (j.as_str(), *f)).collect();
+        let stream_refs: Vec<&str> = streams.iter().map(String::as_str).collect();
+        let (watched, alive) = tokio::join!(
+            ctx.redis.watch(&ctx.pool, &ctx.id, &refs),
+            ctx.redis.streams_exist(&stream_refs),
+        );
+        let running = ctx.running();
+        match watched {
+            Ok(states) => {
+                for ((entry, ..), w) in runs.iter().zip(states) {
+                    let why = match w {
+                        ssw_queue::consumer::Watch::Mine => continue,
+                        ssw_queue::consumer::Watch::Cancelled => Stop::Cancelled,
+                        ssw_queue::consumer::Watch::Lost => Stop::Lost,
+                    };
+                    if let Some(r) = running.get(entry) {
+                        r.stop(why);
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot check for cancelled jobs"),
+            Err(e) => tracing::warn!(error = %e, "cannot check running jobs"),
         }
-        if last_touch.elapsed() >= touch_every {
-            last_touch = tokio::time::Instant::now();
-            if let Err(e) = ctx.redis.touch(&ctx.pool, &ctx.id, &entries).await {
-                tracing::warn!(error = %e, "cannot refresh running jobs");
+        if let Ok(flags) = alive {
+            for (stream, up) in streams.iter().zip(flags) {
+                if !up {
+                    for r in running.values().filter(|r| &r.reply_to == stream) {
+                        r.stop(Stop::GatewayGone);
+                    }
+                }
             }
         }
     }

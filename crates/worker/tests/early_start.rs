@@ -13,11 +13,11 @@ use ssw_protocol::job::Job;
 use ssw_protocol::reply::ReplyEvent;
 use ssw_queue::consumer::Claim;
 use ssw_queue::now_ms;
-use ssw_queue::producer::{Enqueued, ReplyReader};
+use ssw_queue::producer::{Enqueued, QueueLimits, ReplyReader};
 use ssw_test_support::ssw_up::redis::RedisServer;
 use ssw_test_support::test_config;
 use ssw_worker::Ctx;
-use ssw_worker::job::{self, Pulled};
+use ssw_worker::job::{self, Decision, Pulled};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -87,7 +87,7 @@ impl Rig {
         stream: bool,
         early: bool,
     ) -> (
-        oneshot::Sender<Option<Claim>>,
+        oneshot::Sender<Option<Decision>>,
         tokio::task::JoinHandle<bool>,
     ) {
         let pulled = self.pulled(request_id, stream, early).await;
@@ -97,8 +97,30 @@ impl Rig {
             pulled,
             verdict,
             CancellationToken::new(),
+            Default::default(),
         ));
         (verdict_tx, run)
+    }
+
+    /// The real claim script's verdict on `request_id`'s job, as the worker would get it.
+    async fn claim(&self, request_id: &str) -> Decision {
+        let id = format!("job-{request_id}");
+        let claims = self
+            .ctx
+            .redis
+            .claim(
+                POOL,
+                "w-test",
+                &[(&id, now_ms() + 60_000)],
+                now_ms(),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        match claims[0] {
+            Claim::Run { fence } => Decision::Run { fence },
+            other => Decision::Refused(other),
+        }
     }
 
     /// Waits until the engine has the request, then a little longer, so that anything the
@@ -122,6 +144,8 @@ impl Rig {
             deadline_ms: now + 60_000,
             stream,
             attempt: 1,
+            crashes: 0,
+            crashed_on: String::new(),
             body: serde_json::to_vec(&serde_json::json!({
                 "model": StubConfig::default().served_model, "stream": stream,
                 "messages": [{"role": "user", "content": "hi"}],
@@ -130,7 +154,16 @@ impl Rig {
         };
         let r = &self.ctx.redis;
         assert!(matches!(
-            r.enqueue(POOL, &job, 100).await.unwrap(),
+            r.enqueue(
+                POOL,
+                &job,
+                QueueLimits {
+                    max_queue: 100,
+                    max_queue_bytes: 1 << 20
+                }
+            )
+            .await
+            .unwrap(),
             Enqueued::Accepted(_)
         ));
         let mut conn = r.dedicated().await.unwrap();
@@ -142,6 +175,7 @@ impl Rig {
         let p = batch.remove(0);
         Pulled {
             entry_id: p.entry_id,
+            size: p.size,
             job: p.job.unwrap(),
             pulled_ms: now,
             reclaimed: false,
@@ -219,7 +253,9 @@ async fn an_early_job_answers_nobody_before_its_claim_and_is_dropped_when_refuse
     // ...but the answer waits for the verdict.
     assert_eq!(rig.replies().await, vec![]);
     assert!(!run.is_finished());
-    verdict_tx.send(Some(Claim::Cancelled)).unwrap();
+    verdict_tx
+        .send(Some(Decision::Refused(Claim::Cancelled)))
+        .unwrap();
     assert!(run.await.unwrap(), "the engine request was made");
     assert_eq!(rig.replies().await, vec![], "nothing for a cancelled job");
     assert_eq!(
@@ -235,7 +271,7 @@ async fn an_early_stream_sends_its_head_with_the_first_bytes_once_claimed() {
     let (verdict_tx, run) = rig.started("early-run", true, true).await;
     rig.engine_got("early-run").await;
     assert_eq!(rig.replies().await, vec![], "no head before the claim");
-    verdict_tx.send(Some(Claim::Run)).unwrap();
+    verdict_tx.send(Some(rig.claim("early-run").await)).unwrap();
     assert!(run.await.unwrap());
     let events = rig.replies().await;
     let Some(ReplyEvent::Head { worker, data, .. }) = events.first() else {
@@ -265,7 +301,9 @@ async fn a_job_that_is_not_fresh_reaches_the_engine_only_after_its_claim() {
     let (verdict_tx, run) = rig.started("late", false, false).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(rig.engine_saw().await, Vec::<String>::new());
-    verdict_tx.send(Some(Claim::Cancelled)).unwrap();
+    verdict_tx
+        .send(Some(Decision::Refused(Claim::Cancelled)))
+        .unwrap();
     assert!(!run.await.unwrap(), "no engine request was made");
     assert_eq!(rig.engine_saw().await, Vec::<String>::new());
     assert_eq!(rig.entries_left().await, 0);
@@ -279,7 +317,7 @@ async fn an_early_job_is_kept_alive_while_the_engine_works() {
     let rig = rig(Duration::from_millis(900)).await;
     let (verdict_tx, run) = rig.started("slow", false, true).await;
     rig.engine_got("slow").await;
-    verdict_tx.send(Some(Claim::Run)).unwrap();
+    verdict_tx.send(Some(rig.claim("slow").await)).unwrap();
     assert!(run.await.unwrap());
     let events = rig.replies().await;
     let alive = events

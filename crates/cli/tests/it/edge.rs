@@ -318,8 +318,9 @@ async fn huge_deep_and_malformed_bodies_get_400s_and_memory_stays_bounded() {
             .body(body)
             .send()
     };
-    // Over max_body, declared: 413 without reading it.
-    let (status, _, v) = error_of(post(vec![b' '; 3 << 20]).await.unwrap()).await;
+    // Over max_body, declared: 413 without keeping it (the body is drained, not stored, so the
+    // client still sending it reads the 413 rather than a reset).
+    let (status, _, v) = error_of(post(vec![b' '; (2 << 20) + 4096]).await.unwrap()).await;
     assert_eq!(status, 413);
     assert_openai_error(&v, "request_too_large");
     // Over max_body, chunked (no length declared).
@@ -398,8 +399,10 @@ async fn huge_deep_and_malformed_bodies_get_400s_and_memory_stays_bounded() {
         peak.saturating_sub(baseline)
     );
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    // Each gateway keeps a queued job's body until output starts (to enqueue it again if Redis
+    // restarts): 32 x 2 MiB held, plus what is being read, parsed and enqueued at once.
     assert!(
-        peak.saturating_sub(baseline) < 96 * 1024,
+        peak.saturating_sub(baseline) < (32 * 2 + 96) * 1024,
         "peak +{} KiB",
         peak.saturating_sub(baseline)
     );

@@ -4,6 +4,7 @@
 mod api;
 mod edge;
 mod failures;
+mod faults;
 mod load;
 mod observability;
 

@@ -1,0 +1,629 @@
+//! Each Lua script against a real redis-server: its contract (KEYS, ARGV, return value, what
+//! it writes), and the races it exists to decide. Scripts are atomic, so a race is two calls in
+//! either order; both orders are tested where the outcome matters.
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use ssw_config::RedisConfig;
+use ssw_protocol::heartbeat::WorkerStatus;
+use ssw_protocol::job::Job;
+use ssw_protocol::keys::{GROUP, JobState, Keys};
+use ssw_protocol::reply::{Reply, ReplyEvent};
+use ssw_queue::consumer::{Claim, Commit, Requeue, Watch};
+use ssw_queue::producer::{Enqueued, Expiry, QueueLimits};
+use ssw_queue::{QueueError, Redis, now_ms};
+use ssw_up::redis::RedisServer;
+
+const POOL: &str = "p";
+const TTL: Duration = Duration::from_secs(60);
+const LIMITS: QueueLimits = QueueLimits {
+    max_queue: 100,
+    max_queue_bytes: 1 << 20,
+};
+
+struct Rig {
+    _server: RedisServer,
+    _dir: Dir,
+    redis: Redis,
+    raw: redis::aio::MultiplexedConnection,
+    keys: Keys,
+}
+
+struct Dir(std::path::PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn rig() -> Rig {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "ssw-scripts-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = RedisServer::start(&dir)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cfg = RedisConfig {
+        url: server.url(),
+        ..RedisConfig::default()
+    };
+    let redis = Redis::new(&cfg, None).unwrap();
+    redis.ensure_group(POOL).await.unwrap();
+    let raw = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    Rig {
+        _server: server,
+        _dir: Dir(dir),
+        redis,
+        raw,
+        keys: Keys::default(),
+    }
+}
+
+fn job(id: &str, body_len: usize) -> Job {
+    let now = now_ms();
+    Job {
+        id: id.into(),
+        request_id: format!("req-{id}"),
+        reply_to: "ssw:{gw:g.1}:replies".into(),
+        enqueued_ms: now,
+        deadline_ms: now + 60_000,
+        stream: false,
+        attempt: 1,
+        crashes: 0,
+        crashed_on: String::new(),
+        body: vec![b'x'; body_len],
+    }
+}
+
+impl Rig {
+    async fn enqueue(&self, j: &Job) -> String {
+        match self.redis.enqueue(POOL, j, LIMITS).await.unwrap() {
+            Enqueued::Accepted(id) => id,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Enqueues and hands the job to consumer `worker` (XREADGROUP), as a pull would.
+    async fn handed(&mut self, j: &Job, worker: &str) -> String {
+        let entry = self.enqueue(j).await;
+        let mut conn = self.redis.dedicated().await.unwrap();
+        let pulled = self
+            .redis
+            .pull(&mut conn, POOL, worker, 1, Duration::from_millis(100))
+            .await
+            .unwrap();
+        assert_eq!(pulled.len(), 1);
+        assert_eq!(pulled[0].entry_id, entry);
+        entry
+    }
+
+    async fn claim(&self, worker: &str, j: &Job) -> Claim {
+        self.redis
+            .claim(POOL, worker, &[(&j.id, j.deadline_ms)], now_ms(), TTL)
+            .await
+            .unwrap()[0]
+    }
+
+    async fn state(&mut self, j: &str) -> Option<JobState> {
+        let s: Option<String> = self.raw.get(self.keys.job_state(POOL, j)).await.unwrap();
+        s.map(|s| JobState::parse(&s).unwrap())
+    }
+
+    async fn queued_bytes(&mut self) -> i64 {
+        let v: Option<i64> = self.raw.get(self.keys.queued_bytes(POOL)).await.unwrap();
+        v.unwrap_or(0)
+    }
+
+    async fn stream_len(&mut self) -> usize {
+        self.raw.xlen(self.keys.jobs(POOL)).await.unwrap()
+    }
+
+    async fn pending(&mut self) -> usize {
+        let v: redis::Value = redis::cmd("XPENDING")
+            .arg(self.keys.jobs(POOL))
+            .arg(GROUP)
+            .query_async(&mut self.raw)
+            .await
+            .unwrap();
+        match v {
+            redis::Value::Array(a) => match &a[0] {
+                redis::Value::Int(n) => *n as usize,
+                _ => 0,
+            },
+            _ => 0,
+        }
+    }
+}
+
+#[tokio::test]
+async fn enqueue_keeps_both_limits_and_counts_bytes() {
+    let mut r = rig().await;
+    let limits = QueueLimits {
+        max_queue: 2,
+        max_queue_bytes: 250,
+    };
+    let ok = |e: Enqueued| matches!(e, Enqueued::Accepted(_));
+    assert!(ok(r
+        .redis
+        .enqueue(POOL, &job("a", 100), limits)
+        .await
+        .unwrap()));
+    assert_eq!(r.queued_bytes().await, 100);
+    // 100 + 200 > 250: refused on bytes, nothing written.
+    assert_eq!(
+        r.redis.enqueue(POOL, &job("b", 200), limits).await.unwrap(),
+        Enqueued::FullBytes { bytes: 100 }
+    );
+    assert_eq!(r.stream_len().await, 1);
+    assert!(ok(r
+        .redis
+        .enqueue(POOL, &job("c", 100), limits)
+        .await
+        .unwrap()));
+    // Two waiting: refused on the backlog.
+    assert_eq!(
+        r.redis.enqueue(POOL, &job("d", 1), limits).await.unwrap(),
+        Enqueued::Full { backlog: 2 }
+    );
+    assert_eq!(r.queued_bytes().await, 200);
+}
+
+#[tokio::test]
+async fn a_full_redis_refuses_new_jobs_but_still_cancels_and_finishes() {
+    let mut r = rig().await;
+    let a = job("a", 1000);
+    let entry = r.handed(&a, "w").await;
+    let Claim::Run { fence } = r.claim("w", &a).await else {
+        panic!()
+    };
+    let queued = r.enqueue(&job("q", 10)).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(1)
+        .query_async(&mut r.raw)
+        .await
+        .unwrap();
+    let before = r.stream_len().await;
+    match r.redis.enqueue(POOL, &job("b", 10), LIMITS).await {
+        Err(QueueError::OutOfMemory(_)) => {}
+        other => panic!("expected OutOfMemory, got {other:?}"),
+    }
+    assert_eq!(r.stream_len().await, before, "nothing written");
+    // What frees memory or records a decision still runs.
+    r.redis.cancel(POOL, "q", &queued, TTL, 10).await.unwrap();
+    r.redis
+        .finish(POOL, &entry, &a.reply_to, None, "a", ("w", fence), 1000)
+        .await
+        .unwrap();
+    assert_eq!(r.stream_len().await, 0);
+    assert_eq!(r.queued_bytes().await, 0);
+}
+
+#[tokio::test]
+async fn claim_fences_each_run_and_refuses_what_must_not_run() {
+    let mut r = rig().await;
+    let a = job("a", 10);
+    r.handed(&a, "w1").await;
+    assert_eq!(r.claim("w1", &a).await, Claim::Run { fence: 1 });
+    assert_eq!(
+        r.state("a").await,
+        Some(JobState::Started {
+            worker: "w1".into(),
+            fence: 1
+        })
+    );
+    // Taken over from a dead worker: the next fence.
+    assert_eq!(r.claim("w2", &a).await, Claim::Run { fence: 2 });
+    // Output committed by run 2, whose worker then died: nobody may run it again.
+    let _: () = r
+        .raw
+        .set_ex(r.keys.job_state(POOL, "a"), "output:w2:2", 60)
+        .await
+        .unwrap();
+    assert_eq!(r.claim("w3", &a).await, Claim::Orphaned { fence: 3 });
+    // Cancelled.
+    let b = job("b", 10);
+    let entry = r.handed(&b, "w1").await;
+    r.redis.cancel(POOL, "b", &entry, TTL, 10).await.unwrap();
+    assert_eq!(r.claim("w1", &b).await, Claim::Cancelled);
+    // Past its deadline before anyone started it: expired, and marked so.
+    let mut c = job("c", 10);
+    c.deadline_ms = now_ms() - 1;
+    r.handed(&c, "w1").await;
+    assert_eq!(r.claim("w1", &c).await, Claim::Expired);
+    assert_eq!(r.state("c").await, Some(JobState::Cancelled));
+}
+
+#[tokio::test]
+async fn claim_and_expire_exclude_each_other_in_either_order() {
+    let mut r = rig().await;
+    // Claim first: the deadline check finds it running.
+    let a = job("a", 10);
+    let ea = r.handed(&a, "w").await;
+    assert!(matches!(r.claim("w", &a).await, Claim::Run { .. }));
+    assert!(matches!(
+        r.redis.expire(POOL, "a", &ea, TTL, 10).await.unwrap(),
+        Expiry::Running(JobState::Started { .. })
+    ));
+    // Expire first: the claim refuses it, and the entry is gone.
+    let b = job("b", 10);
+    let eb = r.handed(&b, "w").await;
+    assert_eq!(
+        r.redis.expire(POOL, "b", &eb, TTL, 10).await.unwrap(),
+        Expiry::Expired
+    );
+    assert_eq!(r.claim("w", &b).await, Claim::Cancelled);
+    assert_eq!(r.queued_bytes().await, 10, "b's bytes released, a's kept");
+}
+
+#[tokio::test]
+async fn only_the_owning_run_commits_finishes_or_requeues() {
+    let mut r = rig().await;
+    let a = job("a", 10);
+    let entry = r.handed(&a, "w1").await;
+    let Claim::Run { fence: f1 } = r.claim("w1", &a).await else {
+        panic!()
+    };
+    // w1 stalls; w2 takes the job over (run 2).
+    let Claim::Run { fence: f2 } = r.claim("w2", &a).await else {
+        panic!()
+    };
+    let head = |fence| Reply {
+        job: "a".into(),
+        fence,
+        seq: 0,
+        event: ReplyEvent::Head {
+            worker: "w".into(),
+            claimed_ms: 0,
+            data: b"data: {}\n\n".to_vec(),
+        },
+    };
+    r.redis.keep_replies(&a.reply_to, TTL).await.unwrap();
+    // The stale run cannot commit, finish or requeue.
+    assert_eq!(
+        r.redis
+            .commit_reply(POOL, "w1", f1, &a.reply_to, &head(f1), TTL)
+            .await
+            .unwrap(),
+        Commit::Lost
+    );
+    assert_eq!(
+        r.redis
+            .requeue(POOL, &entry, &a, ("w1", f1), TTL)
+            .await
+            .unwrap(),
+        Requeue::Lost
+    );
+    r.redis
+        .finish(POOL, &entry, &a.reply_to, None, "a", ("w1", f1), 10)
+        .await
+        .unwrap();
+    assert_eq!(r.stream_len().await, 1, "the stale finish touched nothing");
+    assert_eq!(
+        r.redis.watch(POOL, "w1", &[("a", f1)]).await.unwrap(),
+        vec![Watch::Lost]
+    );
+    // The owner can.
+    assert_eq!(
+        r.redis
+            .commit_reply(POOL, "w2", f2, &a.reply_to, &head(f2), TTL)
+            .await
+            .unwrap(),
+        Commit::Committed
+    );
+    assert_eq!(
+        r.redis.watch(POOL, "w2", &[("a", f2)]).await.unwrap(),
+        vec![Watch::Mine]
+    );
+    r.redis
+        .finish(POOL, &entry, &a.reply_to, None, "a", ("w2", f2), 10)
+        .await
+        .unwrap();
+    assert_eq!(r.stream_len().await, 0);
+    assert_eq!(r.pending().await, 0);
+    assert_eq!(r.state("a").await, None);
+    assert_eq!(r.queued_bytes().await, 0);
+}
+
+#[tokio::test]
+async fn commit_reports_a_gone_gateway() {
+    let mut r = rig().await;
+    let a = job("a", 10);
+    r.handed(&a, "w").await;
+    let Claim::Run { fence } = r.claim("w", &a).await else {
+        panic!()
+    };
+    let head = Reply {
+        job: "a".into(),
+        fence,
+        seq: 0,
+        event: ReplyEvent::End,
+    };
+    // No reply stream: the gateway is gone.
+    assert_eq!(
+        r.redis
+            .commit_reply(POOL, "w", fence, &a.reply_to, &head, TTL)
+            .await
+            .unwrap(),
+        Commit::GatewayGone
+    );
+    assert_eq!(
+        r.redis.streams_exist(&[&a.reply_to]).await.unwrap(),
+        vec![false]
+    );
+}
+
+#[tokio::test]
+async fn requeue_puts_the_job_back_once_and_the_next_run_gets_the_next_fence() {
+    let mut r = rig().await;
+    let a = job("a", 10);
+    let entry = r.handed(&a, "w1").await;
+    let Claim::Run { fence } = r.claim("w1", &a).await else {
+        panic!()
+    };
+    let mut again = a.clone();
+    again.attempt = 2;
+    let Requeue::Queued(new_entry) = r
+        .redis
+        .requeue(POOL, &entry, &again, ("w1", fence), TTL)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_ne!(new_entry, entry);
+    assert_eq!(r.stream_len().await, 1);
+    assert_eq!(r.pending().await, 0);
+    assert_eq!(r.queued_bytes().await, 10, "one job's bytes, not two");
+    assert_eq!(r.state("a").await, Some(JobState::Queued { fence }));
+    // A second requeue of the same run finds it no longer owns the job.
+    assert_eq!(
+        r.redis
+            .requeue(POOL, &entry, &again, ("w1", fence), TTL)
+            .await
+            .unwrap(),
+        Requeue::Lost
+    );
+    assert_eq!(r.claim("w2", &a).await, Claim::Run { fence: fence + 1 });
+}
+
+#[tokio::test]
+async fn requeue_of_a_cancelled_job_removes_it() {
+    let mut r = rig().await;
+    let b = job("b", 10);
+    let eb = r.handed(&b, "w1").await;
+    let Claim::Run { fence } = r.claim("w1", &b).await else {
+        panic!()
+    };
+    r.redis.cancel(POOL, "b", &eb, TTL, 10).await.unwrap();
+    assert_eq!(
+        r.redis
+            .requeue(POOL, &eb, &b, ("w1", fence), TTL)
+            .await
+            .unwrap(),
+        Requeue::Cancelled
+    );
+    assert_eq!(r.stream_len().await, 0);
+    assert_eq!(r.pending().await, 0);
+    assert_eq!(r.queued_bytes().await, 0);
+}
+
+#[tokio::test]
+async fn cancel_removes_an_unstarted_job_and_only_marks_a_running_one() {
+    let mut r = rig().await;
+    let a = job("a", 10);
+    let ea = r.enqueue(&a).await;
+    assert_eq!(r.redis.cancel(POOL, "a", &ea, TTL, 10).await.unwrap(), None);
+    assert_eq!(r.stream_len().await, 0);
+    assert_eq!(r.queued_bytes().await, 0);
+    // A second cancel does not release the bytes again.
+    r.redis.cancel(POOL, "a", &ea, TTL, 10).await.unwrap();
+    assert_eq!(r.queued_bytes().await, 0);
+    // Running: the marker only; the worker sees it and finishes the job.
+    let b = job("b", 10);
+    let eb = r.handed(&b, "w").await;
+    let Claim::Run { fence } = r.claim("w", &b).await else {
+        panic!()
+    };
+    let prev = r.redis.cancel(POOL, "b", &eb, TTL, 10).await.unwrap();
+    assert_eq!(
+        prev,
+        Some(JobState::Started {
+            worker: "w".into(),
+            fence
+        })
+    );
+    assert_eq!(r.stream_len().await, 1);
+    assert_eq!(
+        r.redis.watch(POOL, "w", &[("b", fence)]).await.unwrap(),
+        vec![Watch::Cancelled]
+    );
+    r.redis
+        .finish(POOL, &eb, &b.reply_to, None, "b", ("w", fence), 10)
+        .await
+        .unwrap();
+    assert_eq!(r.stream_len().await, 0);
+    assert_eq!(r.state("b").await, Some(JobState::Cancelled), "marker kept");
+    // Entry unknown (an enqueue still on its way): the marker alone stops any claim.
+    let c = job("c", 10);
+    r.redis.cancel(POOL, "c", "", TTL, 10).await.unwrap();
+    r.handed(&c, "w").await;
+    assert_eq!(r.claim("w", &c).await, Claim::Cancelled);
+}
+
+#[tokio::test]
+async fn drop_acknowledges_deletes_and_releases_bytes_once() {
+    let mut r = rig().await;
+    let a = job("a", 10);
+    let ea = r.handed(&a, "w").await;
+    r.redis.drop_entry(POOL, &ea, 10).await.unwrap();
+    r.redis.drop_entry(POOL, &ea, 10).await.unwrap();
+    assert_eq!(r.stream_len().await, 0);
+    assert_eq!(r.pending().await, 0);
+    assert_eq!(r.queued_bytes().await, 0);
+}
+
+fn status(worker: &str) -> WorkerStatus {
+    WorkerStatus {
+        worker: worker.into(),
+        pool: POOL.into(),
+        engine_url: String::new(),
+        engine_up: true,
+        engine_detail: None,
+        inflight: 0,
+        max_inflight: 1,
+        engine_running: None,
+        engine_waiting: None,
+        kv_cache_usage: None,
+        draining: false,
+        gpus: Vec::new(),
+        started_ms: 0,
+        heartbeat_ms: 0,
+        version: String::new(),
+    }
+}
+
+/// A heartbeat `age` ago, valid for 5 s.
+async fn beat(r: &Rig, worker: &str, age: Duration) {
+    let at = now_ms() - age.as_millis() as u64;
+    r.redis
+        .heartbeat(&status(worker), at, Duration::from_secs(5))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn reclaim_takes_only_dead_workers_jobs_and_resumes_past_a_long_pending_list() {
+    let mut r = rig().await;
+    beat(&r, "live", Duration::ZERO).await;
+    beat(&r, "dead", Duration::from_secs(60)).await;
+    beat(&r, "me", Duration::ZERO).await;
+    // 30 jobs of a live worker first, then 3 of a dead one, then 2 of mine.
+    for i in 0..30 {
+        r.handed(&job(&format!("l{i}"), 1), "live").await;
+    }
+    let mut dead = Vec::new();
+    for i in 0..3 {
+        dead.push(r.handed(&job(&format!("d{i}"), 1), "dead").await);
+    }
+    for i in 0..2 {
+        r.handed(&job(&format!("m{i}"), 1), "me").await;
+    }
+    // A scan of 10 entries at a time: the dead worker's jobs lie beyond the first windows.
+    let mut cursor = "-".to_owned();
+    let mut taken = Vec::new();
+    for _ in 0..10 {
+        let got = r
+            .redis
+            .reclaim(POOL, "me", &cursor, 10, 10, now_ms())
+            .await
+            .unwrap();
+        taken.extend(got.jobs.into_iter().map(|p| p.entry_id));
+        cursor = got.cursor;
+        if cursor == "-" {
+            break;
+        }
+    }
+    assert_eq!(taken, dead, "exactly the dead worker's jobs");
+    let again = r
+        .redis
+        .reclaim(POOL, "me", "-", 100, 10, now_ms())
+        .await
+        .unwrap();
+    assert!(again.jobs.is_empty());
+    assert_eq!(again.cursor, "-");
+    // A worker that was never heard of counts as dead.
+    let ghost = r.handed(&job("g", 1), "ghost").await;
+    let got = r
+        .redis
+        .reclaim(POOL, "me", "-", 100, 10, now_ms())
+        .await
+        .unwrap();
+    assert_eq!(
+        got.jobs.into_iter().map(|p| p.entry_id).collect::<Vec<_>>(),
+        vec![ghost]
+    );
+}
+
+#[tokio::test]
+async fn heartbeats_mark_workers_live_and_drop_hour_old_ones() {
+    let mut r = rig().await;
+    beat(&r, "a", Duration::ZERO).await;
+    beat(&r, "old", Duration::from_secs(2 * 3600)).await;
+    assert_eq!(
+        r.redis.live_workers(POOL, now_ms()).await.unwrap(),
+        vec!["a".to_owned()]
+    );
+    // The next beat drops the worker silent for over an hour from both keys.
+    beat(&r, "a", Duration::ZERO).await;
+    let all: Vec<String> = r
+        .raw
+        .zrange(Keys::default().workers(POOL), 0, -1)
+        .await
+        .unwrap();
+    assert_eq!(all, vec!["a".to_owned()]);
+    let statuses: Vec<String> = r
+        .raw
+        .hkeys(Keys::default().worker_status(POOL))
+        .await
+        .unwrap();
+    assert_eq!(statuses, vec!["a".to_owned()]);
+}
+
+#[tokio::test]
+async fn the_reply_stream_is_created_once_and_its_loss_is_reported() {
+    let mut r = rig().await;
+    let key = "ssw:{gw:g.1}:replies";
+    assert!(!r.redis.keep_replies(key, TTL).await.unwrap(), "created");
+    assert!(r.redis.keep_replies(key, TTL).await.unwrap(), "existed");
+    let ttl: i64 = r.raw.pttl(key).await.unwrap();
+    assert!(ttl > 0 && ttl <= TTL.as_millis() as i64);
+    let _: () = r.raw.del(key).await.unwrap();
+    assert!(
+        !r.redis.keep_replies(key, TTL).await.unwrap(),
+        "lost, made again"
+    );
+}
+
+#[tokio::test]
+async fn pool_stats_count_backlog_pending_and_bytes() {
+    let mut r = rig().await;
+    r.handed(&job("b", 5), "w").await;
+    r.enqueue(&job("a", 7)).await;
+    let s = r.redis.pool_stats(POOL, now_ms()).await.unwrap();
+    assert_eq!((s.backlog, s.pending, s.queued_bytes), (1, 1, 12));
+    assert!(s.oldest_waiting_ms.is_some());
+}
+
+#[tokio::test]
+async fn a_pipelined_script_is_loaded_when_redis_does_not_know_it() {
+    // A restarted Redis has an empty script cache; FINISH rides in a pipeline.
+    let mut r = rig().await;
+    let a = job("a", 10);
+    let entry = r.handed(&a, "w").await;
+    let Claim::Run { fence } = r.claim("w", &a).await else {
+        panic!()
+    };
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut r.raw)
+        .await
+        .unwrap();
+    r.redis
+        .finish(POOL, &entry, &a.reply_to, None, "a", ("w", fence), 10)
+        .await
+        .unwrap();
+    assert_eq!(r.stream_len().await, 0);
+}
