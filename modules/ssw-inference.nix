@@ -8,6 +8,7 @@
 let
   cfg = config.services.ssw-inference;
   topology = import ../nix/topology.nix;
+  l = import ../nix/lib.nix;
   topo = topology.normalise cfg.settings;
   s = topo.settings;
   vllm = topo.engine == "vllm";
@@ -189,11 +190,21 @@ in
         enable = true;
         port = s.redis.port;
         bind = if s.redis.host == "127.0.0.1" then "127.0.0.1" else null;
-        # The queue holds requests in flight only; nothing to keep across restarts.
+        # The queue holds requests in flight only: no snapshots. Without persistence a restarted
+        # Redis starts empty and each gateway enqueues again the requests it still holds;
+        # `settings.redis.persistence = "aof"` makes Redis keep the queue itself (fsync every
+        # second: a crash of the host may lose the last second of it).
         save = [ ];
-        appendOnly = false;
+        appendOnly = s.redis.persistence == "aof";
+        appendFsync = "everysec";
         requirePassFile = redisPassword;
         maxclients = mkDefault 10000;
+        # Bounded by configuration: a full Redis refuses new jobs (503 queue_memory_full) and
+        # never evicts a queued one (https://redis.io/docs/latest/develop/reference/eviction/).
+        settings = {
+          maxmemory = toString (l.bytes "redis.maxMemory" s.redis.maxMemory);
+          maxmemory-policy = "noeviction";
+        };
       };
     })
 

@@ -11,6 +11,7 @@ let
   t = import ./topology.nix;
   s = topo.settings;
   redisUrl = "redis://redis:6379";
+  aof = s.redis.persistence == "aof";
   engineService = r: (if topo.engine == "vllm" then "vllm-" else "stub-") + r.name;
   engineUrl = r: "http://${engineService r}:8000";
   gatewayPort = topo.gateway.port;
@@ -100,7 +101,10 @@ in
     redis = {
       image = redisImage;
       # The image's entrypoint drops to the redis user; the password file is read before it.
-      entrypoint = [ "/bin/sh" "-c" "exec docker-entrypoint.sh redis-server --save '' --appendonly no --requirepass \"$$(cat ${secretPath "redis-password"})\"" ];
+      # maxmemory with noeviction: a full Redis refuses new jobs (503 queue_memory_full) and never
+      # evicts a queued one. AOF (settings.redis.persistence = "aof") keeps the queue in a volume.
+      entrypoint = [ "/bin/sh" "-c" "exec docker-entrypoint.sh redis-server --save '' --appendonly ${if aof then "yes --appendfsync everysec" else "no"} --maxmemory ${toString (l.bytes "redis.maxMemory" s.redis.maxMemory)} --maxmemory-policy noeviction --requirepass \"$$(cat ${secretPath "redis-password"})\"" ];
+    } // l.optionalAttrs aof { volumes = [ "redis-data:/data" ]; } // {
       secrets = [ "redis-password" ];
       healthcheck = {
         test = [ "CMD-SHELL" "redis-cli -a \"$$(cat ${secretPath "redis-password"})\" --no-auth-warning ping | grep -q PONG" ];
@@ -164,5 +168,6 @@ in
       }
     ];
   }));
-  volumes = l.optionalAttrs (topo.engine == "vllm") { hf-cache = { }; vllm-cache = { }; };
+  volumes = l.optionalAttrs (topo.engine == "vllm") { hf-cache = { }; vllm-cache = { }; }
+    // l.optionalAttrs aof { redis-data = { }; };
 }

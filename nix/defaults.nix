@@ -17,6 +17,8 @@
       extraArgs = [ "--enable-auto-tool-choice" "--tool-call-parser" "hermes" ];
       requestDefaults = { };
       maxQueue = 10000;
+      maxQueueBytes = "256MiB";
+      maxCrashRetries = 1;
       queueTimeout = "120s";
     };
     light = {
@@ -30,6 +32,8 @@
       # Qwen3 thinks unless told not to; light is the fast tier.
       requestDefaults = { chat_template_kwargs = { enable_thinking = false; }; };
       maxQueue = 10000;
+      maxQueueBytes = "256MiB";
+      maxCrashRetries = 1;
       queueTimeout = "120s";
     };
   };
@@ -57,6 +61,12 @@
     host = "127.0.0.1";
     port = 6379;
     passwordFile = null; # a file outside the Nix store, e.g. from sops/agenix
+    # "none": a restarted Redis starts empty and each gateway enqueues again the requests it
+    # still holds; "aof": Redis keeps the queue itself (appendfsync everysec).
+    persistence = "none";
+    # Redis's maxmemory (with noeviction: a full Redis refuses writes, requests get 503
+    # queue_memory_full, nothing queued is evicted). At least the pools' maxQueueBytes summed.
+    maxMemory = "1GiB";
   };
 
   gateway = {
@@ -79,7 +89,6 @@
   # Defaults for every worker.
   worker = {
     maxInflight = 64;
-    reclaimIdle = "30s";
     drainTimeout = "60s";
   };
 

@@ -37,6 +37,22 @@ rec {
     then fail path "must be a duration such as \"90s\", \"2m\" or \"1m30s\", got ${builtins.toJSON text}"
     else (us + 999999) / 1000000;
 
+  # Bytes of a size as the ssw config writes it ("512MiB", "1GiB", "2MB", "4096"); throws naming
+  # `path` for anything else. Redis's own suffixes differ (its "1gb" is GiB), so Nix passes it
+  # plain bytes.
+  bytes = path: text:
+    let
+      units = {
+        "" = 1; B = 1;
+        KB = 1000; MB = 1000000; GB = 1000000000;
+        KiB = 1024; MiB = 1048576; GiB = 1073741824;
+      };
+      m = if builtins.isString text then builtins.match " *0*([0-9]+) *([A-Za-z]*) *" text else null;
+    in
+    if m == null || !(units ? ${builtins.elemAt m 1})
+    then fail path "must be a size such as \"512MiB\" or \"1GiB\", got ${builtins.toJSON text}"
+    else builtins.fromJSON (builtins.head m) * units.${builtins.elemAt m 1};
+
   # Index of `x` in list `xs` (first occurrence), or -1.
   indexOf = x: xs:
     let go = i: if i >= builtins.length xs then -1 else if builtins.elemAt xs i == x then i else go (i + 1);

@@ -20,6 +20,8 @@ let
     extraArgs = [ ];
     requestDefaults = { };
     maxQueue = 10000;
+    maxQueueBytes = "256MiB";
+    maxCrashRetries = 1;
     queueTimeout = "120s";
     # Stub timing of this pool's replicas (engine = "stub"), over the top-level `stub`.
     stub = { };
@@ -76,6 +78,11 @@ let
             msg = "must be \"vllm\" or \"stub\", got ${builtins.toJSON s.engine}";
           }
           { ok = poolNames != [ ]; path = "pools"; msg = "at least one pool is needed"; }
+          {
+            ok = builtins.elem s.redis.persistence [ "none" "aof" ];
+            path = "redis.persistence";
+            msg = "must be \"none\" or \"aof\", got ${builtins.toJSON s.redis.persistence}";
+          }
           { ok = replicaNames != [ ]; path = "replicas"; msg = "at least one replica is needed"; }
         ]
         ++ map (n: { ok = validName n; path = "pools.${n}"; msg = "pool names use letters, digits, `-`, `_`, `.`"; }) poolNames
@@ -214,6 +221,8 @@ let
       served_model = p.servedModel;
       inherit (p) aliases;
       max_queue = p.maxQueue;
+      max_queue_bytes = p.maxQueueBytes;
+      max_crash_retries = p.maxCrashRetries;
       queue_timeout = p.queueTimeout;
       defaults = p.requestDefaults;
       max_model_len = p.maxModelLen;
@@ -245,7 +254,6 @@ let
       id = r.name;
       engine_url = engineUrl;
       max_inflight = r.maxInflight;
-      reclaim_idle = s.worker.reclaimIdle;
       drain_timeout = s.worker.drainTimeout;
       gpus = [ r.gpu ];
     };

@@ -1,6 +1,6 @@
 # The node every VM test boots: the appliance in stub mode (no GPU), curl and jq for the script.
 # `settings` merge recursively over these (a test that sets `worker.maxInflight` keeps
-# `worker.reclaimIdle`).
+# `worker.drainTimeout`).
 { self, settings ? { } }:
 { pkgs, lib, ... }: {
   imports = [ self.nixosModules.default ];
@@ -13,7 +13,7 @@
       {
         engine = "stub";
         stub = { ttft = "10ms"; tpot = "2ms"; outputTokens = 8; };
-        worker.reclaimIdle = "5s";
+        worker.drainTimeout = "20s";
       }
       settings;
   };

@@ -1,5 +1,6 @@
 # SIGKILL a worker while it runs requests: systemd restarts it (Restart=on-failure), the jobs it
-# held are taken over (reclaim_idle = 5 s), and every request succeeds with its own answer.
+# held are taken over once its heartbeat lapses (worker.heartbeat_ttl, 5 s), and every request
+# succeeds with its own answer.
 N = 16
 HEAVY_0_METRICS = "http://127.0.0.1:9301/metrics"  # workerMetricsBase, first replica by name
 

@@ -46,7 +46,7 @@ SCENARIOS = {
                                                "{ services.redis.servers.ssw.maxclients = 20000; }"],
     "redis host": [SSW, BASE, ssw(
         '{ enable = true; roles = { gateway = false; workers = false; }; '
-        'settings.redis = { host = "10.0.0.5"; passwordFile = "/run/secrets/redis"; }; }')],
+        'settings.redis = { host = "10.0.0.5"; passwordFile = "/run/secrets/redis"; persistence = "aof"; maxMemory = "4GiB"; }; }')],
 }
 
 # VM-test nodes: each vm-tests/<name>.nix's machine, as the test driver builds it.
@@ -67,6 +67,10 @@ MUST_FAIL = {
                               "hfTokenFile"),
     "open gateway without keys": ([SSW, BASE, ssw('{ enable = true; settings = { engine = "stub"; gateway.listen = "0.0.0.0:8080"; }; }')],
                                   "without API keys"),
+    "unknown Redis persistence": ([SSW, BASE, ssw('{ enable = true; settings = { engine = "stub"; redis.persistence = "rdb"; }; }')],
+                                  "redis.persistence: must be \"none\" or \"aof\""),
+    "Redis memory that is not a size": ([SSW, BASE, ssw('{ enable = true; settings = { engine = "stub"; redis.maxMemory = "lots"; }; }')],
+                                        "redis.maxMemory: must be a size"),
     "option of the wrong type": ([SSW, BASE, ssw('{ enable = true; openFirewall = "yes"; }')], "openFirewall' is not of type `boolean'"),
     "unknown module option": ([SSW, BASE, ssw("{ enable = true; openFirewalls = true; }")], "services.ssw-inference.openFirewalls' does not exist"),
     "grafana without secret key": ([SSW, BASE, ssw('{ enable = true; settings = { engine = "stub"; grafana.enable = true; }; }')],
@@ -132,6 +136,10 @@ def a40(r, firewall=()):
         ok(gen in u["after"] and gen in u["wants"] and gen not in u["requires"], f"A40: {n} ordered after (and wants) the CDI generator")
         ok(u["startLimitIntervalSec"] == 0 and u["serviceConfig"]["RestartSec"] == "10s" and u["serviceConfig"]["Restart"] == "on-failure",
            f"A40: {n} restarts every 10 s without a start limit")
+    rs = r["redis"]["ssw"]
+    ok(rs["settings"]["maxmemory"] == str(1 << 30) and rs["settings"]["maxmemory-policy"] == "noeviction" and rs["appendOnly"] is False,
+       "A40: Redis bounded (maxmemory 1 GiB, noeviction), no persistence by default")
+    ok(unit_config(svc["ssw-gateway"])["pools"]["heavy"]["max_queue_bytes"] == "256MiB", "A40: the queue's byte limit reaches the gateway")
     ok(cs["ssw-vllm-light-0"]["dependsOn"] == ["ssw-vllm-heavy-0"] and cs["ssw-vllm-heavy-0"]["dependsOn"] == [], "A40: vLLMs on one GPU start one after the other")
     ok("podman-ssw-vllm-heavy-0.service" in svc["podman-ssw-vllm-light-0"]["requires"], "A40: light-0 requires heavy-0 (oci-containers dependsOn)")
     ok(svc["podman-ssw-vllm-light-1"]["upheldBy"] == ["podman-ssw-vllm-heavy-1.service"] and svc["podman-ssw-vllm-heavy-1"]["upheldBy"] == [],
@@ -238,6 +246,9 @@ def gateway_host(r):
 def redis_host(r):
     svc = r["systemd"]["services"]
     ok(sorted(ssw_units(svc)) == [] and r["redis"]["ssw"]["bind"] is None, "Redis host: Redis on every interface (host is remote), no ssw units")
+    rs = r["redis"]["ssw"]
+    ok(rs["appendOnly"] is True and rs["settings"]["appendfsync"] == "everysec" and rs["settings"]["maxmemory"] == str(4 << 30),
+       "Redis host: persistence = aof keeps the queue (fsync every second), maxMemory sized by the settings")
     ok("prometheus" not in r or r["prometheus"] == {}, "Redis host: no Prometheus without gateway or workers")
 
 
@@ -247,7 +258,7 @@ def vm_overload(r):
     light = unit_config(svc["ssw-stub-light-0"])["stub"]
     ok(heavy["ttft"] == "20s" and light["ttft"] == "10ms", "vm-test overload: slow heavy stubs, fast light stubs (per-pool stub timing)")
     w = unit_config(svc["ssw-worker-heavy-0"])["worker"]
-    ok(w["max_inflight"] == 1 and w["reclaim_idle"] == "5s", "vm-test overload: the test's settings merge over the common ones (reclaim_idle kept)")
+    ok(w["max_inflight"] == 1 and w["drain_timeout"] == "20s", "vm-test overload: the test's settings merge over the common ones (drain_timeout kept)")
     ok(unit_config(svc["ssw-gateway"])["pools"]["heavy"]["max_queue"] == 4, "vm-test overload: heavy max_queue 4 reaches the gateway")
 
 
