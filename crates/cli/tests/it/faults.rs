@@ -404,11 +404,14 @@ async fn the_launcher_restarts_a_killed_worker_stub_and_gateway_and_the_rest_kee
         }
         TestPlatform::eventually(
             Duration::from_secs(10),
-            "all four workers serve",
+            "ready, all four workers serving",
             || async {
                 let Ok(r) = p.http.get(p.url("/readyz")).send().await else {
                     return false;
                 };
+                if r.status() != 200 {
+                    return false;
+                }
                 let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap_or_default();
                 v["pools"].as_array().is_some_and(|pools| {
                     pools
