@@ -16,7 +16,7 @@ use ssw_protocol::reply::Reply;
 
 use crate::client::Dedicated;
 use crate::resp;
-use crate::scripts::{CLAIM, DROP, FINISH, HEARTBEAT, MARK_OUTPUT, RECLAIM, REQUEUE};
+use crate::scripts::{CLAIM, DROP, FINISH, HEARTBEAT, MARK_OUTPUT, RECLAIM, REPLY, REQUEUE};
 use crate::{QueueError, Redis};
 
 /// What the claim script decided for one job.
@@ -241,7 +241,7 @@ impl Redis {
 
     /// Sends one reply event; `Ok(false)` when the owning gateway's stream is gone.
     pub async fn send_reply(&self, reply_to: &str, reply: &Reply) -> Result<bool, QueueError> {
-        let id: Option<String> = self.query(&xadd_reply(reply_to, reply)).await?;
+        let id: Option<String> = self.script(&xadd_reply(reply_to, reply)).await?;
         Ok(id.is_some())
     }
 
@@ -264,9 +264,9 @@ impl Redis {
             .arg(state_ttl.as_millis() as u64);
         let mut pipe = redis::pipe();
         pipe.invoke_script(&inv)
-            .add_command(xadd_reply(reply_to, head));
+            .invoke_script(&xadd_reply(reply_to, head));
         let (marked, id): (Value, Option<String>) =
-            self.pipe_scripts(&pipe, &[&MARK_OUTPUT]).await?;
+            self.pipe_scripts(&pipe, &[&MARK_OUTPUT, &REPLY]).await?;
         Ok(if id.is_none() {
             Commit::GatewayGone
         } else if resp::int(&marked) == Some(1) {
@@ -301,11 +301,11 @@ impl Redis {
             .arg(size);
         let mut pipe = redis::pipe();
         if let Some(r) = reply {
-            pipe.add_command(xadd_reply(reply_to, r));
+            pipe.invoke_script(&xadd_reply(reply_to, r));
         }
         pipe.invoke_script(&inv).ignore();
         if reply.is_some() {
-            let (id,): (Option<String>,) = self.pipe_scripts(&pipe, &[&FINISH]).await?;
+            let (id,): (Option<String>,) = self.pipe_scripts(&pipe, &[&FINISH, &REPLY]).await?;
             Ok(id.is_some())
         } else {
             let _: () = self.pipe_scripts(&pipe, &[&FINISH]).await?;
@@ -430,11 +430,12 @@ impl Redis {
     }
 }
 
-fn xadd_reply(reply_to: &str, reply: &Reply) -> redis::Cmd {
-    let mut cmd = redis::cmd("XADD");
-    cmd.arg(reply_to).arg("NOMKSTREAM").arg("*");
+/// The REPLY script's call for one event.
+fn xadd_reply<'a>(reply_to: &str, reply: &Reply) -> redis::ScriptInvocation<'a> {
+    let mut inv = REPLY.prepare_invoke();
+    inv.key(reply_to);
     for (k, v) in reply.to_fields() {
-        cmd.arg(k).arg(v);
+        inv.arg(k).arg(v);
     }
-    cmd
+    inv
 }

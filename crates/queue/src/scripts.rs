@@ -6,7 +6,7 @@
 //! can live on its own Redis Cluster shard.
 //!
 //! Scripts that free memory or write a few bytes the platform cannot do without (claims,
-//! cancellations, heartbeats) carry `flags=allow-oom`: at `maxmemory` Redis still runs them.
+//! cancellations, heartbeats, the replies of running jobs) carry `flags=allow-oom`: at `maxmemory` Redis still runs them.
 //! ENQUEUE does not, so a full Redis refuses new jobs, and only new jobs. The shebang flags
 //! need Redis 7.
 
@@ -58,3 +58,4 @@ script!(RECLAIM, "reclaim.lua");
 script!(HEARTBEAT, "heartbeat.lua");
 script!(KEEP_REPLIES, "keep_replies.lua");
 script!(POOL_STATS, "pool_stats.lua");
+script!(REPLY, "reply.lua");

@@ -180,9 +180,10 @@ async fn enqueue_keeps_both_limits_and_counts_bytes() {
 }
 
 #[tokio::test]
-async fn a_full_redis_refuses_new_jobs_but_still_cancels_and_finishes() {
+async fn a_full_redis_refuses_new_jobs_but_still_cancels_answers_and_finishes() {
     let mut r = rig().await;
     let a = job("a", 1000);
+    r.redis.keep_replies(&a.reply_to, TTL).await.unwrap();
     let entry = r.handed(&a, "w").await;
     let Claim::Run { fence } = r.claim("w", &a).await else {
         panic!()
@@ -201,12 +202,39 @@ async fn a_full_redis_refuses_new_jobs_but_still_cancels_and_finishes() {
         other => panic!("expected OutOfMemory, got {other:?}"),
     }
     assert_eq!(r.stream_len().await, before, "nothing written");
-    // What frees memory or records a decision still runs.
+    // What frees memory, records a decision or answers a running job still runs.
     r.redis.cancel(POOL, "q", &queued, TTL, 10).await.unwrap();
-    r.redis
-        .finish(POOL, &entry, &a.reply_to, None, "a", ("w", fence), 1000)
-        .await
-        .unwrap();
+    let reply = |seq, event| Reply {
+        job: "a".into(),
+        fence,
+        seq,
+        event,
+    };
+    let replies_before: usize = r.raw.xlen(&a.reply_to).await.unwrap();
+    let data = reply(0, ReplyEvent::Data(b"data: {}\n\n".to_vec()));
+    assert!(r.redis.send_reply(&a.reply_to, &data).await.unwrap());
+    let end = reply(1, ReplyEvent::End);
+    assert!(
+        r.redis
+            .finish(
+                POOL,
+                &entry,
+                &a.reply_to,
+                Some(&end),
+                "a",
+                ("w", fence),
+                1000
+            )
+            .await
+            .unwrap()
+    );
+    let replies: usize = r.raw.xlen(&a.reply_to).await.unwrap();
+    // At least both (FINISH was new to Redis: its pipeline ran twice, REPLY included; the
+    // gateway drops the repeat by its sequence number).
+    assert!(
+        replies - replies_before >= 2,
+        "both reply events written at maxmemory"
+    );
     assert_eq!(r.stream_len().await, 0);
     assert_eq!(r.queued_bytes().await, 0);
 }
