@@ -20,6 +20,8 @@ struct Outcome {
     text: String,
     /// The error code, if the request failed (status or an SSE error event).
     code: Option<String>,
+    /// When its response ended.
+    ended: std::time::Instant,
 }
 
 fn stub(ttft_ms: u64, tpot_ms: u64, tokens: u32) -> StubConfig {
@@ -59,6 +61,7 @@ fn load(
                         status: 0,
                         text: String::new(),
                         code: Some(format!("connection: {e}")),
+                        ended: std::time::Instant::now(),
                     },
                 }
             };
@@ -84,7 +87,12 @@ async fn outcome(r: reqwest::Response) -> Outcome {
             .iter()
             .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
             .collect();
-        return Outcome { status, text, code };
+        return Outcome {
+            status,
+            text,
+            code,
+            ended: std::time::Instant::now(),
+        };
     }
     let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
     Outcome {
@@ -94,6 +102,7 @@ async fn outcome(r: reqwest::Response) -> Outcome {
             .unwrap_or_default()
             .to_owned(),
         code: v["error"]["code"].as_str().map(str::to_owned),
+        ended: std::time::Instant::now(),
     }
 }
 
@@ -430,4 +439,56 @@ async fn the_launcher_restarts_a_killed_worker_stub_and_gateway_and_the_rest_kee
             "{what}: {counts:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_worker_killed_under_load_is_noticed_by_its_heartbeat_not_the_stall_timeout() {
+    // stall_timeout 30 s: only the heartbeat check (heartbeat_ttl 1 s in tests) can end the
+    // killed worker's streams within the asserted 4 s.
+    let slow = StubConfig {
+        max_num_seqs: 4,
+        ..stub(10, 100, 40)
+    };
+    let p = TestPlatform::start_with(ssw(), |s| {
+        s.config.gateway.stall_timeout = Duration::from_secs(30);
+        s.replicas = vec![
+            stub_replica("heavy-0", "heavy", slow.clone()),
+            stub_replica("heavy-1", "heavy", slow.clone()),
+            stub_replica("light-0", "light", stub(5, 1, 4)),
+        ];
+        s.config.worker.max_inflight = 4;
+    })
+    .await;
+    let reqs = load(&p, "killed", 16, "heavy");
+    TestPlatform::eventually(Duration::from_secs(5), "heavy-0 streaming", || async {
+        p.stub_metric("heavy-0", "vllm:num_requests_running").await >= 2.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ssw_test_support::signal(p.platform.workers["heavy-0"].pid().unwrap(), libc::SIGKILL);
+    let killed = std::time::Instant::now();
+    let mut failed_at = Vec::new();
+    let mut all = Vec::new();
+    for (id, h) in reqs {
+        let o = h.await.unwrap();
+        if o.code.is_some() {
+            failed_at.push(o.ended.saturating_duration_since(killed));
+        }
+        all.push((id, tokio::spawn(async move { o })));
+    }
+    let counts = tally(all).await;
+    eprintln!("worker SIGKILLed under load: {counts:?}, failures ended after {failed_at:?}");
+    assert!(
+        counts.keys().all(|k| k == "ok" || k == "upstream_error"),
+        "{counts:?}"
+    );
+    assert!(
+        counts.get("upstream_error").is_some(),
+        "some streams were on heavy-0"
+    );
+    assert!(
+        failed_at.iter().all(|t| *t < Duration::from_secs(4)),
+        "told within heartbeat_ttl + 1 s, not the 30 s stall timeout: {failed_at:?}"
+    );
+    p.assert_no_jobs_left(Duration::from_secs(10)).await;
 }
