@@ -348,28 +348,26 @@ impl Platform {
             return self.restart_stub(id).await;
         }
         if let Some(id) = name.strip_prefix("worker ") {
-            let replica = self
-                .spec
-                .replicas
-                .iter()
-                .find(|r| r.id == id)
-                .cloned()
-                .ok_or_else(|| UpError::NotReady(format!("no replica {id}")))?;
+            let replica = self.replica(id)?;
             let url = self.engine_urls.get(id).cloned().unwrap_or_default();
             return self.spawn_worker(id, &replica.pool, &url, replica.gpus);
         }
         Ok(())
     }
 
-    /// Starts a replica's stub engine again on its port.
-    pub async fn restart_stub(&mut self, id: &str) -> Result<(), UpError> {
-        let replica = self
-            .spec
+    /// The spec of replica `id`.
+    fn replica(&self, id: &str) -> Result<ReplicaSpec, UpError> {
+        self.spec
             .replicas
             .iter()
             .find(|r| r.id == id)
             .cloned()
-            .ok_or_else(|| UpError::NotReady(format!("no replica {id}")))?;
+            .ok_or_else(|| UpError::NotReady(format!("no replica {id}")))
+    }
+
+    /// Starts a replica's stub engine again on its port.
+    pub async fn restart_stub(&mut self, id: &str) -> Result<(), UpError> {
+        let replica = self.replica(id)?;
         let EngineSpec::Stub(stub) = replica.engine.clone() else {
             return Ok(());
         };

@@ -17,7 +17,7 @@ async fn error_of(r: reqwest::Response) -> (u16, reqwest::header::HeaderMap, Val
     (status, headers, v)
 }
 
-fn slow_stub(ttft_ms: u64, tpot_ms: u64, tokens: u32) -> StubConfig {
+pub(crate) fn slow_stub(ttft_ms: u64, tpot_ms: u64, tokens: u32) -> StubConfig {
     StubConfig {
         ttft: Duration::from_millis(ttft_ms),
         tpot: Duration::from_millis(tpot_ms),

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use ssw_config::{ByteSize, StubConfig};
 use ssw_test_support::{TestPlatform, chat_body, metric, sse_events, stub_replica};
 
+use crate::failures::slow_stub as stub;
 use crate::ssw;
 
 /// What one request ended with.
@@ -24,13 +25,26 @@ struct Outcome {
     ended: std::time::Instant,
 }
 
-fn stub(ttft_ms: u64, tpot_ms: u64, tokens: u32) -> StubConfig {
-    StubConfig {
-        ttft: Duration::from_millis(ttft_ms),
-        tpot: Duration::from_millis(tpot_ms),
-        output_tokens: tokens,
-        ..StubConfig::default()
-    }
+/// Two heavy replicas with `slow` stubs (`max_num_seqs` 4, workers taking 4 jobs) and a fast
+/// light one.
+async fn two_slow_heavy_replicas(
+    slow: StubConfig,
+    tweak: impl FnOnce(&mut ssw_test_support::ssw_up::platform::PlatformSpec),
+) -> TestPlatform {
+    let slow = StubConfig {
+        max_num_seqs: 4,
+        ..slow
+    };
+    TestPlatform::start_with(ssw(), |s| {
+        s.replicas = vec![
+            stub_replica("heavy-0", "heavy", slow.clone()),
+            stub_replica("heavy-1", "heavy", slow),
+            stub_replica("light-0", "light", stub(5, 1, 4)),
+        ];
+        s.config.worker.max_inflight = 4;
+        tweak(s);
+    })
+    .await
 }
 
 /// Sends `n` requests with ids `<prefix>-<i>` (every other one streaming) on their own tasks.
@@ -335,19 +349,7 @@ async fn redis_at_maxmemory_answers_503_queue_memory_full_and_loses_nothing_queu
 
 #[tokio::test]
 async fn a_worker_frozen_past_its_heartbeat_never_interleaves_with_the_worker_that_took_over() {
-    let slow = StubConfig {
-        max_num_seqs: 4,
-        ..stub(100, 20, 12)
-    };
-    let p = TestPlatform::start_with(ssw(), |s| {
-        s.replicas = vec![
-            stub_replica("heavy-0", "heavy", slow.clone()),
-            stub_replica("heavy-1", "heavy", slow.clone()),
-            stub_replica("light-0", "light", stub(5, 1, 4)),
-        ];
-        s.config.worker.max_inflight = 4;
-    })
-    .await;
+    let p = two_slow_heavy_replicas(stub(100, 20, 12), |_| {}).await;
     let reqs = load(&p, "frozen", 30, "heavy");
     TestPlatform::eventually(Duration::from_secs(5), "heavy-0 busy", || async {
         p.stub_metric("heavy-0", "vllm:num_requests_running").await >= 2.0
@@ -445,18 +447,8 @@ async fn the_launcher_restarts_a_killed_worker_stub_and_gateway_and_the_rest_kee
 async fn a_worker_killed_under_load_is_noticed_by_its_heartbeat_not_the_stall_timeout() {
     // stall_timeout 30 s: only the heartbeat check (heartbeat_ttl 1 s in tests) can end the
     // killed worker's streams within the asserted 4 s.
-    let slow = StubConfig {
-        max_num_seqs: 4,
-        ..stub(10, 100, 40)
-    };
-    let p = TestPlatform::start_with(ssw(), |s| {
+    let p = two_slow_heavy_replicas(stub(10, 100, 40), |s| {
         s.config.gateway.stall_timeout = Duration::from_secs(30);
-        s.replicas = vec![
-            stub_replica("heavy-0", "heavy", slow.clone()),
-            stub_replica("heavy-1", "heavy", slow.clone()),
-            stub_replica("light-0", "light", stub(5, 1, 4)),
-        ];
-        s.config.worker.max_inflight = 4;
     })
     .await;
     let reqs = load(&p, "killed", 16, "heavy");
