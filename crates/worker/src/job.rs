@@ -319,46 +319,39 @@ pub async fn run(
     );
     let pool = &ctx.pool;
     let run = (ctx.id.as_str(), fence);
-    let result = match outcome {
-        Outcome::Done(event) => {
-            let reply = event.map(|event| sender.reply(fence, event));
-            ctx.redis
-                .finish(
-                    pool,
-                    &entry_id,
-                    &job.reply_to,
-                    reply.as_ref(),
-                    &job.id,
-                    run,
+    let reply = match &outcome {
+        Outcome::Done(event) => event.clone().map(|event| sender.reply(fence, event)),
+        _ => None,
+    };
+    let (c, outcome, entry_id, job, reply, sender) =
+        (&*ctx, &outcome, &entry_id, &job, reply.as_ref(), &sender);
+    let result = settle(c, move || async move {
+        match outcome {
+            Outcome::Done(_) | Outcome::Gone => c
+                .redis
+                .finish(pool, entry_id, &job.reply_to, reply, &job.id, run, size)
+                .await
+                .map(|_| ()),
+            Outcome::Lost => Ok(()),
+            Outcome::Retry { reason, crash } => {
+                give_back(
+                    c,
+                    entry_id,
+                    job.clone(),
                     size,
+                    fence,
+                    sender,
+                    reason.clone(),
+                    *crash,
                 )
                 .await
-                .map(|_| ())
+            }
         }
-        Outcome::Gone => ctx
-            .redis
-            .finish(pool, &entry_id, &job.reply_to, None, &job.id, run, size)
-            .await
-            .map(|_| ()),
-        Outcome::Lost => Ok(()),
-        Outcome::Retry { reason, crash } => {
-            give_back(
-                &ctx,
-                &entry_id,
-                job.clone(),
-                size,
-                fence,
-                &sender,
-                reason,
-                crash,
-            )
-            .await
-        }
-    };
+    })
+    .await;
     if let Err(e) = result {
-        // The entry stays pending; a live worker reclaims it once this one's heartbeat stops,
-        // or this one's next attempt at the job sees it.
-        tracing::warn!(error = %e, "cannot report the job's end to redis");
+        // The entry stays pending under this worker; its state expires after `state_ttl`.
+        tracing::error!(error = %e, "cannot report the job's end to redis; giving up");
     }
     tracing::info!(
         queue_ms = claimed_ms.saturating_sub(job.enqueued_ms),
@@ -366,6 +359,31 @@ pub async fn run(
         "finished"
     );
     true
+}
+
+/// Reports a job's end, retrying while Redis cannot take it (restarting, frozen). Until the
+/// report lands, the job's entry stays pending under this worker, which is alive, so no reclaim
+/// would ever settle it and its client would wait in silence. The scripts are fenced, so
+/// retrying a report that did land changes nothing (a repeated reply event is dropped by its
+/// sequence number). Gives up after `state_ttl`, when the job's state is gone anyway.
+async fn settle<F, Fut>(ctx: &Ctx, mut report: F) -> Result<(), ssw_queue::QueueError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), ssw_queue::QueueError>>,
+{
+    let deadline = tokio::time::Instant::now() + ctx.state_ttl;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match report().await {
+            Ok(()) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() + backoff < deadline => {
+                tracing::warn!(error = %e, "cannot report the job's end to redis; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Handles a job the claim did not let this worker run (`None`: the claim failed, so the entry
