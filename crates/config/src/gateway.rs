@@ -58,6 +58,11 @@ pub struct GatewayConfig {
     /// `upstream_error`.
     #[serde(with = "humantime_serde")]
     pub stall_timeout: Duration,
+    /// How long this gateway's reply stream outlives it (renewed every third of it). Workers
+    /// take the stream's existence for the gateway being alive: after a gateway dies, its jobs
+    /// run on for at most this long before workers drop them as orphans.
+    #[serde(with = "humantime_serde")]
+    pub reply_ttl: Duration,
     /// How long in-flight responses may take to finish after SIGTERM.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -101,6 +106,7 @@ impl Default for GatewayConfig {
             max_connections: 10_000,
             reply_buffer: ByteSize::kib(256),
             stall_timeout: Duration::from_secs(30),
+            reply_ttl: Duration::from_secs(15),
             shutdown_timeout: Duration::from_secs(30),
             retry_after: Duration::from_secs(1),
             sample_interval: Duration::from_secs(1),
@@ -161,6 +167,16 @@ impl GatewayConfig {
                     humantime_serde::re::humantime::format_duration(
                         config.worker.keepalive_interval
                     )
+                ),
+            ));
+        }
+        // Each renewal may take up to `redis.op_timeout`; a third of the TTL must fit one.
+        if self.reply_ttl < 3 * config.redis.op_timeout {
+            return Err(invalid(
+                "gateway.reply_ttl",
+                format!(
+                    "must be at least 3 × redis.op_timeout ({}), or a slow renewal lets the reply stream expire",
+                    humantime_serde::re::humantime::format_duration(config.redis.op_timeout)
                 ),
             ));
         }

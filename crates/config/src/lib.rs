@@ -308,6 +308,11 @@ mod tests {
                 "gateway.stall_timeout",
             ),
             (
+                "[gateway]\nreply_ttl = \"2s\"",
+                Role::Gateway,
+                "gateway.reply_ttl",
+            ),
+            (
                 "[gateway]\nthreads = 5000",
                 Role::Gateway,
                 "gateway.threads",

@@ -53,11 +53,13 @@ pub async fn serve(
     let reader = tokio::spawn(replies::run_reader(
         state.redis.clone(),
         state.replies.clone(),
+        state.config.gateway.reply_ttl,
         background.clone(),
     ));
     let keeper = tokio::spawn(replies::run_keeper(
         state.redis.clone(),
         state.replies.clone(),
+        state.config.gateway.reply_ttl,
         background.clone(),
     ));
     let watcher = tokio::spawn(replies::watch_workers(

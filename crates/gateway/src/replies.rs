@@ -310,8 +310,6 @@ impl Replies {
     }
 }
 
-/// How long the reply stream outlives this gateway (renewed every third of it).
-pub const REPLY_TTL: Duration = Duration::from_secs(15);
 const BLOCK: Duration = Duration::from_secs(1);
 /// Entries per read. Entries are bounded (a streamed chunk by the worker's coalescing, a whole
 /// answer by `worker.max_response_bytes`), so a read is too, and finishes well within the
@@ -320,7 +318,13 @@ const BATCH: usize = 128;
 const TRIM_EVERY: Duration = Duration::from_millis(200);
 
 /// Runs the reader until `shutdown`.
-pub async fn run_reader(redis: Redis, replies: Arc<Replies>, shutdown: CancellationToken) {
+/// `ttl`: `gateway.reply_ttl`, how long the reply stream outlives this gateway.
+pub async fn run_reader(
+    redis: Redis,
+    replies: Arc<Replies>,
+    ttl: Duration,
+    shutdown: CancellationToken,
+) {
     let mut reader = ReplyReader::new(replies.key().to_owned(), "0-0".to_owned());
     let mut backoff = Duration::from_millis(50);
     let mut connected_once = false;
@@ -330,7 +334,7 @@ pub async fn run_reader(redis: Redis, replies: Arc<Replies>, shutdown: Cancellat
     while !shutdown.is_cancelled() {
         let conn = async {
             let run_id = redis.run_id().await?;
-            let existed = redis.keep_replies(reader.key(), REPLY_TTL).await?;
+            let existed = redis.keep_replies(reader.key(), ttl).await?;
             Ok::<_, ssw_queue::QueueError>((redis.dedicated().await?, existed, run_id))
         };
         let (mut conn, existed, run_id) = match conn.await {
@@ -424,10 +428,16 @@ pub async fn watch_workers(redis: Redis, replies: Arc<Replies>, shutdown: Cancel
     }
 }
 
-/// Renews the reply stream's TTL and notices if it vanished between renewals.
-pub async fn run_keeper(redis: Redis, replies: Arc<Replies>, shutdown: CancellationToken) {
+/// Renews the reply stream's TTL (`ttl`, every third of it) and notices if it vanished between
+/// renewals.
+pub async fn run_keeper(
+    redis: Redis,
+    replies: Arc<Replies>,
+    ttl: Duration,
+    shutdown: CancellationToken,
+) {
     // The reader creates the stream at start-up; the first renewal is one period later.
-    let period = REPLY_TTL / 3;
+    let period = ttl / 3;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -435,7 +445,7 @@ pub async fn run_keeper(redis: Redis, replies: Arc<Replies>, shutdown: Cancellat
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match redis.keep_replies(replies.key(), REPLY_TTL).await {
+        match redis.keep_replies(replies.key(), ttl).await {
             Ok(true) => {}
             Ok(false) => {
                 tracing::error!("reply stream had vanished (redis lost its data)");

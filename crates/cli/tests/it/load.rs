@@ -28,6 +28,7 @@ async fn a_thousand_concurrent_requests_all_succeed_and_balance() {
         // second for the gateway's own runtime. 1 s is the production deadline for a Redis
         // command; this test is about nothing being lost or misrouted, not that deadline.
         s.config.redis.op_timeout = Duration::from_secs(10);
+        s.config.gateway.reply_ttl = Duration::from_secs(30);
         // The other tests run the default gateway (a thread per core); this one a gateway on one
         // thread, which must lose nothing either.
         s.config.gateway.threads = 1;
