@@ -266,6 +266,16 @@ impl Platform {
         self.spawn_ssw("gateway", "gateway", &path, listeners)
     }
 
+    /// Starts one more gateway, with the platform's configuration, on a loopback port of its
+    /// own; returns it and its URL. Several gateways share Redis and the workers, as on a
+    /// multi-host deployment.
+    pub fn add_gateway(&self, name: &str) -> Result<(Child, String), UpError> {
+        let (listener, url) = bind_loopback()?;
+        let path = self.write_config(&format!("gateway-{name}"), &self.base_config())?;
+        let child = self.spawn_ssw("gateway", name, &path, vec![("gateway", listener)])?;
+        Ok((child, url))
+    }
+
     /// Starts the gateway again on the same listeners (after it exited or was killed).
     pub async fn restart_gateway(&mut self) -> Result<(), UpError> {
         if let Some(mut g) = self.gateway.take() {

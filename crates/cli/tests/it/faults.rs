@@ -47,13 +47,15 @@ async fn two_slow_heavy_replicas(
     .await
 }
 
+type Requests = Vec<(String, tokio::task::JoinHandle<Outcome>)>;
+
 /// Sends `n` requests with ids `<prefix>-<i>` (every other one streaming) on their own tasks.
-fn load(
-    p: &TestPlatform,
-    prefix: &str,
-    n: usize,
-    model: &str,
-) -> Vec<(String, tokio::task::JoinHandle<Outcome>)> {
+fn load(p: &TestPlatform, prefix: &str, n: usize, model: &str) -> Requests {
+    load_at(p, &p.platform.gateway_url, prefix, n, model)
+}
+
+/// [`load`] through the gateway at `base`.
+fn load_at(p: &TestPlatform, base: &str, prefix: &str, n: usize, model: &str) -> Requests {
     (0..n)
         .map(|i| {
             let id = format!("{prefix}-{i}");
@@ -61,7 +63,7 @@ fn load(
             body["stream"] = json!(i % 2 == 1);
             let req = p
                 .http
-                .post(p.url("/v1/chat/completions"))
+                .post(format!("{base}/v1/chat/completions"))
                 .header("content-type", "application/json")
                 .header("x-request-id", &id)
                 .timeout(Duration::from_secs(60))
@@ -122,7 +124,7 @@ async fn outcome(r: reqwest::Response) -> Outcome {
 
 /// Waits for every request; asserts each successful one carries its own answer; returns the
 /// outcomes counted by code ("ok" for success).
-async fn tally(reqs: Vec<(String, tokio::task::JoinHandle<Outcome>)>) -> BTreeMap<String, usize> {
+async fn tally(reqs: Requests) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for (id, h) in reqs {
         let o = h.await.unwrap();
@@ -230,9 +232,22 @@ async fn redis_restart(persistence: ssw_config::Persistence) -> f64 {
         p.stub_metric("heavy-0", "vllm:num_requests_running").await >= 1.0
     })
     .await;
+    // Two more clients, queued behind the load, who leave while Redis is down: neither is
+    // enqueued again nor run from what Redis kept.
+    let left: Vec<_> = (0..2)
+        .map(|i| {
+            let after = Leave::After(Duration::from_millis(300));
+            leave(&p, &format!("left-during-outage-{i}"), "heavy", after)
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let redis = p.platform.redis.as_mut().unwrap();
     redis.kill().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     redis.restart().await.unwrap();
+    for h in left {
+        h.await.unwrap();
+    }
     let counts = tally(reqs).await;
     // Requests queued when Redis died were enqueued again and answered; only a request whose
     // answer was already streaming may fail, and then explicitly.
@@ -247,6 +262,12 @@ async fn redis_restart(persistence: ssw_config::Persistence) -> f64 {
         "{counts:?}"
     );
     assert!(failed <= 2 && ok + failed == 24, "{counts:?}");
+    p.assert_no_jobs_left(Duration::from_secs(10)).await;
+    let seen = p.stub_request_ids("heavy-0").await;
+    assert!(
+        !seen.iter().any(|id| id.starts_with("left-during-outage")),
+        "{persistence:?}: a request whose client left while Redis was down ran: {seen:?}"
+    );
     let m = p.get_text(&p.url("/metrics")).await;
     let resubmitted = metric(&m, "ssw_gateway_requests_resubmitted_total", &[]).unwrap_or(0.0);
     eprintln!("redis restart ({persistence:?}): {counts:?}, {resubmitted} enqueued again");
@@ -258,19 +279,21 @@ async fn a_gateway_restarted_with_the_same_id_never_reads_its_previous_runs_repl
     let mut p = TestPlatform::start_with(ssw(), |s| {
         s.config.gateway.id = Some("gw-fixed".into());
         s.replicas = vec![
-            stub_replica("heavy-0", "heavy", stub(300, 20, 8)),
+            stub_replica("heavy-0", "heavy", stub(300, 100, 40)),
             stub_replica("light-0", "light", stub(5, 1, 4)),
         ];
     })
     .await;
-    // Requests in flight when the gateway is killed: their answers land in the old reply
-    // stream (or are dropped by workers that find it gone), never in the new run's.
+    // Requests in flight when the gateway is killed: their workers go on streaming answers
+    // (4 s each) for the old run's jobs while the new run starts its own. Those answers must
+    // never reach the new run's requests, and the jobs must be dropped as orphans.
     let lost = load(&p, "before", 6, "heavy");
-    TestPlatform::eventually(Duration::from_secs(5), "a job running", || async {
-        p.stub_metric("heavy-0", "vllm:num_requests_running").await >= 1.0
+    TestPlatform::eventually(Duration::from_secs(5), "the jobs running", || async {
+        p.stub_metric("heavy-0", "vllm:num_requests_running").await >= 6.0
     })
     .await;
     p.platform.gateway.as_mut().unwrap().signal(libc::SIGKILL);
+    let killed = std::time::Instant::now();
     for (_, h) in lost {
         let _ = h.await;
     }
@@ -283,11 +306,23 @@ async fn a_gateway_restarted_with_the_same_id_never_reads_its_previous_runs_repl
             .is_ok_and(|r| r.status() == 200)
     })
     .await;
-    let counts = tally(load(&p, "after", 20, "heavy")).await;
+    let counts = tally(load(&p, "after", 20, "light")).await;
     assert_eq!(
         counts,
         BTreeMap::from([("ok".to_owned(), 20)]),
         "{counts:?}"
+    );
+    // Workers drop them once the old run's reply stream expires: `gateway.reply_ttl` (3 s in
+    // tests) after its last renewal.
+    TestPlatform::eventually(
+        Duration::from_secs(4).saturating_sub(killed.elapsed()),
+        "the old run's jobs aborted within reply_ttl + 1 s of the kill",
+        || async { aborted_on(&p, &["heavy-0"]).await == 6.0 },
+    )
+    .await;
+    eprintln!(
+        "gateway SIGKILL + restart: {counts:?}; the old run's 6 jobs aborted {:?} after the kill",
+        killed.elapsed()
     );
 }
 
@@ -483,4 +518,292 @@ async fn a_worker_killed_under_load_is_noticed_by_its_heartbeat_not_the_stall_ti
         "told within heartbeat_ttl + 1 s, not the 30 s stall timeout: {failed_at:?}"
     );
     p.assert_no_jobs_left(Duration::from_secs(10)).await;
+}
+
+/// Sends a request with id `id` to `model` and gives up on it after `after`, unanswered (a
+/// streaming one: after its first chunk, whenever that comes).
+fn leave(p: &TestPlatform, id: &str, model: &str, after: Leave) -> tokio::task::JoinHandle<()> {
+    let mut body = chat_body(model);
+    body["stream"] = json!(matches!(after, Leave::AfterFirstChunk));
+    let mut req = p
+        .http
+        .post(p.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("x-request-id", id)
+        .body(body.to_string());
+    if let Leave::After(t) = after {
+        req = req.timeout(t);
+    }
+    let id = id.to_owned();
+    tokio::spawn(async move {
+        match req.send().await {
+            Err(e) => assert!(e.is_timeout(), "{id}: {e}"),
+            Ok(r) => {
+                assert!(
+                    matches!(after, Leave::AfterFirstChunk),
+                    "{id} answered: {r:?}"
+                );
+                assert_eq!(r.status(), 200, "{id}");
+                let mut chunks = r.bytes_stream();
+                futures::StreamExt::next(&mut chunks)
+                    .await
+                    .expect("first chunk")
+                    .expect("bytes");
+            }
+        }
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Leave {
+    After(Duration),
+    AfterFirstChunk,
+}
+
+/// The request ids any of `replicas`' engines received.
+async fn engines_saw(p: &TestPlatform, replicas: &[&str]) -> Vec<String> {
+    let mut seen = Vec::new();
+    for r in replicas {
+        seen.extend(p.stub_request_ids(r).await);
+    }
+    seen
+}
+
+async fn aborted_on(p: &TestPlatform, replicas: &[&str]) -> f64 {
+    let mut n = 0.0;
+    for r in replicas {
+        n += p.stub_metric(r, "ssw_stub_aborted_requests_total").await;
+    }
+    n
+}
+
+const HEAVY: [&str; 2] = ["heavy-0", "heavy-1"];
+
+#[tokio::test]
+async fn a_worker_killed_before_its_first_token_under_load_loses_nothing() {
+    let p = two_slow_heavy_replicas(stub(1500, 1, 4), |_| {}).await;
+    let reqs = load(&p, "early", 16, "heavy");
+    TestPlatform::eventually(Duration::from_secs(5), "heavy-0 busy", || async {
+        p.stub_metric("heavy-0", "vllm:num_requests_running").await >= 2.0
+    })
+    .await;
+    ssw_test_support::signal(p.platform.workers["heavy-0"].pid().unwrap(), libc::SIGKILL);
+    let counts = tally(reqs).await;
+    eprintln!("worker SIGKILLed before output: {counts:?}");
+    assert_eq!(
+        counts,
+        BTreeMap::from([("ok".to_owned(), 16)]),
+        "{counts:?}"
+    );
+    p.assert_no_jobs_left(Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn an_engine_killed_under_load_fails_only_the_streams_it_had_started() {
+    let p = two_slow_heavy_replicas(stub(10, 20, 40), |_| {}).await;
+    let reqs = load(&p, "engine", 20, "heavy");
+    TestPlatform::eventually(Duration::from_secs(5), "heavy-0 busy", || async {
+        p.stub_metric("heavy-0", "vllm:num_requests_running").await >= 2.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.platform.stubs["heavy-0"].0.signal(libc::SIGKILL);
+    let mut all = Vec::new();
+    for (i, (id, h)) in reqs.into_iter().enumerate() {
+        let o = h.await.unwrap();
+        // A non-streaming answer reaches its client only whole: retried on heavy-1.
+        assert!(i % 2 == 1 || o.status == 200, "{id}: {o:?}");
+        all.push((id, tokio::spawn(async move { o })));
+    }
+    let counts = tally(all).await;
+    eprintln!("engine SIGKILLed under load: {counts:?}");
+    assert!(
+        counts.keys().all(|k| k == "ok" || k == "upstream_error"),
+        "{counts:?}"
+    );
+    assert_eq!(counts.values().sum::<usize>(), 20);
+    p.assert_no_jobs_left(Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn redis_frozen_under_load_fails_nothing_silently_and_never_runs_an_unconfirmed_enqueue() {
+    let p = two_slow_heavy_replicas(stub(50, 20, 20), |_| {}).await;
+    let reqs = load(&p, "frozen-redis", 20, "heavy");
+    TestPlatform::eventually(Duration::from_secs(5), "heavy-0 busy", || async {
+        p.stub_metric("heavy-0", "vllm:num_requests_running").await >= 2.0
+    })
+    .await;
+    let redis = p.platform.redis.as_ref().unwrap().pid().unwrap();
+    ssw_test_support::signal(redis, libc::SIGSTOP);
+    // Requests arriving while Redis is frozen: their enqueue is sent, unanswered past
+    // `redis.op_timeout`, so their clients are told 503; Redis runs it once it resumes.
+    let unconfirmed = load(&p, "unconfirmed", 4, "heavy");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    ssw_test_support::signal(redis, libc::SIGCONT);
+    let counts = tally(reqs).await;
+    let told = tally(unconfirmed).await;
+    eprintln!("redis frozen 1.5 s under load: {counts:?}; enqueued while frozen: {told:?}");
+    assert_eq!(
+        told,
+        BTreeMap::from([("queue_unavailable".to_owned(), 4)]),
+        "{told:?}"
+    );
+    assert!(
+        counts.keys().all(|k| k == "ok" || k == "upstream_error"),
+        "{counts:?}"
+    );
+    assert_eq!(counts.values().sum::<usize>(), 20);
+    p.assert_no_jobs_left(Duration::from_secs(10)).await;
+    let seen = engines_saw(&p, &HEAVY).await;
+    assert!(
+        !seen.iter().any(|id| id.starts_with("unconfirmed")),
+        "an enqueue its client was told failed ran: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn clients_leaving_at_each_stage_under_load_cost_the_engines_nothing_more() {
+    let p = two_slow_heavy_replicas(stub(200, 20, 10), |_| {}).await;
+    // Running (non-streaming): the first requests, left while their engine generates.
+    let mut left = vec![
+        leave(
+            &p,
+            "left-running-0",
+            "heavy",
+            Leave::After(Duration::from_millis(300)),
+        ),
+        leave(
+            &p,
+            "left-running-1",
+            "heavy",
+            Leave::After(Duration::from_millis(300)),
+        ),
+    ];
+    TestPlatform::eventually(Duration::from_secs(5), "both running", || async {
+        engines_saw(&p, &HEAVY).await.len() == 2
+    })
+    .await;
+    let reqs = load(&p, "stay", 24, "heavy");
+    // Queued: behind the load, left before a worker could reach them.
+    for i in 0..4 {
+        left.push(leave(
+            &p,
+            &format!("left-queued-{i}"),
+            "heavy",
+            Leave::After(Duration::from_millis(150)),
+        ));
+    }
+    // Streaming: left after the first chunk, once the load ahead of them has run.
+    for i in 0..2 {
+        left.push(leave(
+            &p,
+            &format!("left-streaming-{i}"),
+            "heavy",
+            Leave::AfterFirstChunk,
+        ));
+    }
+    let counts = tally(reqs).await;
+    for h in left {
+        h.await.unwrap();
+    }
+    eprintln!("clients leaving under load: {counts:?}");
+    assert_eq!(
+        counts,
+        BTreeMap::from([("ok".to_owned(), 24)]),
+        "{counts:?}"
+    );
+    // The running and streaming ones were aborted on their engine; the queued ones never ran.
+    TestPlatform::eventually(
+        Duration::from_secs(3),
+        "4 aborts on the engines",
+        || async { aborted_on(&p, &HEAVY).await == 4.0 },
+    )
+    .await;
+    let seen = engines_saw(&p, &HEAVY).await;
+    assert!(
+        !seen.iter().any(|id| id.starts_with("left-queued")),
+        "{seen:?}"
+    );
+    p.assert_no_jobs_left(Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn a_worker_told_to_stop_under_load_finishes_its_jobs_and_hands_back_none_lost() {
+    let mut p = two_slow_heavy_replicas(stub(10, 20, 30), |_| {}).await;
+    let reqs = load(&p, "drain", 24, "heavy");
+    TestPlatform::eventually(Duration::from_secs(5), "heavy-0 busy", || async {
+        p.stub_metric("heavy-0", "vllm:num_requests_running").await >= 2.0
+    })
+    .await;
+    let mut worker = p.platform.workers.remove("heavy-0").unwrap();
+    worker.signal(libc::SIGTERM);
+    let counts = tally(reqs).await;
+    let exit = tokio::time::timeout(Duration::from_secs(10), worker.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    eprintln!("worker SIGTERM under load: {counts:?}");
+    assert!(exit.success(), "{exit}");
+    assert_eq!(
+        counts,
+        BTreeMap::from([("ok".to_owned(), 24)]),
+        "{counts:?}"
+    );
+    p.assert_no_jobs_left(Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn a_gateway_told_to_stop_under_load_answers_everything_it_admitted() {
+    let mut p = two_slow_heavy_replicas(stub(10, 20, 30), |_| {}).await;
+    // 24 requests on 8 engine slots: most are still queued when SIGTERM arrives.
+    let reqs = load(&p, "gw-drain", 24, "heavy");
+    TestPlatform::eventually(Duration::from_secs(5), "heavy-0 busy", || async {
+        p.stub_metric("heavy-0", "vllm:num_requests_running").await >= 2.0
+    })
+    .await;
+    let mut gateway = p.platform.gateway.take().unwrap();
+    gateway.signal(libc::SIGTERM);
+    let counts = tally(reqs).await;
+    let exit = tokio::time::timeout(Duration::from_secs(10), gateway.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    eprintln!("gateway SIGTERM under load: {counts:?}");
+    assert!(exit.success(), "{exit}");
+    assert_eq!(
+        counts,
+        BTreeMap::from([("ok".to_owned(), 24)]),
+        "{counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn two_gateways_sharing_one_id_never_cross_answers() {
+    // Both processes configured with one `gateway.id` (as two copies of one config on a host).
+    let p = two_slow_heavy_replicas(stub(20, 5, 12), |s| {
+        s.config.gateway.id = Some("gw-shared".into());
+    })
+    .await;
+    let (second, url) = p.platform.add_gateway("second").unwrap();
+    TestPlatform::eventually(
+        Duration::from_secs(10),
+        "the second gateway ready",
+        || async {
+            p.http
+                .get(format!("{url}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
+    )
+    .await;
+    let mut reqs = load(&p, "first", 30, "heavy");
+    reqs.extend(load_at(&p, &url, "second", 30, "heavy"));
+    let counts = tally(reqs).await;
+    second.signal(libc::SIGKILL);
+    assert_eq!(
+        counts,
+        BTreeMap::from([("ok".to_owned(), 60)]),
+        "{counts:?}"
+    );
 }
