@@ -153,6 +153,8 @@ fn dashboard_has_the_panels_operators_need() {
         "gpu utilisation",
         "gpu memory",
         "kv-cache",
+        "queue memory",
+        "job outcomes",
     ] {
         assert!(
             titles.iter().any(|t| t.contains(needed)),

@@ -237,6 +237,7 @@ pub async fn run(
     let bg = TaskTracker::new();
     ssw_telemetry::start_process_metrics("worker", background.clone());
     telemetry::slots(&ctx);
+    telemetry::init_jobs(&ctx);
     if let Some(listener) = metrics {
         bg.spawn(telemetry::serve(listener, background.clone()));
     }

@@ -19,9 +19,41 @@ fn labels(ctx: &Ctx) -> [(&'static str, String); 2] {
 
 /// Counts a job's end.
 pub fn job(ctx: &Ctx, outcome: &'static str) {
+    debug_assert!(
+        OUTCOMES.contains(&outcome),
+        "{outcome} missing from OUTCOMES"
+    );
     let [p, w] = labels(ctx);
     metrics::counter!(names::WORKER_JOBS, p.0 => p.1, w.0 => w.1, "outcome" => outcome)
         .increment(1);
+}
+
+/// Every `outcome` of [`job`] (docs/observability.md explains each).
+pub const OUTCOMES: [&str; 14] = [
+    "ok",
+    "engine_rejected",
+    "engine_error",
+    "too_large",
+    "requeued",
+    "crash_requeued",
+    "engine_crashed",
+    "bounced",
+    "cancelled",
+    "expired",
+    "orphaned",
+    "orphaned_gateway",
+    "lost",
+    "reclaimed",
+];
+
+/// Exports every outcome's counter at 0 from the start: an alert on `increase()` then sees the
+/// first event (a series born at 1 shows no increase).
+pub fn init_jobs(ctx: &Ctx) {
+    let [p, w] = labels(ctx);
+    for outcome in OUTCOMES {
+        metrics::counter!(names::WORKER_JOBS, p.0 => p.1.clone(), w.0 => w.1.clone(), "outcome" => outcome)
+            .increment(0);
+    }
 }
 
 /// Updates the slot gauges.

@@ -147,6 +147,15 @@ async fn gateway_and_worker_metrics_count_the_traffic_sent() {
                 &[("worker", id), ("outcome", "ok")],
             );
         }
+        // Fault outcomes are exported at 0 before the first one, so that an alert on their
+        // increase() fires on the first (a series born at 1 shows none).
+        let crashed = w.samples.iter().find(|x| {
+            x.metric == "ssw_worker_jobs_total" && x.labels.get("outcome") == Some("engine_crashed")
+        });
+        assert!(
+            crashed.is_some_and(|x| matches!(x.value, Value::Counter(v) if v == 0.0)),
+            "{id}: {crashed:?}"
+        );
         assert_eq!(value(&w, "ssw_worker_engine_up", &labels), 1.0, "{id}");
         assert_eq!(value(&w, "ssw_worker_inflight_jobs", &labels), 0.0, "{id}");
         assert_eq!(value(&w, "ssw_worker_free_slots", &labels), 64.0, "{id}");
