@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 use ssw_config::Config;
+use ssw_protocol::tier::Tier;
 use ssw_queue::Redis;
 use ssw_queue::producer::PoolStats;
 
@@ -62,6 +63,36 @@ pub fn render(pools: &[(String, Result<PoolStats, String>)], now_ms: u64) -> Str
             Err(e) => {
                 let _ = writeln!(out, "{name:<12} unavailable: {e}");
             }
+        }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<12} {:<9} {:>8} {:>10}   TENANTS WAITING",
+        "POOL", "TIER", "WAITING", "OLDEST"
+    );
+    for (name, stats) in pools {
+        let Ok(s) = stats else { continue };
+        for (tier, t) in Tier::ALL.into_iter().zip(&s.tiers) {
+            let oldest = t
+                .oldest_waiting_ms
+                .map_or_else(|| "-".to_owned(), |ms| age(now_ms, ms));
+            let tenants = if tier == Tier::Priority {
+                let mut ts: Vec<_> = s.tenants.iter().filter(|(_, n)| *n > 0).collect();
+                ts.sort();
+                ts.iter()
+                    .map(|(t, n)| format!("{t}={n}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "{name:<12} {:<9} {:>8} {oldest:>10}   {tenants}",
+                tier.as_str(),
+                t.waiting,
+            );
         }
     }
     let _ = writeln!(out);
@@ -156,6 +187,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use ssw_protocol::heartbeat::WorkerStatus;
+    use ssw_queue::producer::TierStats;
 
     fn worker(id: &str, up: bool) -> WorkerStatus {
         WorkerStatus {
@@ -185,6 +217,18 @@ mod tests {
             oldest_waiting_ms: Some(5_000),
             workers: vec![worker("heavy-1", false), worker("heavy-0", true)],
             queued_bytes: 2_500_000,
+            tiers: [
+                TierStats {
+                    waiting: 2,
+                    oldest_waiting_ms: Some(9_000),
+                },
+                TierStats::default(),
+                TierStats {
+                    waiting: 10,
+                    oldest_waiting_ms: Some(5_000),
+                },
+            ],
+            tenants: vec![("studio-b".into(), 10), ("studio-a".into(), 2)],
         };
         let out = render(
             &[
@@ -198,6 +242,14 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("light        unavailable: down"), "{out}");
+        assert!(
+            out.contains("heavy        priority         2       1.0s   studio-a=2 studio-b=10"),
+            "{out}"
+        );
+        assert!(
+            out.contains("heavy        flex            10       5.0s"),
+            "{out}"
+        );
         let h0 = out.find("heavy-0").unwrap();
         let h1 = out.find("heavy-1").unwrap();
         assert!(h0 < h1, "workers sorted");

@@ -180,9 +180,7 @@ impl GatewayConfig {
                 ),
             ));
         }
-        if self.api_keys_file.is_none()
-            && !self.listen.ip().is_loopback()
-            && !self.allow_unauthenticated
+        if !config.has_api_keys() && !self.listen.ip().is_loopback() && !self.allow_unauthenticated
         {
             return Err(invalid(
                 "gateway.allow_unauthenticated",
@@ -205,7 +203,7 @@ impl GatewayConfig {
     }
 
     /// Whether the public listener is open to anyone who can reach it (no keys, not loopback).
-    pub fn is_open(&self) -> bool {
-        self.api_keys_file.is_none() && !self.listen.ip().is_loopback()
+    pub fn is_open(&self, config: &crate::Config) -> bool {
+        !config.has_api_keys() && !self.listen.ip().is_loopback()
     }
 }

@@ -23,6 +23,7 @@ pub mod pool;
 pub mod redis;
 pub mod size;
 pub mod stub;
+pub mod tenant;
 pub mod worker;
 
 pub use gateway::{GatewayConfig, MAX_THREADS};
@@ -30,6 +31,7 @@ pub use pool::{PoolConfig, default_pools};
 pub use redis::{Persistence, RedisConfig};
 pub use size::ByteSize;
 pub use stub::{STUB_PRESETS, StubConfig};
+pub use tenant::TenantConfig;
 pub use worker::{GpuMetrics, WorkerConfig};
 
 /// A configuration that cannot be used, naming the field.
@@ -83,6 +85,8 @@ pub struct Config {
     /// Pools by name. Empty means the two default pools, `heavy` and `light`
     /// ([`default_pools`]); naming any pool replaces both.
     pub pools: BTreeMap<String, PoolConfig>,
+    /// Tenants by name (`[tenants.<name>]`): their keys, tiers and limits.
+    pub tenants: BTreeMap<String, TenantConfig>,
     /// One worker process (used by `ssw worker`).
     pub worker: WorkerConfig,
     /// The stub engine (used by `ssw stub`).
@@ -146,6 +150,7 @@ impl Config {
     fn validate_common(&self) -> Result<(), ConfigError> {
         self.redis.validate()?;
         pool::validate(&self.pools)?;
+        tenant::validate(&self.tenants)?;
         for (name, pool) in &self.pools {
             if pool.max_queue_bytes < self.gateway.max_body {
                 return Err(invalid(
@@ -173,6 +178,13 @@ impl Config {
     /// The configuration as TOML (a file `ssw --config` reads back to the same value).
     pub fn to_toml(&self) -> Result<String, ConfigError> {
         toml::to_string(self).map_err(|e| invalid("(whole config)", e.to_string()))
+    }
+
+    /// Whether any API key is configured (`gateway.api_keys_file` or a tenant's): requests
+    /// then need one.
+    pub fn has_api_keys(&self) -> bool {
+        self.gateway.api_keys_file.is_some()
+            || self.tenants.values().any(|t| t.api_keys_file.is_some())
     }
 
     /// The pool a worker serves (after [`Config::validate`] for [`Role::Worker`]).
@@ -385,17 +397,21 @@ mod tests {
     #[test]
     fn an_open_gateway_starts_only_when_told_to() {
         let open = "[gateway]\nlisten = \"0.0.0.0:8080\"\nallow_unauthenticated = true";
-        assert!(load(open, Role::Gateway).unwrap().gateway.is_open());
+        assert!({
+            let c = load(open, Role::Gateway).unwrap();
+            c.gateway.is_open(&c)
+        });
         Jail::expect_with(|jail| {
             jail.create_file("keys", "k1\n")?;
             let keyed = "[gateway]\nlisten = \"0.0.0.0:8080\"\napi_keys_file = \"keys\"";
             jail.create_file("ssw.toml", keyed)?;
             let c = Config::load(Some(Path::new("ssw.toml")), Role::Gateway)
                 .map_err(|e| e.to_string())?;
-            assert!(!c.gateway.is_open());
+            assert!(!c.gateway.is_open(&c));
             Ok(())
         });
-        assert!(!load("", Role::Gateway).unwrap().gateway.is_open());
+        let c = load("", Role::Gateway).unwrap();
+        assert!(!c.gateway.is_open(&c));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use ssw_protocol::tier::Tier;
 
 use crate::{ByteSize, ConfigError, invalid, valid_name};
 
@@ -53,6 +54,83 @@ pub struct PoolConfig {
     /// `request_id`, …) are refused unless listed here.
     #[serde(default = "default_allowed_fields")]
     pub allowed_fields: Vec<String>,
+    /// Queue settings per service tier (`[pools.<p>.tiers.<priority|default|flex>]`).
+    #[serde(default)]
+    pub tiers: TiersConfig,
+    /// Share of each worker's `max_inflight` kept free for priority work: a flood of lower
+    /// tiers never fills the engine in front of a player's dialogue.
+    #[serde(default = "default_priority_reserve")]
+    pub priority_reserve: f64,
+    /// How the engines order the requests inside them: `fcfs` (vLLM's default) or `priority`
+    /// (vLLM `--scheduling-policy priority`; workers then send each request's `priority`,
+    /// from its tier: 0 priority, 1 default, 2 flex).
+    #[serde(default)]
+    pub scheduling_policy: SchedulingPolicy,
+}
+
+/// vLLM's `--scheduling-policy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedulingPolicy {
+    /// First come, first served (vLLM's default).
+    #[default]
+    Fcfs,
+    /// By the request's `priority` (lower first), then arrival.
+    Priority,
+}
+
+/// One tier's queue settings; unset fields take the tier's defaults.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// Jobs of this tier waiting at which new ones get 429 `queue_full` (the pool's
+    /// `max_queue` holds as well). Default: none of its own, except flex: half the pool's, so
+    /// flex is refused before any other tier when the pool is overloaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queue: Option<u64>,
+    /// A job of this tier no worker started within this time gets 503 `queue_timeout`.
+    /// Default: the pool's `queue_timeout`, except flex: 10 minutes (it may wait).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub queue_timeout: Option<Duration>,
+    /// Lower tiers only: the least share of picks this tier gets while a higher tier has work
+    /// waiting, so it never starves. Default: default 0.3, flex 0.1 (with every tier
+    /// backlogged, picks go 6:3:1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_share: Option<f64>,
+}
+
+/// `[pools.<p>.tiers]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TiersConfig {
+    /// Gold.
+    #[serde(default)]
+    pub priority: TierConfig,
+    /// Silver.
+    #[serde(default)]
+    pub default: TierConfig,
+    /// Bronze.
+    #[serde(default)]
+    pub flex: TierConfig,
+}
+
+impl TiersConfig {
+    /// One tier's settings.
+    pub fn get(&self, tier: Tier) -> &TierConfig {
+        match tier {
+            Tier::Priority => &self.priority,
+            Tier::Default => &self.default,
+            Tier::Flex => &self.flex,
+        }
+    }
+}
+
+fn default_priority_reserve() -> f64 {
+    0.1
 }
 
 fn default_max_queue() -> u64 {
@@ -97,7 +175,43 @@ impl PoolConfig {
             max_tokens: None,
             max_n: default_max_n(),
             allowed_fields: default_allowed_fields(),
+            tiers: TiersConfig::default(),
+            priority_reserve: default_priority_reserve(),
+            scheduling_policy: SchedulingPolicy::default(),
         }
+    }
+
+    /// The most jobs of `tier` that may wait (0: no bound of the tier's own).
+    pub fn tier_max_queue(&self, tier: Tier) -> u64 {
+        match (self.tiers.get(tier).max_queue, tier) {
+            (Some(n), _) => n,
+            (None, Tier::Flex) => self.max_queue.div_ceil(2),
+            (None, _) => 0,
+        }
+    }
+
+    /// How long a job of `tier` may wait for a worker.
+    pub fn tier_queue_timeout(&self, tier: Tier) -> Duration {
+        match (self.tiers.get(tier).queue_timeout, tier) {
+            (Some(t), _) => t,
+            (None, Tier::Flex) => self.queue_timeout.max(Duration::from_secs(600)),
+            (None, _) => self.queue_timeout,
+        }
+    }
+
+    /// The least share of picks `tier` gets while a higher tier has work waiting.
+    pub fn min_share(&self, tier: Tier) -> f64 {
+        match (self.tiers.get(tier).min_share, tier) {
+            (_, Tier::Priority) => 0.0,
+            (Some(s), _) => s,
+            (None, Tier::Default) => 0.3,
+            (None, Tier::Flex) => 0.1,
+        }
+    }
+
+    /// Free slots a worker of this pool with `max_inflight` slots keeps for priority work.
+    pub fn reserved_slots(&self, max_inflight: u32) -> u32 {
+        ((f64::from(max_inflight) * self.priority_reserve).ceil() as u32).min(max_inflight)
     }
 
     /// The `max_tokens` ceiling in force.
@@ -152,6 +266,40 @@ pub(crate) fn validate(pools: &BTreeMap<String, PoolConfig>) -> Result<(), Confi
         }
         if pool.max_tokens == Some(0) {
             return Err(invalid(at("max_tokens"), "must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&pool.priority_reserve) {
+            return Err(invalid(
+                at("priority_reserve"),
+                "must be a share from 0 up to (not including) 1",
+            ));
+        }
+        for tier in Tier::ALL {
+            let t = pool.tiers.get(tier);
+            let at = |f: &str| format!("pools.{name}.tiers.{tier}.{f}");
+            if t.max_queue == Some(0) {
+                return Err(invalid(at("max_queue"), "must be at least 1"));
+            }
+            if t.queue_timeout.is_some_and(|d| d.is_zero()) {
+                return Err(invalid(at("queue_timeout"), "must be positive"));
+            }
+            match (tier, t.min_share) {
+                (Tier::Priority, Some(_)) => {
+                    return Err(invalid(
+                        at("min_share"),
+                        "only lower tiers have a minimum share (priority gets the rest)",
+                    ));
+                }
+                (_, Some(s)) if !(0.0..=1.0).contains(&s) => {
+                    return Err(invalid(at("min_share"), "must be a share from 0 to 1"));
+                }
+                _ => {}
+            }
+        }
+        if pool.min_share(Tier::Default) + pool.min_share(Tier::Flex) > 1.0 {
+            return Err(invalid(
+                format!("pools.{name}.tiers.default.min_share"),
+                "the default and flex minimum shares add up to more than 1",
+            ));
         }
         for (i, f) in pool.allowed_fields.iter().enumerate() {
             use ssw_protocol::fields::{Owner, owner};

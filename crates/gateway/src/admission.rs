@@ -11,12 +11,13 @@ use axum::http::HeaderMap;
 use ssw_protocol::chat::{ChatRequest, quote};
 use ssw_protocol::error::ErrorCode;
 use ssw_protocol::job::Job;
+use ssw_protocol::tier::Tier;
 use ssw_queue::QueueError;
-use ssw_queue::producer::{Enqueued, QueueLimits};
+use ssw_queue::producer::{Enqueued, Lane, QueueLimits};
 use tracing::Instrument;
 
 use crate::error::ApiError;
-use crate::http::X_SSW_POOL;
+use crate::http::{X_SSW_POOL, X_SSW_TIER};
 use crate::lifecycle::Ticket;
 use crate::routing::{Pool, RouteError};
 use crate::state::AppState;
@@ -29,6 +30,8 @@ pub struct Admitted {
     pub ticket: Ticket,
     /// Whether the client asked for a stream.
     pub stream: bool,
+    /// The tier it is served at.
+    pub tier: Tier,
     /// The request's span (request id, job, pool, worker).
     pub span: tracing::Span,
 }
@@ -56,7 +59,8 @@ impl Refusal {
     }
 }
 
-/// Admits the request in `body`: validates, routes, applies the pool's limits and enqueues.
+/// Admits the request in `body` for `tenant`: validates, routes, picks its tier, applies the
+/// pool's limits and enqueues it in its lane.
 /// The body is dropped as soon as the job's own copy exists (before the enqueue), so a large
 /// request is in memory twice at most at any time. The ticket keeps the job until output
 /// reaches the client (it enqueues it again if Redis loses it).
@@ -65,6 +69,7 @@ pub async fn admit(
     headers: &HeaderMap,
     body: axum::body::Bytes,
     request_id: String,
+    tenant: &str,
 ) -> Result<Admitted, Refusal> {
     if state.is_draining() {
         return Err(Refusal::new(ApiError::new(
@@ -97,9 +102,12 @@ pub async fn admit(
     };
     req.check(&pool.limits())
         .map_err(|e| refused(e.into(), false))?;
+    let tenant_cfg = state.tenant(tenant);
+    let tier = tier(headers, &req, tenant_cfg).map_err(|e| refused(e, false))?;
     let arrived = tokio::time::Instant::now();
     let now = ssw_queue::now_ms();
-    let deadline_ms = now + pool.queue_timeout.as_millis() as u64;
+    let deadline_ms = now + pool.tier_queue_timeout(tier).as_millis() as u64;
+    let priority = pool.engine_priority.then(|| tier.engine_priority());
     let job = Job {
         id: state.next_job_id(),
         request_id,
@@ -110,7 +118,9 @@ pub async fn admit(
         attempt: 1,
         crashes: 0,
         crashed_on: String::new(),
-        body: req.into_engine_body(&pool.served_model, &pool.defaults),
+        tier,
+        tenant: tenant.to_owned(),
+        body: req.into_engine_body(&pool.served_model, &pool.defaults, priority),
     };
     drop(body);
     let span = tracing::info_span!(
@@ -118,12 +128,15 @@ pub async fn admit(
         request_id = %job.request_id,
         job = %job.id,
         pool = %pool.name,
+        tier = %tier,
+        tenant = %tenant,
         worker = tracing::field::Empty,
     );
     let mut ticket = Ticket::register(
         state,
         pool.name.clone(),
         job.id.clone(),
+        Lane::of(&job),
         (arrived, now, deadline_ms),
         stream,
         span.clone(),
@@ -131,6 +144,8 @@ pub async fn admit(
     let limits = QueueLimits {
         max_queue: pool.max_queue,
         max_queue_bytes: pool.max_queue_bytes,
+        max_tier: pool.tier_max_queue(tier),
+        max_tenant: tenant_cfg.max_queued.unwrap_or(0),
     };
     let enqueued = state
         .redis
@@ -146,6 +161,7 @@ pub async fn admit(
                 pool,
                 ticket,
                 stream,
+                tier,
                 span,
             });
         }
@@ -163,6 +179,22 @@ pub async fn admit(
                 "pool `{}` has {} MiB of requests waiting; retry later",
                 pool.name,
                 bytes >> 20
+            ),
+        )
+        .retry_after(state.config.gateway.retry_after),
+        Ok(Enqueued::FullTier { waiting }) => ApiError::new(
+            ErrorCode::QueueFull,
+            format!(
+                "pool `{}` has {waiting} {tier} requests waiting; retry later",
+                pool.name
+            ),
+        )
+        .retry_after(state.config.gateway.retry_after),
+        Ok(Enqueued::FullTenant { waiting }) => ApiError::new(
+            ErrorCode::QueueFull,
+            format!(
+                "tenant `{tenant}` has {waiting} requests waiting in pool `{}` (its max_queued); retry later",
+                pool.name
             ),
         )
         .retry_after(state.config.gateway.retry_after),
@@ -188,6 +220,31 @@ pub async fn admit(
     ticket.finish();
     ticket.record(error.code.status(), error.code.as_str());
     Err(refused(error, true))
+}
+
+/// The tier a request is served at: its `service_tier` (else its `x-ssw-tier` header, else
+/// the tenant's default), lowered to the tenant's highest tier.
+fn tier(
+    headers: &HeaderMap,
+    req: &ChatRequest<'_>,
+    tenant: &ssw_config::TenantConfig,
+) -> Result<Tier, ApiError> {
+    let asked = match req.service_tier().map_err(ApiError::from)? {
+        Some(t) => Some(t),
+        None => match headers.get(&X_SSW_TIER) {
+            None => None,
+            Some(v) => Some(v.to_str().ok().and_then(Tier::from_header).ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    "`x-ssw-tier` must be `gold`, `silver` or `bronze`",
+                )
+                .param("x-ssw-tier")
+            })?),
+        },
+    };
+    Ok(asked
+        .unwrap_or(tenant.default_tier)
+        .at_most(tenant.max_tier))
 }
 
 /// The pool a request goes to: the `x-ssw-pool` header wins over `model`.

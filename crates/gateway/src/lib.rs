@@ -68,7 +68,7 @@ pub async fn serve(
         background.clone(),
     ));
     tracing::info!(addr = %listener.local_addr()?, gateway = %state.instance, "gateway listening");
-    if state.config.gateway.is_open() {
+    if state.config.gateway.is_open(&state.config) {
         tracing::warn!(
             addr = %listener.local_addr()?,
             "serving without API keys on a listener others can reach (gateway.allow_unauthenticated)"

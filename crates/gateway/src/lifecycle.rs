@@ -18,7 +18,7 @@ use ssw_protocol::error::ErrorCode;
 use ssw_protocol::job::Job;
 use ssw_protocol::reply::ReplyEvent;
 use ssw_queue::QueueError;
-use ssw_queue::producer::{Enqueued, Expiry, QueueLimits};
+use ssw_queue::producer::{Enqueued, Expiry, Lane, QueueLimits};
 use tokio::time::Instant;
 
 use crate::error::ApiError;
@@ -64,6 +64,8 @@ pub struct Ticket {
     state: AppState,
     pool: Arc<str>,
     job: String,
+    /// The lane it waits in (its tier and tenant).
+    lane: Lane,
     entry_id: String,
     /// The job as enqueued, kept until output reaches the client (to enqueue it again if
     /// Redis loses it), with the pool's limits.
@@ -86,6 +88,7 @@ impl Ticket {
         state: &AppState,
         pool: Arc<str>,
         job: String,
+        lane: Lane,
         (arrived, enqueued_ms, deadline_ms): (Instant, u64, u64),
         stream: bool,
         span: tracing::Span,
@@ -104,6 +107,7 @@ impl Ticket {
             state: state.clone(),
             pool,
             job,
+            lane,
             entry_id: String::new(),
             resubmit: None,
             size: 0,
@@ -141,6 +145,7 @@ impl Ticket {
             self.job.clone(),
             String::new(),
             (self.cancel_ttl(), 0),
+            self.lane.clone(),
         );
     }
 
@@ -325,6 +330,7 @@ impl Ticket {
                 &self.entry_id,
                 CANCEL_GRACE,
                 self.size,
+                &self.lane,
             )
             .await
         {
@@ -364,6 +370,7 @@ impl Ticket {
             old,
             String::new(),
             (self.cancel_ttl(), 0),
+            self.lane.clone(),
         );
         self.rx = self.state.replies.register(&self.job, self.pool.clone());
         job.id.clone_from(&self.job);
@@ -379,7 +386,12 @@ impl Ticket {
                     self.resubmit = Some((job, limits));
                     return Ok(());
                 }
-                Ok(Enqueued::Full { .. } | Enqueued::FullBytes { .. }) => {
+                Ok(
+                    Enqueued::Full { .. }
+                    | Enqueued::FullBytes { .. }
+                    | Enqueued::FullTier { .. }
+                    | Enqueued::FullTenant { .. },
+                ) => {
                     self.finished = true;
                     return Err(ApiError::new(
                         ErrorCode::QueueFull,
@@ -442,7 +454,14 @@ impl Drop for Ticket {
         );
         tracing::info!(%job, pool = %self.pool, "client disconnected; cancelling the job");
         crate::metrics::client_disconnected(&self.pool);
-        spawn_cancel(&self.state, self.pool.clone(), job, entry, ttl);
+        spawn_cancel(
+            &self.state,
+            self.pool.clone(),
+            job,
+            entry,
+            ttl,
+            self.lane.clone(),
+        );
     }
 }
 
@@ -455,12 +474,13 @@ fn spawn_cancel(
     job: String,
     entry: String,
     (ttl, size): (Duration, u64),
+    lane: Lane,
 ) {
     const ATTEMPTS: u32 = 3;
     let redis = state.redis.clone();
     tokio::spawn(async move {
         for attempt in 1..=ATTEMPTS {
-            match redis.cancel(&pool, &job, &entry, ttl, size).await {
+            match redis.cancel(&pool, &job, &entry, ttl, size, &lane).await {
                 Ok(_) => return,
                 Err(e) if attempt == ATTEMPTS => {
                     tracing::warn!(error = %e, %job, "cannot cancel job; it may run unread");

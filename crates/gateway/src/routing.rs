@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
+use ssw_config::pool::SchedulingPolicy;
 use ssw_config::{Config, PoolConfig};
+use ssw_protocol::tier::Tier;
 
 /// A pool as the gateway needs it at request time.
 #[derive(Debug)]
@@ -34,6 +36,10 @@ pub struct Pool {
     pub max_n: u32,
     /// vLLM extension fields accepted.
     pub allowed_fields: Vec<String>,
+    /// Per tier (in [`Tier::ALL`] order): its own backlog bound (0: none) and queue timeout.
+    tiers: [(u64, std::time::Duration); 3],
+    /// Whether the engines schedule by priority (requests then carry vLLM's `priority`).
+    pub engine_priority: bool,
 }
 
 impl Pool {
@@ -50,7 +56,19 @@ impl Pool {
             max_tokens: cfg.max_tokens_limit(),
             max_n: cfg.max_n,
             allowed_fields: cfg.allowed_fields.clone(),
+            tiers: Tier::ALL.map(|t| (cfg.tier_max_queue(t), cfg.tier_queue_timeout(t))),
+            engine_priority: cfg.scheduling_policy == SchedulingPolicy::Priority,
         }
+    }
+
+    /// The most jobs of `tier` that may wait (0: only the pool's bound).
+    pub fn tier_max_queue(&self, tier: Tier) -> u64 {
+        self.tiers[tier as usize].0
+    }
+
+    /// How long a job of `tier` may wait for a worker.
+    pub fn tier_queue_timeout(&self, tier: Tier) -> std::time::Duration {
+        self.tiers[tier as usize].1
     }
 
     /// What a request routed here may ask for.

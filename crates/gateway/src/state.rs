@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use ssw_config::Config;
 use ssw_queue::Redis;
 
+use ssw_protocol::tier::DEFAULT_TENANT;
+
 use crate::auth::ApiKeys;
 use crate::replies::Replies;
 use crate::routing::Router;
@@ -20,7 +22,7 @@ pub enum StartError {
     #[error("{field}: cannot read {path}: {source}")]
     Secret {
         /// Config field naming the file.
-        field: &'static str,
+        field: String,
         /// The file.
         path: String,
         /// The I/O error.
@@ -50,6 +52,10 @@ pub struct Inner {
     pub replies: Arc<Replies>,
     /// API keys, when configured.
     pub api_keys: Option<ApiKeys>,
+    /// The tenant `default`, shared by its requests.
+    pub default_tenant: Arc<str>,
+    /// `[tenants]`, plus `default` (unlimited, any tier) unless configured.
+    pub tenants: std::collections::BTreeMap<String, ssw_config::TenantConfig>,
     /// Set on SIGTERM: readiness fails and new requests are refused.
     pub draining: AtomicBool,
     /// Unix seconds at start (`created` of model cards).
@@ -86,21 +92,38 @@ impl AppState {
         let password = match &config.redis.password_file {
             Some(p) => Some(
                 ssw_config::read_secret(p).map_err(|source| StartError::Secret {
-                    field: "redis.password_file",
+                    field: "redis.password_file".into(),
                     path: p.display().to_string(),
                     source,
                 })?,
             ),
             None => None,
         };
-        let api_keys = match &config.gateway.api_keys_file {
-            Some(p) => Some(ApiKeys::load(p).map_err(|source| StartError::Secret {
-                field: "gateway.api_keys_file",
-                path: p.display().to_string(),
-                source,
-            })?),
-            None => None,
-        };
+        let mut keys = ApiKeys::default();
+        let files = std::iter::once((
+            "gateway.api_keys_file".to_owned(),
+            config.gateway.api_keys_file.as_ref(),
+            DEFAULT_TENANT,
+        ))
+        .chain(config.tenants.iter().map(|(name, t)| {
+            (
+                format!("tenants.{name}.api_keys_file"),
+                t.api_keys_file.as_ref(),
+                name.as_str(),
+            )
+        }));
+        for (field, path, tenant) in files {
+            if let Some(p) = path {
+                keys.load(p, tenant).map_err(|source| StartError::Secret {
+                    field,
+                    path: p.display().to_string(),
+                    source,
+                })?;
+            }
+        }
+        let api_keys = (!keys.is_empty()).then_some(keys);
+        let mut tenants = config.tenants.clone();
+        tenants.entry(DEFAULT_TENANT.to_owned()).or_default();
         let redis = Redis::new(&config.redis, password)?;
         let id = config.gateway.id.clone().unwrap_or_else(default_id);
         let instance = format!("{id}.{:08x}", fastrand::u32(..));
@@ -120,6 +143,8 @@ impl AppState {
             redis,
             replies,
             api_keys,
+            default_tenant: DEFAULT_TENANT.into(),
+            tenants,
             draining: AtomicBool::new(false),
             started_s,
             admissions: tokio::sync::Semaphore::new(ADMISSIONS),
@@ -134,6 +159,14 @@ impl AppState {
     pub fn next_job_id(&self) -> String {
         let n = self.job_seq.fetch_add(1, Ordering::Relaxed);
         format!("{}-{n:x}", self.instance)
+    }
+
+    /// A tenant's settings (`default`'s for a name not configured, which auth never yields).
+    pub fn tenant(&self, name: &str) -> &ssw_config::TenantConfig {
+        self.tenants
+            .get(name)
+            .or_else(|| self.tenants.get(DEFAULT_TENANT))
+            .expect("the default tenant is always there")
     }
 
     /// Whether SIGTERM has been received.

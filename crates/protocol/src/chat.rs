@@ -627,7 +627,15 @@ impl<'a> ChatRequest<'a> {
     /// The body for the engine: the client's fields as sent, `model` set to the pool's served
     /// name, and every pool default the client did not set merged in (objects merge key by key;
     /// the client's value wins).
-    pub fn into_engine_body(self, served_model: &str, defaults: &Map<String, Value>) -> Vec<u8> {
+    ///
+    /// `service_tier` is the platform's (it chose the queue lane) and not sent on; `priority`,
+    /// when given, is vLLM's scheduling priority from the tier (`--scheduling-policy priority`).
+    pub fn into_engine_body(
+        self,
+        served_model: &str,
+        defaults: &Map<String, Value>,
+        priority: Option<i32>,
+    ) -> Vec<u8> {
         let size: usize = self
             .fields
             .iter()
@@ -650,6 +658,9 @@ impl<'a> ChatRequest<'a> {
         };
         let mut model_written = false;
         for (key, raw) in &self.fields {
+            if key == "service_tier" || (key == "priority" && priority.is_some()) {
+                continue;
+            }
             if key == "model" {
                 write_key(&mut out, key);
                 let _ = serde_json::to_writer(&mut out, served_model);
@@ -682,9 +693,89 @@ impl<'a> ChatRequest<'a> {
             write_key(&mut out, key);
             let _ = serde_json::to_writer(&mut out, default);
         }
+        if let Some(p) = priority {
+            write_key(&mut out, "priority");
+            let _ = serde_json::to_writer(&mut out, &p);
+        }
         out.push(b'}');
         out
     }
+
+    /// The tier the body asks for: `Ok(None)` when it has no `service_tier` (or `null`, or
+    /// `auto`); an error naming the field for any value but OpenAI's tiers.
+    pub fn service_tier(&self) -> Result<Option<crate::tier::Tier>, RequestError> {
+        let Some(raw) = self.raw("service_tier").filter(|r| !is_null(r)) else {
+            return Ok(None);
+        };
+        let bad = || {
+            RequestError::field(
+                "service_tier",
+                "`service_tier` must be one of `auto`, `default`, `flex`, `priority`",
+            )
+        };
+        let s: String = serde_json::from_str(raw.get()).map_err(|_| bad())?;
+        crate::tier::Tier::from_service_tier(&s).map_err(|_| bad())
+    }
+}
+
+/// `body` (a JSON object) with its top-level `service_tier` set to `tier`, as OpenAI's
+/// responses carry the tier that served them. A body that has none gets it spliced in after
+/// its `{` (no parse); one that has a `service_tier` somewhere is rewritten through a parse of
+/// its top level. Anything else is returned unchanged.
+pub fn with_service_tier(body: &[u8], tier: &str) -> Vec<u8> {
+    const KEY: &[u8] = b"\"service_tier\"";
+    let Some(open) = body.iter().position(|b| !b.is_ascii_whitespace()) else {
+        return body.to_vec();
+    };
+    if body[open] != b'{' {
+        return body.to_vec();
+    }
+    if body.windows(KEY.len()).any(|w| w == KEY) {
+        let Ok(mut top) =
+            serde_json::from_slice::<std::collections::BTreeMap<Cow<'_, str>, &RawValue>>(body)
+        else {
+            return body.to_vec();
+        };
+        let value = format!("\"{tier}\"");
+        let raw: Box<RawValue> = RawValue::from_string(value).expect("a JSON string");
+        top.insert(Cow::Borrowed("service_tier"), &raw);
+        return serde_json::to_vec(&top).unwrap_or_else(|_| body.to_vec());
+    }
+    let rest = &body[open + 1..];
+    let empty = rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
+    let mut out = Vec::with_capacity(body.len() + tier.len() + 20);
+    out.extend_from_slice(&body[..=open]);
+    out.extend_from_slice(b"\"service_tier\":\"");
+    out.extend_from_slice(tier.as_bytes());
+    out.extend_from_slice(if empty { b"\"" } else { b"\"," });
+    out.extend_from_slice(rest);
+    out
+}
+
+/// An SSE chunk with `service_tier` set in each of its `data: {…}` events (see
+/// [`with_service_tier`]); `[DONE]`, comments and events split across chunks pass unchanged.
+pub fn with_service_tier_sse(chunk: &[u8], tier: &str) -> Vec<u8> {
+    const DATA: &[u8] = b"data: ";
+    let mut out = Vec::with_capacity(chunk.len() + 32 * sse_events(chunk).max(1));
+    let mut rest = chunk;
+    while let Some(at) = rest.windows(DATA.len()).position(|w| w == DATA) {
+        let start = at + DATA.len();
+        out.extend_from_slice(&rest[..start]);
+        let line_end = rest[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(rest.len(), |i| start + i);
+        let event = &rest[start..line_end];
+        // A whole event ends its line with `}` (a cut one is passed on as it is).
+        if event.first() == Some(&b'{') && event.trim_ascii_end().last() == Some(&b'}') {
+            out.extend_from_slice(&with_service_tier(event, tier));
+        } else {
+            out.extend_from_slice(event);
+        }
+        rest = &rest[line_end..];
+    }
+    out.extend_from_slice(rest);
+    out
 }
 
 /// Token counts of an answer.
@@ -761,7 +852,7 @@ mod tests {
         let req = ChatRequest::parse(raw.as_bytes()).unwrap();
         assert_eq!(req.model.as_deref(), Some("heavy"));
         assert!(req.stream);
-        let out = req.into_engine_body("Qwen/X", &Map::new());
+        let out = req.into_engine_body("Qwen/X", &Map::new(), None);
         let text = std::str::from_utf8(&out).unwrap();
         assert_eq!(
             text,
@@ -919,7 +1010,7 @@ mod tests {
         assert_eq!(req.model.as_deref(), Some("heavy"));
         assert!(!req.stream);
         let out: Value =
-            serde_json::from_slice(&req.into_engine_body("served", &Map::new())).unwrap();
+            serde_json::from_slice(&req.into_engine_body("served", &Map::new(), None)).unwrap();
         assert_eq!(out["stream"], false);
         assert_eq!(out.as_object().unwrap().len(), 3);
     }
@@ -930,7 +1021,7 @@ mod tests {
         let req = ChatRequest::parse(body.as_bytes()).unwrap();
         assert_eq!(req.model.as_deref(), Some("x"));
         let out: Value =
-            serde_json::from_slice(&req.into_engine_body("served", &Map::new())).unwrap();
+            serde_json::from_slice(&req.into_engine_body("served", &Map::new(), None)).unwrap();
         assert_eq!(out["model"], "served");
     }
 
@@ -947,7 +1038,7 @@ mod tests {
         }
         body.push_str("]}");
         let req = ChatRequest::parse(body.as_bytes()).unwrap();
-        let out = req.into_engine_body("m", &Map::new());
+        let out = req.into_engine_body("m", &Map::new(), None);
         assert!(out.len() < body.len() + 32);
     }
 
@@ -977,7 +1068,7 @@ mod tests {
         let body = |extra: &str| {
             let text = format!("{{{M}{extra}}}");
             let req = ChatRequest::parse(text.as_bytes()).unwrap();
-            serde_json::from_slice::<Value>(&req.into_engine_body("m", defaults)).unwrap()
+            serde_json::from_slice::<Value>(&req.into_engine_body("m", defaults, None)).unwrap()
         };
         let a = body("");
         assert_eq!(a["chat_template_kwargs"]["enable_thinking"], false);
@@ -1016,6 +1107,34 @@ mod tests {
         );
         assert_eq!(usage_of_sse(b"data: {\"usage\":null}\n\n"), None);
         assert_eq!(sse_events(chunk), 3);
+    }
+
+    #[test]
+    fn answers_say_which_tier_served_them() {
+        let tiered =
+            |b: &[u8]| -> Value { serde_json::from_slice(&with_service_tier(b, "flex")).unwrap() };
+        assert_eq!(
+            tiered(br#"{"id":"x","choices":[]}"#)["service_tier"],
+            "flex"
+        );
+        assert_eq!(tiered(b" {}")["service_tier"], "flex");
+        // An engine's own value is replaced, not duplicated.
+        let v = tiered(br#"{"service_tier":null,"choices":[{"text":"service_tier"}]}"#);
+        assert_eq!(v["service_tier"], "flex");
+        assert_eq!(v["choices"][0]["text"], "service_tier");
+        assert_eq!(with_service_tier(b"[1]", "flex"), b"[1]");
+        let chunk =
+            b"data: {\"a\":1}\n\ndata: {\"b\":2,\"service_tier\":\"default\"}\n\ndata: [DONE]\n\n";
+        let out = String::from_utf8(with_service_tier_sse(chunk, "priority")).unwrap();
+        assert_eq!(
+            out,
+            "data: {\"service_tier\":\"priority\",\"a\":1}\n\ndata: {\"b\":2,\"service_tier\":\"priority\"}\n\ndata: [DONE]\n\n"
+        );
+        // A cut event passes as it is.
+        assert_eq!(
+            with_service_tier_sse(b"data: {\"a\":", "flex"),
+            b"data: {\"a\":"
+        );
     }
 }
 
@@ -1080,7 +1199,7 @@ mod props {
             let text = v.to_string();
             match ChatRequest::parse(text.as_bytes()) {
                 Ok(r) => {
-                    let body = r.into_engine_body("served", &Map::new());
+                    let body = r.into_engine_body("served", &Map::new(), None);
                     let out: Value = serde_json::from_slice(&body).expect("the engine body is JSON");
                     prop_assert_eq!(&out["model"], "served");
                 }
@@ -1108,8 +1227,13 @@ mod props {
             if let Ok(r) = ChatRequest::parse(text.as_bytes()) {
                 let _ = r.check(&limits(&allowed));
                 let defaults: Map<String, Value> = defaults.into_iter().collect();
-                let out: Value = serde_json::from_slice(&r.into_engine_body("m", &defaults)).expect("JSON");
+                let out: Value = serde_json::from_slice(&r.into_engine_body("m", &defaults, None)).expect("JSON");
                 for k in obj.keys() {
+                    if k == "service_tier" {
+                        // The platform's: it chose the queue lane.
+                        prop_assert!(out.get(k).is_none());
+                        continue;
+                    }
                     prop_assert!(out.get(k).is_some(), "{} lost", k);
                     if k != "model" && !defaults.contains_key(k) {
                         prop_assert_eq!(&out[k], &obj[k]);
@@ -1120,6 +1244,8 @@ mod props {
 
         #[test]
         fn engine_stream_bytes_never_break_the_usage_reader(bytes in vec(any::<u8>(), 0..400)) {
+            let _ = with_service_tier_sse(&bytes, "flex");
+            let _ = with_service_tier(&bytes, "flex");
             let _ = usage_of_sse(&bytes);
             let _ = usage_of_body(&bytes);
             let _ = sse_events(&bytes);

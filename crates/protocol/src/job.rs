@@ -4,6 +4,7 @@
 //! body travels as raw bytes and is never escaped or re-parsed on the way to the engine.
 
 use crate::EpochMillis;
+use crate::tier::{DEFAULT_TENANT, Tier};
 
 /// A validated chat request on its way to a worker.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +31,10 @@ pub struct Job {
     /// The worker whose engine the request last seemed to crash (empty if none): that worker
     /// lets another replica try it first.
     pub crashed_on: String,
+    /// Its service tier: which lane of the pool it waits in.
+    pub tier: Tier,
+    /// The tenant it is for: its lane within the tier.
+    pub tenant: String,
     /// The engine request body (model rewritten, pool defaults merged).
     pub body: Vec<u8>,
 }
@@ -70,7 +75,7 @@ pub(crate) fn number<T: std::str::FromStr>(
 impl Job {
     /// The stream fields, in order. The body is borrowed: it may be megabytes, and the Redis
     /// command copies it anyway.
-    pub fn to_fields(&self) -> [(&'static str, std::borrow::Cow<'_, [u8]>); 10] {
+    pub fn to_fields(&self) -> [(&'static str, std::borrow::Cow<'_, [u8]>); 12] {
         use std::borrow::Cow::{Borrowed, Owned};
         [
             ("id", Borrowed(self.id.as_bytes())),
@@ -82,6 +87,8 @@ impl Job {
             ("attempt", Owned(self.attempt.to_string().into_bytes())),
             ("crashes", Owned(self.crashes.to_string().into_bytes())),
             ("crashed_on", Borrowed(self.crashed_on.as_bytes())),
+            ("tier", Borrowed(self.tier.as_str().as_bytes())),
+            ("tenant", Borrowed(self.tenant.as_bytes())),
             ("body", Borrowed(&self.body)),
         ]
     }
@@ -105,6 +112,18 @@ impl Job {
                 Some(v) => text("crashed_on", Some(v))?,
                 None => String::new(),
             },
+            // Entries from before tiers: the default lane.
+            tier: match take("tier") {
+                Some(v) => {
+                    let t = text("tier", Some(v))?;
+                    Tier::parse(&t).ok_or_else(|| DecodeError(format!("unknown tier `{t}`")))?
+                }
+                None => Tier::Default,
+            },
+            tenant: match take("tenant") {
+                Some(v) => text("tenant", Some(v))?,
+                None => DEFAULT_TENANT.to_owned(),
+            },
             body: take("body").ok_or_else(|| DecodeError("missing field `body`".into()))?,
         })
     }
@@ -127,6 +146,8 @@ mod tests {
             attempt: 2,
             crashes: 1,
             crashed_on: "light-1".into(),
+            tier: Tier::Flex,
+            tenant: "studio-a".into(),
             body: br#"{"model":"m","messages":[]}"#.to_vec(),
         };
         let mut map: HashMap<&str, Vec<u8>> = job
@@ -135,6 +156,18 @@ mod tests {
             .map(|(k, v)| (k, v.into_owned()))
             .collect();
         assert_eq!(Job::from_fields(|k| map.remove(k)).unwrap(), job);
+        // An entry from before tiers waits in the default tenant's default lane.
+        let mut old: HashMap<&str, Vec<u8>> = job
+            .to_fields()
+            .into_iter()
+            .filter(|(k, _)| *k != "tier" && *k != "tenant")
+            .map(|(k, v)| (k, v.into_owned()))
+            .collect();
+        let decoded = Job::from_fields(|k| old.remove(k)).unwrap();
+        assert_eq!(
+            (decoded.tier, decoded.tenant.as_str()),
+            (Tier::Default, "default")
+        );
     }
 
     #[test]

@@ -11,7 +11,14 @@
 //! | `P:{pool}:job:<id>` | string with TTL | worker claim, gateway cancel | [`JobState`] of a job |
 //! | `P:{pool}:workers` | sorted set | worker | member = worker id, score = heartbeat expiry (ms) |
 //! | `P:{pool}:worker-status` | hash | worker | worker id → [`crate::heartbeat::WorkerStatus`] JSON |
+//! | `P:{pool}:lane:<tier>:<tenant>` | sorted set | ENQUEUE, REQUEUE add; PULL pops; CANCEL, EXPIRE remove | entry ids of one tenant's waiting jobs of one tier, in arrival order |
+//! | `P:{pool}:ring:<tier>` / `P:{pool}:ring-set:<tier>` | list / set | ENQUEUE, REQUEUE, PULL | the tier's tenants with waiting jobs, in turn order (the set: membership) |
+//! | `P:{pool}:waiting` | hash | ENQUEUE, REQUEUE, PULL, CANCEL, EXPIRE | jobs waiting, per tier (`<tier>`) and per tenant (`tenant:<name>`) |
+//! | `P:{pool}:credits` | hash | PULL | each lower tier's earned share of picks (the minimum-share scheduler) |
+//! | `P:{pool}:wake:<any\|priority\|worker id>` | list | ENQUEUE, REQUEUE, a worker | wake-up tokens for idle workers |
 //! | `P:{gw:<instance>}:replies` | stream with TTL | worker `XADD NOMKSTREAM`, gateway `XREAD` | reply events for one gateway process (`<instance>`: its id and a random nonce per start) |
+
+use crate::tier::Tier;
 
 /// The consumer group every worker of a pool reads the job stream through.
 pub const GROUP: &str = "workers";
@@ -59,6 +66,42 @@ impl Keys {
     /// The pool's worker-status hash.
     pub fn worker_status(&self, pool: &str) -> String {
         format!("{}:{{{pool}}}:worker-status", self.prefix)
+    }
+
+    /// Everything of the pool's keys but the last part (`P:{pool}:`): the PULL script builds
+    /// its lanes' names from it, all in the pool's slot.
+    pub fn pool_prefix(&self, pool: &str) -> String {
+        format!("{}:{{{pool}}}:", self.prefix)
+    }
+
+    /// One tenant's lane of one tier: entry ids of its waiting jobs, by arrival.
+    pub fn lane(&self, pool: &str, tier: Tier, tenant: &str) -> String {
+        format!("{}:{{{pool}}}:lane:{tier}:{tenant}", self.prefix)
+    }
+
+    /// The tier's tenants with waiting jobs, in turn order.
+    pub fn ring(&self, pool: &str, tier: Tier) -> String {
+        format!("{}:{{{pool}}}:ring:{tier}", self.prefix)
+    }
+
+    /// The members of [`Keys::ring`], as a set.
+    pub fn ring_set(&self, pool: &str, tier: Tier) -> String {
+        format!("{}:{{{pool}}}:ring-set:{tier}", self.prefix)
+    }
+
+    /// Jobs waiting, per tier and per tenant.
+    pub fn waiting(&self, pool: &str) -> String {
+        format!("{}:{{{pool}}}:waiting", self.prefix)
+    }
+
+    /// The lower tiers' earned shares of picks.
+    pub fn credits(&self, pool: &str) -> String {
+        format!("{}:{{{pool}}}:credits", self.prefix)
+    }
+
+    /// Wake-up tokens: `any` (a job of any tier arrived), `priority`, or one worker's own.
+    pub fn wake(&self, pool: &str, which: &str) -> String {
+        format!("{}:{{{pool}}}:wake:{which}", self.prefix)
     }
 
     /// A gateway process's reply stream (`instance`: the gateway's id and its start nonce).
@@ -155,6 +198,15 @@ mod tests {
         assert_eq!(k.worker_status("light"), "ssw:{light}:worker-status");
         assert_eq!(k.queued_bytes("heavy"), "ssw:{heavy}:queued-bytes");
         assert_eq!(k.replies("g1"), "ssw:{gw:g1}:replies");
+        assert_eq!(
+            k.lane("heavy", Tier::Flex, "studio-a"),
+            "ssw:{heavy}:lane:flex:studio-a"
+        );
+        assert!(
+            k.lane("heavy", Tier::Priority, "t")
+                .starts_with(&k.pool_prefix("heavy"))
+        );
+        assert_eq!(k.ring("heavy", Tier::Priority), "ssw:{heavy}:ring:priority");
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! - [`heartbeat`]: [`heartbeat::WorkerStatus`], what a worker publishes about itself.
 //! - [`models`]: the `/v1/models` list types.
 //! - [`schema`]: the API's shapes for the OpenAPI document.
+//! - [`tier`]: [`tier::Tier`] (service tiers) and tenant names.
 
 pub mod chat;
 pub mod error;
@@ -27,6 +28,7 @@ pub mod keys;
 pub mod models;
 pub mod reply;
 pub mod schema;
+pub mod tier;
 
 /// Milliseconds since the Unix epoch, the time unit of every timestamp in Redis.
 pub type EpochMillis = u64;

@@ -5,28 +5,37 @@
 -- KEYS[2]  P:{pool}:workers        live workers
 -- KEYS[3]  P:{pool}:worker-status  their statuses
 -- KEYS[4]  P:{pool}:queued-bytes
+-- KEYS[5]  P:{pool}:waiting        jobs waiting per tier and per tenant
 -- ARGV[1]  consumer group
 -- ARGV[2]  now, ms (workers whose heartbeat expires before are not live)
+-- ARGV[3]  the pool's key prefix, `P:{pool}:` (lane names are built from it, as PULL does)
 --
--- Returns {stream length, pending, oldest waiting entry id or false, live statuses, queued bytes}.
+-- Returns {stream length, pending, live statuses, queued bytes, tiers, tenants}: tiers is
+-- {waiting, oldest waiting entry's lane score or false} for priority, default and flex (the
+-- oldest is looked for in the lanes of the first 100 tenants of each ring); tenants is
+-- {name, waiting, …} over every tenant with a count.
 local len = redis.call('XLEN', KEYS[1])
 local pending = 0
-local oldest = false
 local p = redis.pcall('XPENDING', KEYS[1], ARGV[1])
 if type(p) == 'table' and p.err == nil then pending = p[1] end
-local g = redis.pcall('XINFO', 'GROUPS', KEYS[1])
-local last = '0-0'
-if type(g) == 'table' and g.err == nil then
-  for _, grp in ipairs(g) do
-    for i = 1, #grp, 2 do
-      if grp[i] == 'name' and grp[i + 1] ~= ARGV[1] then break end
-      if grp[i] == 'last-delivered-id' then last = grp[i + 1] end
-    end
-  end
-end
-local first = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 1)
-if #first > 0 then oldest = first[1][1] end
 local live = redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[2], '+inf', 'LIMIT', 0, 1000)
 local statuses = {}
 if #live > 0 then statuses = redis.call('HMGET', KEYS[3], unpack(live)) end
-return {len, pending, oldest, statuses, tonumber(redis.call('GET', KEYS[4]) or '0')}
+local tiers = {}
+for _, t in ipairs({'priority', 'default', 'flex'}) do
+  local oldest = false
+  for _, tenant in ipairs(redis.call('LRANGE', ARGV[3] .. 'ring:' .. t, 0, 99)) do
+    local head = redis.call('ZRANGE', ARGV[3] .. 'lane:' .. t .. ':' .. tenant, 0, 0, 'WITHSCORES')
+    if #head > 0 and (not oldest or tonumber(head[2]) < oldest) then oldest = tonumber(head[2]) end
+  end
+  tiers[#tiers + 1] = {tonumber(redis.call('HGET', KEYS[5], t) or '0'), oldest}
+end
+local tenants = {}
+local counts = redis.call('HGETALL', KEYS[5])
+for i = 1, #counts, 2 do
+  if string.sub(counts[i], 1, 7) == 'tenant:' then
+    tenants[#tenants + 1] = string.sub(counts[i], 8)
+    tenants[#tenants + 1] = counts[i + 1]
+  end
+end
+return {len, pending, statuses, tonumber(redis.call('GET', KEYS[4]) or '0'), tiers, tenants}

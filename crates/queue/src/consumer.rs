@@ -16,7 +16,7 @@ use ssw_protocol::reply::Reply;
 
 use crate::client::Dedicated;
 use crate::resp;
-use crate::scripts::{CLAIM, DROP, FINISH, HEARTBEAT, MARK_OUTPUT, RECLAIM, REPLY, REQUEUE};
+use crate::scripts::{CLAIM, DROP, FINISH, HEARTBEAT, MARK_OUTPUT, PULL, RECLAIM, REPLY, REQUEUE};
 use crate::{QueueError, Redis};
 
 /// What the claim script decided for one job.
@@ -98,6 +98,24 @@ fn pulled(entries: Vec<resp::Entry>) -> Vec<Pulled> {
         .collect()
 }
 
+/// How a worker may fill its free slots in one pull.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PullPolicy {
+    /// Most jobs to take.
+    pub most: usize,
+    /// Most of them below the priority tier (the other free slots are kept for priority work).
+    pub below_priority: usize,
+    /// Minimum share of picks for the default tier while a higher tier has work waiting.
+    pub default_share: f64,
+    /// The same for the flex tier.
+    pub flex_share: f64,
+}
+
+/// A share as PULL takes it: whole thousandths, so credits add up exactly.
+fn thousandths(share: f64) -> u64 {
+    (share.clamp(0.0, 1.0) * 1000.0).round() as u64
+}
+
 /// Where a reclaim scan stopped, and what it took over.
 #[derive(Debug)]
 pub struct Reclaimed {
@@ -126,32 +144,68 @@ impl Redis {
         }
     }
 
-    /// Pulls up to `count` new jobs, blocking up to `block` when there are none.
+    /// Takes waiting jobs across the pool's lanes by the scheduler's policy (PULL); returns at
+    /// once, with nothing when no job is waiting that `policy` allows.
     pub async fn pull(
+        &self,
+        pool: &str,
+        consumer: &str,
+        policy: PullPolicy,
+    ) -> Result<Vec<Pulled>, QueueError> {
+        let keys = self.keys();
+        let mut inv = PULL.prepare_invoke();
+        inv.key(keys.jobs(pool))
+            .key(keys.waiting(pool))
+            .key(keys.credits(pool))
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(policy.most)
+            .arg(policy.below_priority)
+            .arg(keys.pool_prefix(pool))
+            .arg(thousandths(policy.default_share))
+            .arg(thousandths(policy.flex_share));
+        let v: Value = self.script(&inv).await?;
+        Ok(pulled(resp::entries(v)?))
+    }
+
+    /// Waits up to `block` for a wake-up token: one left by a new job of any tier (unless
+    /// `priority_only`), of the priority tier, or for this worker by itself
+    /// ([`Redis::wake_self`]). Returns whether one came.
+    pub async fn wait_for_work(
         &self,
         conn: &mut Dedicated,
         pool: &str,
         consumer: &str,
-        count: usize,
+        priority_only: bool,
         block: Duration,
-    ) -> Result<Vec<Pulled>, QueueError> {
-        let v: Value = conn
-            .blocking(
-                redis::cmd("XREADGROUP")
-                    .arg("GROUP")
-                    .arg(GROUP)
-                    .arg(consumer)
-                    .arg("COUNT")
-                    .arg(count)
-                    .arg("BLOCK")
-                    .arg(block.as_millis() as u64)
-                    .arg("STREAMS")
-                    .arg(self.keys().jobs(pool))
-                    .arg(">"),
-                block,
-            )
-            .await?;
-        Ok(pulled(resp::read_reply(v)?))
+    ) -> Result<bool, QueueError> {
+        let keys = self.keys();
+        let mut cmd = redis::cmd("BLPOP");
+        cmd.arg(keys.wake(pool, "priority"))
+            .arg(keys.wake(pool, &format!("worker:{consumer}")));
+        if !priority_only {
+            cmd.arg(keys.wake(pool, "any"));
+        }
+        cmd.arg(block.as_secs_f64());
+        let v: Value = conn.blocking(&cmd, block).await?;
+        Ok(!matches!(v, Value::Nil))
+    }
+
+    /// Wakes this worker's own [`Redis::wait_for_work`] (a slot came free while it waited for
+    /// priority work only).
+    pub async fn wake_self(&self, pool: &str, consumer: &str) -> Result<(), QueueError> {
+        let key = self.keys().wake(pool, &format!("worker:{consumer}"));
+        let mut pipe = redis::pipe();
+        pipe.cmd("LPUSH")
+            .arg(&key)
+            .arg(1)
+            .ignore()
+            .cmd("LTRIM")
+            .arg(&key)
+            .arg(0)
+            .arg(0)
+            .ignore();
+        self.pipe(&pipe).await
     }
 
     /// Takes over up to `want` jobs handed to workers whose heartbeat has expired at `now_ms`,
@@ -342,16 +396,24 @@ impl Redis {
         state_ttl: Duration,
     ) -> Result<Requeue, QueueError> {
         let (worker, fence) = run;
+        let keys = self.keys();
         let mut inv = REQUEUE.prepare_invoke();
-        inv.key(self.keys().jobs(pool))
-            .key(self.keys().job_state(pool, &job.id))
-            .key(self.keys().queued_bytes(pool))
+        inv.key(keys.jobs(pool))
+            .key(keys.job_state(pool, &job.id))
+            .key(keys.queued_bytes(pool))
+            .key(keys.lane(pool, job.tier, &job.tenant))
+            .key(keys.ring(pool, job.tier))
+            .key(keys.ring_set(pool, job.tier))
+            .key(keys.waiting(pool))
+            .key(keys.wake(pool, crate::producer::wake_for(job.tier)))
             .arg(GROUP)
             .arg(entry_id)
             .arg(worker)
             .arg(fence)
             .arg(job.size())
-            .arg(state_ttl.as_millis() as u64);
+            .arg(state_ttl.as_millis() as u64)
+            .arg(job.tier.as_str())
+            .arg(&job.tenant);
         for (k, v) in job.to_fields() {
             inv.arg(k).arg(&*v);
         }

@@ -7,18 +7,43 @@ use ssw_protocol::heartbeat::WorkerStatus;
 use ssw_protocol::job::Job;
 use ssw_protocol::keys::{GROUP, JobState};
 use ssw_protocol::reply::Reply;
+use ssw_protocol::tier::Tier;
 
 use crate::resp::{self, Entry};
 use crate::scripts::{CANCEL, ENQUEUE, EXPIRE, KEEP_REPLIES, POOL_STATS};
 use crate::{QueueError, Redis};
 
-/// A pool's queue limits.
+/// A pool's queue limits, for one job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueueLimits {
     /// Most jobs waiting for a worker (`pools.<p>.max_queue`).
     pub max_queue: u64,
     /// Most bytes of job bodies on the pool's stream (`pools.<p>.max_queue_bytes`).
     pub max_queue_bytes: u64,
+    /// Most jobs waiting in the job's tier (`pools.<p>.tiers.<t>.max_queue`; 0: none of its own).
+    pub max_tier: u64,
+    /// Most jobs of the job's tenant waiting in the pool (`tenants.<t>.max_queued`; 0: none).
+    pub max_tenant: u64,
+}
+
+/// Which lane a job waits in: its tier and tenant (what the scripts that take a job out of the
+/// queue need besides its ids).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lane {
+    /// The job's tier.
+    pub tier: Tier,
+    /// The job's tenant.
+    pub tenant: String,
+}
+
+impl Lane {
+    /// The lane of `job`.
+    pub fn of(job: &Job) -> Self {
+        Self {
+            tier: job.tier,
+            tenant: job.tenant.clone(),
+        }
+    }
 }
 
 /// Result of an enqueue attempt.
@@ -36,6 +61,16 @@ pub enum Enqueued {
         /// Queued bytes at the time.
         bytes: u64,
     },
+    /// Refused: the job's tier had reached its own `max_queue`.
+    FullTier {
+        /// Jobs waiting in the tier at the time.
+        waiting: u64,
+    },
+    /// Refused: the job's tenant had reached its `max_queued` in this pool.
+    FullTenant {
+        /// The tenant's jobs waiting at the time.
+        waiting: u64,
+    },
 }
 
 /// What a deadline check found.
@@ -47,6 +82,15 @@ pub enum Expiry {
     Running(JobState),
 }
 
+/// One tier's waiting jobs in a pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TierStats {
+    /// Jobs waiting.
+    pub waiting: u64,
+    /// Enqueue time (ms) of the oldest waiting one.
+    pub oldest_waiting_ms: Option<u64>,
+}
+
 /// A pool's queue state.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PoolStats {
@@ -56,6 +100,10 @@ pub struct PoolStats {
     pub pending: u64,
     /// Enqueue time (ms) of the oldest waiting job.
     pub oldest_waiting_ms: Option<u64>,
+    /// Per tier, in [`Tier::ALL`] order.
+    pub tiers: [TierStats; 3],
+    /// Jobs waiting per tenant (tenants with a count).
+    pub tenants: Vec<(String, u64)>,
     /// Statuses of workers whose heartbeat has not expired.
     pub workers: Vec<WorkerStatus>,
     /// Bytes of job bodies on the stream.
@@ -69,10 +117,6 @@ impl PoolStats {
     }
 }
 
-fn entry_ms(id: &str) -> Option<u64> {
-    id.split_once('-').and_then(|(ms, _)| ms.parse().ok())
-}
-
 impl Redis {
     /// Admits and enqueues a job on `pool`'s stream. A Redis at `maxmemory` refuses it
     /// ([`QueueError::OutOfMemory`]) before anything is written.
@@ -82,13 +126,23 @@ impl Redis {
         job: &Job,
         limits: QueueLimits,
     ) -> Result<Enqueued, QueueError> {
+        let keys = self.keys();
         let mut inv = ENQUEUE.prepare_invoke();
-        inv.key(self.keys().jobs(pool))
-            .key(self.keys().queued_bytes(pool))
+        inv.key(keys.jobs(pool))
+            .key(keys.queued_bytes(pool))
+            .key(keys.lane(pool, job.tier, &job.tenant))
+            .key(keys.ring(pool, job.tier))
+            .key(keys.ring_set(pool, job.tier))
+            .key(keys.waiting(pool))
+            .key(keys.wake(pool, wake_for(job.tier)))
             .arg(GROUP)
             .arg(limits.max_queue)
             .arg(limits.max_queue_bytes)
-            .arg(job.size());
+            .arg(job.size())
+            .arg(job.tier.as_str())
+            .arg(&job.tenant)
+            .arg(limits.max_tier)
+            .arg(limits.max_tenant);
         for (k, v) in job.to_fields() {
             inv.arg(k).arg(&*v);
         }
@@ -104,6 +158,8 @@ impl Redis {
                 match resp::string(which).as_deref() {
                     Some("jobs") => Ok(Enqueued::Full { backlog: n }),
                     Some("bytes") => Ok(Enqueued::FullBytes { bytes: n }),
+                    Some("tier") => Ok(Enqueued::FullTier { waiting: n }),
+                    Some("tenant") => Ok(Enqueued::FullTenant { waiting: n }),
                     other => Err(QueueError::Malformed(format!("enqueue refusal {other:?}"))),
                 }
             }
@@ -121,14 +177,20 @@ impl Redis {
         entry_id: &str,
         ttl: Duration,
         size: u64,
+        lane: &Lane,
     ) -> Result<Option<JobState>, QueueError> {
+        let keys = self.keys();
         let mut inv = CANCEL.prepare_invoke();
-        inv.key(self.keys().job_state(pool, job))
-            .key(self.keys().jobs(pool))
-            .key(self.keys().queued_bytes(pool))
+        inv.key(keys.job_state(pool, job))
+            .key(keys.jobs(pool))
+            .key(keys.queued_bytes(pool))
+            .key(keys.lane(pool, lane.tier, &lane.tenant))
+            .key(keys.waiting(pool))
             .arg(entry_id)
             .arg(ttl.as_millis() as u64)
-            .arg(size);
+            .arg(size)
+            .arg(lane.tier.as_str())
+            .arg(&lane.tenant);
         let prev: Option<String> = self.script(&inv).await?;
         Ok(prev.as_deref().and_then(JobState::parse))
     }
@@ -141,14 +203,20 @@ impl Redis {
         entry_id: &str,
         ttl: Duration,
         size: u64,
+        lane: &Lane,
     ) -> Result<Expiry, QueueError> {
+        let keys = self.keys();
         let mut inv = EXPIRE.prepare_invoke();
-        inv.key(self.keys().job_state(pool, job))
-            .key(self.keys().jobs(pool))
-            .key(self.keys().queued_bytes(pool))
+        inv.key(keys.job_state(pool, job))
+            .key(keys.jobs(pool))
+            .key(keys.queued_bytes(pool))
+            .key(keys.lane(pool, lane.tier, &lane.tenant))
+            .key(keys.waiting(pool))
             .arg(entry_id)
             .arg(ttl.as_millis() as u64)
-            .arg(size);
+            .arg(size)
+            .arg(lane.tier.as_str())
+            .arg(&lane.tenant);
         let cur: Option<String> = self.script(&inv).await?;
         Ok(match cur.as_deref().and_then(JobState::parse) {
             None | Some(JobState::Cancelled | JobState::Queued { .. }) => Expiry::Expired,
@@ -208,8 +276,10 @@ impl Redis {
             .key(keys.workers(pool))
             .key(keys.worker_status(pool))
             .key(keys.queued_bytes(pool))
+            .key(keys.waiting(pool))
             .arg(GROUP)
-            .arg(now_ms);
+            .arg(now_ms)
+            .arg(keys.pool_prefix(pool));
         let v: Value = self.script(&inv).await?;
         let mut parts = resp::array(v)?.into_iter();
         let len = parts
@@ -224,10 +294,6 @@ impl Redis {
             .and_then(resp::int)
             .unwrap_or(0)
             .max(0) as u64;
-        let oldest_waiting_ms = parts
-            .next()
-            .and_then(resp::string)
-            .and_then(|id| entry_ms(&id));
         let workers = match parts.next() {
             Some(v) => resp::array(v)?
                 .into_iter()
@@ -242,13 +308,47 @@ impl Redis {
             .and_then(resp::int)
             .unwrap_or(0)
             .max(0) as u64;
+        let mut tiers = [TierStats::default(); 3];
+        if let Some(v) = parts.next() {
+            for (stats, t) in tiers.iter_mut().zip(resp::array(v)?) {
+                let mut t = resp::array(t)?.into_iter();
+                stats.waiting = t.next().as_ref().and_then(resp::int).unwrap_or(0).max(0) as u64;
+                // A lane's score is the entry id's milliseconds × 1000 plus its sequence (LANES).
+                stats.oldest_waiting_ms = t
+                    .next()
+                    .as_ref()
+                    .and_then(resp::int)
+                    .map(|score| score.max(0) as u64 / 1000);
+            }
+        }
+        let mut tenants = Vec::new();
+        if let Some(v) = parts.next() {
+            let mut flat = resp::array(v)?.into_iter();
+            while let (Some(name), Some(n)) = (flat.next(), flat.next()) {
+                let name = resp::string(name).unwrap_or_default();
+                let n = resp::string(n)
+                    .and_then(|n| n.parse::<i64>().ok())
+                    .unwrap_or(0);
+                tenants.push((name, n.max(0) as u64));
+            }
+        }
         Ok(PoolStats {
             backlog: len.saturating_sub(pending),
             pending,
-            oldest_waiting_ms,
+            oldest_waiting_ms: tiers.iter().filter_map(|t| t.oldest_waiting_ms).min(),
+            tiers,
+            tenants,
             workers,
             queued_bytes,
         })
+    }
+}
+
+/// The wake-up list a job of `tier` leaves a token on.
+pub(crate) fn wake_for(tier: Tier) -> &'static str {
+    match tier {
+        Tier::Priority => "priority",
+        Tier::Default | Tier::Flex => "any",
     }
 }
 

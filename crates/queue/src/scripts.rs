@@ -44,16 +44,31 @@ macro_rules! script {
         pub static $name: LazyLock<Lua> =
             LazyLock::new(|| Lua::new(include_str!(concat!("../lua/", $file))));
     };
+    ($name:ident, $file:literal, with lanes) => {
+        #[doc = concat!("`crates/queue/lua/", $file, "`, with `lanes.lua` after its first line.")]
+        pub static $name: LazyLock<Lua> =
+            LazyLock::new(|| Lua::new(with_lanes(include_str!(concat!("../lua/", $file)))));
+    };
 }
 
-script!(ENQUEUE, "enqueue.lua");
-script!(CANCEL, "cancel.lua");
-script!(EXPIRE, "expire.lua");
+/// `code` with the LANES library (`crates/queue/lua/lanes.lua`) inserted after its first line
+/// (the shebang must stay first).
+fn with_lanes(code: &'static str) -> &'static str {
+    let (shebang, body) = code.split_once('\n').unwrap_or((code, ""));
+    let lanes = include_str!("../lua/lanes.lua");
+    // Once per script per process: the scripts live as long as the process.
+    String::leak(format!("{shebang}\n{lanes}{body}"))
+}
+
+script!(ENQUEUE, "enqueue.lua", with lanes);
+script!(CANCEL, "cancel.lua", with lanes);
+script!(EXPIRE, "expire.lua", with lanes);
 script!(CLAIM, "claim.lua");
 script!(MARK_OUTPUT, "mark_output.lua");
 script!(FINISH, "finish.lua");
 script!(DROP, "drop.lua");
-script!(REQUEUE, "requeue.lua");
+script!(REQUEUE, "requeue.lua", with lanes);
+script!(PULL, "pull.lua");
 script!(RECLAIM, "reclaim.lua");
 script!(HEARTBEAT, "heartbeat.lua");
 script!(KEEP_REPLIES, "keep_replies.lua");

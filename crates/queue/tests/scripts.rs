@@ -11,8 +11,9 @@ use ssw_protocol::heartbeat::WorkerStatus;
 use ssw_protocol::job::Job;
 use ssw_protocol::keys::{GROUP, JobState, Keys};
 use ssw_protocol::reply::{Reply, ReplyEvent};
-use ssw_queue::consumer::{Claim, Commit, Requeue, Watch};
-use ssw_queue::producer::{Enqueued, Expiry, QueueLimits};
+use ssw_protocol::tier::Tier;
+use ssw_queue::consumer::{Claim, Commit, PullPolicy, Pulled, Requeue, Watch};
+use ssw_queue::producer::{Enqueued, Expiry, Lane, QueueLimits};
 use ssw_queue::{QueueError, Redis, now_ms};
 use ssw_up::redis::RedisServer;
 
@@ -21,7 +22,27 @@ const TTL: Duration = Duration::from_secs(60);
 const LIMITS: QueueLimits = QueueLimits {
     max_queue: 100,
     max_queue_bytes: 1 << 20,
+    max_tier: 0,
+    max_tenant: 0,
 };
+
+/// Take anything, shares as configured by default.
+fn any(most: usize) -> PullPolicy {
+    PullPolicy {
+        most,
+        below_priority: most,
+        default_share: 0.3,
+        flex_share: 0.1,
+    }
+}
+
+/// The lane of [`job`]'s jobs.
+fn lane() -> Lane {
+    Lane {
+        tier: Tier::Default,
+        tenant: "default".into(),
+    }
+}
 
 struct Rig {
     _server: RedisServer,
@@ -82,8 +103,26 @@ fn job(id: &str, body_len: usize) -> Job {
         attempt: 1,
         crashes: 0,
         crashed_on: String::new(),
+        tier: Tier::Default,
+        tenant: "default".into(),
         body: vec![b'x'; body_len],
     }
+}
+
+/// A job of `tier` for `tenant`.
+fn job_for(id: &str, tier: Tier, tenant: &str) -> Job {
+    Job {
+        tier,
+        tenant: tenant.into(),
+        ..job(id, 4)
+    }
+}
+
+fn ids(pulled: &[Pulled]) -> Vec<String> {
+    pulled
+        .iter()
+        .map(|p| p.job.as_ref().unwrap().id.clone())
+        .collect()
 }
 
 impl Rig {
@@ -94,15 +133,10 @@ impl Rig {
         }
     }
 
-    /// Enqueues and hands the job to consumer `worker` (XREADGROUP), as a pull would.
+    /// Enqueues and hands the job to consumer `worker` (PULL).
     async fn handed(&mut self, j: &Job, worker: &str) -> String {
         let entry = self.enqueue(j).await;
-        let mut conn = self.redis.dedicated().await.unwrap();
-        let pulled = self
-            .redis
-            .pull(&mut conn, POOL, worker, 1, Duration::from_millis(100))
-            .await
-            .unwrap();
+        let pulled = self.redis.pull(POOL, worker, any(1)).await.unwrap();
         assert_eq!(pulled.len(), 1);
         assert_eq!(pulled[0].entry_id, entry);
         entry
@@ -152,6 +186,7 @@ async fn enqueue_keeps_both_limits_and_counts_bytes() {
     let limits = QueueLimits {
         max_queue: 2,
         max_queue_bytes: 250,
+        ..LIMITS
     };
     let ok = |e: Enqueued| matches!(e, Enqueued::Accepted(_));
     assert!(ok(r
@@ -203,7 +238,10 @@ async fn a_full_redis_refuses_new_jobs_but_still_cancels_answers_and_finishes() 
     }
     assert_eq!(r.stream_len().await, before, "nothing written");
     // What frees memory, records a decision or answers a running job still runs.
-    r.redis.cancel(POOL, "q", &queued, TTL, 10).await.unwrap();
+    r.redis
+        .cancel(POOL, "q", &queued, TTL, 10, &lane())
+        .await
+        .unwrap();
     let reply = |seq, event| Reply {
         job: "a".into(),
         fence,
@@ -264,7 +302,10 @@ async fn claim_fences_each_run_and_refuses_what_must_not_run() {
     // Cancelled.
     let b = job("b", 10);
     let entry = r.handed(&b, "w1").await;
-    r.redis.cancel(POOL, "b", &entry, TTL, 10).await.unwrap();
+    r.redis
+        .cancel(POOL, "b", &entry, TTL, 10, &lane())
+        .await
+        .unwrap();
     assert_eq!(r.claim("w1", &b).await, Claim::Cancelled);
     // Past its deadline before anyone started it: expired, and marked so.
     let mut c = job("c", 10);
@@ -282,14 +323,20 @@ async fn claim_and_expire_exclude_each_other_in_either_order() {
     let ea = r.handed(&a, "w").await;
     assert!(matches!(r.claim("w", &a).await, Claim::Run { .. }));
     assert!(matches!(
-        r.redis.expire(POOL, "a", &ea, TTL, 10).await.unwrap(),
+        r.redis
+            .expire(POOL, "a", &ea, TTL, 10, &lane())
+            .await
+            .unwrap(),
         Expiry::Running(JobState::Started { .. })
     ));
     // Expire first: the claim refuses it, and the entry is gone.
     let b = job("b", 10);
     let eb = r.handed(&b, "w").await;
     assert_eq!(
-        r.redis.expire(POOL, "b", &eb, TTL, 10).await.unwrap(),
+        r.redis
+            .expire(POOL, "b", &eb, TTL, 10, &lane())
+            .await
+            .unwrap(),
         Expiry::Expired
     );
     assert_eq!(r.claim("w", &b).await, Claim::Cancelled);
@@ -435,7 +482,10 @@ async fn requeue_of_a_cancelled_job_removes_it() {
     let Claim::Run { fence } = r.claim("w1", &b).await else {
         panic!()
     };
-    r.redis.cancel(POOL, "b", &eb, TTL, 10).await.unwrap();
+    r.redis
+        .cancel(POOL, "b", &eb, TTL, 10, &lane())
+        .await
+        .unwrap();
     assert_eq!(
         r.redis
             .requeue(POOL, &eb, &b, ("w1", fence), TTL)
@@ -453,11 +503,20 @@ async fn cancel_removes_an_unstarted_job_and_only_marks_a_running_one() {
     let mut r = rig().await;
     let a = job("a", 10);
     let ea = r.enqueue(&a).await;
-    assert_eq!(r.redis.cancel(POOL, "a", &ea, TTL, 10).await.unwrap(), None);
+    assert_eq!(
+        r.redis
+            .cancel(POOL, "a", &ea, TTL, 10, &lane())
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(r.stream_len().await, 0);
     assert_eq!(r.queued_bytes().await, 0);
     // A second cancel does not release the bytes again.
-    r.redis.cancel(POOL, "a", &ea, TTL, 10).await.unwrap();
+    r.redis
+        .cancel(POOL, "a", &ea, TTL, 10, &lane())
+        .await
+        .unwrap();
     assert_eq!(r.queued_bytes().await, 0);
     // Running: the marker only; the worker sees it and finishes the job.
     let b = job("b", 10);
@@ -465,7 +524,11 @@ async fn cancel_removes_an_unstarted_job_and_only_marks_a_running_one() {
     let Claim::Run { fence } = r.claim("w", &b).await else {
         panic!()
     };
-    let prev = r.redis.cancel(POOL, "b", &eb, TTL, 10).await.unwrap();
+    let prev = r
+        .redis
+        .cancel(POOL, "b", &eb, TTL, 10, &lane())
+        .await
+        .unwrap();
     assert_eq!(
         prev,
         Some(JobState::Started {
@@ -486,7 +549,10 @@ async fn cancel_removes_an_unstarted_job_and_only_marks_a_running_one() {
     assert_eq!(r.state("b").await, Some(JobState::Cancelled), "marker kept");
     // Entry unknown (an enqueue still on its way): the marker alone stops any claim.
     let c = job("c", 10);
-    r.redis.cancel(POOL, "c", "", TTL, 10).await.unwrap();
+    r.redis
+        .cancel(POOL, "c", "", TTL, 10, &lane())
+        .await
+        .unwrap();
     r.handed(&c, "w").await;
     assert_eq!(r.claim("w", &c).await, Claim::Cancelled);
 }
@@ -654,4 +720,300 @@ async fn a_pipelined_script_is_loaded_when_redis_does_not_know_it() {
         .await
         .unwrap();
     assert_eq!(r.stream_len().await, 0);
+}
+
+/// Pulls one job at a time `n` times; returns the tiers served, in order.
+async fn serve_one_by_one(r: &Rig, n: usize) -> Vec<Tier> {
+    let mut served = Vec::new();
+    for _ in 0..n {
+        let p = r.redis.pull(POOL, "w", any(1)).await.unwrap();
+        assert_eq!(p.len(), 1);
+        served.push(p[0].job.as_ref().unwrap().tier);
+    }
+    served
+}
+
+#[tokio::test]
+async fn pull_serves_priority_first_and_every_lower_tier_its_minimum_share() {
+    let r = rig().await;
+    // Backlogs in every tier, flex and default enqueued first.
+    let roomy = QueueLimits {
+        max_queue: 1000,
+        ..LIMITS
+    };
+    for tier in [Tier::Flex, Tier::Default, Tier::Priority] {
+        for i in 0..100 {
+            let j = job_for(&format!("{tier}-{i}"), tier, "t");
+            assert!(matches!(
+                r.redis.enqueue(POOL, &j, roomy).await.unwrap(),
+                Enqueued::Accepted(_)
+            ));
+        }
+    }
+    let served = serve_one_by_one(&r, 100).await;
+    let count = |t| served.iter().filter(|s| **s == t).count();
+    // 6:3:1 with shares 0.3 and 0.1: each lower tier within one pick of its share.
+    for (tier, share) in [(Tier::Priority, 60), (Tier::Default, 30), (Tier::Flex, 10)] {
+        assert!(count(tier).abs_diff(share) <= 1, "{tier}: {served:?}");
+    }
+    // And never more than a few picks apart: at most 3 lower-tier picks in a row.
+    let longest_wait = served
+        .split(|t| *t == Tier::Priority)
+        .map(<[Tier]>::len)
+        .max()
+        .unwrap_or(0);
+    assert!(longest_wait <= 2, "{served:?}");
+    // The first pick is priority although it arrived last: nothing queues it behind others.
+    assert_eq!(served[0], Tier::Priority);
+    // With priority gone, default is served and flex keeps its share (1 in 10).
+    let r = rig().await;
+    for tier in [Tier::Flex, Tier::Default] {
+        for i in 0..30 {
+            r.enqueue(&job_for(&format!("{tier}-{i}"), tier, "t")).await;
+        }
+    }
+    let served = serve_one_by_one(&r, 20).await;
+    let flex = served.iter().filter(|s| **s == Tier::Flex).count();
+    assert_eq!(flex, 2, "{served:?}");
+}
+
+#[tokio::test]
+async fn pull_gives_a_lower_tier_no_credit_while_it_has_nothing_waiting() {
+    let r = rig().await;
+    // Only priority waits for a long while: flex earns nothing meanwhile…
+    for i in 0..20 {
+        r.enqueue(&job_for(&format!("p{i}"), Tier::Priority, "t"))
+            .await;
+    }
+    serve_one_by_one(&r, 10).await;
+    // …so a flex job arriving now still waits for its share, not a banked burst.
+    for i in 0..5 {
+        r.enqueue(&job_for(&format!("f{i}"), Tier::Flex, "t")).await;
+    }
+    let served = serve_one_by_one(&r, 10).await;
+    assert_eq!(
+        served.iter().filter(|s| **s == Tier::Flex).count(),
+        1,
+        "{served:?}"
+    );
+}
+
+#[tokio::test]
+async fn pull_takes_turns_between_the_tenants_of_a_tier() {
+    let r = rig().await;
+    for i in 0..50 {
+        r.enqueue(&job_for(&format!("a{i}"), Tier::Default, "burst"))
+            .await;
+    }
+    r.enqueue(&job_for("b0", Tier::Default, "steady")).await;
+    r.enqueue(&job_for("c0", Tier::Default, "other")).await;
+    let first: Vec<String> = ids(&r.redis.pull(POOL, "w", any(3)).await.unwrap());
+    // One job per tenant in turn: the burst's 50 do not delay the others by more than one.
+    assert_eq!(first, ["a0", "b0", "c0"]);
+    let next = ids(&r.redis.pull(POOL, "w", any(2)).await.unwrap());
+    assert_eq!(
+        next,
+        ["a1", "a2"],
+        "the others' lanes are empty: the burst goes on"
+    );
+}
+
+#[tokio::test]
+async fn pull_keeps_reserved_slots_for_priority_work() {
+    let r = rig().await;
+    r.enqueue(&job_for("d", Tier::Default, "t")).await;
+    let narrow = PullPolicy {
+        below_priority: 0,
+        ..any(2)
+    };
+    assert!(r.redis.pull(POOL, "w", narrow).await.unwrap().is_empty());
+    r.enqueue(&job_for("p", Tier::Priority, "t")).await;
+    assert_eq!(ids(&r.redis.pull(POOL, "w", narrow).await.unwrap()), ["p"]);
+    // Two free slots, one of them reserved: one lower-tier job, and not a second.
+    r.enqueue(&job_for("d2", Tier::Default, "t")).await;
+    let one_below = PullPolicy {
+        below_priority: 1,
+        ..any(2)
+    };
+    assert_eq!(
+        ids(&r.redis.pull(POOL, "w", one_below).await.unwrap()),
+        ["d"]
+    );
+}
+
+#[tokio::test]
+async fn pulled_jobs_are_this_workers_pending_entries_and_counts_follow() {
+    let mut r = rig().await;
+    let e = r.enqueue(&job_for("a", Tier::Flex, "t")).await;
+    r.enqueue(&job_for("b", Tier::Priority, "u")).await;
+    let s = r.redis.pool_stats(POOL, now_ms()).await.unwrap();
+    assert_eq!(
+        (s.backlog, s.tiers[0].waiting, s.tiers[2].waiting),
+        (2, 1, 1)
+    );
+    assert!(
+        s.tiers[2]
+            .oldest_waiting_ms
+            .is_some_and(|ms| ms <= now_ms())
+    );
+    let mut tenants = s.tenants.clone();
+    tenants.sort();
+    assert_eq!(tenants, [("t".to_owned(), 1), ("u".to_owned(), 1)]);
+    let pulled = r.redis.pull(POOL, "w", any(5)).await.unwrap();
+    assert_eq!(ids(&pulled), ["b", "a"]);
+    assert_eq!(pulled[1].entry_id, e);
+    assert_eq!(r.pending().await, 2);
+    let s = r.redis.pool_stats(POOL, now_ms()).await.unwrap();
+    assert_eq!((s.backlog, s.pending, s.oldest_waiting_ms), (0, 2, None));
+    assert!(s.tiers.iter().all(|t| t.waiting == 0), "{s:?}");
+    // A dead worker's pulled jobs are reclaimable like any pending entry.
+    let taken = r
+        .redis
+        .reclaim(POOL, "w2", "-", 100, 10, now_ms())
+        .await
+        .unwrap();
+    assert_eq!(
+        taken.jobs.len(),
+        2,
+        "w never heartbeat: its entries are taken"
+    );
+}
+
+#[tokio::test]
+async fn cancel_and_expire_take_a_waiting_job_out_of_its_lane() {
+    let r = rig().await;
+    let a = job_for("a", Tier::Flex, "t");
+    let b = job_for("b", Tier::Flex, "t");
+    let ea = r.enqueue(&a).await;
+    let eb = r.enqueue(&b).await;
+    r.redis
+        .cancel(POOL, "a", &ea, TTL, 4, &Lane::of(&a))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.redis
+            .expire(POOL, "b", &eb, TTL, 4, &Lane::of(&b))
+            .await
+            .unwrap(),
+        Expiry::Expired
+    );
+    let s = r.redis.pool_stats(POOL, now_ms()).await.unwrap();
+    assert_eq!((s.backlog, s.tiers[2].waiting), (0, 0), "{s:?}");
+    assert!(r.redis.pull(POOL, "w", any(5)).await.unwrap().is_empty());
+    // The tenant left the ring with its empty lane; a new job of it is served normally.
+    r.enqueue(&job_for("c", Tier::Flex, "t")).await;
+    assert_eq!(ids(&r.redis.pull(POOL, "w", any(5)).await.unwrap()), ["c"]);
+}
+
+#[tokio::test]
+async fn enqueue_keeps_the_tiers_and_the_tenants_bounds() {
+    let r = rig().await;
+    let bounded = QueueLimits {
+        max_tier: 2,
+        max_tenant: 3,
+        ..LIMITS
+    };
+    for i in 0..2 {
+        let j = job_for(&format!("f{i}"), Tier::Flex, "t");
+        assert!(matches!(
+            r.redis.enqueue(POOL, &j, bounded).await.unwrap(),
+            Enqueued::Accepted(_)
+        ));
+    }
+    let j = job_for("f2", Tier::Flex, "t");
+    assert_eq!(
+        r.redis.enqueue(POOL, &j, bounded).await.unwrap(),
+        Enqueued::FullTier { waiting: 2 }
+    );
+    // The tier's bound is the tier's: default still goes in, up to the tenant's bound.
+    let j = job_for("d0", Tier::Default, "t");
+    assert!(matches!(
+        r.redis.enqueue(POOL, &j, bounded).await.unwrap(),
+        Enqueued::Accepted(_)
+    ));
+    let j = job_for("d1", Tier::Default, "t");
+    assert_eq!(
+        r.redis.enqueue(POOL, &j, bounded).await.unwrap(),
+        Enqueued::FullTenant { waiting: 3 }
+    );
+    let j = job_for("d2", Tier::Default, "other");
+    assert!(matches!(
+        r.redis.enqueue(POOL, &j, bounded).await.unwrap(),
+        Enqueued::Accepted(_)
+    ));
+}
+
+#[tokio::test]
+async fn requeue_puts_a_job_back_in_its_own_lane() {
+    let mut r = rig().await;
+    let j = job_for("p", Tier::Priority, "t");
+    let entry = r.handed(&j, "w").await;
+    let Claim::Run { fence } = r.claim("w", &j).await else {
+        panic!("claim")
+    };
+    let again = r
+        .redis
+        .requeue(POOL, &entry, &j, ("w", fence), TTL)
+        .await
+        .unwrap();
+    assert!(matches!(again, Requeue::Queued(_)), "{again:?}");
+    let s = r.redis.pool_stats(POOL, now_ms()).await.unwrap();
+    assert_eq!(s.tiers[0].waiting, 1);
+    let narrow = PullPolicy {
+        below_priority: 0,
+        ..any(1)
+    };
+    assert_eq!(ids(&r.redis.pull(POOL, "w2", narrow).await.unwrap()), ["p"]);
+}
+
+#[tokio::test]
+async fn idle_workers_are_woken_by_the_work_they_may_take() {
+    let r = rig().await;
+    let mut conn = r.redis.dedicated().await.unwrap();
+    let short = Duration::from_millis(200);
+    // Nothing waits: the wait times out.
+    assert!(
+        !r.redis
+            .wait_for_work(&mut conn, POOL, "w", false, short)
+            .await
+            .unwrap()
+    );
+    // A default job wakes a worker that may take any tier…
+    r.enqueue(&job_for("d", Tier::Default, "t")).await;
+    assert!(
+        r.redis
+            .wait_for_work(&mut conn, POOL, "w", false, short)
+            .await
+            .unwrap()
+    );
+    // …but not one whose free slots are all reserved for priority;
+    r.enqueue(&job_for("d2", Tier::Default, "t")).await;
+    assert!(
+        !r.redis
+            .wait_for_work(&mut conn, POOL, "w", true, short)
+            .await
+            .unwrap()
+    );
+    // a priority job does, and so does the worker itself when a slot comes free.
+    r.enqueue(&job_for("p", Tier::Priority, "t")).await;
+    assert!(
+        r.redis
+            .wait_for_work(&mut conn, POOL, "w", true, short)
+            .await
+            .unwrap()
+    );
+    r.redis.wake_self(POOL, "w").await.unwrap();
+    assert!(
+        r.redis
+            .wait_for_work(&mut conn, POOL, "w", true, short)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !r.redis
+            .wait_for_work(&mut conn, POOL, "other", true, short)
+            .await
+            .unwrap(),
+        "a worker's own token wakes only it"
+    );
 }

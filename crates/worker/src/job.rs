@@ -505,7 +505,8 @@ async fn put_back(
     fence: u32,
     sender: &Sender,
 ) -> Result<(), ssw_queue::QueueError> {
-    job.deadline_ms = ssw_queue::now_ms() + ctx.queue_timeout.as_millis() as u64;
+    job.deadline_ms =
+        ssw_queue::now_ms() + ctx.queue_timeouts[job.tier as usize].as_millis() as u64;
     let run = (ctx.id.as_str(), fence);
     match ctx
         .redis

@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use ssw_config::{Config, WorkerConfig};
 use ssw_protocol::heartbeat::WorkerStatus;
-use ssw_queue::consumer::Pulled;
+use ssw_protocol::tier::Tier;
+use ssw_queue::consumer::{PullPolicy, Pulled};
 use ssw_queue::{QueueError, Redis};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -86,8 +87,12 @@ pub struct Ctx {
     pub max_attempts: u32,
     /// The pool's `max_crash_retries`.
     pub max_crash_retries: u32,
-    /// The pool's queue timeout (deadline of requeued jobs).
-    pub queue_timeout: Duration,
+    /// The pool's queue timeout per tier (deadline of requeued jobs).
+    pub queue_timeouts: [Duration; 3],
+    /// Free slots kept for priority work (`pools.<p>.priority_reserve` of `max_inflight`).
+    pub reserved_slots: u32,
+    /// The default and flex tiers' minimum shares of picks.
+    pub min_shares: (f64, f64),
     /// Redis.
     pub redis: Redis,
     /// Engine client.
@@ -101,6 +106,9 @@ pub struct Ctx {
     bounced: Mutex<VecDeque<String>>,
     inflight: AtomicU32,
     slot_freed: Notify,
+    /// The pull loop waits for priority work only (its free slots are all reserved): a slot
+    /// coming free must wake it through Redis.
+    waiting_narrow: AtomicBool,
     draining: AtomicBool,
     drain_aborted: AtomicBool,
     started_ms: u64,
@@ -127,7 +135,12 @@ impl Ctx {
             pool: pool.to_owned(),
             max_attempts: pool_cfg.max_attempts,
             max_crash_retries: pool_cfg.max_crash_retries,
-            queue_timeout: pool_cfg.queue_timeout,
+            queue_timeouts: Tier::ALL.map(|t| pool_cfg.tier_queue_timeout(t)),
+            reserved_slots: pool_cfg.reserved_slots(config.worker.max_inflight),
+            min_shares: (
+                pool_cfg.min_share(Tier::Default),
+                pool_cfg.min_share(Tier::Flex),
+            ),
             redis: Redis::new(&config.redis, password)?,
             engine: Engine::new(&cfg, engine_key.as_deref())?,
             engine_state: Arc::new(EngineState::default()),
@@ -136,6 +149,7 @@ impl Ctx {
             bounced: Mutex::new(VecDeque::new()),
             inflight: AtomicU32::new(0),
             slot_freed: Notify::new(),
+            waiting_narrow: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             drain_aborted: AtomicBool::new(false),
             started_ms: ssw_queue::now_ms(),
@@ -360,20 +374,38 @@ async fn pull_loop(ctx: &Arc<Ctx>, jobs: &TaskTracker, shutdown: &CancellationTo
                     (r.jobs, true)
                 })
         } else {
-            if conn.is_none() {
-                match ctx.redis.dedicated().await {
-                    Ok(c) => conn = Some(c),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot reach redis; retrying");
-                        backoff_sleep(&mut backoff, shutdown).await;
-                        continue;
+            let policy = PullPolicy {
+                most: free,
+                below_priority: free.saturating_sub(ctx.reserved_slots as usize),
+                default_share: ctx.min_shares.0,
+                flex_share: ctx.min_shares.1,
+            };
+            match ctx.redis.pull(&ctx.pool, &ctx.id, policy).await {
+                Ok(batch) if !batch.is_empty() => Ok((batch, false)),
+                Ok(_) => {
+                    if conn.is_none() {
+                        match ctx.redis.dedicated().await {
+                            Ok(c) => conn = Some(c),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot reach redis; retrying");
+                                backoff_sleep(&mut backoff, shutdown).await;
+                                continue;
+                            }
+                        }
                     }
+                    let Some(c) = conn.as_mut() else { continue };
+                    // Nothing this worker may take: wait for a job to arrive (or, with only
+                    // reserved slots free, a priority job or a slot coming free).
+                    let narrow = policy.below_priority == 0;
+                    ctx.waiting_narrow.store(narrow, Ordering::Relaxed);
+                    let waited = tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        r = ctx.redis.wait_for_work(c, &ctx.pool, &ctx.id, narrow, Duration::from_secs(1)) => r,
+                    };
+                    ctx.waiting_narrow.store(false, Ordering::Relaxed);
+                    waited.map(|_| (Vec::new(), false))
                 }
-            }
-            let Some(c) = conn.as_mut() else { continue };
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = ctx.redis.pull(c, &ctx.pool, &ctx.id, free, Duration::from_secs(1)) => r.map(|p| (p, false)),
+                Err(e) => Err(e),
             }
         };
         match pulled {
@@ -481,6 +513,12 @@ async fn start_jobs(ctx: &Arc<Ctx>, jobs: &TaskTracker, batch: Vec<Pulled>, recl
                 telemetry::slots(&c);
                 // One waiter (the pull loop); a permit is kept if it is not waiting yet.
                 c.slot_freed.notify_one();
+                if c.waiting_narrow.load(Ordering::Relaxed) {
+                    // It waits in Redis for priority work only; now it may take any.
+                    if let Err(e) = c.redis.wake_self(&c.pool, &c.id).await {
+                        tracing::debug!(error = %e, "cannot wake the pull loop");
+                    }
+                }
             },
             span,
         ));

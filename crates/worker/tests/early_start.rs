@@ -11,7 +11,8 @@ use std::time::Duration;
 use ssw_config::{Config, StubConfig};
 use ssw_protocol::job::Job;
 use ssw_protocol::reply::ReplyEvent;
-use ssw_queue::consumer::Claim;
+use ssw_protocol::tier::Tier;
+use ssw_queue::consumer::{Claim, PullPolicy};
 use ssw_queue::now_ms;
 use ssw_queue::producer::{Enqueued, QueueLimits, ReplyReader};
 use ssw_test_support::ssw_up::redis::RedisServer;
@@ -146,6 +147,8 @@ impl Rig {
             attempt: 1,
             crashes: 0,
             crashed_on: String::new(),
+            tier: Tier::Default,
+            tenant: "default".into(),
             body: serde_json::to_vec(&serde_json::json!({
                 "model": StubConfig::default().served_model, "stream": stream,
                 "messages": [{"role": "user", "content": "hi"}],
@@ -159,18 +162,22 @@ impl Rig {
                 &job,
                 QueueLimits {
                     max_queue: 100,
-                    max_queue_bytes: 1 << 20
+                    max_queue_bytes: 1 << 20,
+                    max_tier: 0,
+                    max_tenant: 0,
                 }
             )
             .await
             .unwrap(),
             Enqueued::Accepted(_)
         ));
-        let mut conn = r.dedicated().await.unwrap();
-        let mut batch = r
-            .pull(&mut conn, POOL, "w-test", 1, Duration::from_secs(1))
-            .await
-            .unwrap();
+        let policy = PullPolicy {
+            most: 1,
+            below_priority: 1,
+            default_share: 0.3,
+            flex_share: 0.1,
+        };
+        let mut batch = r.pull(POOL, "w-test", policy).await.unwrap();
         assert_eq!(batch.len(), 1);
         let p = batch.remove(0);
         Pulled {

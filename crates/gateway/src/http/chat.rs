@@ -9,7 +9,10 @@ use ssw_protocol::error::ErrorCode;
 use ssw_protocol::reply::ReplyEvent;
 use tracing::Instrument;
 
-use super::{RequestId, X_SSW_POOL, X_SSW_WORKER};
+use ssw_protocol::chat::{with_service_tier, with_service_tier_sse};
+use ssw_protocol::tier::Tier;
+
+use super::{RequestId, Tenant, X_SSW_POOL, X_SSW_TIER, X_SSW_WORKER};
 use crate::admission::{self, Admitted, Refusal};
 use crate::error::{ApiError, json_response, sse_error};
 use crate::lifecycle::{Next, Ticket};
@@ -19,6 +22,7 @@ use crate::state::AppState;
 pub async fn chat_completions(
     State(state): State<AppState>,
     Extension(rid): Extension<RequestId>,
+    Extension(tenant): Extension<Tenant>,
     req: Request,
 ) -> Response {
     let (parts, body) = req.into_parts();
@@ -34,7 +38,7 @@ pub async fn chat_completions(
         }
     };
     let super::body::ReadBody { bytes, budget } = body;
-    let admitted = admission::admit(&state, &parts.headers, bytes, rid.0).await;
+    let admitted = admission::admit(&state, &parts.headers, bytes, rid.0, &tenant.0).await;
     // The job is on the queue (or refused): the body's budget is free again.
     drop(budget);
     match admitted {
@@ -43,18 +47,20 @@ pub async fn chat_completions(
             pool,
             ticket,
             stream,
+            tier,
             span,
         }) => {
             let mut resp = async {
                 if stream {
-                    stream_response(ticket).await
+                    stream_response(ticket, tier).await
                 } else {
-                    full_response(ticket).await
+                    full_response(ticket, tier).await
                 }
             }
             .instrument(span)
             .await;
             set_header(&mut resp, &X_SSW_POOL, &pool.name);
+            set_header(&mut resp, &X_SSW_TIER, tier.game_name());
             resp
         }
     }
@@ -78,9 +84,9 @@ fn set_header(resp: &mut Response, name: &axum::http::HeaderName, value: &str) {
     }
 }
 
-/// A complete answer from a worker (`Full` or `Fail`), as an HTTP response; any other event
-/// is unexpected here.
-fn worker_response(ticket: &mut Ticket, event: ReplyEvent) -> Response {
+/// A complete answer from a worker (`Full` or `Fail`), as an HTTP response (an answer
+/// carrying the `service_tier` that served it); any other event is unexpected here.
+fn worker_response(ticket: &mut Ticket, event: ReplyEvent, tier: Tier) -> Response {
     let code = event.error_code();
     let (status, worker, body) = match event {
         ReplyEvent::Full {
@@ -99,6 +105,11 @@ fn worker_response(ticket: &mut Ticket, event: ReplyEvent) -> Response {
     };
     ticket.finish();
     ticket.record(status, code.map_or("ok", ErrorCode::as_str));
+    let body = if status < 300 {
+        with_service_tier(&body, tier.as_str())
+    } else {
+        body
+    };
     let mut resp = json_response(status, body);
     if code.is_some_and(ErrorCode::retryable) {
         resp.headers_mut()
@@ -123,33 +134,36 @@ fn unexpected(ticket: &mut Ticket, what: &str) -> Response {
     )
 }
 
-async fn full_response(mut ticket: Ticket) -> Response {
+async fn full_response(mut ticket: Ticket, tier: Tier) -> Response {
     match ticket.next().await {
         Next::Event(ev @ (ReplyEvent::Full { .. } | ReplyEvent::Fail { .. })) => {
-            worker_response(&mut ticket, ev)
+            worker_response(&mut ticket, ev, tier)
         }
         Next::Event(_) => unexpected(&mut ticket, "stream event for a non-streaming job"),
         Next::Failed(err) => failed(&mut ticket, err),
     }
 }
 
-async fn stream_response(mut ticket: Ticket) -> Response {
+async fn stream_response(mut ticket: Ticket, tier: Tier) -> Response {
     let (worker, first) = match ticket.next().await {
         Next::Event(ReplyEvent::Head { worker, data, .. }) => (worker, data),
         Next::Event(ev @ (ReplyEvent::Full { .. } | ReplyEvent::Fail { .. })) => {
-            return worker_response(&mut ticket, ev);
+            return worker_response(&mut ticket, ev, tier);
         }
         Next::Event(_) => return unexpected(&mut ticket, "stream data before its head"),
         Next::Failed(err) => return failed(&mut ticket, err),
     };
     // The head's bytes first, in the same write as the response head.
-    let first = (!first.is_empty()).then(|| Ok::<_, std::convert::Infallible>(Bytes::from(first)));
-    let rest = futures::stream::unfold(Some(ticket), |ticket| async move {
+    let tier = tier.as_str();
+    let first = (!first.is_empty()).then(|| {
+        Ok::<_, std::convert::Infallible>(Bytes::from(with_service_tier_sse(&first, tier)))
+    });
+    let rest = futures::stream::unfold(Some(ticket), move |ticket| async move {
         let mut ticket = ticket?;
         loop {
             return match ticket.next().await {
                 Next::Event(ReplyEvent::Data(d)) => Some((
-                    Ok::<_, std::convert::Infallible>(Bytes::from(d)),
+                    Ok::<_, std::convert::Infallible>(Bytes::from(with_service_tier_sse(&d, tier))),
                     Some(ticket),
                 )),
                 Next::Event(ReplyEvent::End) => {

@@ -27,6 +27,9 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_SSW_POOL: HeaderName = HeaderName::from_static("x-ssw-pool");
 /// `x-ssw-worker`: the worker that ran the job.
 pub static X_SSW_WORKER: HeaderName = HeaderName::from_static("x-ssw-worker");
+/// `x-ssw-tier`: the tier a request asks for (request, an alias of `service_tier`) / was
+/// served at (response), in the game's names: `gold`, `silver`, `bronze`.
+pub static X_SSW_TIER: HeaderName = HeaderName::from_static("x-ssw-tier");
 
 /// The request id of the request being handled.
 #[derive(Clone, Debug)]
@@ -115,24 +118,37 @@ async fn request_id(mut req: Request, next: Next) -> Response {
     resp
 }
 
-/// Requires a valid bearer token when API keys are configured.
-async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(keys) = &state.api_keys {
-        let header = req
-            .headers()
-            .get(axum::http::header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes);
-        if let Err(e) = keys.check(header) {
-            let err = match e {
-                AuthError::Missing => ApiError::new(
-                    ErrorCode::MissingApiKey,
-                    "missing API key: send `Authorization: Bearer <key>`",
-                ),
-                AuthError::Invalid => ApiError::new(ErrorCode::InvalidApiKey, "invalid API key"),
-            };
-            crate::metrics::request_done("none", false, 401, err.code.as_str());
-            return err.into_response();
+/// The tenant a request is for (from its API key; `default` when no keys are configured).
+#[derive(Clone, Debug)]
+pub struct Tenant(pub std::sync::Arc<str>);
+
+/// Requires a valid bearer token when API keys are configured; records the key's tenant.
+async fn auth(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let tenant = match &state.api_keys {
+        None => state.default_tenant.clone(),
+        Some(keys) => {
+            let header = req
+                .headers()
+                .get(axum::http::header::AUTHORIZATION)
+                .map(HeaderValue::as_bytes);
+            match keys.check(header) {
+                Ok(tenant) => tenant,
+                Err(e) => return unauthorized(e),
+            }
         }
-    }
+    };
+    req.extensions_mut().insert(Tenant(tenant));
     next.run(req).await
+}
+
+fn unauthorized(e: AuthError) -> Response {
+    let err = match e {
+        AuthError::Missing => ApiError::new(
+            ErrorCode::MissingApiKey,
+            "missing API key: send `Authorization: Bearer <key>`",
+        ),
+        AuthError::Invalid => ApiError::new(ErrorCode::InvalidApiKey, "invalid API key"),
+    };
+    crate::metrics::request_done("none", false, 401, err.code.as_str());
+    err.into_response()
 }
