@@ -23,6 +23,9 @@ let
     maxQueueBytes = "256MiB";
     maxCrashRetries = 1;
     queueTimeout = "120s";
+    # vLLM's --scheduling-policy: "priority" orders each engine's own queue by the request's
+    # tier too (workers send vLLM's `priority`; docs/architecture.md, tiers).
+    schedulingPolicy = "fcfs";
     # Stub timing of this pool's replicas (engine = "stub"), over the top-level `stub`.
     stub = { };
   };
@@ -86,6 +89,13 @@ let
           { ok = replicaNames != [ ]; path = "replicas"; msg = "at least one replica is needed"; }
         ]
         ++ map (n: { ok = validName n; path = "pools.${n}"; msg = "pool names use letters, digits, `-`, `_`, `.`"; }) poolNames
+        ++ map
+          (n: {
+            ok = builtins.elem s.pools.${n}.schedulingPolicy [ "fcfs" "priority" ];
+            path = "pools.${n}.schedulingPolicy";
+            msg = "must be \"fcfs\" or \"priority\", got ${builtins.toJSON s.pools.${n}.schedulingPolicy}";
+          })
+          poolNames
         ++ map (n: { ok = validName n; path = "replicas.${n}"; msg = "replica names use letters, digits, `-`, `_`, `.`"; }) replicaNames
         ++ map
           (n:
@@ -178,7 +188,13 @@ let
     "--gpu-memory-utilization" (l.argString pool.gpuMemoryUtilization)
     "--max-model-len" (toString pool.maxModelLen)
     "--max-num-seqs" (toString pool.maxNumSeqs)
-  ] ++ map l.argString pool.extraArgs;
+  ]
+  # vLLM SchedulerConfig.policy: Literal["fcfs", "priority"]
+  # (https://docs.vllm.ai/en/v0.11.2/api/vllm/config/scheduler/); --scheduling-policy
+  # {fcfs,priority}; with priority, requests are handled by their `priority` field (lower
+  # first), then arrival time.
+  ++ (if pool.schedulingPolicy == "priority" then [ "--scheduling-policy" "priority" ] else [ ])
+  ++ map l.argString pool.extraArgs;
 
   mkReplicas = s:
     let
@@ -224,6 +240,7 @@ let
       max_queue_bytes = p.maxQueueBytes;
       max_crash_retries = p.maxCrashRetries;
       queue_timeout = p.queueTimeout;
+      scheduling_policy = p.schedulingPolicy;
       defaults = p.requestDefaults;
       max_model_len = p.maxModelLen;
     })
@@ -271,6 +288,7 @@ let
         served_model = pool.servedModel;
         max_model_len = pool.maxModelLen;
         max_num_seqs = pool.maxNumSeqs;
+        scheduling_policy = pool.schedulingPolicy;
         ttft = timing.ttft;
         tpot = timing.tpot;
         output_tokens = timing.outputTokens;

@@ -102,6 +102,11 @@ MERGES = [
      '{ worker.drainTimeout = "2m"; }', "t.workerStopSeconds", 135),
     ("humantime units and leading zeros read as ssw reads them",
      '{ worker.drainTimeout = "1min 05secs"; }', "t.workerStopSeconds", 80),
+    ("a pool scheduling by priority starts vLLM with --scheduling-policy priority and tells ssw",
+     '{ pools.heavy.schedulingPolicy = "priority"; }',
+     'let n = p: builtins.length (builtins.filter (a: a == "--scheduling-policy") (builtins.concatMap (r: if r.pool == p then r.vllmArgs else [ ]) t.replicas)); '
+     'in { heavy = n "heavy"; light = n "light"; ssw = t.ssw.gateway.pools.heavy.scheduling_policy; }',
+     {"heavy": 2, "light": 0, "ssw": "priority"}),
 ]
 
 
@@ -133,6 +138,7 @@ BAD = [
     ("pool without replicas", '{ pools = { heavy = { servedModel = "a"; gpuMemoryUtilization = 0.3; }; light = { servedModel = "b"; gpuMemoryUtilization = 0.3; }; spare = { servedModel = "c"; gpuMemoryUtilization = 0.1; }; }; }', "pools.spare: no replica serves this pool"),
     ("new pool without servedModel", '{ pools.medium = { }; replicas.m = { pool = "medium"; gpu = 0; }; }', "pools.medium.servedModel: is required"),
     ("unknown engine", '{ engine = "tgi"; }', "engine: must be \"vllm\" or \"stub\""),
+    ("unknown scheduling policy", '{ pools.heavy.schedulingPolicy = "lottery"; }', "pools.heavy.schedulingPolicy: must be \"fcfs\" or \"priority\""),
     ("bad replica name", '{ replicas = { "heavy 0" = { pool = "heavy"; gpu = 0; }; light-0 = { pool = "light"; gpu = 0; }; }; }', "replicas.heavy 0: replica names use"),
 ]
 

@@ -49,6 +49,10 @@ pub struct StubConfig {
     pub kv_tokens: u32,
     /// File holding the key clients must send (as `vllm serve --api-key` does for `/v1`).
     pub api_key_file: Option<PathBuf>,
+    /// vLLM's `--scheduling-policy`: `fcfs` refuses a request with a non-zero `priority` (as
+    /// vLLM does); `priority` orders the timing model's waiting queue by it and preempts the
+    /// lowest-priority running sequence for a higher-priority arrival when the batch is full.
+    pub scheduling_policy: crate::pool::SchedulingPolicy,
 }
 
 /// Timing-model presets of `ssw stub` (the A40 replicas of the production layout).
@@ -72,6 +76,7 @@ impl Default for StubConfig {
             prefill_per_token: Duration::from_micros(200),
             kv_tokens: 60_000,
             api_key_file: None,
+            scheduling_policy: crate::pool::SchedulingPolicy::Fcfs,
         }
     }
 }

@@ -18,7 +18,8 @@ use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::http::{X_SSW_POOL, X_SSW_TIER};
-use crate::lifecycle::Ticket;
+use crate::lifecycle::{Charged, Ticket};
+use crate::limits::RateHeaders;
 use crate::routing::{Pool, RouteError};
 use crate::state::AppState;
 
@@ -32,6 +33,8 @@ pub struct Admitted {
     pub stream: bool,
     /// The tier it is served at.
     pub tier: Tier,
+    /// `x-ratelimit-*` for a limited tenant.
+    pub rate: Option<RateHeaders>,
     /// The request's span (request id, job, pool, worker).
     pub span: tracing::Span,
 }
@@ -46,15 +49,19 @@ pub struct Refusal {
     pub error: ApiError,
     /// Already counted in the request metrics (refused at the queue, with a ticket).
     pub recorded: bool,
+    /// `x-ratelimit-*` for a limited tenant, if its limits were checked.
+    pub rate: Option<RateHeaders>,
 }
 
 impl Refusal {
-    fn new(error: ApiError) -> Self {
+    /// A refusal before any pool or limit was looked at.
+    pub fn new(error: ApiError) -> Self {
         Self {
             pool: None,
             stream: false,
             error,
             recorded: false,
+            rate: None,
         }
     }
 }
@@ -89,27 +96,66 @@ pub async fn admit(
     let req = ChatRequest::parse(&body).map_err(|e| Refusal::new(e.into()))?;
     let stream = req.stream;
     let pool = route(state, headers, &req).map_err(|error| Refusal {
-        pool: None,
         stream,
-        error,
-        recorded: false,
+        ..Refusal::new(error)
     })?;
-    let refused = |error: ApiError, recorded: bool| Refusal {
+    let mut rate: Option<RateHeaders> = None;
+    let refused = |error: ApiError, recorded: bool, rate: Option<RateHeaders>| Refusal {
         pool: Some(pool.clone()),
         stream,
         error,
         recorded,
+        rate,
     };
     req.check(&pool.limits())
-        .map_err(|e| refused(e.into(), false))?;
+        .map_err(|e| refused(e.into(), false, None))?;
     let tenant_cfg = state.tenant(tenant);
-    let tier = tier(headers, &req, tenant_cfg).map_err(|e| refused(e, false))?;
+    let tier = tier(headers, &req, tenant_cfg).map_err(|e| refused(e, false, None))?;
+    let job_id = state.next_job_id();
+    let mut charged = None;
+    if tenant_cfg.is_limited() {
+        let limits = crate::limits::of(tenant_cfg);
+        let (estimate, prompt_estimate) = crate::limits::estimate(body.len(), req.max_tokens);
+        let now = ssw_queue::now_ms();
+        let lease = crate::limits::lease_until(state, now);
+        let decision = state
+            .redis
+            .rate_limit(tenant, limits, estimate, &job_id, lease, now)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, %tenant, "cannot check the tenant's limits");
+                refused(
+                    ApiError::new(
+                        ErrorCode::QueueUnavailable,
+                        "the queue is unavailable; retry later",
+                    ),
+                    false,
+                    None,
+                )
+            })?;
+        rate = Some(RateHeaders { limits, decision });
+        if let Some(limit) = decision.refused {
+            crate::metrics::rate_limited(tenant, limit.as_str());
+            return Err(refused(
+                crate::limits::refusal(tenant, limit, limits, decision.retry_after),
+                false,
+                rate,
+            ));
+        }
+        charged = Some(Charged {
+            tenant: tenant.into(),
+            tokens_per_minute: limits.tokens_per_minute,
+            estimate,
+            prompt_estimate,
+            lease: limits.max_concurrent > 0,
+        });
+    }
     let arrived = tokio::time::Instant::now();
     let now = ssw_queue::now_ms();
     let deadline_ms = now + pool.tier_queue_timeout(tier).as_millis() as u64;
     let priority = pool.engine_priority.then(|| tier.engine_priority());
     let job = Job {
-        id: state.next_job_id(),
+        id: job_id,
         request_id,
         reply_to: state.replies.key().to_owned(),
         enqueued_ms: now,
@@ -141,6 +187,9 @@ pub async fn admit(
         stream,
         span.clone(),
     );
+    if let Some(c) = charged {
+        ticket.charged(c);
+    }
     let limits = QueueLimits {
         max_queue: pool.max_queue,
         max_queue_bytes: pool.max_queue_bytes,
@@ -162,6 +211,7 @@ pub async fn admit(
                 ticket,
                 stream,
                 tier,
+                rate,
                 span,
             });
         }
@@ -219,7 +269,7 @@ pub async fn admit(
     };
     ticket.finish();
     ticket.record(error.code.status(), error.code.as_str());
-    Err(refused(error, true))
+    Err(refused(error, true, rate))
 }
 
 /// The tier a request is served at: its `service_tier` (else its `x-ssw-tier` header, else

@@ -21,6 +21,7 @@ pub mod auth;
 pub mod error;
 pub mod http;
 pub mod lifecycle;
+pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod replies;
@@ -62,6 +63,7 @@ pub async fn serve(
         state.config.gateway.reply_ttl,
         background.clone(),
     ));
+    let leases = tokio::spawn(limits::renew_leases(state.clone(), background.clone()));
     let watcher = tokio::spawn(replies::watch_workers(
         state.redis.clone(),
         state.replies.clone(),
@@ -108,6 +110,6 @@ pub async fn serve(
         let _ = ops.await;
     }
     background.cancel();
-    let _ = tokio::join!(reader, keeper, watcher, sampler);
+    let _ = tokio::join!(reader, keeper, watcher, sampler, leases);
     result
 }

@@ -53,6 +53,23 @@ struct Timing {
     /// The latest usage the answer reported, counted once when the request ends: with
     /// `stream_options.continuous_usage_stats` every chunk carries running totals.
     usage: Option<ssw_protocol::chat::Usage>,
+    /// SSE events of a stream so far (about one per token with vLLM).
+    events: u64,
+}
+
+/// What a limited tenant's request was charged at admission (RATE_LIMIT); settled with what it
+/// used when it ends.
+pub struct Charged {
+    /// The tenant.
+    pub tenant: Arc<str>,
+    /// Its tokens per minute (0: none).
+    pub tokens_per_minute: u64,
+    /// Tokens charged: the prompt's estimate plus `max_tokens` (or a default).
+    pub estimate: u64,
+    /// The prompt's part of it.
+    pub prompt_estimate: u64,
+    /// Whether it holds a concurrency lease (renewed by the gateway while it runs).
+    pub lease: bool,
 }
 
 /// A request in flight.
@@ -80,6 +97,8 @@ pub struct Ticket {
     finished: bool,
     /// The request has been counted in the metrics.
     recorded: bool,
+    /// Its tenant's limits' charge, settled on drop.
+    charged: Option<Charged>,
 }
 
 impl Ticket {
@@ -103,6 +122,7 @@ impl Ticket {
                 first_token: None,
                 last_chunk: None,
                 usage: None,
+                events: 0,
             },
             state: state.clone(),
             pool,
@@ -119,7 +139,32 @@ impl Ticket {
             stream,
             finished: false,
             recorded: false,
+            charged: None,
         }
+    }
+
+    /// Records what the tenant's limits charged for this request (and its lease, renewed by
+    /// the gateway until the request ends).
+    pub fn charged(&mut self, charged: Charged) {
+        if charged.lease {
+            self.state.lease(&charged.tenant, &self.job, true);
+        }
+        self.charged = Some(charged);
+    }
+
+    /// Tokens used minus tokens charged: the usage the answer reported; for a stream without
+    /// one, the prompt's estimate and one token per event; for a request that never started,
+    /// nothing; else (no usage reported) the estimate stands.
+    fn usage_delta(&self, c: &Charged) -> i64 {
+        let t = &self.timing;
+        let used = match (t.usage, t.first_token, &self.phase) {
+            (Some(u), ..) => u.prompt_tokens + u.completion_tokens,
+            (None, Some(_), _) if self.stream => c.prompt_estimate + t.events,
+            (None, Some(_), _) => c.estimate,
+            (None, None, Phase::Running) => c.prompt_estimate,
+            (None, None, Phase::Queued { .. }) => 0,
+        };
+        used as i64 - c.estimate as i64
     }
 
     /// Records the stream entry id once enqueued, and keeps the job.
@@ -160,7 +205,8 @@ impl Ticket {
         if !self.recorded {
             self.recorded = true;
             crate::metrics::request_done(&self.pool, self.stream, status, code);
-            if let Some(u) = self.timing.usage.take() {
+            crate::metrics::tier_request(&self.pool, self.lane.tier, &self.lane.tenant, code);
+            if let Some(u) = self.timing.usage {
                 crate::metrics::tokens(&self.pool, u);
             }
             let t = &self.timing;
@@ -260,18 +306,19 @@ impl Ticket {
     fn observe(&mut self, ev: &ReplyEvent) {
         let now = Instant::now();
         let (pool, span, stream) = (&*self.pool, &self.span, self.stream);
+        let tier = self.lane.tier;
         let t = &mut self.timing;
         let enqueued_ms = t.enqueued_ms;
         let claimed = |worker: &str, claimed_ms: u64| {
             let queued = Duration::from_millis(claimed_ms.saturating_sub(enqueued_ms));
-            crate::metrics::queue_wait(pool, queued);
+            crate::metrics::queue_wait(pool, tier, queued);
             span.record("worker", worker);
             tracing::debug!(parent: span, queue_ms = queued.as_millis() as u64, "claimed");
         };
         let chunk = |t: &mut Timing, chunk: &[u8]| {
             match t.last_chunk {
                 None => {
-                    crate::metrics::ttft(pool, true, now - t.arrived);
+                    crate::metrics::ttft(pool, tier, true, now - t.arrived);
                     let ttft_ms = (now - t.arrived).as_millis() as u64;
                     tracing::debug!(parent: span, ttft_ms, "first token");
                 }
@@ -282,6 +329,7 @@ impl Ticket {
             }
             t.first_token.get_or_insert(now);
             t.last_chunk = Some(now);
+            t.events += ssw_protocol::chat::sse_events(chunk) as u64;
             if let Some(u) = ssw_protocol::chat::usage_of_sse(chunk) {
                 t.usage = Some(u);
             }
@@ -306,7 +354,7 @@ impl Ticket {
                 claimed(worker, *claimed_ms);
                 if *status < 400 {
                     t.first_token.get_or_insert(now);
-                    crate::metrics::ttft(pool, stream, now - t.arrived);
+                    crate::metrics::ttft(pool, tier, stream, now - t.arrived);
                     t.usage = ssw_protocol::chat::usage_of_body(body);
                 }
                 crate::metrics::duration(pool, stream, now - t.arrived);
@@ -437,6 +485,23 @@ fn instant_of(deadline_ms: u64) -> Instant {
 impl Drop for Ticket {
     fn drop(&mut self) {
         self.state.replies.unregister(&self.job);
+        if let Some(c) = self.charged.take() {
+            let delta = self.usage_delta(&c);
+            if c.lease {
+                self.state.lease(&c.tenant, &self.job, false);
+            }
+            let (redis, job) = (self.state.redis.clone(), self.job.clone());
+            tokio::spawn(async move {
+                let now = ssw_queue::now_ms();
+                if let Err(e) = redis
+                    .settle_usage(&c.tenant, c.tokens_per_minute, delta, &job, now)
+                    .await
+                {
+                    // The lease runs out by itself; the token bucket keeps the estimate.
+                    tracing::warn!(error = %e, %job, "cannot settle the tenant's usage");
+                }
+            });
+        }
         crate::metrics::inflight(&self.pool, -1.0);
         if !self.recorded {
             // nginx's 499: the client closed the connection before the answer was complete.

@@ -8,6 +8,8 @@ use ssw_queue::Redis;
 use ssw_telemetry::names;
 use tokio_util::sync::CancellationToken;
 
+use ssw_protocol::tier::Tier;
+
 use crate::routing::Router;
 
 /// Counts a request answered (`code` is `ok` or an error code).
@@ -26,10 +28,30 @@ pub fn request_done(pool: &str, stream: bool, status: u16, code: &'static str) {
     }
 }
 
+/// Counts a request that reached a queue lane (answered or refused there), by pool, tier,
+/// tenant and code.
+pub fn tier_request(pool: &str, tier: Tier, tenant: &str, code: &'static str) {
+    metrics::counter!(
+        names::GATEWAY_TIER_REQUESTS,
+        "pool" => pool.to_owned(),
+        "tier" => tier.as_str(),
+        "tenant" => tenant.to_owned(),
+        "code" => code,
+    )
+    .increment(1);
+}
+
+/// Counts a request a tenant's limit refused (`limit`: requests, tokens, concurrent).
+pub fn rate_limited(tenant: &str, limit: &'static str) {
+    metrics::counter!(names::GATEWAY_RATE_LIMITED, "tenant" => tenant.to_owned(), "limit" => limit)
+        .increment(1);
+}
+
 /// The `reason` label of a refusal, for codes that are refusals.
 fn rejection_reason(code: ErrorCode) -> Option<&'static str> {
     Some(match code {
         ErrorCode::QueueFull => "queue_full",
+        ErrorCode::RateLimitExceeded => "rate_limited",
         ErrorCode::QueueTimeout => "queue_timeout",
         ErrorCode::QueueUnavailable => "queue_unavailable",
         ErrorCode::QueueMemoryFull => "queue_memory_full",
@@ -80,14 +102,14 @@ fn stream_label(stream: bool) -> &'static str {
 }
 
 /// Time a job waited for a worker.
-pub fn queue_wait(pool: &str, d: Duration) {
-    metrics::histogram!(names::GATEWAY_QUEUE_WAIT, "pool" => pool.to_owned())
+pub fn queue_wait(pool: &str, tier: Tier, d: Duration) {
+    metrics::histogram!(names::GATEWAY_QUEUE_WAIT, "pool" => pool.to_owned(), "tier" => tier.as_str())
         .record(d.as_secs_f64());
 }
 
 /// Time to first token (streaming) or to the answer (non-streaming).
-pub fn ttft(pool: &str, stream: bool, d: Duration) {
-    metrics::histogram!(names::GATEWAY_TTFT, "pool" => pool.to_owned(), "stream" => stream_label(stream))
+pub fn ttft(pool: &str, tier: Tier, stream: bool, d: Duration) {
+    metrics::histogram!(names::GATEWAY_TTFT, "pool" => pool.to_owned(), "tier" => tier.as_str(), "stream" => stream_label(stream))
         .record(d.as_secs_f64());
 }
 
@@ -144,7 +166,23 @@ pub async fn sample_queues(
             metrics::gauge!(names::QUEUE_OLDEST_AGE, "pool" => p.clone()).set(age);
             metrics::gauge!(names::POOL_LIVE_WORKERS, "pool" => p.clone())
                 .set(stats.workers.len() as f64);
-            metrics::gauge!(names::POOL_SERVING_WORKERS, "pool" => p).set(stats.serving() as f64);
+            metrics::gauge!(names::POOL_SERVING_WORKERS, "pool" => p.clone())
+                .set(stats.serving() as f64);
+            for (tier, t) in Tier::ALL.into_iter().zip(&stats.tiers) {
+                metrics::gauge!(names::QUEUE_TIER_WAITING, "pool" => p.clone(), "tier" => tier.as_str())
+                    .set(t.waiting as f64);
+                let age = t
+                    .oldest_waiting_ms
+                    .map_or(0.0, |ms| now.saturating_sub(ms) as f64 / 1000.0);
+                metrics::gauge!(names::QUEUE_TIER_OLDEST_AGE, "pool" => p.clone(), "tier" => tier.as_str())
+                    .set(age);
+            }
+            // Tenants come from the configuration (the hash's fields are written only for
+            // admitted tenants), so the label set stays bounded.
+            for (tenant, n) in &stats.tenants {
+                metrics::gauge!(names::QUEUE_TENANT_WAITING, "pool" => p.clone(), "tenant" => tenant.clone())
+                    .set(*n as f64);
+            }
         }
     }
 }

@@ -63,7 +63,7 @@ impl Modify for Bearer {
         (status = 408, description = "`request_timeout`: the body did not arrive within `gateway.body_timeout`", body = ErrorEnvelope),
         (status = 413, description = "`request_too_large`", body = ErrorEnvelope),
         (status = 415, description = "`unsupported_media_type`", body = ErrorEnvelope),
-        (status = 429, description = "`queue_full` (with Retry-After)", body = ErrorEnvelope),
+        (status = 429, description = "`queue_full` or `rate_limit_exceeded` (with Retry-After and, for a limited tenant, `x-ratelimit-*`)", body = ErrorEnvelope),
         (status = 502, description = "`upstream_error`, `response_too_large`", body = ErrorEnvelope),
         (status = 503, description = "`queue_timeout`, `queue_unavailable`, `server_busy`, `shutting_down` (with Retry-After)", body = ErrorEnvelope),
     ),

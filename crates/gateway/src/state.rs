@@ -54,6 +54,10 @@ pub struct Inner {
     pub api_keys: Option<ApiKeys>,
     /// The tenant `default`, shared by its requests.
     pub default_tenant: Arc<str>,
+    /// Concurrency leases of limited tenants' requests in flight here, renewed by the reply
+    /// stream's keeper.
+    pub leases:
+        std::sync::Mutex<std::collections::HashMap<Arc<str>, std::collections::HashSet<String>>>,
     /// `[tenants]`, plus `default` (unlimited, any tier) unless configured.
     pub tenants: std::collections::BTreeMap<String, ssw_config::TenantConfig>,
     /// Set on SIGTERM: readiness fails and new requests are refused.
@@ -144,6 +148,7 @@ impl AppState {
             replies,
             api_keys,
             default_tenant: DEFAULT_TENANT.into(),
+            leases: std::sync::Mutex::default(),
             tenants,
             draining: AtomicBool::new(false),
             started_s,
@@ -167,6 +172,31 @@ impl AppState {
             .get(name)
             .or_else(|| self.tenants.get(DEFAULT_TENANT))
             .expect("the default tenant is always there")
+    }
+
+    /// Adds (`held`) or removes a request's concurrency lease from those this gateway renews.
+    pub fn lease(&self, tenant: &Arc<str>, job: &str, held: bool) {
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        if held {
+            leases
+                .entry(tenant.clone())
+                .or_default()
+                .insert(job.to_owned());
+        } else if let Some(jobs) = leases.get_mut(tenant) {
+            jobs.remove(job);
+            if jobs.is_empty() {
+                leases.remove(tenant);
+            }
+        }
+    }
+
+    /// The leases to renew: per tenant, its jobs in flight here.
+    pub fn held_leases(&self) -> Vec<(Arc<str>, Vec<String>)> {
+        let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        leases
+            .iter()
+            .map(|(t, jobs)| (t.clone(), jobs.iter().cloned().collect()))
+            .collect()
     }
 
     /// Whether SIGTERM has been received.

@@ -38,6 +38,9 @@ pub enum ErrorCode {
     InvalidApiKey,
     /// The pool's backlog is at `max_queue`.
     QueueFull,
+    /// The tenant is over one of its limits (requests or tokens per minute, concurrent
+    /// requests).
+    RateLimitExceeded,
     /// No worker started the job before its deadline.
     QueueTimeout,
     /// Redis cannot be reached.
@@ -59,7 +62,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// All codes, for documentation and metric pre-registration.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         Self::InvalidJson,
         Self::InvalidRequest,
         Self::ModelNotFound,
@@ -74,6 +77,7 @@ impl ErrorCode {
         Self::MissingApiKey,
         Self::InvalidApiKey,
         Self::QueueFull,
+        Self::RateLimitExceeded,
         Self::QueueTimeout,
         Self::QueueUnavailable,
         Self::UpstreamError,
@@ -101,6 +105,7 @@ impl ErrorCode {
             Self::MissingApiKey => "missing_api_key",
             Self::InvalidApiKey => "invalid_api_key",
             Self::QueueFull => "queue_full",
+            Self::RateLimitExceeded => "rate_limit_exceeded",
             Self::QueueTimeout => "queue_timeout",
             Self::QueueUnavailable => "queue_unavailable",
             Self::UpstreamError => "upstream_error",
@@ -123,7 +128,7 @@ impl ErrorCode {
             Self::RequestTimeout | Self::ClientTooSlow => 408,
             Self::RequestTooLarge => 413,
             Self::UnsupportedMediaType => 415,
-            Self::QueueFull => 429,
+            Self::QueueFull | Self::RateLimitExceeded => 429,
             Self::InternalError => 500,
             Self::UpstreamError | Self::ResponseTooLarge | Self::EngineCrashed => 502,
             Self::QueueTimeout
@@ -148,7 +153,7 @@ impl ErrorCode {
             | Self::ClientTooSlow
             | Self::EngineRejected => "invalid_request_error",
             Self::MissingApiKey | Self::InvalidApiKey => "authentication_error",
-            Self::QueueFull => "rate_limit_error",
+            Self::QueueFull | Self::RateLimitExceeded => "rate_limit_error",
             Self::QueueTimeout
             | Self::QueueUnavailable
             | Self::UpstreamError
@@ -166,6 +171,7 @@ impl ErrorCode {
         matches!(
             self,
             Self::QueueFull
+                | Self::RateLimitExceeded
                 | Self::QueueTimeout
                 | Self::QueueUnavailable
                 | Self::QueueMemoryFull

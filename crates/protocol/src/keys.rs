@@ -16,6 +16,8 @@
 //! | `P:{pool}:waiting` | hash | ENQUEUE, REQUEUE, PULL, CANCEL, EXPIRE | jobs waiting, per tier (`<tier>`) and per tenant (`tenant:<name>`) |
 //! | `P:{pool}:credits` | hash | PULL | each lower tier's earned share of picks (the minimum-share scheduler) |
 //! | `P:{pool}:wake:<any\|priority\|worker id>` | list | ENQUEUE, REQUEUE, a worker | wake-up tokens for idle workers |
+//! | `P:{t:<tenant>}:rpm`, `…:tpm` | hash | RATE_LIMIT, USAGE | a tenant's request and token buckets: `level`, read at `ms` |
+//! | `P:{t:<tenant>}:inflight` | sorted set | RATE_LIMIT, USAGE, RENEW_LEASES | a tenant's requests in flight: job id → lease expiry (ms) |
 //! | `P:{gw:<instance>}:replies` | stream with TTL | worker `XADD NOMKSTREAM`, gateway `XREAD` | reply events for one gateway process (`<instance>`: its id and a random nonce per start) |
 
 use crate::tier::Tier;
@@ -102,6 +104,21 @@ impl Keys {
     /// Wake-up tokens: `any` (a job of any tier arrived), `priority`, or one worker's own.
     pub fn wake(&self, pool: &str, which: &str) -> String {
         format!("{}:{{{pool}}}:wake:{which}", self.prefix)
+    }
+
+    /// A tenant's requests-per-minute bucket (its own slot, shared by every pool).
+    pub fn tenant_rpm(&self, tenant: &str) -> String {
+        format!("{}:{{t:{tenant}}}:rpm", self.prefix)
+    }
+
+    /// A tenant's tokens-per-minute bucket.
+    pub fn tenant_tpm(&self, tenant: &str) -> String {
+        format!("{}:{{t:{tenant}}}:tpm", self.prefix)
+    }
+
+    /// A tenant's concurrency leases.
+    pub fn tenant_inflight(&self, tenant: &str) -> String {
+        format!("{}:{{t:{tenant}}}:inflight", self.prefix)
     }
 
     /// A gateway process's reply stream (`instance`: the gateway's id and its start nonce).

@@ -26,7 +26,15 @@
 -- ARGV[6]  minimum share of the default tier, in thousandths (integers: credits add up exactly)
 -- ARGV[7]  minimum share of the flex tier, in thousandths
 --
+-- Creates the consumer group if it is missing (Redis restarted empty).
+--
 -- Returns the entries as XCLAIM returns them ({id, {field, value, …}}), in pick order.
+-- Redis does not undo a script's writes when a later command fails: make sure the closing
+-- XCLAIM cannot fail for want of the group (Redis restarted empty) before popping anything.
+local member = redis.pcall('XGROUP', 'CREATECONSUMER', KEYS[1], ARGV[1], ARGV[2])
+if type(member) == 'table' and member.err then
+  redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+end
 local tiers = {'priority', 'default', 'flex'}
 local share = {0, tonumber(ARGV[6]), tonumber(ARGV[7])}
 local most, below = tonumber(ARGV[3]), tonumber(ARGV[4])

@@ -276,4 +276,18 @@ impl Dedicated {
             Err(_) => Err(QueueError::Unavailable("blocking read timed out".into())),
         }
     }
+
+    /// Runs a pipeline whose first command may block server-side for up to `block`; the
+    /// commands after it run as soon as it returns, without another round trip.
+    pub async fn blocking_pipe<T: FromRedisValue + Send>(
+        &mut self,
+        pipe: &redis::Pipeline,
+        block: Duration,
+    ) -> Result<T, QueueError> {
+        match tokio::time::timeout(block + self.op_timeout, pipe.query_async(&mut self.conn)).await
+        {
+            Ok(r) => r.map_err(QueueError::from_redis),
+            Err(_) => Err(QueueError::Unavailable("blocking read timed out".into())),
+        }
+    }
 }

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use redis::Value;
+use redis::{ScriptInvocation, Value};
 use ssw_protocol::heartbeat::WorkerStatus;
 use ssw_protocol::job::Job;
 use ssw_protocol::keys::{GROUP, JobState};
@@ -144,14 +144,12 @@ impl Redis {
         }
     }
 
-    /// Takes waiting jobs across the pool's lanes by the scheduler's policy (PULL); returns at
-    /// once, with nothing when no job is waiting that `policy` allows.
-    pub async fn pull(
+    fn pull_invocation(
         &self,
         pool: &str,
         consumer: &str,
         policy: PullPolicy,
-    ) -> Result<Vec<Pulled>, QueueError> {
+    ) -> ScriptInvocation<'static> {
         let keys = self.keys();
         let mut inv = PULL.prepare_invoke();
         inv.key(keys.jobs(pool))
@@ -164,8 +162,33 @@ impl Redis {
             .arg(keys.pool_prefix(pool))
             .arg(thousandths(policy.default_share))
             .arg(thousandths(policy.flex_share));
-        let v: Value = self.script(&inv).await?;
+        inv
+    }
+
+    /// Takes waiting jobs across the pool's lanes by the scheduler's policy (PULL); returns at
+    /// once, with nothing when no job is waiting that `policy` allows.
+    pub async fn pull(
+        &self,
+        pool: &str,
+        consumer: &str,
+        policy: PullPolicy,
+    ) -> Result<Vec<Pulled>, QueueError> {
+        let v: Value = self
+            .script(&self.pull_invocation(pool, consumer, policy))
+            .await?;
         Ok(pulled(resp::entries(v)?))
+    }
+
+    fn wake_keys(&self, pool: &str, consumer: &str, priority_only: bool) -> Vec<String> {
+        let keys = self.keys();
+        let mut out = vec![
+            keys.wake(pool, "priority"),
+            keys.wake(pool, &format!("worker:{consumer}")),
+        ];
+        if !priority_only {
+            out.push(keys.wake(pool, "any"));
+        }
+        out
     }
 
     /// Waits up to `block` for a wake-up token: one left by a new job of any tier (unless
@@ -179,16 +202,33 @@ impl Redis {
         priority_only: bool,
         block: Duration,
     ) -> Result<bool, QueueError> {
-        let keys = self.keys();
         let mut cmd = redis::cmd("BLPOP");
-        cmd.arg(keys.wake(pool, "priority"))
-            .arg(keys.wake(pool, &format!("worker:{consumer}")));
-        if !priority_only {
-            cmd.arg(keys.wake(pool, "any"));
-        }
-        cmd.arg(block.as_secs_f64());
+        cmd.arg(self.wake_keys(pool, consumer, priority_only))
+            .arg(block.as_secs_f64());
         let v: Value = conn.blocking(&cmd, block).await?;
         Ok(!matches!(v, Value::Nil))
+    }
+
+    /// [`Redis::wait_for_work`] and then [`Redis::pull`] in one pipeline: the PULL runs in
+    /// Redis the moment the wait ends, so a job that wakes an idle worker costs no further
+    /// round trip. The PULL's script must be loaded (the worker's plain pulls load it); a
+    /// NOSCRIPT error (Redis restarted) is returned like any error.
+    pub async fn wait_then_pull(
+        &self,
+        conn: &mut Dedicated,
+        pool: &str,
+        consumer: &str,
+        policy: PullPolicy,
+        block: Duration,
+    ) -> Result<Vec<Pulled>, QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("BLPOP")
+            .arg(self.wake_keys(pool, consumer, policy.below_priority == 0))
+            .arg(block.as_secs_f64())
+            .ignore();
+        pipe.invoke_script(&self.pull_invocation(pool, consumer, policy));
+        let (v,): (Value,) = conn.blocking_pipe(&pipe, block).await?;
+        Ok(pulled(resp::entries(v)?))
     }
 
     /// Wakes this worker's own [`Redis::wait_for_work`] (a slot came free while it waited for

@@ -10,11 +10,13 @@
 //!   reads, pool statistics.
 //! - [`consumer`]: worker side — group set-up, pulling, claiming, reclaiming, replies, requeue,
 //!   finish, cancellation polling, heartbeats.
+//! - [`limits`]: tenants' rate limits (requests and tokens per minute, concurrency).
 //! - [`resp`]: decoding of raw replies.
 //! - [`scripts`]: the Lua scripts, one file each under `crates/queue/lua/`.
 
 pub mod client;
 pub mod consumer;
+pub mod limits;
 pub mod producer;
 pub mod resp;
 pub mod scripts;

@@ -24,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 use ssw_config::StubConfig;
+use ssw_config::pool::SchedulingPolicy;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -73,9 +74,14 @@ pub async fn serve(
             prefill_per_token: cfg.prefill_per_token,
             max_num_seqs: cfg.max_num_seqs,
             kv_tokens: cfg.kv_tokens,
+            priority: false,
         }),
         None => None,
     };
+    let model = model.map(|m| timing::Model {
+        priority: cfg.scheduling_policy == SchedulingPolicy::Priority,
+        ..m
+    });
     if let Some(m) = &model {
         tracing::info!(
             ?m,
@@ -262,6 +268,20 @@ async fn chat(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: Bytes) ->
             return json_resp(status, &err);
         }
     };
+    // vLLM (v1/engine/processor.py) refuses a non-zero `priority` unless the server runs
+    // `--scheduling-policy priority`: "Got priority {p} but Priority scheduling is not enabled."
+    let priority = body.get("priority").and_then(Value::as_i64).unwrap_or(0);
+    if priority != 0 && cfg.scheduling_policy != SchedulingPolicy::Priority {
+        stub.counters.errors.fetch_add(1, Ordering::Relaxed);
+        return json_resp(
+            400,
+            &error_body(
+                400,
+                "BadRequestError",
+                &format!("Got priority {priority} but Priority scheduling is not enabled."),
+            ),
+        );
+    }
     if cfg.error_rate > 0.0 && fastrand::f64() < cfg.error_rate {
         stub.counters.errors.fetch_add(1, Ordering::Relaxed);
         return json_resp(
@@ -288,7 +308,9 @@ async fn chat(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: Bytes) ->
         return resp;
     }
     let mut pace = match &stub.engine {
-        Some(engine) => Pace::Engine(engine.submit(plan.prompt_tokens, plan.completion_tokens())),
+        Some(engine) => {
+            Pace::Engine(engine.submit(plan.prompt_tokens, plan.completion_tokens(), priority))
+        }
         None => {
             stub.counters.waiting.fetch_add(1, Ordering::Relaxed);
             let _waiting = Waiting(&stub.counters.waiting);

@@ -12,6 +12,13 @@
 //! its client is gone. So a full batch of `max_num_seqs` delivers
 //! `max_num_seqs / (step_base + step_per_seq × max_num_seqs)` tokens per second: the engine's
 //! capacity. Requests beyond the batch or the KV budget wait (`vllm:num_requests_waiting`).
+//!
+//! With `priority` scheduling (vLLM's `--scheduling-policy priority`) the waiting queue is
+//! ordered by `(priority, arrival)` (lower first), and a waiting sequence that orders before
+//! the last running one preempts it when the batch is full: the preempted sequence goes back to
+//! waiting and resumes where it stopped (vLLM recomputes its KV; its client sees a pause).
+//! (vLLM itself preempts only under KV pressure, vllm-project/vllm#40004; the stub does what
+//! the platform asks of a priority engine.)
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -33,6 +40,8 @@ pub struct Model {
     pub max_num_seqs: u32,
     /// KV-cache budget in tokens (prompt + answer reserved per sequence).
     pub kv_tokens: u32,
+    /// Order by the request's `priority` (else first come, first served).
+    pub priority: bool,
 }
 
 impl Model {
@@ -58,6 +67,10 @@ pub struct Load {
 struct Seq {
     prompt: u32,
     tokens: u32,
+    /// vLLM's `priority` (lower runs first) and the arrival order: the scheduling key.
+    key: (i64, u64),
+    /// Tokens produced so far (a preempted sequence resumes from here).
+    produced: u32,
     /// One message per produced token; closed when the sequence is done.
     tx: mpsc::UnboundedSender<()>,
 }
@@ -89,19 +102,35 @@ impl Engine {
         &self.model
     }
 
-    /// Submits a sequence; the receiver yields one `()` per token, then closes. Dropping it
-    /// aborts the sequence (its slot and KV are freed at the next step).
-    pub fn submit(&self, prompt: u32, tokens: u32) -> mpsc::UnboundedReceiver<()> {
+    /// Submits a sequence of vLLM `priority` (0 unless priority scheduling); the receiver
+    /// yields one `()` per token, then closes. Dropping it aborts the sequence (its slot and KV
+    /// are freed at the next step).
+    pub fn submit(&self, prompt: u32, tokens: u32, priority: i64) -> mpsc::UnboundedReceiver<()> {
+        static ARRIVALS: AtomicU64 = AtomicU64::new(0);
         let (tx, rx) = mpsc::unbounded_channel();
-        let _ = self.submit.send(Seq { prompt, tokens, tx });
+        let arrival = ARRIVALS.fetch_add(1, Ordering::Relaxed);
+        let key = (if self.model.priority { priority } else { 0 }, arrival);
+        let _ = self.submit.send(Seq {
+            prompt,
+            tokens,
+            key,
+            produced: 0,
+            tx,
+        });
         rx
     }
 }
 
 async fn run(model: Model, mut incoming: mpsc::UnboundedReceiver<Seq>, load: Arc<Load>) {
+    // Kept sorted by key (arrival alone under fcfs).
     let mut waiting: VecDeque<Seq> = VecDeque::new();
-    let mut running: Vec<(Seq, u32)> = Vec::new(); // (sequence, tokens produced)
+    let mut running: Vec<Seq> = Vec::new();
     let mut kv_used: u64 = 0;
+    let need = |s: &Seq| u64::from(s.prompt) + u64::from(s.tokens);
+    let enqueue = |waiting: &mut VecDeque<Seq>, s: Seq| {
+        let at = waiting.partition_point(|w| w.key < s.key);
+        waiting.insert(at, s);
+    };
     // Steps follow an ideal timeline: each starts when the previous one should have ended, so the
     // timer's rounding (up to a millisecond per sleep) does not slow the engine by 10 % at 10 ms
     // steps. Lateness beyond `SLACK` (a starved process) is not caught up.
@@ -111,26 +140,42 @@ async fn run(model: Model, mut incoming: mpsc::UnboundedReceiver<Seq>, load: Arc
         // Take everything that arrived; block only when there is nothing to do.
         if waiting.is_empty() && running.is_empty() {
             match incoming.recv().await {
-                Some(s) => waiting.push_back(s),
+                Some(s) => enqueue(&mut waiting, s),
                 None => return,
             }
         }
         while let Ok(s) = incoming.try_recv() {
-            waiting.push_back(s);
+            enqueue(&mut waiting, s);
         }
         waiting.retain(|s| !s.tx.is_closed());
+        if model.priority && running.len() >= model.max_num_seqs as usize {
+            // A full batch: the first waiting sequence takes the place of the last running one
+            // if it orders before it.
+            let last = running
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, s)| s.key)
+                .map(|(i, s)| (i, s.key));
+            if let (Some((i, key)), Some(first)) = (last, waiting.front())
+                && first.key < key
+            {
+                let preempted = running.swap_remove(i);
+                kv_used -= need(&preempted);
+                enqueue(&mut waiting, preempted);
+            }
+        }
         let mut prefill: u64 = 0;
         while let Some(s) = waiting.front() {
-            let need = u64::from(s.prompt) + u64::from(s.tokens);
             let fits = running.len() < model.max_num_seqs as usize
-                && (kv_used + need <= u64::from(model.kv_tokens) || running.is_empty());
+                && (kv_used + need(s) <= u64::from(model.kv_tokens) || running.is_empty());
             if !fits {
                 break;
             }
             let s = waiting.pop_front().expect("front exists");
-            kv_used += need;
-            prefill += u64::from(s.prompt);
-            running.push((s, 0));
+            kv_used += need(&s);
+            // A resumed sequence recomputes its prompt and what it had produced.
+            prefill += u64::from(s.prompt) + u64::from(s.produced);
+            running.push(s);
         }
         load.running.store(running.len() as u64, Ordering::Relaxed);
         load.waiting.store(waiting.len() as u64, Ordering::Relaxed);
@@ -151,12 +196,12 @@ async fn run(model: Model, mut incoming: mpsc::UnboundedReceiver<Seq>, load: Arc
             step_end = start + step;
             tokio::time::sleep_until(step_end).await;
         }
-        running.retain_mut(|(s, produced)| {
+        running.retain_mut(|s| {
             let alive = s.tx.send(()).is_ok();
-            *produced += 1;
-            let keep = alive && *produced < s.tokens;
+            s.produced += 1;
+            let keep = alive && s.produced < s.tokens;
             if !keep {
-                kv_used -= u64::from(s.prompt) + u64::from(s.tokens);
+                kv_used -= need(s);
             }
             keep
         });
@@ -177,6 +222,7 @@ pub fn preset(name: &str) -> Option<Model> {
             prefill_per_token: Duration::from_micros(350),
             max_num_seqs: 64,
             kv_tokens: 55_000,
+            priority: false,
         }),
         // Qwen3-8B-AWQ on an A40 shared with the heavy model.
         "a40-qwen3-8b-awq" => Some(Model {
@@ -185,6 +231,7 @@ pub fn preset(name: &str) -> Option<Model> {
             prefill_per_token: Duration::from_micros(200),
             max_num_seqs: 64,
             kv_tokens: 60_000,
+            priority: false,
         }),
         _ => None,
     }
@@ -205,6 +252,7 @@ mod tests {
             prefill_per_token: Duration::ZERO,
             max_num_seqs,
             kv_tokens: 1_000_000,
+            priority: false,
         }
     }
 
@@ -222,7 +270,7 @@ mod tests {
         let m = model(10, 500, 4);
         let engine = Engine::start(m);
         let start = Instant::now();
-        let seqs: Vec<_> = (0..8).map(|_| engine.submit(1, 100)).collect();
+        let seqs: Vec<_> = (0..8).map(|_| engine.submit(1, 100, 0)).collect();
         let counts = futures::future::join_all(seqs.into_iter().map(drain)).await;
         let elapsed = start.elapsed();
         assert!(counts.iter().all(|&n| n == 100));
@@ -238,7 +286,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn requests_beyond_the_batch_wait_and_are_counted() {
         let engine = Engine::start(model(10, 0, 2));
-        let seqs: Vec<_> = (0..5).map(|_| engine.submit(1, 3)).collect();
+        let seqs: Vec<_> = (0..5).map(|_| engine.submit(1, 3, 0)).collect();
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(engine.load.running.load(Ordering::Relaxed), 2);
         assert_eq!(engine.load.waiting.load(Ordering::Relaxed), 3);
@@ -253,9 +301,9 @@ mod tests {
         let mut m = model(10, 0, 8);
         m.kv_tokens = 250; // room for two 100-token sequences
         let engine = Engine::start(m);
-        let _a = engine.submit(50, 50);
-        let _b = engine.submit(50, 50);
-        let _c = engine.submit(50, 50);
+        let _a = engine.submit(50, 50, 0);
+        let _b = engine.submit(50, 50, 0);
+        let _c = engine.submit(50, 50, 0);
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(engine.load.running.load(Ordering::Relaxed), 2);
         assert_eq!(engine.load.waiting.load(Ordering::Relaxed), 1);
@@ -267,7 +315,7 @@ mod tests {
         m.prefill_per_token = Duration::from_micros(100);
         let engine = Engine::start(m);
         let start = Instant::now();
-        let mut rx = engine.submit(1000, 2);
+        let mut rx = engine.submit(1000, 2, 0);
         rx.recv().await;
         // First step: 10 ms + 1000 × 0.1 ms of prefill.
         assert_eq!(start.elapsed(), Duration::from_millis(110));
@@ -278,8 +326,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_dropped_client_frees_its_slot() {
         let engine = Engine::start(model(10, 0, 1));
-        let a = engine.submit(1, 1000);
-        let b = engine.submit(1, 2);
+        let a = engine.submit(1, 1000, 0);
+        let b = engine.submit(1, 2, 0);
         tokio::time::sleep(Duration::from_millis(25)).await;
         drop(a);
         let start = Instant::now();
@@ -289,6 +337,53 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn priority_orders_the_waiting_queue_and_preempts_the_last_running() {
+        let mut m = model(10, 0, 2);
+        m.priority = true;
+        let engine = Engine::start(m);
+        // Two low-priority sequences fill the batch; a flex one waits.
+        let low_a = engine.submit(1, 100, 2);
+        let low_b = engine.submit(1, 100, 1);
+        let flex = engine.submit(1, 2, 2);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        assert_eq!(engine.load.waiting.load(Ordering::Relaxed), 1);
+        // A priority arrival takes the place of the last running one (priority 2, first in).
+        let start = Instant::now();
+        let mut urgent = engine.submit(1, 2, 0);
+        urgent.recv().await;
+        assert_eq!(
+            engine.load.waiting.load(Ordering::Relaxed),
+            2,
+            "low_a and flex wait"
+        );
+        assert_eq!(drain(urgent).await, 1);
+        assert!(
+            start.elapsed() <= Duration::from_millis(30),
+            "{:?}",
+            start.elapsed()
+        );
+        // The preempted sequence resumes and still delivers every token once.
+        drop(flex);
+        drop(low_b);
+        assert_eq!(drain(low_a).await, 100);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_priority_scheduling_arrival_order_rules() {
+        let engine = Engine::start(model(10, 0, 1));
+        let first = engine.submit(1, 5, 2);
+        let second = engine.submit(1, 1, 0);
+        let start = Instant::now();
+        assert_eq!(drain(second).await, 1);
+        assert!(
+            start.elapsed() >= Duration::from_millis(50),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(drain(first).await, 5);
     }
 
     #[test]

@@ -47,7 +47,11 @@ metrics! {
     /// Requests answered by the gateway.
     GATEWAY_REQUESTS = "ssw_gateway_requests_total", Counter, ["pool", "stream", "status", "code"], "Chat-completion requests answered, by pool, streaming or not, HTTP status and code (ok or an error code; 499 client_closed when the client left).";
     /// Requests refused before or instead of running.
-    GATEWAY_REJECTIONS = "ssw_gateway_rejections_total", Counter, ["pool", "reason"], "Requests refused, by reason: queue_full, queue_timeout, queue_unavailable, queue_memory_full, model_not_found, auth, bad_request, too_large, request_timeout, server_busy, shutting_down.";
+    GATEWAY_REJECTIONS = "ssw_gateway_rejections_total", Counter, ["pool", "reason"], "Requests refused, by reason: queue_full, rate_limited, queue_timeout, queue_unavailable, queue_memory_full, model_not_found, auth, bad_request, too_large, request_timeout, server_busy, shutting_down.";
+    /// Requests that reached a queue lane, by tier and tenant.
+    GATEWAY_TIER_REQUESTS = "ssw_gateway_tier_requests_total", Counter, ["pool", "tier", "tenant", "code"], "Requests admitted to a pool's lanes, by pool, service tier, tenant (configured tenants only) and code (ok, or the error code they ended with).";
+    /// Requests a tenant's rate limit refused.
+    GATEWAY_RATE_LIMITED = "ssw_gateway_rate_limited_total", Counter, ["tenant", "limit"], "Requests answered 429 rate_limit_exceeded, by tenant and the limit that refused them: requests, tokens (per minute) or concurrent.";
     /// Reply events a gateway did not deliver.
     GATEWAY_EVENTS_DROPPED = "ssw_gateway_reply_events_dropped_total", Counter, ["reason"], "Reply events not delivered to a request: stale (from a run its job was taken away from), duplicate (sent twice), gap (events before it were lost: the request fails).";
     /// Requests re-enqueued after Redis lost them.
@@ -65,9 +69,9 @@ metrics! {
     /// Requests refused for want of body budget.
     GATEWAY_BODY_BUDGET_REFUSED = "ssw_gateway_body_budget_refused_total", Counter, [], "Requests answered 503 server_busy because gateway.body_budget stayed spent for gateway.body_wait.";
     /// Time from enqueue to a worker's claim.
-    GATEWAY_QUEUE_WAIT = "ssw_gateway_queue_wait_seconds", Histogram, ["pool"], "Time a job waited in the queue before a worker claimed it.";
+    GATEWAY_QUEUE_WAIT = "ssw_gateway_queue_wait_seconds", Histogram, ["pool", "tier"], "Time a job waited in the queue before a worker claimed it, by pool and service tier.";
     /// Time to first token.
-    GATEWAY_TTFT = "ssw_gateway_time_to_first_token_seconds", Histogram, ["pool", "stream"], "Time from request arrival to the first token (streaming) or to the whole answer (non-streaming).";
+    GATEWAY_TTFT = "ssw_gateway_time_to_first_token_seconds", Histogram, ["pool", "tier", "stream"], "Time from request arrival to the first token (streaming) or to the whole answer (non-streaming), by pool and service tier.";
     /// Time between streamed tokens.
     GATEWAY_ITL = "ssw_gateway_inter_token_latency_seconds", Histogram, ["pool"], "Time between consecutive streamed chunks, divided by the SSE events each carries.";
     /// Whole request latency.
@@ -85,6 +89,12 @@ metrics! {
     QUEUE_BYTES = "ssw_queue_bytes", Gauge, ["pool"], "Bytes of job bodies on the pool's stream, waiting or running (limited by max_queue_bytes).";
     /// Oldest waiting job's age.
     QUEUE_OLDEST_AGE = "ssw_queue_oldest_age_seconds", Gauge, ["pool"], "Age of the oldest job waiting for a worker (0 when none).";
+    /// Waiting jobs per tier.
+    QUEUE_TIER_WAITING = "ssw_queue_tier_waiting", Gauge, ["pool", "tier"], "Jobs waiting for a worker, by pool and service tier.";
+    /// Oldest waiting job per tier.
+    QUEUE_TIER_OLDEST_AGE = "ssw_queue_tier_oldest_age_seconds", Gauge, ["pool", "tier"], "Age of the oldest job waiting in the tier (0 when none).";
+    /// Waiting jobs per tenant.
+    QUEUE_TENANT_WAITING = "ssw_queue_tenant_waiting", Gauge, ["pool", "tenant"], "Jobs of the tenant waiting for a worker in the pool (what tenants.<t>.max_queued limits).";
     /// Live workers.
     POOL_LIVE_WORKERS = "ssw_pool_live_workers", Gauge, ["pool"], "Workers whose heartbeat is fresh.";
     /// Workers able to take jobs.

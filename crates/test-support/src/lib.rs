@@ -22,8 +22,6 @@ pub fn test_config() -> Config {
     };
     c.gateway.listen = "127.0.0.1:0".parse().expect("address");
     c.gateway.stall_timeout = Duration::from_secs(2);
-    // A dead gateway's jobs are dropped within 3 s.
-    c.gateway.reply_ttl = Duration::from_secs(3);
     // Tests poll /readyz for queue state: every answer fresh.
     c.gateway.readiness_ttl = Duration::ZERO;
     let w = &mut c.worker;

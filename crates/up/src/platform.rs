@@ -455,6 +455,7 @@ impl Platform {
     ) -> Result<String, UpError> {
         if let Some(pool) = self.spec.config.pools.get(&replica.pool) {
             stub.served_model = pool.served_model.clone();
+            stub.scheduling_policy = pool.scheduling_policy;
             // The engine's context length is the pool's (as `--max-model-len` is on vLLM).
             if let Some(len) = pool.max_model_len {
                 stub.max_model_len = len;

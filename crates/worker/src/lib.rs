@@ -400,10 +400,10 @@ async fn pull_loop(ctx: &Arc<Ctx>, jobs: &TaskTracker, shutdown: &CancellationTo
                     ctx.waiting_narrow.store(narrow, Ordering::Relaxed);
                     let waited = tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        r = ctx.redis.wait_for_work(c, &ctx.pool, &ctx.id, narrow, Duration::from_secs(1)) => r,
+                        r = ctx.redis.wait_then_pull(c, &ctx.pool, &ctx.id, policy, Duration::from_secs(1)) => r,
                     };
                     ctx.waiting_narrow.store(false, Ordering::Relaxed);
-                    waited.map(|_| (Vec::new(), false))
+                    waited.map(|batch| (batch, false))
                 }
                 Err(e) => Err(e),
             }

@@ -278,6 +278,9 @@ async fn redis_restart(persistence: ssw_config::Persistence) -> f64 {
 async fn a_gateway_restarted_with_the_same_id_never_reads_its_previous_runs_replies() {
     let mut p = TestPlatform::start_with(ssw(), |s| {
         s.config.gateway.id = Some("gw-fixed".into());
+        // A dead gateway's jobs are dropped within 3 s (a short TTL only here: under a loaded
+        // CI machine the other cells' Redis freezes would outlast it).
+        s.config.gateway.reply_ttl = Duration::from_secs(3);
         s.replicas = vec![
             stub_replica("heavy-0", "heavy", stub(300, 100, 40)),
             stub_replica("light-0", "light", stub(5, 1, 4)),

@@ -112,8 +112,8 @@ async fn a_request_picks_its_tier_and_its_answer_says_which_tier_served_it() {
             },
         );
         s.config.gateway.api_keys_file = Some({
-            let path = std::env::temp_dir()
-                .join(format!("ssw-tiers-{}-default.keys", std::process::id()));
+            let path =
+                std::env::temp_dir().join(format!("ssw-tiers-{}-default.keys", std::process::id()));
             std::fs::write(&path, "studio-key\n").unwrap();
             path
         });
@@ -168,13 +168,19 @@ async fn a_request_picks_its_tier_and_its_answer_says_which_tier_served_it() {
     assert_eq!((status, header.as_deref()), (200, Some("gold")));
     let (events, done) = sse_events(&body);
     assert!(done && !events.is_empty());
-    assert!(events.iter().all(|e| e["service_tier"] == "priority"), "{body}");
+    assert!(
+        events.iter().all(|e| e["service_tier"] == "priority"),
+        "{body}"
+    );
     // Unknown tiers are refused naming the field.
     let mut bad = chat_body("heavy");
     bad["service_tier"] = json!("scale");
     let (status, _, body) = call("studio-key", bad, None).await;
     let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!((status, &v["error"]["param"]), (400, &json!("service_tier")));
+    assert_eq!(
+        (status, &v["error"]["param"]),
+        (400, &json!("service_tier"))
+    );
     let (status, _, body) = call("studio-key", chat_body("heavy"), Some("platinum")).await;
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!((status, &v["error"]["param"]), (400, &json!("x-ssw-tier")));
@@ -197,7 +203,11 @@ async fn a_priority_request_overtakes_the_queued_backlog_of_lower_tiers() {
     let t0 = Instant::now();
     let mut backlog = Vec::new();
     for i in 0..30 {
-        let tier = if i % 2 == 0 { Tier::Flex } else { Tier::Default };
+        let tier = if i % 2 == 0 {
+            Tier::Flex
+        } else {
+            Tier::Default
+        };
         backlog.push(send(&p, None, tiered("heavy", tier), t0));
     }
     backlog_reaches(&p, 20).await;
@@ -213,11 +223,16 @@ async fn a_priority_request_overtakes_the_queued_backlog_of_lower_tiers() {
         assert_eq!(status, 200, "{body}");
         last = last.max(ended);
     }
-    eprintln!("priority behind 20+ lower-tier jobs: answered in {waited:?}; the backlog drained at {last:?}");
+    eprintln!(
+        "priority behind 20+ lower-tier jobs: answered in {waited:?}; the backlog drained at {last:?}"
+    );
     // FIFO would have made it wait for the whole backlog (> 2 s); it waits for the slot to
     // free (≤ 200 ms) and at most two lower-tier picks that are due.
     assert!(waited < Duration::from_millis(900), "{waited:?}");
-    assert!(last > Duration::from_secs(2), "the backlog was real: {last:?}");
+    assert!(
+        last > Duration::from_secs(2),
+        "the backlog was real: {last:?}"
+    );
 }
 
 #[tokio::test]
@@ -230,7 +245,10 @@ async fn under_sustained_priority_load_default_and_flex_still_get_their_minimum_
     let t0 = Instant::now();
     let mut reqs = Vec::new();
     // Hold the slot, then queue 40 priority, 15 default and 15 flex.
-    reqs.push((Tier::Default, send(&p, None, tiered("heavy", Tier::Default), t0)));
+    reqs.push((
+        Tier::Default,
+        send(&p, None, tiered("heavy", Tier::Default), t0),
+    ));
     backlog_reaches(&p, 0).await;
     tokio::time::sleep(Duration::from_millis(10)).await;
     for (tier, n) in [(Tier::Flex, 15), (Tier::Default, 15), (Tier::Priority, 40)] {
@@ -284,7 +302,9 @@ async fn one_tenants_burst_does_not_hold_back_another_tenant_of_the_same_tier() 
         assert_eq!(status, 200);
         last = last.max(ended);
     }
-    eprintln!("a steady tenant behind a 40-request burst: answered in {waited:?}; the burst drained at {last:?}");
+    eprintln!(
+        "a steady tenant behind a 40-request burst: answered in {waited:?}; the burst drained at {last:?}"
+    );
     // About one job per free slot: the next free slot goes to it (≤ 100 ms + its own 100 ms).
     assert!(waited < Duration::from_millis(600), "{waited:?}");
     assert!(last > Duration::from_secs(1), "{last:?}");
@@ -355,4 +375,220 @@ async fn flex_is_refused_first_when_the_pool_is_overloaded() {
     for h in held {
         h.abort();
     }
+}
+
+/// A limited tenant's request: (status, x-ratelimit-* headers, body).
+async fn metered(
+    p: &TestPlatform,
+    base: &str,
+    key: &str,
+    body: &Value,
+) -> (u16, std::collections::BTreeMap<String, String>, Value) {
+    let r = p
+        .http
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r
+        .headers()
+        .iter()
+        .filter(|(k, _)| k.as_str().starts_with("x-ratelimit") || k.as_str() == "retry-after")
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+        .collect();
+    let text = r.text().await.unwrap();
+    let v = if text.starts_with('{') {
+        serde_json::from_str(&text).unwrap()
+    } else {
+        Value::String(text)
+    };
+    (status, headers, v)
+}
+
+#[tokio::test]
+async fn requests_per_minute_hold_over_every_gateway_with_openais_headers() {
+    let p = TestPlatform::start_with(ssw(), |s| {
+        tenant(
+            s,
+            "metered",
+            "metered-key",
+            TenantConfig {
+                requests_per_minute: Some(4),
+                ..TenantConfig::default()
+            },
+        );
+    })
+    .await;
+    let (second, url) = p.platform.add_gateway("second").unwrap();
+    TestPlatform::eventually(
+        Duration::from_secs(10),
+        "the second gateway ready",
+        || async {
+            p.http
+                .get(format!("{url}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
+    )
+    .await;
+    let first = p.platform.gateway_url.clone();
+    let body = chat_body("light");
+    let mut left = Vec::new();
+    for base in [&first, &url, &first, &url] {
+        let (status, h, v) = metered(&p, base, "metered-key", &body).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(h["x-ratelimit-limit-requests"], "4");
+        left.push(h["x-ratelimit-remaining-requests"].clone());
+        assert!(
+            !h.contains_key("x-ratelimit-limit-tokens"),
+            "no token limit: {h:?}"
+        );
+    }
+    assert_eq!(left, ["3", "2", "1", "0"]);
+    // The fifth, on either gateway: refused, told when to retry (a request refills every 15 s).
+    let (status, h, v) = metered(&p, &url, "metered-key", &body).await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (429, &json!("rate_limit_exceeded")),
+        "{v}"
+    );
+    let retry: u64 = h["retry-after"].parse().unwrap();
+    assert!((1..=15).contains(&retry), "{h:?}");
+    assert_eq!(h["x-ratelimit-remaining-requests"], "0");
+    // Another tenant is not affected.
+    assert_eq!(p.chat(&body).await.status(), 401, "keys are required now");
+    let m = p.get_text(&format!("{url}/metrics")).await;
+    assert_eq!(
+        ssw_test_support::metric(
+            &m,
+            "ssw_gateway_rate_limited_total",
+            &[("tenant", "metered"), ("limit", "requests")]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    drop(second);
+}
+
+#[tokio::test]
+async fn tokens_per_minute_charge_an_estimate_and_settle_the_real_usage() {
+    let p = TestPlatform::start_with(ssw(), |s| {
+        tenant(
+            s,
+            "tokens",
+            "tokens-key",
+            TenantConfig {
+                tokens_per_minute: Some(1000),
+                ..TenantConfig::default()
+            },
+        );
+    })
+    .await;
+    // Each request asks for up to 600 tokens (charged ~625) and uses about 10: settled at its
+    // end, so one after another they all fit a 1000-token minute.
+    let mut body = chat_body("light");
+    body["max_tokens"] = json!(600);
+    for i in 0..5 {
+        let mut b = body.clone();
+        b["stream"] = json!(i % 2 == 1);
+        let (status, h, v) = metered(&p, &p.platform.gateway_url, "tokens-key", &b).await;
+        assert_eq!(status, 200, "request {i}: {v}");
+        assert_eq!(h["x-ratelimit-limit-tokens"], "1000");
+        // USAGE runs as the answer ends; give it a moment.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Two at once on a slow engine: the second finds the first's estimate still charged.
+    let p2 = &p;
+    let slow = |i: usize| {
+        let mut b = body.clone();
+        b["model"] = json!("heavy");
+        b["messages"][0]["content"] = json!(format!("wait {i}"));
+        async move { metered(p2, &p2.platform.gateway_url, "tokens-key", &b).await }
+    };
+    let (a, b) = tokio::join!(slow(0), slow(1));
+    let mut statuses = [a.0, b.0];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 429], "{a:?} {b:?}");
+    let refused = if a.0 == 429 { &a } else { &b };
+    assert_eq!(refused.2["error"]["code"], "rate_limit_exceeded");
+    assert!(
+        refused.2["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1000 tokens per minute"),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_requests_of_a_tenant_are_bounded_and_freed_when_they_end() {
+    let p = one_heavy_replica(slow_stub(600, 1, 2), 8, |s| {
+        tenant(
+            s,
+            "narrow",
+            "narrow-key",
+            TenantConfig {
+                max_concurrent: Some(2),
+                ..TenantConfig::default()
+            },
+        );
+    })
+    .await;
+    let body = chat_body("heavy");
+    let (a, b, c) = tokio::join!(
+        metered(&p, &p.platform.gateway_url, "narrow-key", &body),
+        metered(&p, &p.platform.gateway_url, "narrow-key", &body),
+        async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            metered(&p, &p.platform.gateway_url, "narrow-key", &body).await
+        },
+    );
+    assert_eq!((a.0, b.0), (200, 200));
+    assert_eq!(c.0, 429, "{c:?}");
+    assert!(
+        c.2["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("2 concurrent"),
+        "{c:?}"
+    );
+    // Both ended: their leases are gone.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, _, v) = metered(&p, &p.platform.gateway_url, "narrow-key", &body).await;
+    assert_eq!(status, 200, "{v}");
+}
+
+#[tokio::test]
+async fn engines_that_schedule_by_priority_get_vllms_priority_from_the_tier() {
+    let p = TestPlatform::start_with(ssw(), |s| {
+        s.config.pools.get_mut("heavy").unwrap().scheduling_policy =
+            ssw_config::pool::SchedulingPolicy::Priority;
+    })
+    .await;
+    for (i, tier) in Tier::ALL.into_iter().enumerate() {
+        let r = p.chat_with_id(&format!("heavy-{tier}"), &tiered("heavy", tier)).await;
+        assert_eq!(r.status(), 200);
+        let r = p.chat_with_id(&format!("light-{tier}"), &tiered("light", tier)).await;
+        assert_eq!(r.status(), 200, "an fcfs engine gets no priority field");
+        let mut seen = None;
+        for replica in ["heavy-0", "heavy-1"] {
+            seen = seen.or(p.stub_request(replica, &format!("heavy-{tier}")).await);
+        }
+        assert_eq!(seen.unwrap()["priority"], json!(i), "{tier}");
+        let mut light = None;
+        for replica in ["light-0", "light-1"] {
+            light = light.or(p.stub_request(replica, &format!("light-{tier}")).await);
+        }
+        assert!(light.unwrap().get("priority").is_none());
+    }
+    // A client cannot set it.
+    let mut b = chat_body("heavy");
+    b["priority"] = json!(-5);
+    let r = p.chat(&b).await;
+    assert_eq!(r.status(), 400);
 }

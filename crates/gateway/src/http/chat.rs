@@ -29,12 +29,7 @@ pub async fn chat_completions(
     let body = match super::body::read(&state, &parts.headers, body).await {
         Ok(b) => b,
         Err(error) => {
-            return refuse(Refusal {
-                pool: None,
-                stream: false,
-                error,
-                recorded: false,
-            });
+            return refuse(Refusal::new(error));
         }
     };
     let super::body::ReadBody { bytes, budget } = body;
@@ -48,6 +43,7 @@ pub async fn chat_completions(
             ticket,
             stream,
             tier,
+            rate,
             span,
         }) => {
             let mut resp = async {
@@ -61,6 +57,9 @@ pub async fn chat_completions(
             .await;
             set_header(&mut resp, &X_SSW_POOL, &pool.name);
             set_header(&mut resp, &X_SSW_TIER, tier.game_name());
+            if let Some(r) = rate {
+                r.apply(resp.headers_mut());
+            }
             resp
         }
     }
@@ -74,6 +73,9 @@ fn refuse(r: Refusal) -> Response {
     let mut resp = r.error.into_response();
     if let Some(p) = r.pool {
         set_header(&mut resp, &X_SSW_POOL, &p.name);
+    }
+    if let Some(rate) = r.rate {
+        rate.apply(resp.headers_mut());
     }
     resp
 }
