@@ -352,6 +352,123 @@ def burst():
             "failed_after_s": [failed[0], failed[-1]] if failed else None}
 
 
+def keys_file(name, key):
+    path = os.path.join(TMP, f"{name}.keys")
+    open(path, "w").write(key + "\n")
+    return path
+
+
+def tiers():
+    """Tiers under overload: two heavy replicas (A40 preset), 150 % of their capacity offered,
+    20 % priority / 30 % default / 50 % flex, streamed. The same offered load with tiers off
+    (a tenant whose every request is served at one tier: plain FIFO) is the baseline, and
+    priority's TTFT on an idle platform (10 % load, priority only) its reference."""
+    log("7. tiers")
+    out_tokens, prompt_words = 64, 32
+    # The engines schedule by priority too (vLLM --scheduling-policy priority; the stub's timing
+    # model does the same): a priority job the worker pulls into a reserved slot of a full engine
+    # preempts the last lower-tier sequence instead of waiting for one to end.
+    stubs = [stub(HEAVY, preset=PRESETS["heavy"][0], output_tokens=100000, scheduling_policy="priority") for _ in range(2)]
+    light = stub(LIGHT, preset=PRESETS["light"][0], output_tokens=100000)
+    pools = (f'[pools.heavy]\nserved_model = "{HEAVY}"\nscheduling_policy = "priority"\n'
+             f'[pools.light]\nserved_model = "{LIGHT}"\n')
+    config = HEADROOM + pools + (f'[tenants.tiered]\napi_keys_file = "{keys_file("tiered", "tiered-key")}"\n'
+                         f'[tenants.fifo]\napi_keys_file = "{keys_file("fifo", "fifo-key")}"\nmax_tier = "flex"\ndefault_tier = "flex"\n')
+    u, gurl = up([("heavy", stubs[0][1]), ("heavy", stubs[1][1]), ("light", light[1])], config=config)
+    cap_tok = 2 * capacity("heavy", out_tokens, prompt_words + 4)
+    cap_req = cap_tok / out_tokens
+    dur = 12 if QUICK else 30
+    mix = "priority=0.2,default=0.3,flex=0.5"
+    common = ["--mode", "open", "--max-tokens", out_tokens, "--prompt-words", prompt_words, "--mix", "heavy", "--stream",
+              "--warmup", 0, "--timeout", "900s"]
+    idle = bench(gurl, *common, "--rate", cap_req * 0.1, "--duration", f"{dur // 2}s", "--tier-mix", "priority=1",
+                 "--api-key", "tiered-key")
+    log(f"   idle priority TTFT p99 {idle['by_tier']['priority']['ttft_ms']['p99']:.0f} ms")
+    runs = {}
+    for name in ("tiered", "fifo"):
+        sampler = Sampler([x[1] for x in stubs], gurl, "heavy")
+        sampler.start()
+        r = bench(gurl, *common, "--rate", cap_req * 1.5, "--duration", f"{dur}s", "--tier-mix", mix, "--api-key", f"{name}-key")
+        sampler.stop_flag = True
+        sampler.join()
+        steady = sampler.steady_tokens_per_s(0.25 * dur, 0.9 * dur)
+        # Picks per tier while the overload lasted: requests whose first token came in the
+        # steady part (25-90 % of the run).
+        served = {}
+        for x in r["samples"]:
+            if x["error"] is None and 0.25 * dur <= x["start_s"] + x["ttft_s"] <= 0.9 * dur:
+                served[x["tier"]] = served.get(x["tier"], 0) + 1
+        runs[name] = {"r": r, "steady": steady, "idle_share": sampler.idle_while_queued()[0], "served": served}
+        t = r["by_tier"]
+        log(f"   {name}: priority TTFT p99 {t['priority']['ttft_ms']['p99']:.0f} ms, {steady or 0:.0f} tok/s of {cap_tok:.0f}")
+        # Let the backlog drain before the next run.
+        while sampler.metric(gurl, "ssw_queue_backlog", 'pool="heavy"') > 0:
+            time.sleep(0.5)
+    stop(u)
+    for x in stubs + [light]:
+        stop(x[0])
+    return {"idle": idle, "runs": runs, "cap_tok": cap_tok, "cap_req": cap_req, "dur": dur, "mix": mix}
+
+
+def tenants():
+    """Tenant fairness: tenant A releases a burst of default requests at once, tenant B sends
+    2 req/s of the same tier meanwhile. B's wait, against the same with both on one tenant."""
+    log("8. tenants")
+    n = 2000 if QUICK else 10000
+    out_tokens = 8
+    stubs = [stub(HEAVY, preset=PRESETS["heavy"][0], output_tokens=100000) for _ in range(2)]
+    light = stub(LIGHT, preset=PRESETS["light"][0], output_tokens=100000)
+    config = HEADROOM + "".join(
+        f'[tenants.{t}]\napi_keys_file = "{keys_file(t, t + "-key")}"\n' for t in ("burst", "steady"))
+    u, gurl = up([("heavy", stubs[0][1]), ("heavy", stubs[1][1]), ("light", light[1])], config=config)
+    drain = n * out_tokens / (2 * capacity("heavy", out_tokens, 20))
+    out = {"n": n, "drain_theory": drain}
+    for name, b_key in (("fair", "steady-key"), ("one_tenant", "burst-key")):
+        path = os.path.join(TMP, f"burst-{name}.json")
+        a = subprocess.Popen([SSW, "bench", "--url", gurl + "/v1", "-q", "--json", path, "--mode", "burst", "-n", str(n),
+                              "--max-tokens", str(out_tokens), "--prompt-words", "16", "--mix", "heavy", "--api-key", "burst-key",
+                              "--timeout", "900s", "--metrics-url", "none"], stdout=subprocess.DEVNULL)
+        time.sleep(1.0)  # the burst is queued
+        b = bench(gurl, "--mode", "open", "--rate", 2, "--duration", f"{max(5, int(drain * 0.6))}s", "--max-tokens", out_tokens,
+                  "--prompt-words", 16, "--mix", "heavy", "--api-key", b_key, "--warmup", 0, "--timeout", "900s",
+                  "--metrics-url", "none")
+        a.wait()
+        out[name] = {"b": b, "a": json.load(open(path))}
+        log(f"   {name}: B's TTFT p99 {b['ttft_ms']['p99']:.0f} ms while A's {n} drained in {out[name]['a']['duration_s']:.1f} s")
+    stop(u)
+    for x in stubs + [light]:
+        stop(x[0])
+    return out
+
+
+def admission():
+    """Admission cost: platform CPU per non-streaming request at concurrency 16 (as section 1's
+    split), plain against a rate-limited tenant (limits far above the load, so every request
+    runs the rate-limit script and its settlement) asking for tiers."""
+    log("9. admission cost")
+    s, surl = stub(HEAVY)
+    config = (f'[pools.heavy]\nserved_model = "{HEAVY}"\n[pools.light]\nserved_model = "light-unused"\n'
+              f'[tenants.plain]\napi_keys_file = "{keys_file("plain", "plain-key")}"\n'
+              f'[tenants.metered]\napi_keys_file = "{keys_file("metered", "metered-key")}"\n'
+              'requests_per_minute = 100000000\ntokens_per_minute = 100000000000\nmax_concurrent = 100000\n')
+    u, gurl = up([("heavy", surl), ("heavy", surl), ("light", surl)], config=config)
+    pids = platform_pids(u)
+    out = {}
+    plain = ["-c", 16, "-n", 2000 if QUICK else 5000, "--warmup", 50, "--max-tokens", 16, "--mix", "heavy", "--metrics-url", "none"]
+    # Alternate, three rounds each, to see the drift between runs.
+    for _ in range(3):
+        for name, extra in (("plain", ["--api-key", "plain-key"]),
+                            ("tiered_limited", ["--api-key", "metered-key", "--tier-mix", "priority=0.2,default=0.3,flex=0.5"])):
+            before = {p: cpu(p) for p in pids}
+            r = bench(gurl, *plain, *extra)
+            ms = sum(cpu(p) - before[p] for p in pids) * 1000 / r["requests"]
+            out.setdefault(name, []).append(ms)
+            log(f"   {name}: {ms:.3f} ms platform CPU per request")
+    stop(u)
+    stop(s)
+    return out
+
+
 def pct(xs, q):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, max(0, int(q * len(xs) + 0.5) - 1))] if xs else None
@@ -574,7 +691,8 @@ def main():
     if "--only" in sys.argv:
         # One scenario, its figures as JSON on stdout; the report is left alone.
         name = sys.argv[sys.argv.index("--only") + 1]
-        scenarios = {f.__name__: f for f in (overhead, overhead_cpu_split, saturation, burst, balance, fanout, edge)}
+        scenarios = {f.__name__: f for f in (overhead, overhead_cpu_split, saturation, burst, balance, fanout, edge,
+                                             tiers, tenants, admission)}
         if name not in scenarios:
             sys.exit(f"--only: unknown scenario {name!r}; one of {', '.join(scenarios)}")
         print(json.dumps(without_samples(scenarios[name]()), indent=1, default=str))
@@ -586,7 +704,10 @@ def main():
     ba = balance()
     fo = fanout()
     ed = edge()
-    write_report(ov, split, sat, bu, ba, fo, ed)
+    ti = tiers()
+    te = tenants()
+    ad = admission()
+    write_report(ov, split, sat, bu, ba, fo, ed, (ti, te, ad))
     log("wrote docs/benchmarks.md")
 
 
@@ -598,9 +719,9 @@ def without_samples(x):
     return x
 
 
-def write_report(ov, split, sat, bu, ba, fo, ed):
+def write_report(ov, split, sat, bu, ba, fo, ed, tiered):
     from bench_report import render  # scripts/bench_report.py
-    text = render(ov, split, sat, bu, ba, fo, ed, machine())
+    text = render(ov, split, sat, bu, ba, fo, ed, tiered, machine())
     open(os.path.join(ROOT, "docs", "benchmarks.md"), "w").write(text)
 
 

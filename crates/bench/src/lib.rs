@@ -149,6 +149,11 @@ pub struct Options {
     pub stream: bool,
     /// Models and their weights (e.g. light 0.7, heavy 0.3).
     pub mix: Vec<(String, f64)>,
+    /// Service tiers and their weights, sent as `service_tier` (empty: none sent).
+    pub tiers: Vec<(String, f64)>,
+    /// Bearer token sent with every request (a tenant's key).
+    #[serde(skip)]
+    pub api_key: Option<String>,
     /// Prompt length in words.
     pub prompt_words: Length,
     /// `max_tokens` of each request.
@@ -187,8 +192,12 @@ pub struct Sample {
     pub error: Option<String>,
     /// The model asked for.
     pub model: String,
+    /// The `service_tier` asked for, if any.
+    pub tier: Option<String>,
     /// `x-ssw-worker`, when present.
     pub worker: Option<String>,
+    /// `x-ssw-queue-ms` (how long the request waited for a worker), when present.
+    pub queue_ms: Option<f64>,
 }
 
 fn pick_model(mix: &[(String, f64)]) -> String {
@@ -203,7 +212,7 @@ fn pick_model(mix: &[(String, f64)]) -> String {
     mix.last().map(|(m, _)| m.clone()).unwrap_or_default()
 }
 
-fn body(opts: &Options, model: &str) -> String {
+fn body(opts: &Options, model: &str, tier: Option<&str>) -> String {
     let words = opts.prompt_words.sample().max(1) as usize;
     let prompt = "npc dialogue word ".repeat(words.div_ceil(3));
     let mut content = prompt.trim_end().to_owned();
@@ -219,6 +228,9 @@ fn body(opts: &Options, model: &str) -> String {
     });
     if opts.stream {
         b["stream_options"] = serde_json::json!({"include_usage": true});
+    }
+    if let Some(t) = tier {
+        b["service_tier"] = serde_json::json!(t);
     }
     b.to_string()
 }
@@ -239,19 +251,23 @@ fn count_events(chunk: &[u8]) -> usize {
 /// Sends one request and measures it.
 pub async fn one(client: &reqwest::Client, opts: &Options, t0: Instant) -> Sample {
     let model = pick_model(&opts.mix);
+    let tier = (!opts.tiers.is_empty()).then(|| pick_model(&opts.tiers));
     let started = Instant::now();
     let mut s = Sample {
         start_s: (started - t0).as_secs_f64(),
         model: model.clone(),
+        tier: tier.clone(),
         ..Sample::default()
     };
-    let resp = client
+    let mut req = client
         .post(format!("{}/chat/completions", opts.url))
         .header("content-type", "application/json")
-        .body(body(opts, &model))
-        .timeout(opts.timeout)
-        .send()
-        .await;
+        .body(body(opts, &model, tier.as_deref()))
+        .timeout(opts.timeout);
+    if let Some(k) = &opts.api_key {
+        req = req.bearer_auth(k);
+    }
+    let resp = req.send().await;
     let resp = match resp {
         Ok(r) => r,
         Err(e) => {
@@ -270,6 +286,11 @@ pub async fn one(client: &reqwest::Client, opts: &Options, t0: Instant) -> Sampl
         .get("x-ssw-worker")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    s.queue_ms = resp
+        .headers()
+        .get("x-ssw-queue-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
     let ok = resp.status().is_success();
     let mut body = resp.bytes_stream();
     let mut all = Vec::new();

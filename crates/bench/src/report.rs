@@ -36,6 +36,21 @@ pub struct Cpu {
     pub per_request_ms: f64,
 }
 
+/// One tier's figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct TierReport {
+    /// Requests sent.
+    pub requests: usize,
+    /// Answered without error.
+    pub ok: usize,
+    /// Output tokens of its answers.
+    pub output_tokens: u64,
+    /// Time to first token, ms.
+    pub ttft_ms: Summary,
+    /// End-to-end latency, ms.
+    pub e2e_ms: Summary,
+}
+
 /// Everything measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -59,12 +74,16 @@ pub struct Report {
     pub itl_ms: Summary,
     /// End-to-end latency, ms.
     pub e2e_ms: Summary,
+    /// Time each request waited for a worker, ms (`x-ssw-queue-ms`; empty against an engine).
+    pub queue_ms: Summary,
     /// Queue figures from the gateway (absent against an engine).
     pub queue: Option<Queue>,
     /// The bench's own CPU use.
     pub bench_cpu: Cpu,
     /// Requests by the worker that answered (`x-ssw-worker`).
     pub by_worker: BTreeMap<String, usize>,
+    /// Per `service_tier` asked for (with `--tier-mix`).
+    pub by_tier: BTreeMap<String, TierReport>,
     /// Every request (for the plot).
     pub samples: Vec<Sample>,
     /// Queue depth over time `(s, depth)`.
@@ -96,6 +115,26 @@ impl Report {
                 *by_worker.entry(w.clone()).or_insert(0) += 1;
             }
         }
+        let mut by_tier = BTreeMap::new();
+        let tiers: std::collections::BTreeSet<&String> =
+            samples.iter().filter_map(|s| s.tier.as_ref()).collect();
+        for t in tiers {
+            let of: Vec<&Sample> = samples.iter().filter(|s| s.tier.as_ref() == Some(t)).collect();
+            let good: Vec<&&Sample> = of.iter().filter(|s| s.error.is_none()).collect();
+            let ms = |f: &dyn Fn(&Sample) -> f64| -> Vec<f64> {
+                good.iter().map(|s| f(s) * 1000.0).collect()
+            };
+            by_tier.insert(
+                t.clone(),
+                TierReport {
+                    requests: of.len(),
+                    ok: good.len(),
+                    output_tokens: good.iter().map(|s| s.output_tokens).sum(),
+                    ttft_ms: Summary::of(&ms(&|s| s.ttft_s)),
+                    e2e_ms: Summary::of(&ms(&|s| s.e2e_s)),
+                },
+            );
+        }
         let queue = options.metrics_url.as_ref().map(|_| Queue {
             max_depth: depth.iter().map(|d| d.1).fold(0.0, f64::max),
             wait_p50_s: queue_wait
@@ -118,6 +157,7 @@ impl Report {
             ttft_ms: Summary::of(&ms(&|s| Some(s.ttft_s))),
             itl_ms: Summary::of(&ms(&|s| s.itl_s)),
             e2e_ms: Summary::of(&ms(&|s| Some(s.e2e_s))),
+            queue_ms: Summary::of(&ok.iter().filter_map(|s| s.queue_ms).collect::<Vec<_>>()),
             queue,
             bench_cpu: Cpu {
                 seconds: cpu,
@@ -129,6 +169,7 @@ impl Report {
                 },
             },
             by_worker,
+            by_tier,
             options,
             samples,
             depth,
@@ -340,6 +381,8 @@ mod tests {
             warmup: 0,
             stream: true,
             mix: vec![("heavy".into(), 1.0)],
+            tiers: Vec::new(),
+            api_key: None,
             prompt_words: Length::Fixed(10),
             max_tokens: Length::Fixed(16),
             metrics_url: Some("http://x/metrics".into()),
@@ -361,7 +404,9 @@ mod tests {
             status: if err { 429 } else { 200 },
             error: err.then(|| "queue_full".into()),
             model: "heavy".into(),
+            tier: Some(if err { "flex" } else { "priority" }.into()),
             worker: (!err).then(|| "heavy-0".into()),
+            queue_ms: (!err).then_some(start * 10.0),
         }
     }
 
@@ -390,6 +435,11 @@ mod tests {
         assert_eq!(r.e2e_ms.p50, 200.0);
         assert_eq!(r.e2e_ms.max, 300.0);
         assert_eq!(r.by_worker["heavy-0"], 3);
+        assert_eq!((r.queue_ms.count, r.queue_ms.max), (3, 2.0));
+        let (p, f) = (&r.by_tier["priority"], &r.by_tier["flex"]);
+        assert_eq!((p.requests, p.ok, p.output_tokens), (3, 3, 48));
+        assert_eq!(p.e2e_ms.max, 300.0);
+        assert_eq!((f.requests, f.ok), (1, 0));
         let q = r.queue.clone().unwrap();
         assert_eq!(q.max_depth, 7.0);
         assert_eq!(q.wait_p99_s, Some(0.1));

@@ -47,6 +47,13 @@ pub struct BenchArgs {
     /// Models and weights, e.g. `light=0.7,heavy=0.3` (or one model name).
     #[arg(long, default_value = "heavy")]
     mix: String,
+    /// Service tiers and weights, sent as `service_tier`, e.g. `priority=0.2,default=0.3,flex=0.5`
+    /// (none: no `service_tier`); the report summarises each tier.
+    #[arg(long)]
+    tier_mix: Option<String>,
+    /// Bearer token to send (a tenant's API key).
+    #[arg(long)]
+    api_key: Option<String>,
     /// Prompt length in words: N, LO-HI (uniform), or a weighted mix `16:9,1000-1200:1`.
     #[arg(long, default_value = "32")]
     prompt_words: Length,
@@ -129,6 +136,8 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         warmup: a.warmup,
         stream: a.stream,
         mix: parse_mix(&a.mix)?,
+        tiers: a.tier_mix.as_deref().map(parse_mix).transpose()?.unwrap_or_default(),
+        api_key: a.api_key,
         prompt_words: a.prompt_words,
         max_tokens: a.max_tokens,
         metrics_url,

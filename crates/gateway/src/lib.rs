@@ -64,6 +64,7 @@ pub async fn serve(
         background.clone(),
     ));
     let leases = tokio::spawn(limits::renew_leases(state.clone(), background.clone()));
+    let settler = tokio::spawn(limits::settle(state.clone(), background.clone()));
     let watcher = tokio::spawn(replies::watch_workers(
         state.redis.clone(),
         state.replies.clone(),
@@ -110,6 +111,6 @@ pub async fn serve(
         let _ = ops.await;
     }
     background.cancel();
-    let _ = tokio::join!(reader, keeper, watcher, sampler, leases);
+    let _ = tokio::join!(reader, keeper, watcher, sampler, leases, settler);
     result
 }

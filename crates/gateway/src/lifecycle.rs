@@ -55,6 +55,8 @@ struct Timing {
     usage: Option<ssw_protocol::chat::Usage>,
     /// SSE events of a stream so far (about one per token with vLLM).
     events: u64,
+    /// How long the job waited for a worker (from enqueue to its claim), once claimed.
+    queued: Option<Duration>,
 }
 
 /// What a limited tenant's request was charged at admission (RATE_LIMIT); settled with what it
@@ -123,6 +125,7 @@ impl Ticket {
                 last_chunk: None,
                 usage: None,
                 events: 0,
+                queued: None,
             },
             state: state.clone(),
             pool,
@@ -223,6 +226,11 @@ impl Ticket {
         }
     }
 
+    /// How long the job waited for a worker, once a worker claimed it (`x-ssw-queue-ms`).
+    pub fn queued(&self) -> Option<Duration> {
+        self.timing.queued
+    }
+
     /// The pool.
     pub fn pool(&self) -> &Arc<str> {
         &self.pool
@@ -309,8 +317,9 @@ impl Ticket {
         let tier = self.lane.tier;
         let t = &mut self.timing;
         let enqueued_ms = t.enqueued_ms;
-        let claimed = |worker: &str, claimed_ms: u64| {
+        let claimed = |t: &mut Timing, worker: &str, claimed_ms: u64| {
             let queued = Duration::from_millis(claimed_ms.saturating_sub(enqueued_ms));
+            t.queued = Some(queued);
             crate::metrics::queue_wait(pool, tier, queued);
             span.record("worker", worker);
             tracing::debug!(parent: span, queue_ms = queued.as_millis() as u64, "claimed");
@@ -340,7 +349,7 @@ impl Ticket {
                 claimed_ms,
                 data,
             } => {
-                claimed(worker, *claimed_ms);
+                claimed(t, worker, *claimed_ms);
                 if !data.is_empty() {
                     chunk(t, data);
                 }
@@ -351,7 +360,7 @@ impl Ticket {
                 body,
                 worker,
             } => {
-                claimed(worker, *claimed_ms);
+                claimed(t, worker, *claimed_ms);
                 if *status < 400 {
                     t.first_token.get_or_insert(now);
                     crate::metrics::ttft(pool, tier, stream, now - t.arrived);
@@ -490,17 +499,18 @@ impl Drop for Ticket {
             if c.lease {
                 self.state.lease(&c.tenant, &self.job, false);
             }
-            let (redis, job) = (self.state.redis.clone(), self.job.clone());
-            tokio::spawn(async move {
-                let now = ssw_queue::now_ms();
-                if let Err(e) = redis
-                    .settle_usage(&c.tenant, c.tokens_per_minute, delta, &job, now)
-                    .await
-                {
-                    // The lease runs out by itself; the token bucket keeps the estimate.
-                    tracing::warn!(error = %e, %job, "cannot settle the tenant's usage");
-                }
-            });
+            let mut pending = self
+                .state
+                .settlements
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let entry = pending
+                .entry(c.tenant.clone())
+                .or_insert_with(|| (c.tokens_per_minute, 0, Vec::new()));
+            entry.1 += delta;
+            if c.lease {
+                entry.2.push(self.job.clone());
+            }
         }
         crate::metrics::inflight(&self.pool, -1.0);
         if !self.recorded {

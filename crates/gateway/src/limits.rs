@@ -129,6 +129,39 @@ pub async fn renew_leases(state: AppState, shutdown: CancellationToken) {
     }
 }
 
+/// How often the usage of ended requests is settled (one USAGE call per tenant, not per
+/// request): a lease outlives its request by at most this.
+pub const SETTLE_EVERY: Duration = Duration::from_millis(100);
+
+/// Settles the usage of limited tenants' requests that ended, every [`SETTLE_EVERY`], and once
+/// more at shutdown.
+pub async fn settle(state: AppState, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(SETTLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let last = tokio::select! {
+            _ = shutdown.cancelled() => true,
+            _ = tick.tick() => false,
+        };
+        let batch: Vec<_> = state
+            .settlements
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        let now = ssw_queue::now_ms();
+        for (tenant, (tpm, delta, jobs)) in batch {
+            if let Err(e) = state.redis.settle_usage(&tenant, tpm, delta, &jobs, now).await {
+                // The leases run out by themselves; the token bucket keeps the estimates.
+                tracing::warn!(error = %e, %tenant, "cannot settle the tenant's usage");
+            }
+        }
+        if last {
+            return;
+        }
+    }
+}
+
 /// The lease a new request takes: one reply TTL from now.
 pub fn lease_until(state: &AppState, now_ms: u64) -> u64 {
     now_ms + state.config.gateway.reply_ttl.as_millis() as u64

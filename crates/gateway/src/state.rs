@@ -58,6 +58,10 @@ pub struct Inner {
     /// stream's keeper.
     pub leases:
         std::sync::Mutex<std::collections::HashMap<Arc<str>, std::collections::HashSet<String>>>,
+    /// Usage of limited tenants' requests that ended, settled in Redis every
+    /// [`crate::limits::SETTLE_EVERY`]: per tenant, its tokens per minute, the summed delta and
+    /// the jobs whose leases end.
+    pub settlements: std::sync::Mutex<std::collections::HashMap<Arc<str>, (u64, i64, Vec<String>)>>,
     /// `[tenants]`, plus `default` (unlimited, any tier) unless configured.
     pub tenants: std::collections::BTreeMap<String, ssw_config::TenantConfig>,
     /// Set on SIGTERM: readiness fails and new requests are refused.
@@ -149,6 +153,7 @@ impl AppState {
             api_keys,
             default_tenant: DEFAULT_TENANT.into(),
             leases: std::sync::Mutex::default(),
+            settlements: std::sync::Mutex::default(),
             tenants,
             draining: AtomicBool::new(false),
             started_s,

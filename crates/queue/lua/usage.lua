@@ -1,19 +1,19 @@
 #!lua flags=allow-oom
--- USAGE (gateway, when a limited tenant's request ends): corrects the tokens charged at
--- admission with what the answer really used (`delta` = used - estimated; negative gives
--- tokens back, never beyond a full bucket), and ends the request's concurrency lease. Frees
--- or shrinks keys, so it runs at `maxmemory` too.
+-- USAGE (gateway, for the limited tenant's requests that ended in the last 100 ms, at once):
+-- corrects the tokens charged at admission with what the answers really used (`delta` = used
+-- - estimated, summed; negative gives tokens back, never beyond a full bucket), and ends the
+-- requests' concurrency leases. Frees or shrinks keys, so it runs at `maxmemory` too.
 --
 -- KEYS[1]  P:{t:<tenant>}:tpm       hash {level, ms}
 -- KEYS[2]  P:{t:<tenant>}:inflight  sorted set of leases
 -- ARGV[1]  now, ms
 -- ARGV[2]  tokens per minute (0: no limit)
 -- ARGV[3]  delta: tokens used minus tokens charged
--- ARGV[4]  the job id
+-- ARGV[4…] the job ids
 --
 -- Returns the tokens left after the correction (0 without a token limit).
 local now, tpm, delta = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-redis.call('ZREM', KEYS[2], ARGV[4])
+if #ARGV >= 4 then redis.call('ZREM', KEYS[2], unpack(ARGV, 4)) end
 if tpm <= 0 then return 0 end
 local v = redis.call('HMGET', KEYS[1], 'level', 'ms')
 local l = tpm

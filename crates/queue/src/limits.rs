@@ -103,14 +103,15 @@ impl Redis {
         })
     }
 
-    /// Ends a request of `tenant` charged at admission: corrects its tokens by `delta` (used
-    /// minus charged; negative gives tokens back) and ends its concurrency lease.
+    /// Ends requests of `tenant` charged at admission: corrects its tokens by `delta` (used
+    /// minus charged, over all of them; negative gives tokens back) and ends their concurrency
+    /// leases.
     pub async fn settle_usage(
         &self,
         tenant: &str,
         tokens_per_minute: u64,
         delta: i64,
-        job: &str,
+        jobs: &[String],
         now_ms: u64,
     ) -> Result<(), QueueError> {
         let keys = self.keys();
@@ -119,8 +120,10 @@ impl Redis {
             .key(keys.tenant_inflight(tenant))
             .arg(now_ms)
             .arg(tokens_per_minute)
-            .arg(delta)
-            .arg(job);
+            .arg(delta);
+        for j in jobs {
+            inv.arg(j);
+        }
         let _: i64 = self.script(&inv).await?;
         Ok(())
     }

@@ -1075,7 +1075,7 @@ async fn usage_settles_the_estimate_and_leases_bound_concurrency() {
     let d = r.redis.rate_limit("t", limits, 10, "c", t0 + 5_000, t0).await.unwrap();
     assert_eq!(d.refused, Some(Limit::Concurrent));
     // `a` used 50 of its 450: 400 come back, and its lease ends.
-    r.redis.settle_usage("t", 1000, -400, "a", t0).await.unwrap();
+    r.redis.settle_usage("t", 1000, -400, &["a".to_owned()], t0).await.unwrap();
     let d = r.redis.rate_limit("t", limits, 10, "c", t0 + 5_000, t0).await.unwrap();
     assert_eq!((d.refused, d.tokens_left), (None, 490));
     // Renewed leases outlive the old expiry; a lapsed one frees its slot.

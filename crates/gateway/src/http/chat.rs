@@ -12,7 +12,7 @@ use tracing::Instrument;
 use ssw_protocol::chat::{with_service_tier, with_service_tier_sse};
 use ssw_protocol::tier::Tier;
 
-use super::{RequestId, Tenant, X_SSW_POOL, X_SSW_TIER, X_SSW_WORKER};
+use super::{RequestId, Tenant, X_SSW_POOL, X_SSW_QUEUE_MS, X_SSW_TIER, X_SSW_WORKER};
 use crate::admission::{self, Admitted, Refusal};
 use crate::error::{ApiError, json_response, sse_error};
 use crate::lifecycle::{Next, Ticket};
@@ -120,7 +120,15 @@ fn worker_response(ticket: &mut Ticket, event: ReplyEvent, tier: Tier) -> Respon
     if !worker.is_empty() {
         set_header(&mut resp, &X_SSW_WORKER, &worker);
     }
+    set_queue_ms(&mut resp, ticket);
     resp
+}
+
+/// `x-ssw-queue-ms`: how long the request waited for a worker.
+fn set_queue_ms(resp: &mut Response, ticket: &Ticket) {
+    if let Some(q) = ticket.queued() {
+        set_header(resp, &X_SSW_QUEUE_MS, &q.as_millis().to_string());
+    }
 }
 
 fn failed(ticket: &mut Ticket, err: ApiError) -> Response {
@@ -155,6 +163,7 @@ async fn stream_response(mut ticket: Ticket, tier: Tier) -> Response {
         Next::Event(_) => return unexpected(&mut ticket, "stream data before its head"),
         Next::Failed(err) => return failed(&mut ticket, err),
     };
+    let queued = ticket.queued();
     // The head's bytes first, in the same write as the response head.
     let tier = tier.as_str();
     let first = (!first.is_empty()).then(|| {
@@ -200,5 +209,8 @@ async fn stream_response(mut ticket: Ticket, tier: Tier) -> Response {
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     set_header(&mut resp, &X_SSW_WORKER, &worker);
+    if let Some(q) = queued {
+        set_header(&mut resp, &X_SSW_QUEUE_MS, &q.as_millis().to_string());
+    }
     resp
 }

@@ -27,6 +27,8 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_SSW_POOL: HeaderName = HeaderName::from_static("x-ssw-pool");
 /// `x-ssw-worker`: the worker that ran the job.
 pub static X_SSW_WORKER: HeaderName = HeaderName::from_static("x-ssw-worker");
+/// `x-ssw-queue-ms`: how long the request waited in the queue for a worker (response).
+pub static X_SSW_QUEUE_MS: HeaderName = HeaderName::from_static("x-ssw-queue-ms");
 /// `x-ssw-tier`: the tier a request asks for (request, an alias of `service_tier`) / was
 /// served at (response), in the game's names: `gold`, `silver`, `bronze`.
 pub static X_SSW_TIER: HeaderName = HeaderName::from_static("x-ssw-tier");
