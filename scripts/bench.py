@@ -687,6 +687,17 @@ def main():
     for name in ("net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog", "net.core.netdev_max_backlog"):
         if (sysctl(name) or 0) < 65535:
             sysctl(name, 65535)
+    if "--render" in sys.argv:
+        # Renders docs/benchmarks.md again from a kept run (after a change to the report only).
+        d = json.load(open(sys.argv[sys.argv.index("--render") + 1]))
+        from bench_report import render
+        ov, split, sat, bu, ba, fo, ed, tiered = d["sections"]
+        split = {k if k in ("one_thread",) else k == "true": v for k, v in split.items()}
+        if "one_thread" in split:
+            split["one_thread"] = {k == "true": v for k, v in split["one_thread"].items()}
+        text = render(ov, split, sat, bu, ba, fo, ed, tuple(tiered), d["machine"])
+        open(os.path.join(ROOT, "docs", "benchmarks.md"), "w").write(text)
+        return
     subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "ssw"], cwd=ROOT, check=True)
     if "--only" in sys.argv:
         # One scenario, its figures as JSON on stdout; the report is left alone.
@@ -707,6 +718,11 @@ def main():
     ti = tiers()
     te = tenants()
     ad = admission()
+    # Kept, so the report can be rendered again without running (`--render FILE`).
+    saved = os.path.join(tempfile.gettempdir(), "ssw-bench-results.json")
+    json.dump({"sections": [ov, split, sat, bu, ba, fo, ed, [ti, te, ad]], "machine": machine()},
+              open(saved, "w"), default=str)
+    log(f"results kept in {saved}")
     write_report(ov, split, sat, bu, ba, fo, ed, (ti, te, ad))
     log("wrote docs/benchmarks.md")
 
