@@ -119,7 +119,10 @@ impl Report {
         let tiers: std::collections::BTreeSet<&String> =
             samples.iter().filter_map(|s| s.tier.as_ref()).collect();
         for t in tiers {
-            let of: Vec<&Sample> = samples.iter().filter(|s| s.tier.as_ref() == Some(t)).collect();
+            let of: Vec<&Sample> = samples
+                .iter()
+                .filter(|s| s.tier.as_ref() == Some(t))
+                .collect();
             let good: Vec<&&Sample> = of.iter().filter(|s| s.error.is_none()).collect();
             let ms = |f: &dyn Fn(&Sample) -> f64| -> Vec<f64> {
                 good.iter().map(|s| f(s) * 1000.0).collect()

@@ -136,7 +136,12 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         warmup: a.warmup,
         stream: a.stream,
         mix: parse_mix(&a.mix)?,
-        tiers: a.tier_mix.as_deref().map(parse_mix).transpose()?.unwrap_or_default(),
+        tiers: a
+            .tier_mix
+            .as_deref()
+            .map(parse_mix)
+            .transpose()?
+            .unwrap_or_default(),
         api_key: a.api_key,
         prompt_words: a.prompt_words,
         max_tokens: a.max_tokens,

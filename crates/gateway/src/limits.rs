@@ -151,7 +151,11 @@ pub async fn settle(state: AppState, shutdown: CancellationToken) {
             .collect();
         let now = ssw_queue::now_ms();
         for (tenant, (tpm, delta, jobs)) in batch {
-            if let Err(e) = state.redis.settle_usage(&tenant, tpm, delta, &jobs, now).await {
+            if let Err(e) = state
+                .redis
+                .settle_usage(&tenant, tpm, delta, &jobs, now)
+                .await
+            {
                 // The leases run out by themselves; the token bucket keeps the estimates.
                 tracing::warn!(error = %e, %tenant, "cannot settle the tenant's usage");
             }

@@ -30,6 +30,10 @@ pub enum StartError {
     },
 }
 
+/// A tenant's usage to settle: its tokens per minute, the summed delta (used minus charged) and
+/// the jobs whose concurrency leases end.
+pub type Settlement = (u64, i64, Vec<String>);
+
 /// Everything a handler needs; cheap to clone.
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -61,7 +65,7 @@ pub struct Inner {
     /// Usage of limited tenants' requests that ended, settled in Redis every
     /// [`crate::limits::SETTLE_EVERY`]: per tenant, its tokens per minute, the summed delta and
     /// the jobs whose leases end.
-    pub settlements: std::sync::Mutex<std::collections::HashMap<Arc<str>, (u64, i64, Vec<String>)>>,
+    pub settlements: std::sync::Mutex<std::collections::HashMap<Arc<str>, Settlement>>,
     /// `[tenants]`, plus `default` (unlimited, any tier) unless configured.
     pub tenants: std::collections::BTreeMap<String, ssw_config::TenantConfig>,
     /// Set on SIGTERM: readiness fails and new requests are refused.

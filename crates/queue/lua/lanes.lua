@@ -5,14 +5,15 @@
 -- tenant are kept in the pool's `waiting` hash. All keys are the pool's, in its `{pool}` slot.
 
 -- Indexes entry `id` in its lane, counts it waiting, and leaves a wake-up token for an idle
--- worker (at most 64 wait: enough to wake every worker, bounded when none is idle).
+-- worker (at most 1024 wait: a token per waiting job in any normal backlog, bounded when no
+-- worker is idle; a worker that finds the queue empty waits for the next token).
 local function lane_add(lane, ring, ring_set, waiting, wake, tier, tenant, id)
   local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
   redis.call('ZADD', lane, tonumber(ms) * 1000 + math.min(tonumber(seq), 999), id)
   if redis.call('SADD', ring_set, tenant) == 1 then redis.call('RPUSH', ring, tenant) end
   redis.call('HINCRBY', waiting, tier, 1)
   redis.call('HINCRBY', waiting, 'tenant:' .. tenant, 1)
-  if redis.call('LLEN', wake) < 64 then redis.call('LPUSH', wake, 1) end
+  if redis.call('LLEN', wake) < 1024 then redis.call('LPUSH', wake, 1) end
 end
 
 -- Takes entry `id` out of its lane (a job no worker will pull: cancelled, expired, put back

@@ -1022,7 +1022,10 @@ async fn idle_workers_are_woken_by_the_work_they_may_take() {
 async fn pull_after_redis_lost_the_group_loses_no_job() {
     let mut r = rig().await;
     // Redis restarted empty: a gateway enqueues before any worker recreated the group.
-    let _: () = redis::cmd("FLUSHALL").query_async(&mut r.raw).await.unwrap();
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut r.raw)
+        .await
+        .unwrap();
     r.enqueue(&job("a", 4)).await;
     assert_eq!(ids(&r.redis.pull(POOL, "w", any(1)).await.unwrap()), ["a"]);
     assert_eq!(r.pending().await, 1);
@@ -1038,23 +1041,58 @@ async fn rate_limit_charges_all_or_nothing_and_refills_evenly() {
         max_concurrent: 0,
     };
     let t0 = now_ms();
-    let d = r.redis.rate_limit("t", limits, 400, "j1", t0 + 60_000, t0).await.unwrap();
+    let d = r
+        .redis
+        .rate_limit("t", limits, 400, "j1", t0 + 60_000, t0)
+        .await
+        .unwrap();
     assert_eq!((d.refused, d.requests_left, d.tokens_left), (None, 1, 600));
-    assert_eq!(d.requests_reset, Duration::from_secs(30), "one request refills in 30 s");
+    assert_eq!(
+        d.requests_reset,
+        Duration::from_secs(30),
+        "one request refills in 30 s"
+    );
     // Over the tokens: refused, and nothing charged (the request bucket keeps its one).
-    let d = r.redis.rate_limit("t", limits, 700, "j2", t0 + 60_000, t0).await.unwrap();
+    let d = r
+        .redis
+        .rate_limit("t", limits, 700, "j2", t0 + 60_000, t0)
+        .await
+        .unwrap();
     assert_eq!(d.refused, Some(Limit::Tokens));
-    assert_eq!(d.retry_after, Duration::from_secs(6), "100 tokens at 1000/min");
+    assert_eq!(
+        d.retry_after,
+        Duration::from_secs(6),
+        "100 tokens at 1000/min"
+    );
     assert_eq!(d.requests_left, 1);
-    let d = r.redis.rate_limit("t", limits, 100, "j3", t0 + 60_000, t0).await.unwrap();
+    let d = r
+        .redis
+        .rate_limit("t", limits, 100, "j3", t0 + 60_000, t0)
+        .await
+        .unwrap();
     assert_eq!((d.refused, d.requests_left), (None, 0));
-    let d = r.redis.rate_limit("t", limits, 1, "j4", t0 + 60_000, t0).await.unwrap();
-    assert_eq!((d.refused, d.retry_after), (Some(Limit::Requests), Duration::from_secs(30)));
+    let d = r
+        .redis
+        .rate_limit("t", limits, 1, "j4", t0 + 60_000, t0)
+        .await
+        .unwrap();
+    assert_eq!(
+        (d.refused, d.retry_after),
+        (Some(Limit::Requests), Duration::from_secs(30))
+    );
     // 30 s later one request has refilled; another tenant was never touched.
     let later = t0 + 30_000;
-    let d = r.redis.rate_limit("t", limits, 1, "j5", later + 60_000, later).await.unwrap();
+    let d = r
+        .redis
+        .rate_limit("t", limits, 1, "j5", later + 60_000, later)
+        .await
+        .unwrap();
     assert_eq!(d.refused, None);
-    let d = r.redis.rate_limit("u", limits, 1, "k1", t0 + 60_000, t0).await.unwrap();
+    let d = r
+        .redis
+        .rate_limit("u", limits, 1, "k1", t0 + 60_000, t0)
+        .await
+        .unwrap();
     assert_eq!((d.refused, d.requests_left), (None, 1));
 }
 
@@ -1069,20 +1107,50 @@ async fn usage_settles_the_estimate_and_leases_bound_concurrency() {
     };
     let t0 = now_ms();
     for j in ["a", "b"] {
-        let d = r.redis.rate_limit("t", limits, 450, j, t0 + 5_000, t0).await.unwrap();
+        let d = r
+            .redis
+            .rate_limit("t", limits, 450, j, t0 + 5_000, t0)
+            .await
+            .unwrap();
         assert_eq!(d.refused, None, "{j}");
     }
-    let d = r.redis.rate_limit("t", limits, 10, "c", t0 + 5_000, t0).await.unwrap();
+    let d = r
+        .redis
+        .rate_limit("t", limits, 10, "c", t0 + 5_000, t0)
+        .await
+        .unwrap();
     assert_eq!(d.refused, Some(Limit::Concurrent));
     // `a` used 50 of its 450: 400 come back, and its lease ends.
-    r.redis.settle_usage("t", 1000, -400, &["a".to_owned()], t0).await.unwrap();
-    let d = r.redis.rate_limit("t", limits, 10, "c", t0 + 5_000, t0).await.unwrap();
+    r.redis
+        .settle_usage("t", 1000, -400, &["a".to_owned()], t0)
+        .await
+        .unwrap();
+    let d = r
+        .redis
+        .rate_limit("t", limits, 10, "c", t0 + 5_000, t0)
+        .await
+        .unwrap();
     assert_eq!((d.refused, d.tokens_left), (None, 490));
     // Renewed leases outlive the old expiry; a lapsed one frees its slot.
-    r.redis.renew_leases("t", &["b"], t0 + 20_000, t0).await.unwrap();
+    r.redis
+        .renew_leases("t", &["b"], t0 + 20_000, t0)
+        .await
+        .unwrap();
     let at = t0 + 10_000;
-    let d = r.redis.rate_limit("t", limits, 10, "d", at + 5_000, at).await.unwrap();
+    let d = r
+        .redis
+        .rate_limit("t", limits, 10, "d", at + 5_000, at)
+        .await
+        .unwrap();
     assert_eq!(d.refused, None, "c's lease lapsed at +5 s; b's was renewed");
-    let d = r.redis.rate_limit("t", limits, 10, "e", at + 5_000, at).await.unwrap();
-    assert_eq!(d.refused, Some(Limit::Concurrent), "b and d hold the two slots");
+    let d = r
+        .redis
+        .rate_limit("t", limits, 10, "e", at + 5_000, at)
+        .await
+        .unwrap();
+    assert_eq!(
+        d.refused,
+        Some(Limit::Concurrent),
+        "b and d hold the two slots"
+    );
 }

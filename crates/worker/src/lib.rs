@@ -329,6 +329,8 @@ async fn pull_loop(ctx: &Arc<Ctx>, jobs: &TaskTracker, shutdown: &CancellationTo
     let reclaim_every = ctx.cfg.heartbeat_interval;
     let mut cursor = String::from("-");
     let mut group_ready = false;
+    // The last pull took fewer jobs than it could (see below).
+    let mut drained = false;
     while !shutdown.is_cancelled() {
         if let Some(why) = ctx.pull_blocked() {
             tracing::trace!(why, "not pulling");
@@ -380,8 +382,19 @@ async fn pull_loop(ctx: &Arc<Ctx>, jobs: &TaskTracker, shutdown: &CancellationTo
                 default_share: ctx.min_shares.0,
                 flex_share: ctx.min_shares.1,
             };
-            match ctx.redis.pull(&ctx.pool, &ctx.id, policy).await {
-                Ok(batch) if !batch.is_empty() => Ok((batch, false)),
+            // After a pull that found fewer jobs than it could take, the queue was empty: every
+            // job enqueued since left a wake-up token, so go straight to the wait (pipelined
+            // with the next PULL) instead of a PULL that would find nothing.
+            let first = if drained {
+                Ok(Vec::new())
+            } else {
+                ctx.redis.pull(&ctx.pool, &ctx.id, policy).await
+            };
+            match first {
+                Ok(batch) if !batch.is_empty() => {
+                    drained = batch.len() < policy.most;
+                    Ok((batch, false))
+                }
                 Ok(_) => {
                     if conn.is_none() {
                         match ctx.redis.dedicated().await {
@@ -397,12 +410,22 @@ async fn pull_loop(ctx: &Arc<Ctx>, jobs: &TaskTracker, shutdown: &CancellationTo
                     // Nothing this worker may take: wait for a job to arrive (or, with only
                     // reserved slots free, a priority job or a slot coming free).
                     let narrow = policy.below_priority == 0;
-                    ctx.waiting_narrow.store(narrow, Ordering::Relaxed);
+                    ctx.waiting_narrow.store(narrow, Ordering::SeqCst);
+                    // A job that ended before the flag was set did not wake us: if a slot came
+                    // free since the policy was made, pull again instead of waiting (a lost
+                    // wake-up stalled such a worker for the whole 1 s wait).
+                    if narrow && ctx.free_slots() as usize > policy.most {
+                        ctx.waiting_narrow.store(false, Ordering::SeqCst);
+                        continue;
+                    }
                     let waited = tokio::select! {
                         _ = shutdown.cancelled() => break,
                         r = ctx.redis.wait_then_pull(c, &ctx.pool, &ctx.id, policy, Duration::from_secs(1)) => r,
                     };
-                    ctx.waiting_narrow.store(false, Ordering::Relaxed);
+                    ctx.waiting_narrow.store(false, Ordering::SeqCst);
+                    if let Ok(batch) = &waited {
+                        drained = batch.len() < policy.most;
+                    }
                     waited.map(|batch| (batch, false))
                 }
                 Err(e) => Err(e),
@@ -506,14 +529,14 @@ async fn start_jobs(ctx: &Arc<Ctx>, jobs: &TaskTracker, batch: Vec<Pulled>, recl
                 let entry = pulled.entry_id.clone();
                 let engine_used = job::run(c.clone(), pulled, verdict, cancel, stop).await;
                 c.running().remove(&entry);
-                c.inflight.fetch_sub(1, Ordering::Relaxed);
+                c.inflight.fetch_sub(1, Ordering::SeqCst);
                 if engine_used {
                     c.engine_state.request_finished();
                 }
                 telemetry::slots(&c);
                 // One waiter (the pull loop); a permit is kept if it is not waiting yet.
                 c.slot_freed.notify_one();
-                if c.waiting_narrow.load(Ordering::Relaxed) {
+                if c.waiting_narrow.load(Ordering::SeqCst) {
                     // It waits in Redis for priority work only; now it may take any.
                     if let Err(e) = c.redis.wake_self(&c.pool, &c.id).await {
                         tracing::debug!(error = %e, "cannot wake the pull loop");

@@ -300,10 +300,17 @@ async fn one_tenants_burst_does_not_hold_back_another_tenant_of_the_same_tier() 
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let queue_ms: u64 = r.headers()["x-ssw-queue-ms"].to_str().unwrap().parse().unwrap();
+    let queue_ms: u64 = r.headers()["x-ssw-queue-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     r.text().await.unwrap();
     let waited = t0.elapsed() - sent;
-    assert!(queue_ms < 400, "it waited for about one job, not the burst: {queue_ms} ms");
+    assert!(
+        queue_ms < 400,
+        "it waited for about one job, not the burst: {queue_ms} ms"
+    );
     let mut last = Duration::ZERO;
     for h in burst {
         let (ended, status, _) = h.await.unwrap();
@@ -579,9 +586,13 @@ async fn engines_that_schedule_by_priority_get_vllms_priority_from_the_tier() {
     })
     .await;
     for (i, tier) in Tier::ALL.into_iter().enumerate() {
-        let r = p.chat_with_id(&format!("heavy-{tier}"), &tiered("heavy", tier)).await;
+        let r = p
+            .chat_with_id(&format!("heavy-{tier}"), &tiered("heavy", tier))
+            .await;
         assert_eq!(r.status(), 200);
-        let r = p.chat_with_id(&format!("light-{tier}"), &tiered("light", tier)).await;
+        let r = p
+            .chat_with_id(&format!("light-{tier}"), &tiered("light", tier))
+            .await;
         assert_eq!(r.status(), 200, "an fcfs engine gets no priority field");
         let mut seen = None;
         for replica in ["heavy-0", "heavy-1"] {
@@ -599,4 +610,27 @@ async fn engines_that_schedule_by_priority_get_vllms_priority_from_the_tier() {
     b["priority"] = json!(-5);
     let r = p.chat(&b).await;
     assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn a_worker_whose_free_slots_were_all_reserved_takes_work_as_soon_as_one_more_frees() {
+    // Ten slots, one reserved; twenty clients of short default-tier jobs keep the worker at the
+    // reserve's edge. A slot coming free while it waits for priority work must wake it at once.
+    let p = one_heavy_replica(slow_stub(5, 1, 2), 10, |_| {}).await;
+    let t0 = Instant::now();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        let round: Vec<_> = (0..20)
+            .map(|_| send(&p, None, chat_body("heavy"), t0))
+            .collect();
+        let started = t0.elapsed();
+        for h in round {
+            let (ended, status, body) = h.await.unwrap();
+            assert_eq!(status, 200, "{body}");
+            slowest = slowest.max(ended - started);
+        }
+    }
+    eprintln!("slowest of 200 short jobs at the reserve's edge: {slowest:?}");
+    // Without the wake-up a worker sat out its 1 s wait with a free slot.
+    assert!(slowest < Duration::from_millis(800), "{slowest:?}");
 }
