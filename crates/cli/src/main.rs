@@ -89,7 +89,7 @@ enum Command {
     /// Run the whole platform locally: Redis, two stub engines per pool, workers, gateway.
     Up(up::UpArgs),
     /// Load-test an OpenAI-compatible endpoint (gateway, stub or vLLM).
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
     /// Show pools (backlog, pending, oldest job) and workers (engine, slots, GPU) from Redis.
     Status(status::StatusArgs),
     /// Validate a config file for a role; names the bad field.
@@ -306,7 +306,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Up(args) => up::run(args).await,
         Command::Status(args) => status::run(args).await,
-        Command::Bench(args) => bench::run(args).await,
+        Command::Bench(args) => bench::run(*args).await,
         Command::CheckConfig { file, role } => check_config(&file, role),
     }
 }
