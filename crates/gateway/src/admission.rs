@@ -215,39 +215,24 @@ pub async fn admit(
                 span,
             });
         }
-        Ok(Enqueued::Full { backlog }) => ApiError::new(
-            ErrorCode::QueueFull,
-            format!(
-                "pool `{}` has {backlog} requests waiting; retry later",
-                pool.name
-            ),
-        )
-        .retry_after(state.config.gateway.retry_after),
-        Ok(Enqueued::FullBytes { bytes }) => ApiError::new(
-            ErrorCode::QueueFull,
-            format!(
-                "pool `{}` has {} MiB of requests waiting; retry later",
-                pool.name,
-                bytes >> 20
-            ),
-        )
-        .retry_after(state.config.gateway.retry_after),
-        Ok(Enqueued::FullTier { waiting }) => ApiError::new(
-            ErrorCode::QueueFull,
-            format!(
-                "pool `{}` has {waiting} {tier} requests waiting; retry later",
-                pool.name
-            ),
-        )
-        .retry_after(state.config.gateway.retry_after),
-        Ok(Enqueued::FullTenant { waiting }) => ApiError::new(
-            ErrorCode::QueueFull,
-            format!(
-                "tenant `{tenant}` has {waiting} requests waiting in pool `{}` (its max_queued); retry later",
-                pool.name
-            ),
-        )
-        .retry_after(state.config.gateway.retry_after),
+        Ok(full) => {
+            let p = &pool.name;
+            let what = match full {
+                Enqueued::Full { backlog } => format!("pool `{p}` has {backlog} requests waiting"),
+                Enqueued::FullBytes { bytes } => {
+                    format!("pool `{p}` has {} MiB of requests waiting", bytes >> 20)
+                }
+                Enqueued::FullTier { waiting } => {
+                    format!("pool `{p}` has {waiting} {tier} requests waiting")
+                }
+                Enqueued::FullTenant { waiting } => format!(
+                    "tenant `{tenant}` has {waiting} requests waiting in pool `{p}` (its max_queued)"
+                ),
+                Enqueued::Accepted(_) => unreachable!("matched above"),
+            };
+            ApiError::new(ErrorCode::QueueFull, format!("{what}; retry later"))
+                .retry_after(state.config.gateway.retry_after)
+        }
         Err(QueueError::OutOfMemory(e)) => {
             tracing::warn!(parent: &span, error = %e, "redis is at maxmemory; refusing");
             ApiError::new(

@@ -104,6 +104,28 @@ impl TestPlatform {
         p
     }
 
+    /// One more gateway on the same Redis and workers ([`Platform::add_gateway`]), ready;
+    /// returns it and its URL.
+    pub async fn add_gateway(&self, name: &str) -> (ssw_up::process::Child, String) {
+        let (child, url) = self
+            .platform
+            .add_gateway(name)
+            .unwrap_or_else(|e| panic!("starting gateway {name}: {e}"));
+        Self::eventually(
+            Duration::from_secs(10),
+            &format!("gateway {name} ready"),
+            || async {
+                self.http
+                    .get(format!("{url}/readyz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            },
+        )
+        .await;
+        (child, url)
+    }
+
     /// `gateway_url + path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.platform.gateway_url)

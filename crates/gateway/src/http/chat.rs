@@ -120,13 +120,13 @@ fn worker_response(ticket: &mut Ticket, event: ReplyEvent, tier: Tier) -> Respon
     if !worker.is_empty() {
         set_header(&mut resp, &X_SSW_WORKER, &worker);
     }
-    set_queue_ms(&mut resp, ticket);
+    set_queue_ms(&mut resp, ticket.queued());
     resp
 }
 
-/// `x-ssw-queue-ms`: how long the request waited for a worker.
-fn set_queue_ms(resp: &mut Response, ticket: &Ticket) {
-    if let Some(q) = ticket.queued() {
+/// `x-ssw-queue-ms`: how long the request waited for a worker (once a worker claimed it).
+fn set_queue_ms(resp: &mut Response, queued: Option<std::time::Duration>) {
+    if let Some(q) = queued {
         set_header(resp, &X_SSW_QUEUE_MS, &q.as_millis().to_string());
     }
 }
@@ -209,8 +209,6 @@ async fn stream_response(mut ticket: Ticket, tier: Tier) -> Response {
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     set_header(&mut resp, &X_SSW_WORKER, &worker);
-    if let Some(q) = queued {
-        set_header(&mut resp, &X_SSW_QUEUE_MS, &q.as_millis().to_string());
-    }
+    set_queue_ms(&mut resp, queued);
     resp
 }
