@@ -116,13 +116,33 @@ fn thousandths(share: f64) -> u64 {
     (share.clamp(0.0, 1.0) * 1000.0).round() as u64
 }
 
+/// One reclaim scan's bounds (RECLAIM).
+#[derive(Debug, Clone, Copy)]
+pub struct ReclaimScan<'a> {
+    /// Scan pending entries after this id (`-`: from the start).
+    pub cursor: &'a str,
+    /// Most pending entries to look at.
+    pub budget: usize,
+    /// Most entries to take.
+    pub want: usize,
+    /// Now, ms: workers whose heartbeat expired before are dead.
+    pub now_ms: u64,
+    /// An entry pending under this worker for this long, yet not in `held`, is stranded (the
+    /// reply of the PULL that handed it out, or of its claim, was lost): taken back.
+    pub stranded_after: Duration,
+    /// The entries this worker holds (its running jobs).
+    pub held: &'a [String],
+}
+
 /// Where a reclaim scan stopped, and what it took over.
 #[derive(Debug)]
 pub struct Reclaimed {
     /// Pass to the next scan (`-` once the scan reached the end of the pending list).
     pub cursor: String,
-    /// Jobs taken over from workers whose heartbeat expired.
+    /// Jobs taken over from workers whose heartbeat expired, and this worker's stranded ones.
     pub jobs: Vec<Pulled>,
+    /// How many of `jobs` were stranded under this worker.
+    pub stranded: usize,
 }
 
 impl Redis {
@@ -248,26 +268,28 @@ impl Redis {
         self.pipe(&pipe).await
     }
 
-    /// Takes over up to `want` jobs handed to workers whose heartbeat has expired at `now_ms`,
-    /// looking at up to `budget` pending entries after `cursor` (RECLAIM).
+    /// Takes over up to `scan.want` jobs handed to workers whose heartbeat has expired, and
+    /// this worker's stranded ones, looking at up to `scan.budget` pending entries after
+    /// `scan.cursor` (RECLAIM).
     pub async fn reclaim(
         &self,
         pool: &str,
         consumer: &str,
-        cursor: &str,
-        budget: usize,
-        want: usize,
-        now_ms: u64,
+        scan: ReclaimScan<'_>,
     ) -> Result<Reclaimed, QueueError> {
         let mut inv = RECLAIM.prepare_invoke();
         inv.key(self.keys().jobs(pool))
             .key(self.keys().workers(pool))
             .arg(GROUP)
             .arg(consumer)
-            .arg(now_ms)
-            .arg(cursor)
-            .arg(budget)
-            .arg(want);
+            .arg(scan.now_ms)
+            .arg(scan.cursor)
+            .arg(scan.budget)
+            .arg(scan.want)
+            .arg(scan.stranded_after.as_millis() as u64);
+        for id in scan.held {
+            inv.arg(id);
+        }
         let v: Value = self.script(&inv).await?;
         let mut parts = resp::array(v)?.into_iter();
         let cursor = parts
@@ -279,9 +301,11 @@ impl Redis {
             .map(resp::entries)
             .transpose()?
             .unwrap_or_default();
+        let stranded = parts.next().as_ref().and_then(resp::int).unwrap_or(0) as usize;
         Ok(Reclaimed {
             cursor,
             jobs: pulled(jobs),
+            stranded,
         })
     }
 

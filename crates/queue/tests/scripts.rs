@@ -12,7 +12,7 @@ use ssw_protocol::job::Job;
 use ssw_protocol::keys::{GROUP, JobState, Keys};
 use ssw_protocol::reply::{Reply, ReplyEvent};
 use ssw_protocol::tier::Tier;
-use ssw_queue::consumer::{Claim, Commit, PullPolicy, Pulled, Requeue, Watch};
+use ssw_queue::consumer::{Claim, Commit, PullPolicy, Pulled, ReclaimScan, Requeue, Watch};
 use ssw_queue::producer::{Enqueued, Expiry, Lane, QueueLimits};
 use ssw_queue::{QueueError, Redis, now_ms};
 use ssw_up::redis::RedisServer;
@@ -598,6 +598,64 @@ async fn beat(r: &Rig, worker: &str, age: Duration) {
         .unwrap();
 }
 
+/// A reclaim scan of `budget` entries after `cursor` taking up to 10, holding `held`; nothing of
+/// the worker's own counts as stranded before an hour.
+fn scan<'a>(cursor: &'a str, budget: usize, held: &'a [String]) -> ReclaimScan<'a> {
+    ReclaimScan {
+        cursor,
+        budget,
+        want: 10,
+        now_ms: now_ms(),
+        stranded_after: Duration::from_secs(3600),
+        held,
+    }
+}
+
+#[tokio::test]
+async fn reclaim_takes_back_its_own_entries_it_does_not_hold_once_they_are_stranded() {
+    let mut r = rig().await;
+    beat(&r, "me", Duration::ZERO).await;
+    beat(&r, "live", Duration::ZERO).await;
+    // `held`: a job the worker runs; `lost`: handed out by a PULL whose reply never came back.
+    let held = r.handed(&job("held", 1), "me").await;
+    let lost = r.handed(&job("lost", 1), "me").await;
+    r.handed(&job("other", 1), "live").await;
+    let in_hand = [held.clone()];
+    let now = scan("-", 100, &in_hand);
+    let young = r.redis.reclaim(POOL, "me", now).await.unwrap();
+    assert!(young.jobs.is_empty(), "not stranded before its time");
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let got = r
+        .redis
+        .reclaim(
+            POOL,
+            "me",
+            ReclaimScan {
+                stranded_after: Duration::from_millis(50),
+                ..now
+            },
+        )
+        .await
+        .unwrap();
+    let taken: Vec<_> = got.jobs.into_iter().map(|p| p.entry_id).collect();
+    assert_eq!(taken, vec![lost.clone()], "only the entry it does not hold");
+    assert_eq!(got.stranded, 1);
+    // Taken back by XCLAIM: its idle time starts again, so the next scan leaves it alone.
+    let again = r
+        .redis
+        .reclaim(
+            POOL,
+            "me",
+            ReclaimScan {
+                stranded_after: Duration::from_millis(50),
+                ..scan("-", 100, &in_hand)
+            },
+        )
+        .await
+        .unwrap();
+    assert!(again.jobs.is_empty(), "{:?}", again.jobs);
+}
+
 #[tokio::test]
 async fn reclaim_takes_only_dead_workers_jobs_and_resumes_past_a_long_pending_list() {
     let mut r = rig().await;
@@ -621,7 +679,7 @@ async fn reclaim_takes_only_dead_workers_jobs_and_resumes_past_a_long_pending_li
     for _ in 0..10 {
         let got = r
             .redis
-            .reclaim(POOL, "me", &cursor, 10, 10, now_ms())
+            .reclaim(POOL, "me", scan(&cursor, 10, &[]))
             .await
             .unwrap();
         taken.extend(got.jobs.into_iter().map(|p| p.entry_id));
@@ -633,7 +691,7 @@ async fn reclaim_takes_only_dead_workers_jobs_and_resumes_past_a_long_pending_li
     assert_eq!(taken, dead, "exactly the dead worker's jobs");
     let again = r
         .redis
-        .reclaim(POOL, "me", "-", 100, 10, now_ms())
+        .reclaim(POOL, "me", scan("-", 100, &[]))
         .await
         .unwrap();
     assert!(again.jobs.is_empty());
@@ -642,7 +700,7 @@ async fn reclaim_takes_only_dead_workers_jobs_and_resumes_past_a_long_pending_li
     let ghost = r.handed(&job("g", 1), "ghost").await;
     let got = r
         .redis
-        .reclaim(POOL, "me", "-", 100, 10, now_ms())
+        .reclaim(POOL, "me", scan("-", 100, &[]))
         .await
         .unwrap();
     assert_eq!(
@@ -869,7 +927,7 @@ async fn pulled_jobs_are_this_workers_pending_entries_and_counts_follow() {
     // A dead worker's pulled jobs are reclaimable like any pending entry.
     let taken = r
         .redis
-        .reclaim(POOL, "w2", "-", 100, 10, now_ms())
+        .reclaim(POOL, "w2", scan("-", 100, &[]))
         .await
         .unwrap();
     assert_eq!(

@@ -236,17 +236,24 @@ impl TestPlatform {
 
     /// Waits until no job is waiting or running in any pool (nothing left behind in Redis).
     pub async fn assert_no_jobs_left(&self, timeout: Duration) {
-        Self::eventually(timeout, "no job left in any pool", || async {
+        let last = std::cell::RefCell::new(String::new());
+        let found = Self::poll_until(timeout, || async {
             let Ok(r) = self.http.get(self.url("/readyz")).send().await else {
                 return false;
             };
-            let v: Value =
-                serde_json::from_str(&r.text().await.unwrap_or_default()).unwrap_or_default();
+            let body = r.text().await.unwrap_or_default();
+            let v: Value = serde_json::from_str(&body).unwrap_or_default();
+            *last.borrow_mut() = body;
             v["pools"]
                 .as_array()
                 .is_some_and(|pools| pools.iter().all(|p| p["backlog"] == 0 && p["pending"] == 0))
         })
         .await;
+        assert!(
+            found,
+            "timed out after {timeout:?} waiting for no job left in any pool; /readyz said {}",
+            last.into_inner()
+        );
     }
 
     /// Waits until the gateway answers `/healthz`.
@@ -262,7 +269,18 @@ impl TestPlatform {
     }
 
     /// Waits until `cond` holds, polling every 50 ms, or panics with `what` after `timeout`.
-    pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+    pub async fn eventually<F, Fut>(timeout: Duration, what: &str, cond: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        if !Self::poll_until(timeout, cond).await {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+    }
+
+    /// Polls `cond` every 50 ms until it holds (true) or `timeout` passes (false).
+    pub async fn poll_until<F, Fut>(timeout: Duration, mut cond: F) -> bool
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = bool>,
@@ -270,11 +288,11 @@ impl TestPlatform {
         let deadline = tokio::time::Instant::now() + timeout;
         while tokio::time::Instant::now() < deadline {
             if cond().await {
-                return;
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("timed out after {timeout:?} waiting for: {what}");
+        false
     }
 }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 use ssw_config::{Config, WorkerConfig};
 use ssw_protocol::heartbeat::WorkerStatus;
 use ssw_protocol::tier::Tier;
-use ssw_queue::consumer::{PullPolicy, Pulled};
+use ssw_queue::consumer::{PullPolicy, Pulled, ReclaimScan};
 use ssw_queue::{QueueError, Redis};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -321,6 +321,13 @@ async fn backoff_sleep(backoff: &mut Duration, shutdown: &CancellationToken) {
 /// Pending entries one reclaim scan looks at; the next scan resumes after them.
 const RECLAIM_SCAN: usize = 200;
 
+/// How long an entry stays pending under this worker, not in its hands, before a reclaim scan
+/// takes it back: past any reply this worker still waits for (a PULL, a claim: each given up
+/// after `op_timeout`), with room for a Redis that resumes with a backlog of commands.
+fn stranded_after(op_timeout: Duration) -> Duration {
+    op_timeout * 3
+}
+
 async fn pull_loop(ctx: &Arc<Ctx>, jobs: &TaskTracker, shutdown: &CancellationToken) {
     let mut backoff = Duration::from_millis(50);
     let mut conn = None;
@@ -355,21 +362,31 @@ async fn pull_loop(ctx: &Arc<Ctx>, jobs: &TaskTracker, shutdown: &CancellationTo
         let free = ctx.free_slots() as usize;
         let pulled = if last_reclaim.elapsed() >= reclaim_every {
             last_reclaim = tokio::time::Instant::now();
+            // Taken after the pull above was handled: every entry a PULL or claim reply
+            // handed this worker is in `running` by now, until its job reported its end.
+            let held: Vec<String> = ctx.running().keys().cloned().collect();
+            let scan = ReclaimScan {
+                cursor: &cursor,
+                budget: RECLAIM_SCAN,
+                want: free,
+                now_ms: ssw_queue::now_ms(),
+                stranded_after: stranded_after(ctx.redis.op_timeout()),
+                held: &held,
+            };
             ctx.redis
-                .reclaim(
-                    &ctx.pool,
-                    &ctx.id,
-                    &cursor,
-                    RECLAIM_SCAN,
-                    free,
-                    ssw_queue::now_ms(),
-                )
+                .reclaim(&ctx.pool, &ctx.id, scan)
                 .await
                 .map(|r| {
                     cursor = r.cursor;
-                    if !r.jobs.is_empty() {
+                    if r.stranded > 0 {
+                        tracing::warn!(
+                            count = r.stranded,
+                            "took back jobs left pending under this worker by a lost pull or claim reply"
+                        );
+                    }
+                    if r.jobs.len() > r.stranded {
                         tracing::info!(
-                            count = r.jobs.len(),
+                            count = r.jobs.len() - r.stranded,
                             "took over jobs of a worker whose heartbeat expired"
                         );
                     }
@@ -587,8 +604,8 @@ async fn start_jobs(ctx: &Arc<Ctx>, jobs: &TaskTracker, batch: Vec<Pulled>, recl
                 })
                 .collect(),
             Err(e) => {
-                // Left pending: reclaimed by a live worker once this one's heartbeat stops,
-                // else picked up by the watcher below as lost.
+                // Left pending under this worker: its reclaim scan takes the entries back
+                // once they are stranded (not in `running` any more).
                 tracing::warn!(error = %e, "cannot claim pulled jobs");
                 vec![None; ids.len()]
             }

@@ -798,3 +798,51 @@ async fn two_gateways_sharing_one_id_never_cross_answers() {
         "{counts:?}"
     );
 }
+
+#[tokio::test]
+async fn a_job_stranded_under_a_live_worker_by_a_lost_pull_reply_still_runs() {
+    // A PULL that Redis ran but whose reply the worker gave up on (a frozen Redis, a timeout)
+    // leaves its jobs pending under a worker that is alive: no dead-worker reclaim takes them.
+    // Simulated exactly: with heavy-0's four slots busy, the test runs that PULL as heavy-0.
+    let p = two_slow_heavy_replicas(stub(10, 200, 10), |s| {
+        s.replicas.retain(|r| r.id != "heavy-1");
+        // All four slots for default work, so none is free to pull the fifth job.
+        s.config.pools.get_mut("heavy").unwrap().priority_reserve = 0.0;
+    })
+    .await;
+    let busy = load(&p, "busy", 4, "heavy");
+    TestPlatform::eventually(Duration::from_secs(5), "heavy-0 full", || async {
+        p.stub_metric("heavy-0", "vllm:num_requests_running").await >= 4.0
+    })
+    .await;
+    let stranded = load(&p, "stranded", 1, "heavy");
+    let cfg = ssw_config::RedisConfig {
+        url: p.platform.redis_url.clone(),
+        ..Default::default()
+    };
+    let redis = ssw_queue::Redis::new(&cfg, None).unwrap();
+    let any = ssw_queue::consumer::PullPolicy {
+        most: 1,
+        below_priority: 1,
+        default_share: 0.0,
+        flex_share: 0.0,
+    };
+    TestPlatform::eventually(Duration::from_secs(5), "the job enqueued", || async {
+        !redis
+            .pull("heavy", "heavy-0", any)
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    let sent = std::time::Instant::now();
+    let counts = tally(busy).await;
+    assert_eq!(counts, BTreeMap::from([("ok".to_owned(), 4)]));
+    let counts = tally(stranded).await;
+    eprintln!(
+        "stranded job answered {:?} after the lost pull",
+        sent.elapsed()
+    );
+    assert_eq!(counts, BTreeMap::from([("ok".to_owned(), 1)]));
+    p.assert_no_jobs_left(Duration::from_secs(5)).await;
+}
