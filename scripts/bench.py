@@ -463,7 +463,12 @@ def admission():
             r = bench(gurl, *plain, *extra)
             ms = sum(cpu(p) - before[p] for p in pids) * 1000 / r["requests"]
             out.setdefault(name, []).append(ms)
-            log(f"   {name}: {ms:.3f} ms platform CPU per request")
+            by_role = {}
+            for p in pids:
+                by_role[role(p)] = by_role.get(role(p), 0) + (cpu(p) - before[p]) * 1000 / r["requests"]
+            out.setdefault("by_role", {}).setdefault(name, []).append(by_role)
+            log(f"   {name}: {ms:.3f} ms platform CPU per request "
+                f"({', '.join(f'{k} {v:.3f}' for k, v in sorted(by_role.items()))})")
     stop(u)
     stop(s)
     return out

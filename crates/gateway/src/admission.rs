@@ -116,38 +116,37 @@ pub async fn admit(
     if tenant_cfg.is_limited() {
         let limits = crate::limits::of(tenant_cfg);
         let (estimate, prompt_estimate) = crate::limits::estimate(body.len(), req.max_tokens);
-        let now = ssw_queue::now_ms();
-        let lease = crate::limits::lease_until(state, now);
-        let decision = state
-            .redis
-            .rate_limit(tenant, limits, estimate, &job_id, lease, now)
-            .await
-            .map_err(|e| {
+        let allowance = state.allowances.of(tenant, limits);
+        let need = crate::limits::Local::need(limits, estimate);
+        match crate::limits::charge(state, &allowance, need).await {
+            Ok(decision) => rate = Some(RateHeaders { limits, decision }),
+            Err(Ok(decision)) => {
+                rate = Some(RateHeaders { limits, decision });
+                let limit = decision.refused.expect("a refusal names its limit");
+                crate::metrics::rate_limited(tenant, limit.as_str());
+                return Err(refused(
+                    crate::limits::refusal(tenant, limit, limits, decision.retry_after),
+                    false,
+                    rate,
+                ));
+            }
+            Err(Err(e)) => {
                 tracing::warn!(error = %e, %tenant, "cannot check the tenant's limits");
-                refused(
+                return Err(refused(
                     ApiError::new(
                         ErrorCode::QueueUnavailable,
                         "the queue is unavailable; retry later",
                     ),
                     false,
                     None,
-                )
-            })?;
-        rate = Some(RateHeaders { limits, decision });
-        if let Some(limit) = decision.refused {
-            crate::metrics::rate_limited(tenant, limit.as_str());
-            return Err(refused(
-                crate::limits::refusal(tenant, limit, limits, decision.retry_after),
-                false,
-                rate,
-            ));
+                ));
+            }
         }
         charged = Some(Charged {
-            tenant: tenant.into(),
-            tokens_per_minute: limits.tokens_per_minute,
+            allowance,
+            slots: need.slots,
             estimate,
             prompt_estimate,
-            lease: limits.max_concurrent > 0,
         });
     }
     let arrived = tokio::time::Instant::now();

@@ -63,7 +63,6 @@ pub async fn serve(
         state.config.gateway.reply_ttl,
         background.clone(),
     ));
-    let leases = tokio::spawn(limits::renew_leases(state.clone(), background.clone()));
     let settler = tokio::spawn(limits::settle(state.clone(), background.clone()));
     let watcher = tokio::spawn(replies::watch_workers(
         state.redis.clone(),
@@ -111,6 +110,6 @@ pub async fn serve(
         let _ = ops.await;
     }
     background.cancel();
-    let _ = tokio::join!(reader, keeper, watcher, sampler, leases, settler);
+    let _ = tokio::join!(reader, keeper, watcher, sampler, settler);
     result
 }

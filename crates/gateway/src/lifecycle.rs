@@ -59,19 +59,17 @@ struct Timing {
     queued: Option<Duration>,
 }
 
-/// What a limited tenant's request was charged at admission (RATE_LIMIT); settled with what it
-/// used when it ends.
+/// What a limited tenant's request was charged at admission; settled with what it used when
+/// it ends.
 pub struct Charged {
-    /// The tenant.
-    pub tenant: Arc<str>,
-    /// Its tokens per minute (0: none).
-    pub tokens_per_minute: u64,
+    /// The tenant's allowance at this gateway.
+    pub allowance: Arc<crate::limits::TenantAllowance>,
+    /// The concurrency slot it holds (0 or 1).
+    pub slots: u64,
     /// Tokens charged: the prompt's estimate plus `max_tokens` (or a default).
     pub estimate: u64,
     /// The prompt's part of it.
     pub prompt_estimate: u64,
-    /// Whether it holds a concurrency lease (renewed by the gateway while it runs).
-    pub lease: bool,
 }
 
 /// A request in flight.
@@ -146,12 +144,8 @@ impl Ticket {
         }
     }
 
-    /// Records what the tenant's limits charged for this request (and its lease, renewed by
-    /// the gateway until the request ends).
+    /// Records what the tenant's limits charged for this request (released when it ends).
     pub fn charged(&mut self, charged: Charged) {
-        if charged.lease {
-            self.state.lease(&charged.tenant, &self.job, true);
-        }
         self.charged = Some(charged);
     }
 
@@ -496,21 +490,7 @@ impl Drop for Ticket {
         self.state.replies.unregister(&self.job);
         if let Some(c) = self.charged.take() {
             let delta = self.usage_delta(&c);
-            if c.lease {
-                self.state.lease(&c.tenant, &self.job, false);
-            }
-            let mut pending = self
-                .state
-                .settlements
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let entry = pending
-                .entry(c.tenant.clone())
-                .or_insert_with(|| (c.tokens_per_minute, 0, Vec::new()));
-            entry.1 += delta;
-            if c.lease {
-                entry.2.push(self.job.clone());
-            }
+            c.allowance.release(c.slots, -delta);
         }
         crate::metrics::inflight(&self.pool, -1.0);
         if !self.recorded {

@@ -1,14 +1,23 @@
 //! Tenants' rate limits at the gateway: what a request is charged, how a refusal reads, the
-//! `x-ratelimit-*` headers of every answer to a limited tenant, and the renewal of concurrency
-//! leases. The counting itself is Redis's (RATE_LIMIT, USAGE), so limits hold over every
-//! gateway.
+//! `x-ratelimit-*` headers of every answer to a limited tenant, and the tenant's allowance here.
+//!
+//! The counting is Redis's (ALLOWANCE), so limits hold over every gateway. A request the
+//! gateway's allowance for its tenant does not cover asks Redis for what it needs and, when the
+//! tenant is busy, for an allowance sized to its demand of the last tick ([`TICK`]), at most
+//! [`PREFETCH_SHARE`] of each limit; the next requests then take from it without a call. Every
+//! tick the gateway gives back what it did not use, settles the tokens ended requests really
+//! used, reports its slots in use (renewing their lease) and takes the next allowance, in one
+//! call per tenant. A quiet tenant (demand under one request per tick) asks Redis for every
+//! request, as exactly as before; a busy one costs one call per tick, not one per request.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use ssw_config::TenantConfig;
 use ssw_protocol::error::ErrorCode;
-use ssw_queue::limits::{Limit, RateDecision, TenantLimits};
+use ssw_queue::limits::{AllowanceCall, Amounts, Limit, RateDecision, TenantLimits};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
@@ -106,58 +115,395 @@ pub fn refusal(tenant: &str, limit: Limit, limits: TenantLimits, retry: Duration
     .retry_after(retry.max(Duration::from_millis(1)))
 }
 
-/// Renews the concurrency leases of limited tenants' requests in flight here, every third of
-/// `gateway.reply_ttl` (a lease runs for one TTL: a gateway that dies frees its leases within
-/// it).
-pub async fn renew_leases(state: AppState, shutdown: CancellationToken) {
-    let ttl = state.config.gateway.reply_ttl;
-    let mut tick = tokio::time::interval(ttl / 3);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let now = ssw_queue::now_ms();
-        let until = now + ttl.as_millis() as u64;
-        for (tenant, jobs) in state.held_leases() {
-            let jobs: Vec<&str> = jobs.iter().map(String::as_str).collect();
-            if let Err(e) = state.redis.renew_leases(&tenant, &jobs, until, now).await {
-                tracing::warn!(error = %e, %tenant, "cannot renew concurrency leases");
+/// How often each tenant's allowance here is settled with Redis: what was not used goes back,
+/// ended requests' real usage is settled, slots in use are reported (and their lease renewed),
+/// and the next allowance is taken. A spare slot or unused allowance is held at most this long.
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// The most a gateway holds ahead for a tenant, as a share of each limit: with several
+/// gateways, at most this much of a limit per gateway sits unused for up to a [`TICK`]. A limit
+/// under 20 (per minute, or concurrent) is never held ahead: every request asks Redis.
+pub const PREFETCH_SHARE: u64 = 20; // 1/20 = 5 %
+
+/// A limited tenant's allowance at this gateway: what it holds from Redis and has not used,
+/// its requests in flight, and the usage to settle. The state machine, without I/O.
+#[derive(Debug, Default)]
+pub struct Local {
+    /// Granted, not used yet (slots: spare ones, free to take).
+    held: Amounts,
+    /// Slots taken by requests in flight here.
+    in_use: u64,
+    /// Tokens to give back at the next call: estimates charged minus real usage, over requests
+    /// that ended.
+    settled: i64,
+    /// Needs seen this tick, and in the last one (what the next allowance is sized to).
+    demand: Amounts,
+    last_demand: Amounts,
+    /// Slots in use as Redis last heard it, and when it last heard from this gateway (ms).
+    reported: u64,
+    last_call_ms: u64,
+    /// Redis's answer to the last call: the bucket levels the headers report.
+    seen: Option<RateDecision>,
+    /// Redis's last refusal, while it stands.
+    refused: Option<Refused>,
+}
+
+/// A refusal from Redis, repeated here without asking again until `until_ms`.
+#[derive(Clone, Copy, Debug)]
+struct Refused {
+    decision: RateDecision,
+    /// The refused request's tokens.
+    tokens: u64,
+    /// When the refused limit allows the request again (what `Retry-After` says).
+    retry_at_ms: u64,
+    /// Until when it stands here: the retry time, at most a [`TICK`] after the call.
+    until_ms: u64,
+}
+
+/// What the allowance held here says about a request.
+#[derive(Clone, Copy, Debug)]
+pub enum Taken {
+    /// Taken from the allowance: admitted, with the headers' view.
+    Covered(RateDecision),
+    /// Refused, as Redis just refused a request like it.
+    Refused(RateDecision),
+    /// Redis must be asked.
+    Ask,
+}
+
+/// Whether a limit lets `held` cover `need` (no limit: always).
+fn covers(limit: u64, held: u64, need: u64) -> bool {
+    limit == 0 || held >= need
+}
+
+impl Local {
+    /// Takes `need` from what is held, if that covers it (counting it as demand either way);
+    /// refuses it here while Redis's last refusal stands (at most a [`TICK`]: what other
+    /// gateways give back counts within one); else Redis must be asked.
+    pub fn take(&mut self, limits: TenantLimits, need: Amounts, now_ms: u64) -> Taken {
+        self.demand.requests += need.requests;
+        self.demand.tokens += need.tokens;
+        self.demand.slots += need.slots;
+        let covered = covers(
+            limits.requests_per_minute,
+            self.held.requests,
+            need.requests,
+        ) && covers(limits.tokens_per_minute, self.held.tokens, need.tokens)
+            && covers(limits.max_concurrent, self.held.slots, need.slots);
+        // Nothing heard from Redis yet: it decides (and reports the levels).
+        if covered && self.seen.is_some() {
+            self.held.requests -= need.requests.min(self.held.requests);
+            self.held.tokens -= need.tokens.min(self.held.tokens);
+            self.held.slots -= need.slots.min(self.held.slots);
+            self.in_use += need.slots;
+            if let Some(view) = self.view() {
+                return Taken::Covered(view);
             }
         }
+        match self.refused {
+            // A token refusal stands for requests at least as large only.
+            Some(r)
+                if now_ms < r.until_ms
+                    && (r.decision.refused != Some(Limit::Tokens) || need.tokens >= r.tokens) =>
+            {
+                let view = self.view().unwrap_or(r.decision);
+                Taken::Refused(RateDecision {
+                    refused: r.decision.refused,
+                    retry_after: Duration::from_millis(r.retry_at_ms.saturating_sub(now_ms).max(1)),
+                    ..view
+                })
+            }
+            _ => Taken::Ask,
+        }
+    }
+
+    /// What a request needs of `limits`: one request, its estimate, one slot (0 for a limit
+    /// the tenant does not have).
+    pub fn need(limits: TenantLimits, estimate: u64) -> Amounts {
+        Amounts {
+            requests: u64::from(limits.requests_per_minute > 0),
+            tokens: if limits.tokens_per_minute > 0 {
+                estimate
+            } else {
+                0
+            },
+            slots: u64::from(limits.max_concurrent > 0),
+        }
+    }
+
+    /// The allowance to ask for ahead, for an expected `demand`: at most [`PREFETCH_SHARE`]
+    /// of each limit.
+    fn ahead(limits: TenantLimits, demand: Amounts) -> Amounts {
+        let cap = |d: u64, limit: u64| d.min(limit / PREFETCH_SHARE);
+        Amounts {
+            requests: cap(demand.requests, limits.requests_per_minute),
+            tokens: cap(demand.tokens, limits.tokens_per_minute),
+            slots: cap(demand.slots, limits.max_concurrent),
+        }
+    }
+
+    /// The demand expected by a request that missed: the last tick's, or this tick's so far
+    /// if higher (`need`, already counted in it, not counted again).
+    fn expected(&self, need: Amounts) -> Amounts {
+        let (now, last) = (self.demand, self.last_demand);
+        let d = |now: u64, need: u64, last: u64| now.saturating_sub(need).max(last);
+        Amounts {
+            requests: d(now.requests, need.requests, last.requests),
+            tokens: d(now.tokens, need.tokens, last.tokens),
+            slots: d(now.slots, need.slots, last.slots),
+        }
+    }
+
+    /// The call for a request `take` did not cover: its need, the allowance beyond it, the
+    /// usage settled so far; what is held stays held (and its slots stay counted).
+    pub fn call_for_need(
+        &mut self,
+        limits: TenantLimits,
+        need: Amounts,
+        lease_until_ms: u64,
+        now_ms: u64,
+    ) -> AllowanceCall {
+        AllowanceCall {
+            requests_back: 0,
+            tokens_back: std::mem::take(&mut self.settled),
+            slots_in_use: self.in_use + self.held.slots,
+            need,
+            more: Self::ahead(limits, self.expected(need)),
+            lease_until_ms,
+            now_ms,
+        }
+    }
+
+    /// The tick's call, if one is due: gives back everything held, settles, reports the slots
+    /// in use and asks for the next tick's allowance. `renew_every`: how often a lease on slots
+    /// in use must be renewed although nothing else changed.
+    pub fn call_for_tick(
+        &mut self,
+        limits: TenantLimits,
+        lease_until_ms: u64,
+        now_ms: u64,
+        renew_every: Duration,
+    ) -> Option<AllowanceCall> {
+        let more = Self::ahead(limits, self.demand);
+        let renew = self.in_use > 0
+            && now_ms.saturating_sub(self.last_call_ms) >= renew_every.as_millis() as u64;
+        let idle = self.held == Amounts::default()
+            && self.settled == 0
+            && self.in_use == self.reported
+            && more == Amounts::default();
+        self.last_demand = std::mem::take(&mut self.demand);
+        if idle && !renew {
+            return None;
+        }
+        let held = std::mem::take(&mut self.held);
+        Some(AllowanceCall {
+            requests_back: held.requests,
+            tokens_back: held.tokens as i64 + std::mem::take(&mut self.settled),
+            slots_in_use: self.in_use,
+            need: Amounts::default(),
+            more,
+            lease_until_ms,
+            now_ms,
+        })
+    }
+
+    /// Applies Redis's answer to `call` (made for `call.need`). Returns the headers' view.
+    pub fn apply(&mut self, call: &AllowanceCall, d: RateDecision) -> RateDecision {
+        self.refused = d.refused.map(|_| {
+            let retry = d.retry_after.as_millis() as u64;
+            Refused {
+                decision: d,
+                tokens: call.need.tokens,
+                retry_at_ms: call.now_ms + retry,
+                until_ms: call.now_ms + retry.min(TICK.as_millis() as u64),
+            }
+        });
+        if d.refused.is_none() {
+            let (g, n) = (d.granted, call.need);
+            self.held.requests += g.requests.saturating_sub(n.requests);
+            self.held.tokens += g.tokens.saturating_sub(n.tokens);
+            self.held.slots += g.slots.saturating_sub(n.slots);
+            self.in_use += n.slots;
+        }
+        self.reported = call.slots_in_use
+            + if d.refused.is_none() {
+                d.granted.slots
+            } else {
+                0
+            };
+        self.last_call_ms = call.now_ms;
+        self.seen = Some(d);
+        self.view().unwrap_or(d)
+    }
+
+    /// A request that held `slots` ended, having used `estimate - settle` tokens: its slot is
+    /// spare until the next tick, its usage is settled then.
+    pub fn release(&mut self, slots: u64, settle: i64) {
+        self.in_use -= slots.min(self.in_use);
+        self.held.slots += slots;
+        self.settled += settle;
+    }
+
+    /// The buckets as the tenant sees them from here: Redis's levels at the last call plus
+    /// what this gateway holds.
+    fn view(&self) -> Option<RateDecision> {
+        self.seen.map(|d| RateDecision {
+            requests_left: d.requests_left + self.held.requests,
+            tokens_left: d.tokens_left + self.held.tokens,
+            ..d
+        })
     }
 }
 
-/// How often the usage of ended requests is settled (one USAGE call per tenant, not per
-/// request): a lease outlives its request by at most this.
-pub const SETTLE_EVERY: Duration = Duration::from_millis(100);
+/// A limited tenant at this gateway.
+pub struct TenantAllowance {
+    /// The tenant.
+    pub name: Arc<str>,
+    /// Its limits.
+    pub limits: TenantLimits,
+    /// One ALLOWANCE call at a time: admissions that miss wait for the call in flight, and
+    /// usually find that it brought enough.
+    call: tokio::sync::Mutex<()>,
+    local: Mutex<Local>,
+}
 
-/// Settles the usage of limited tenants' requests that ended, every [`SETTLE_EVERY`], and once
-/// more at shutdown.
+impl TenantAllowance {
+    fn local(&self) -> MutexGuard<'_, Local> {
+        self.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A request of this tenant ended: frees its slot (if it took one) and settles its tokens.
+    pub fn release(&self, slots: u64, settle: i64) {
+        let settle = if self.limits.tokens_per_minute > 0 {
+            settle
+        } else {
+            0
+        };
+        self.local().release(slots, settle);
+    }
+}
+
+/// The allowances of the limited tenants that sent requests here.
+#[derive(Default)]
+pub struct Allowances(Mutex<HashMap<Arc<str>, Arc<TenantAllowance>>>);
+
+impl Allowances {
+    /// The tenant's allowance (created empty on its first request).
+    pub fn of(&self, name: &str, limits: TenantLimits) -> Arc<TenantAllowance> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = map.get(name) {
+            return t.clone();
+        }
+        let t = Arc::new(TenantAllowance {
+            name: name.into(),
+            limits,
+            call: tokio::sync::Mutex::new(()),
+            local: Mutex::new(Local::default()),
+        });
+        map.insert(name.into(), t.clone());
+        t
+    }
+
+    fn all(&self) -> Vec<Arc<TenantAllowance>> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().cloned().collect()
+    }
+}
+
+/// Charges one request of `tenant` needing `need`: from the allowance held here, else from
+/// Redis. `Ok`: the headers' view (the request then holds `need.slots`); `Err(Ok)`: refused,
+/// with Redis's levels; `Err(Err)`: Redis could not be asked.
+pub async fn charge(
+    state: &AppState,
+    tenant: &TenantAllowance,
+    need: Amounts,
+) -> Result<RateDecision, Result<RateDecision, ssw_queue::QueueError>> {
+    match tenant
+        .local()
+        .take(tenant.limits, need, ssw_queue::now_ms())
+    {
+        Taken::Covered(view) => return Ok(view),
+        Taken::Refused(view) => return Err(Ok(view)),
+        Taken::Ask => {}
+    }
+    let _turn = tenant.call.lock().await;
+    // The call this one waited for may have decided it (`take` counted the demand once; this
+    // second look is not new demand).
+    let now = ssw_queue::now_ms();
+    {
+        let mut local = tenant.local();
+        let before = local.demand;
+        let taken = local.take(tenant.limits, need, now);
+        local.demand = before;
+        match taken {
+            Taken::Covered(view) => return Ok(view),
+            Taken::Refused(view) => return Err(Ok(view)),
+            Taken::Ask => {}
+        }
+    }
+    let call = tenant
+        .local()
+        .call_for_need(tenant.limits, need, lease_until(state, now), now);
+    crate::metrics::limit_call(&tenant.name, "need");
+    match state
+        .redis
+        .allowance(&tenant.name, tenant.limits, &state.instance, &call)
+        .await
+    {
+        Ok(d) => {
+            let view = tenant.local().apply(&call, d);
+            match d.refused {
+                None => Ok(view),
+                Some(_) => Err(Ok(view)),
+            }
+        }
+        // What the call gave back or settled is not taken back (see `settle`).
+        Err(e) => Err(Err(e)),
+    }
+}
+
+/// Settles every tenant's allowance here each [`TICK`], and once more at shutdown (giving
+/// back all that is held; requests still in flight keep their slots until their lease ends).
 pub async fn settle(state: AppState, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(SETTLE_EVERY);
+    let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A lease runs one reply TTL; renewed three times within it.
+    let renew_every = state.config.gateway.reply_ttl / 3;
     loop {
         let last = tokio::select! {
             _ = shutdown.cancelled() => true,
             _ = tick.tick() => false,
         };
-        let batch: Vec<_> = state
-            .settlements
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .collect();
-        let now = ssw_queue::now_ms();
-        for (tenant, (tpm, delta, jobs)) in batch {
-            if let Err(e) = state
+        for tenant in state.allowances.all() {
+            let _turn = tenant.call.lock().await;
+            let now = ssw_queue::now_ms();
+            let Some(mut call) = tenant.local().call_for_tick(
+                tenant.limits,
+                lease_until(&state, now),
+                now,
+                renew_every,
+            ) else {
+                continue;
+            };
+            if last {
+                call.more = Amounts::default();
+            }
+            crate::metrics::limit_call(&tenant.name, "tick");
+            match state
                 .redis
-                .settle_usage(&tenant, tpm, delta, &jobs, now)
+                .allowance(&tenant.name, tenant.limits, &state.instance, &call)
                 .await
             {
-                // The leases run out by themselves; the token bucket keeps the estimates.
-                tracing::warn!(error = %e, %tenant, "cannot settle the tenant's usage");
+                Ok(d) => {
+                    tenant.local().apply(&call, d);
+                }
+                // Whether Redis ran it is unknown. What it gave back and settled is dropped
+                // here: reusing it could admit more than a limit if Redis did run it; if not,
+                // Redis keeps it charged until the buckets refill (and spare slots until the
+                // next call reports the slots in use): the safe side.
+                Err(e) => {
+                    tracing::warn!(error = %e, tenant = %tenant.name, "cannot settle the tenant's allowance");
+                }
             }
         }
         if last {
@@ -166,8 +512,8 @@ pub async fn settle(state: AppState, shutdown: CancellationToken) {
     }
 }
 
-/// The lease a new request takes: one reply TTL from now.
-pub fn lease_until(state: &AppState, now_ms: u64) -> u64 {
+/// The lease on this gateway's slots: one reply TTL from now.
+fn lease_until(state: &AppState, now_ms: u64) -> u64 {
     now_ms + state.config.gateway.reply_ttl.as_millis() as u64
 }
 
@@ -181,6 +527,173 @@ mod tests {
         assert_eq!(reset(Duration::from_millis(1200)), "2s");
         assert_eq!(reset(Duration::from_secs(360)), "6m0s");
         assert_eq!(reset(Duration::ZERO), "0ms");
+    }
+
+    const LIMITS: TenantLimits = TenantLimits {
+        requests_per_minute: 1000,
+        tokens_per_minute: 100_000,
+        max_concurrent: 100,
+    };
+
+    /// Redis's answer granting `granted`, with the buckets at `left` requests.
+    fn grant(granted: Amounts, left: u64) -> RateDecision {
+        RateDecision {
+            refused: None,
+            retry_after: Duration::ZERO,
+            granted,
+            requests_left: left,
+            requests_reset: Duration::from_secs(1),
+            tokens_left: 50_000,
+            tokens_reset: Duration::from_secs(1),
+        }
+    }
+
+    fn amounts(requests: u64, tokens: u64, slots: u64) -> Amounts {
+        Amounts {
+            requests,
+            tokens,
+            slots,
+        }
+    }
+
+    #[test]
+    fn a_quiet_tenant_asks_redis_for_every_request_and_holds_nothing_ahead() {
+        let mut l = Local::default();
+        let need = Local::need(LIMITS, 100);
+        assert_eq!(need, amounts(1, 100, 1));
+        assert!(
+            matches!(l.take(LIMITS, need, 0), Taken::Ask),
+            "nothing held: Redis decides"
+        );
+        let call = l.call_for_need(LIMITS, need, 5_000, 0);
+        assert_eq!(
+            call.more,
+            Amounts::default(),
+            "no demand seen besides this one"
+        );
+        let view = l.apply(&call, grant(need, 999));
+        assert_eq!(view.requests_left, 999);
+        assert!(matches!(l.take(LIMITS, need, 0), Taken::Ask));
+        // Its slot ends: spare until the tick, which gives it back with the settled tokens.
+        l.release(1, 60);
+        let tick = l
+            .call_for_tick(LIMITS, 5_000, 100, Duration::from_secs(5))
+            .expect("something to give back");
+        assert_eq!(
+            (tick.requests_back, tick.tokens_back, tick.slots_in_use),
+            (0, 60, 0)
+        );
+    }
+
+    #[test]
+    fn a_busy_tenant_takes_from_its_allowance_until_it_runs_out() {
+        let mut l = Local::default();
+        let need = Local::need(LIMITS, 100);
+        // Last tick saw 30 requests: the next miss asks for as many ahead.
+        l.last_demand = amounts(30, 3_000, 30);
+        assert!(matches!(l.take(LIMITS, need, 0), Taken::Ask));
+        let call = l.call_for_need(LIMITS, need, 5_000, 0);
+        assert_eq!(
+            call.more,
+            amounts(30, 3_000, 5),
+            "slots capped at 5 % of 100"
+        );
+        l.apply(&call, grant(amounts(31, 3_100, 6), 969));
+        let mut covered = 0;
+        while let Taken::Covered(view) = l.take(LIMITS, need, 0) {
+            covered += 1;
+            assert_eq!(
+                view.requests_left,
+                969 + 30 - covered,
+                "held counts as left"
+            );
+        }
+        assert_eq!(covered, 5, "the spare slots ran out first");
+        assert_eq!(l.in_use, 6);
+        // The tick gives back the 25 requests and 2 500 tokens not used, asks for the demand.
+        let tick = l
+            .call_for_tick(LIMITS, 5_000, 100, Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(
+            (tick.requests_back, tick.tokens_back, tick.slots_in_use),
+            (25, 2_500, 6)
+        );
+        assert_eq!(
+            tick.more,
+            amounts(7, 700, 5),
+            "this tick's demand, 7 requests"
+        );
+        assert_eq!(l.held, Amounts::default());
+    }
+
+    #[test]
+    fn small_limits_are_never_held_ahead() {
+        let small = TenantLimits {
+            requests_per_minute: 19,
+            tokens_per_minute: 0,
+            max_concurrent: 2,
+        };
+        let mut l = Local {
+            last_demand: amounts(100, 0, 100),
+            ..Local::default()
+        };
+        let need = Local::need(small, 100);
+        assert_eq!(need, amounts(1, 0, 1), "no token limit: no tokens needed");
+        l.take(small, need, 0);
+        assert_eq!(l.call_for_need(small, need, 0, 0).more, Amounts::default());
+    }
+
+    #[test]
+    fn a_refusal_stands_here_for_at_most_a_tick_and_only_for_requests_as_large() {
+        let mut l = Local::default();
+        let need = Local::need(LIMITS, 1_000);
+        l.take(LIMITS, need, 0);
+        let call = l.call_for_need(LIMITS, need, 5_000, 1_000);
+        let no = RateDecision {
+            refused: Some(Limit::Tokens),
+            retry_after: Duration::from_secs(3),
+            ..grant(Amounts::default(), 10)
+        };
+        l.apply(&call, no);
+        match l.take(LIMITS, need, 1_050) {
+            Taken::Refused(d) => {
+                assert_eq!(d.refused, Some(Limit::Tokens));
+                assert_eq!(d.retry_after, Duration::from_millis(2_950));
+            }
+            other => panic!("{other:?}"),
+        }
+        let smaller = Local::need(LIMITS, 10);
+        assert!(
+            matches!(l.take(LIMITS, smaller, 1_050), Taken::Ask),
+            "it may fit"
+        );
+        assert!(
+            matches!(l.take(LIMITS, need, 1_100), Taken::Ask),
+            "a tick later, Redis is asked again"
+        );
+    }
+
+    #[test]
+    fn an_idle_tick_calls_only_to_renew_the_lease_of_slots_in_use() {
+        let mut l = Local::default();
+        assert!(
+            l.call_for_tick(LIMITS, 0, 0, Duration::from_secs(5))
+                .is_none()
+        );
+        let need = Local::need(LIMITS, 100);
+        l.take(LIMITS, need, 0);
+        let call = l.call_for_need(LIMITS, need, 5_000, 1_000);
+        l.apply(&call, grant(need, 999));
+        l.demand = Amounts::default();
+        assert!(
+            l.call_for_tick(LIMITS, 0, 1_100, Duration::from_secs(5))
+                .is_none(),
+            "Redis knows the one slot in use"
+        );
+        let renew = l
+            .call_for_tick(LIMITS, 11_000, 6_000, Duration::from_secs(5))
+            .expect("the lease is renewed");
+        assert_eq!((renew.slots_in_use, renew.lease_until_ms), (1, 11_000));
     }
 
     #[test]

@@ -47,6 +47,12 @@ pub fn rate_limited(tenant: &str, limit: &'static str) {
         .increment(1);
 }
 
+/// Counts a call to Redis for a limited tenant's allowance (`reason`: need or tick).
+pub fn limit_call(tenant: &str, reason: &'static str) {
+    metrics::counter!(names::GATEWAY_LIMIT_CALLS, "tenant" => tenant.to_owned(), "reason" => reason)
+        .increment(1);
+}
+
 /// The `reason` label of a refusal, for codes that are refusals.
 fn rejection_reason(code: ErrorCode) -> Option<&'static str> {
     Some(match code {

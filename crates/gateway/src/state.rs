@@ -30,10 +30,6 @@ pub enum StartError {
     },
 }
 
-/// A tenant's usage to settle: its tokens per minute, the summed delta (used minus charged) and
-/// the jobs whose concurrency leases end.
-pub type Settlement = (u64, i64, Vec<String>);
-
 /// Everything a handler needs; cheap to clone.
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -58,14 +54,8 @@ pub struct Inner {
     pub api_keys: Option<ApiKeys>,
     /// The tenant `default`, shared by its requests.
     pub default_tenant: Arc<str>,
-    /// Concurrency leases of limited tenants' requests in flight here, renewed by the reply
-    /// stream's keeper.
-    pub leases:
-        std::sync::Mutex<std::collections::HashMap<Arc<str>, std::collections::HashSet<String>>>,
-    /// Usage of limited tenants' requests that ended, settled in Redis every
-    /// [`crate::limits::SETTLE_EVERY`]: per tenant, its tokens per minute, the summed delta and
-    /// the jobs whose leases end.
-    pub settlements: std::sync::Mutex<std::collections::HashMap<Arc<str>, Settlement>>,
+    /// Limited tenants' allowances at this gateway.
+    pub allowances: crate::limits::Allowances,
     /// `[tenants]`, plus `default` (unlimited, any tier) unless configured.
     pub tenants: std::collections::BTreeMap<String, ssw_config::TenantConfig>,
     /// Set on SIGTERM: readiness fails and new requests are refused.
@@ -156,8 +146,7 @@ impl AppState {
             replies,
             api_keys,
             default_tenant: DEFAULT_TENANT.into(),
-            leases: std::sync::Mutex::default(),
-            settlements: std::sync::Mutex::default(),
+            allowances: crate::limits::Allowances::default(),
             tenants,
             draining: AtomicBool::new(false),
             started_s,
@@ -181,31 +170,6 @@ impl AppState {
             .get(name)
             .or_else(|| self.tenants.get(DEFAULT_TENANT))
             .expect("the default tenant is always there")
-    }
-
-    /// Adds (`held`) or removes a request's concurrency lease from those this gateway renews.
-    pub fn lease(&self, tenant: &Arc<str>, job: &str, held: bool) {
-        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-        if held {
-            leases
-                .entry(tenant.clone())
-                .or_default()
-                .insert(job.to_owned());
-        } else if let Some(jobs) = leases.get_mut(tenant) {
-            jobs.remove(job);
-            if jobs.is_empty() {
-                leases.remove(tenant);
-            }
-        }
-    }
-
-    /// The leases to renew: per tenant, its jobs in flight here.
-    pub fn held_leases(&self) -> Vec<(Arc<str>, Vec<String>)> {
-        let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-        leases
-            .iter()
-            .map(|(t, jobs)| (t.clone(), jobs.iter().cloned().collect()))
-            .collect()
     }
 
     /// Whether SIGTERM has been received.

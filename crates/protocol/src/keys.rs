@@ -16,8 +16,8 @@
 //! | `P:{pool}:waiting` | hash | ENQUEUE, REQUEUE, PULL, CANCEL, EXPIRE | jobs waiting, per tier (`<tier>`) and per tenant (`tenant:<name>`) |
 //! | `P:{pool}:credits` | hash | PULL | each lower tier's earned share of picks (the minimum-share scheduler) |
 //! | `P:{pool}:wake:<any\|priority\|worker id>` | list | ENQUEUE, REQUEUE, a worker | wake-up tokens for idle workers |
-//! | `P:{t:<tenant>}:rpm`, `…:tpm` | hash | RATE_LIMIT, USAGE | a tenant's request and token buckets: `level`, read at `ms` |
-//! | `P:{t:<tenant>}:inflight` | sorted set | RATE_LIMIT, USAGE, RENEW_LEASES | a tenant's requests in flight: job id → lease expiry (ms) |
+//! | `P:{t:<tenant>}:rpm`, `…:tpm` | hash | ALLOWANCE | a tenant's request and token buckets: `level`, read at `ms` |
+//! | `P:{t:<tenant>}:slots`, `…:slot-leases` | hash, sorted set | ALLOWANCE | concurrency slots each gateway instance holds, and its lease expiry (ms) |
 //! | `P:{gw:<instance>}:replies` | stream with TTL | worker `XADD NOMKSTREAM`, gateway `XREAD` | reply events for one gateway process (`<instance>`: its id and a random nonce per start) |
 
 use crate::tier::Tier;
@@ -116,9 +116,14 @@ impl Keys {
         format!("{}:{{t:{tenant}}}:tpm", self.prefix)
     }
 
-    /// A tenant's concurrency leases.
-    pub fn tenant_inflight(&self, tenant: &str) -> String {
-        format!("{}:{{t:{tenant}}}:inflight", self.prefix)
+    /// The concurrency slots each gateway instance holds for a tenant.
+    pub fn tenant_slots(&self, tenant: &str) -> String {
+        format!("{}:{{t:{tenant}}}:slots", self.prefix)
+    }
+
+    /// The leases on those slots: gateway instance → expiry (ms).
+    pub fn tenant_slot_leases(&self, tenant: &str) -> String {
+        format!("{}:{{t:{tenant}}}:slot-leases", self.prefix)
     }
 
     /// A gateway process's reply stream (`instance`: the gateway's id and its start nonce).

@@ -1,12 +1,13 @@
 //! Tenants' rate limits, over every gateway: requests and tokens per minute (token buckets) and
-//! concurrent requests (leases), in the tenant's own hash slot (`{t:<tenant>}`), one script per
-//! admission (RATE_LIMIT), one when the request ends (USAGE).
+//! concurrent requests (slots each gateway holds under a lease), in the tenant's own hash slot
+//! (`{t:<tenant>}`). One script (ALLOWANCE) grants a gateway what a request needs and, for a
+//! busy tenant, an allowance for the next ones; the same script takes back what was not used.
 
 use std::time::Duration;
 
 use redis::Value;
 
-use crate::scripts::{RATE_LIMIT, RENEW_LEASES, USAGE};
+use crate::scripts::ALLOWANCE;
 use crate::{QueueError, Redis, resp};
 
 /// A tenant's limits (0: none).
@@ -42,13 +43,47 @@ impl Limit {
     }
 }
 
-/// What RATE_LIMIT decided, and the buckets after it (what `x-ratelimit-*` tells the client).
+/// Requests, tokens and concurrency slots, as asked for, granted or given back (0 for a
+/// limit the tenant does not have).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Amounts {
+    /// Requests.
+    pub requests: u64,
+    /// Tokens.
+    pub tokens: u64,
+    /// Concurrency slots.
+    pub slots: u64,
+}
+
+/// One ALLOWANCE call: what a gateway gives back and settles, and what it asks for.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AllowanceCall {
+    /// Requests given back (allowance not used).
+    pub requests_back: u64,
+    /// Tokens given back: allowance not used, plus the estimates charged minus the tokens
+    /// used by requests that ended (negative: they used more).
+    pub tokens_back: i64,
+    /// Slots in use at this gateway (absolute; its spare ones are given back).
+    pub slots_in_use: u64,
+    /// What the request at hand needs (all or nothing).
+    pub need: Amounts,
+    /// What the gateway would like to hold beyond it (granted as far as the buckets allow).
+    pub more: Amounts,
+    /// When this gateway's lease on its slots runs out, ms.
+    pub lease_until_ms: u64,
+    /// Now, ms.
+    pub now_ms: u64,
+}
+
+/// What ALLOWANCE decided, and the buckets after it (what `x-ratelimit-*` tells the client).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateDecision {
-    /// The limit that refused the request; none: admitted and charged.
+    /// The limit that refused the need; none: granted (need included in `granted`).
     pub refused: Option<Limit>,
     /// When to retry (refused only).
     pub retry_after: Duration,
+    /// What was granted, the need included.
+    pub granted: Amounts,
     /// Requests left in the bucket.
     pub requests_left: u64,
     /// Until the request bucket is full again.
@@ -60,29 +95,36 @@ pub struct RateDecision {
 }
 
 impl Redis {
-    /// Checks and charges `tenant`'s limits for one request of `estimate` tokens (job `job`,
-    /// whose concurrency lease runs until `lease_until_ms`).
-    pub async fn rate_limit(
+    /// Gives back and settles what `call` says for `tenant` at gateway `instance`, and grants
+    /// its need and what more the buckets allow (ALLOWANCE).
+    pub async fn allowance(
         &self,
         tenant: &str,
         limits: TenantLimits,
-        estimate: u64,
-        job: &str,
-        lease_until_ms: u64,
-        now_ms: u64,
+        instance: &str,
+        call: &AllowanceCall,
     ) -> Result<RateDecision, QueueError> {
         let keys = self.keys();
-        let mut inv = RATE_LIMIT.prepare_invoke();
+        let mut inv = ALLOWANCE.prepare_invoke();
         inv.key(keys.tenant_rpm(tenant))
             .key(keys.tenant_tpm(tenant))
-            .key(keys.tenant_inflight(tenant))
-            .arg(now_ms)
+            .key(keys.tenant_slots(tenant))
+            .key(keys.tenant_slot_leases(tenant))
+            .arg(call.now_ms)
             .arg(limits.requests_per_minute)
             .arg(limits.tokens_per_minute)
-            .arg(estimate)
             .arg(limits.max_concurrent)
-            .arg(job)
-            .arg(lease_until_ms);
+            .arg(instance)
+            .arg(call.lease_until_ms)
+            .arg(call.requests_back)
+            .arg(call.tokens_back)
+            .arg(call.slots_in_use)
+            .arg(call.need.requests)
+            .arg(call.need.tokens)
+            .arg(call.need.slots)
+            .arg(call.more.requests)
+            .arg(call.more.tokens)
+            .arg(call.more.slots);
         let v: Value = self.script(&inv).await?;
         let parts = resp::array(v)?;
         let int = |i: usize| parts.get(i).and_then(resp::int).unwrap_or(0).max(0) as u64;
@@ -91,63 +133,20 @@ impl Redis {
             Some("requests") => Some(Limit::Requests),
             Some("tokens") => Some(Limit::Tokens),
             Some("concurrent") => Some(Limit::Concurrent),
-            other => return Err(QueueError::Malformed(format!("rate limit reply {other:?}"))),
+            other => return Err(QueueError::Malformed(format!("allowance reply {other:?}"))),
         };
         Ok(RateDecision {
             refused,
             retry_after: Duration::from_millis(int(2)),
-            requests_left: int(3),
-            requests_reset: Duration::from_millis(int(4)),
-            tokens_left: int(5),
-            tokens_reset: Duration::from_millis(int(6)),
+            granted: Amounts {
+                requests: int(3),
+                tokens: int(4),
+                slots: int(5),
+            },
+            requests_left: int(6),
+            requests_reset: Duration::from_millis(int(7)),
+            tokens_left: int(8),
+            tokens_reset: Duration::from_millis(int(9)),
         })
-    }
-
-    /// Ends requests of `tenant` charged at admission: corrects its tokens by `delta` (used
-    /// minus charged, over all of them; negative gives tokens back) and ends their concurrency
-    /// leases.
-    pub async fn settle_usage(
-        &self,
-        tenant: &str,
-        tokens_per_minute: u64,
-        delta: i64,
-        jobs: &[String],
-        now_ms: u64,
-    ) -> Result<(), QueueError> {
-        let keys = self.keys();
-        let mut inv = USAGE.prepare_invoke();
-        inv.key(keys.tenant_tpm(tenant))
-            .key(keys.tenant_inflight(tenant))
-            .arg(now_ms)
-            .arg(tokens_per_minute)
-            .arg(delta);
-        for j in jobs {
-            inv.arg(j);
-        }
-        let _: i64 = self.script(&inv).await?;
-        Ok(())
-    }
-
-    /// Extends the concurrency leases of `jobs` (requests of `tenant` still in flight here)
-    /// to `until_ms`.
-    pub async fn renew_leases(
-        &self,
-        tenant: &str,
-        jobs: &[&str],
-        until_ms: u64,
-        now_ms: u64,
-    ) -> Result<(), QueueError> {
-        if jobs.is_empty() {
-            return Ok(());
-        }
-        let mut inv = RENEW_LEASES.prepare_invoke();
-        inv.key(self.keys().tenant_inflight(tenant))
-            .arg(until_ms)
-            .arg(now_ms);
-        for j in jobs {
-            inv.arg(*j);
-        }
-        let _: i64 = self.script(&inv).await?;
-        Ok(())
     }
 }

@@ -13,6 +13,7 @@ use ssw_protocol::keys::{GROUP, JobState, Keys};
 use ssw_protocol::reply::{Reply, ReplyEvent};
 use ssw_protocol::tier::Tier;
 use ssw_queue::consumer::{Claim, Commit, PullPolicy, Pulled, ReclaimScan, Requeue, Watch};
+use ssw_queue::limits::{AllowanceCall, Amounts};
 use ssw_queue::producer::{Enqueued, Expiry, Lane, QueueLimits};
 use ssw_queue::{QueueError, Redis, now_ms};
 use ssw_up::redis::RedisServer;
@@ -1089,8 +1090,29 @@ async fn pull_after_redis_lost_the_group_loses_no_job() {
     assert_eq!(r.pending().await, 1);
 }
 
+/// An ALLOWANCE call at `now` needing one request of `tokens` tokens (and a slot) of
+/// `limits`, from a gateway with `in_use` slots in use and nothing else to give back.
+fn need(
+    limits: ssw_queue::limits::TenantLimits,
+    tokens: u64,
+    in_use: u64,
+    now: u64,
+) -> AllowanceCall {
+    AllowanceCall {
+        slots_in_use: in_use,
+        need: Amounts {
+            requests: u64::from(limits.requests_per_minute > 0),
+            tokens,
+            slots: u64::from(limits.max_concurrent > 0),
+        },
+        lease_until_ms: now + 5_000,
+        now_ms: now,
+        ..AllowanceCall::default()
+    }
+}
+
 #[tokio::test]
-async fn rate_limit_charges_all_or_nothing_and_refills_evenly() {
+async fn allowance_charges_all_or_nothing_and_refills_evenly() {
     use ssw_queue::limits::{Limit, TenantLimits};
     let r = rig().await;
     let limits = TenantLimits {
@@ -1098,117 +1120,135 @@ async fn rate_limit_charges_all_or_nothing_and_refills_evenly() {
         tokens_per_minute: 1000,
         max_concurrent: 0,
     };
+    let ask = |t: &'static str, tokens: u64, at: u64| {
+        let redis = r.redis.clone();
+        async move {
+            redis
+                .allowance(t, limits, "gw", &need(limits, tokens, 0, at))
+                .await
+                .unwrap()
+        }
+    };
     let t0 = now_ms();
-    let d = r
-        .redis
-        .rate_limit("t", limits, 400, "j1", t0 + 60_000, t0)
-        .await
-        .unwrap();
+    let d = ask("t", 400, t0).await;
     assert_eq!((d.refused, d.requests_left, d.tokens_left), (None, 1, 600));
+    assert_eq!(
+        d.granted,
+        Amounts {
+            requests: 1,
+            tokens: 400,
+            slots: 0
+        }
+    );
     assert_eq!(
         d.requests_reset,
         Duration::from_secs(30),
         "one request refills in 30 s"
     );
     // Over the tokens: refused, and nothing charged (the request bucket keeps its one).
-    let d = r
-        .redis
-        .rate_limit("t", limits, 700, "j2", t0 + 60_000, t0)
-        .await
-        .unwrap();
+    let d = ask("t", 700, t0).await;
     assert_eq!(d.refused, Some(Limit::Tokens));
+    assert_eq!(d.granted, Amounts::default());
     assert_eq!(
         d.retry_after,
         Duration::from_secs(6),
         "100 tokens at 1000/min"
     );
     assert_eq!(d.requests_left, 1);
-    let d = r
-        .redis
-        .rate_limit("t", limits, 100, "j3", t0 + 60_000, t0)
-        .await
-        .unwrap();
+    let d = ask("t", 100, t0).await;
     assert_eq!((d.refused, d.requests_left), (None, 0));
-    let d = r
-        .redis
-        .rate_limit("t", limits, 1, "j4", t0 + 60_000, t0)
-        .await
-        .unwrap();
+    let d = ask("t", 1, t0).await;
     assert_eq!(
         (d.refused, d.retry_after),
         (Some(Limit::Requests), Duration::from_secs(30))
     );
     // 30 s later one request has refilled; another tenant was never touched.
-    let later = t0 + 30_000;
-    let d = r
-        .redis
-        .rate_limit("t", limits, 1, "j5", later + 60_000, later)
-        .await
-        .unwrap();
-    assert_eq!(d.refused, None);
-    let d = r
-        .redis
-        .rate_limit("u", limits, 1, "k1", t0 + 60_000, t0)
-        .await
-        .unwrap();
+    assert_eq!(ask("t", 1, t0 + 30_000).await.refused, None);
+    let d = ask("u", 1, t0).await;
     assert_eq!((d.refused, d.requests_left), (None, 1));
 }
 
 #[tokio::test]
-async fn usage_settles_the_estimate_and_leases_bound_concurrency() {
-    use ssw_queue::limits::{Limit, TenantLimits};
+async fn allowance_grants_ahead_only_what_the_buckets_hold_and_takes_back_what_was_not_used() {
     let r = rig().await;
-    let limits = TenantLimits {
-        requests_per_minute: 0,
-        tokens_per_minute: 1000,
-        max_concurrent: 2,
+    let limits = ssw_queue::limits::TenantLimits {
+        requests_per_minute: 100,
+        tokens_per_minute: 10_000,
+        max_concurrent: 10,
     };
     let t0 = now_ms();
-    for j in ["a", "b"] {
-        let d = r
-            .redis
-            .rate_limit("t", limits, 450, j, t0 + 5_000, t0)
-            .await
-            .unwrap();
-        assert_eq!(d.refused, None, "{j}");
-    }
-    let d = r
-        .redis
-        .rate_limit("t", limits, 10, "c", t0 + 5_000, t0)
-        .await
-        .unwrap();
-    assert_eq!(d.refused, Some(Limit::Concurrent));
-    // `a` used 50 of its 450: 400 come back, and its lease ends.
-    r.redis
-        .settle_usage("t", 1000, -400, &["a".to_owned()], t0)
-        .await
-        .unwrap();
-    let d = r
-        .redis
-        .rate_limit("t", limits, 10, "c", t0 + 5_000, t0)
-        .await
-        .unwrap();
-    assert_eq!((d.refused, d.tokens_left), (None, 490));
-    // Renewed leases outlive the old expiry; a lapsed one frees its slot.
-    r.redis
-        .renew_leases("t", &["b"], t0 + 20_000, t0)
-        .await
-        .unwrap();
-    let at = t0 + 10_000;
-    let d = r
-        .redis
-        .rate_limit("t", limits, 10, "d", at + 5_000, at)
-        .await
-        .unwrap();
-    assert_eq!(d.refused, None, "c's lease lapsed at +5 s; b's was renewed");
-    let d = r
-        .redis
-        .rate_limit("t", limits, 10, "e", at + 5_000, at)
-        .await
-        .unwrap();
+    // One request and 30 more ahead: the buckets hold 99 requests and 9 slots beyond it.
+    let mut call = need(limits, 100, 0, t0);
+    call.more = Amounts {
+        requests: 30,
+        tokens: 3_000,
+        slots: 30,
+    };
+    let d = r.redis.allowance("t", limits, "gw1", &call).await.unwrap();
+    assert_eq!(d.refused, None);
     assert_eq!(
-        d.refused,
-        Some(Limit::Concurrent),
-        "b and d hold the two slots"
+        d.granted,
+        Amounts {
+            requests: 31,
+            tokens: 3_100,
+            slots: 10
+        },
+        "more is granted as far as the buckets allow"
     );
+    assert_eq!((d.requests_left, d.tokens_left), (69, 6_900));
+    // Another gateway finds the slots taken: refused, nothing charged.
+    let d = r
+        .redis
+        .allowance("t", limits, "gw2", &need(limits, 100, 0, t0))
+        .await
+        .unwrap();
+    assert_eq!(d.refused, Some(ssw_queue::limits::Limit::Concurrent));
+    assert_eq!((d.requests_left, d.tokens_left), (69, 6_900));
+    // gw1's tick: it used 1 request, 2 slots and 150 tokens of its 3 100; the rest goes back.
+    let tick = AllowanceCall {
+        requests_back: 30,
+        tokens_back: 2_950,
+        slots_in_use: 2,
+        lease_until_ms: t0 + 5_000,
+        now_ms: t0,
+        ..AllowanceCall::default()
+    };
+    let d = r.redis.allowance("t", limits, "gw1", &tick).await.unwrap();
+    assert_eq!((d.refused, d.granted), (None, Amounts::default()));
+    assert_eq!((d.requests_left, d.tokens_left), (99, 9_850));
+    // Now gw2 gets a slot, and at most the 8 free ones ahead.
+    let mut call = need(limits, 100, 0, t0);
+    call.more.slots = 20;
+    call.lease_until_ms = t0 + 60_000;
+    let d = r.redis.allowance("t", limits, "gw2", &call).await.unwrap();
+    assert_eq!((d.refused, d.granted.slots), (None, 8));
+    let d = r
+        .redis
+        .allowance("t", limits, "gw3", &need(limits, 100, 0, t0))
+        .await
+        .unwrap();
+    assert_eq!(d.refused, Some(ssw_queue::limits::Limit::Concurrent));
+    // gw1 dies: its lease lapses after 5 s and its 2 slots are free again.
+    let at = t0 + 6_000;
+    let d = r
+        .redis
+        .allowance("t", limits, "gw3", &need(limits, 100, 0, at))
+        .await
+        .unwrap();
+    assert_eq!(d.refused, None, "gw1's slots lapsed with its lease");
+    // A tick may also settle more tokens than were charged: the bucket goes into debt.
+    let debt = AllowanceCall {
+        tokens_back: -20_000,
+        lease_until_ms: at + 5_000,
+        now_ms: at,
+        ..AllowanceCall::default()
+    };
+    let d = r.redis.allowance("t", limits, "gw3", &debt).await.unwrap();
+    assert_eq!(d.tokens_left, 0);
+    let d = r
+        .redis
+        .allowance("t", limits, "gw3", &need(limits, 10, 0, at))
+        .await
+        .unwrap();
+    assert_eq!(d.refused, Some(ssw_queue::limits::Limit::Tokens));
 }

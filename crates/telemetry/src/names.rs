@@ -52,6 +52,8 @@ metrics! {
     GATEWAY_TIER_REQUESTS = "ssw_gateway_tier_requests_total", Counter, ["pool", "tier", "tenant", "code"], "Requests admitted to a pool's lanes, by pool, service tier, tenant (configured tenants only) and code (ok, or the error code they ended with).";
     /// Requests a tenant's rate limit refused.
     GATEWAY_RATE_LIMITED = "ssw_gateway_rate_limited_total", Counter, ["tenant", "limit"], "Requests answered 429 rate_limit_exceeded, by tenant and the limit that refused them: requests, tokens (per minute) or concurrent.";
+    /// Calls to Redis for tenants' rate limits.
+    GATEWAY_LIMIT_CALLS = "ssw_gateway_rate_limit_calls_total", Counter, ["tenant", "reason"], "Calls to Redis for a limited tenant's allowance (ALLOWANCE): need (a request the allowance held here did not cover) or tick (the 100 ms settlement). Against ssw_gateway_tier_requests_total, the share of requests that asked Redis.";
     /// Reply events a gateway did not deliver.
     GATEWAY_EVENTS_DROPPED = "ssw_gateway_reply_events_dropped_total", Counter, ["reason"], "Reply events not delivered to a request: stale (from a run its job was taken away from), duplicate (sent twice), gap (events before it were lost: the request fails).";
     /// Requests re-enqueued after Redis lost them.

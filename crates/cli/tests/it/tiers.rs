@@ -479,6 +479,92 @@ async fn requests_per_minute_hold_over_every_gateway_with_openais_headers() {
 }
 
 #[tokio::test]
+async fn a_busy_tenant_asks_redis_once_per_tick_and_its_limit_still_holds_over_two_gateways() {
+    // 600 requests a minute: each gateway may hold up to 30 ahead (5 %).
+    let p = TestPlatform::start_with(ssw(), |s| {
+        tenant(
+            s,
+            "busy",
+            "busy-key",
+            TenantConfig {
+                requests_per_minute: Some(600),
+                ..TenantConfig::default()
+            },
+        );
+    })
+    .await;
+    let (second, url) = p.add_gateway("second").await;
+    let gateways = [p.platform.gateway_url.clone(), url.clone()];
+    let t0 = Instant::now();
+    // 16 clients per gateway, 50 requests each: 1 600 offered, far over the minute's 600.
+    let mut clients = Vec::new();
+    for (g, base) in gateways.iter().enumerate() {
+        for c in 0..16 {
+            let (http, base) = (p.http.clone(), base.clone());
+            clients.push(tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for i in 0..50 {
+                    let mut body = chat_body("light");
+                    body["messages"][0]["content"] = json!(format!("g{g} c{c} r{i}"));
+                    let r = http
+                        .post(format!("{base}/v1/chat/completions"))
+                        .bearer_auth("busy-key")
+                        .header("content-type", "application/json")
+                        .body(body.to_string())
+                        .send()
+                        .await
+                        .unwrap();
+                    statuses.push(r.status().as_u16());
+                    let _ = r.bytes().await;
+                }
+                statuses
+            }));
+        }
+    }
+    let mut ok = 0u64;
+    let mut refused = 0u64;
+    for c in clients {
+        for status in c.await.unwrap() {
+            match status {
+                200 => ok += 1,
+                429 => refused += 1,
+                other => panic!("status {other}"),
+            }
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    // The bucket starts full (600) and refills 10 a second; what gateways held ahead and did
+    // not use went back, so at most a tick's worth per gateway (2 × 30) was missed.
+    let most = 600 + (secs * 10.0).ceil() as u64;
+    eprintln!("{ok} admitted, {refused} refused in {secs:.2} s (at most {most})");
+    assert_eq!(ok + refused, 1600);
+    assert!(ok <= most, "{ok} admitted, over the limit's {most}");
+    assert!(
+        ok + 60 >= 600,
+        "{ok} admitted: the allowances held back too much"
+    );
+    let mut calls = 0.0;
+    for base in &gateways {
+        let m = p.get_text(&format!("{base}/metrics")).await;
+        for reason in ["need", "tick"] {
+            calls += ssw_test_support::metric(
+                &m,
+                "ssw_gateway_rate_limit_calls_total",
+                &[("tenant", "busy"), ("reason", reason)],
+            )
+            .unwrap_or(0.0);
+        }
+    }
+    eprintln!("{calls} calls to redis for {} requests", ok + refused);
+    assert!(
+        calls < (ok + refused) as f64 / 3.0,
+        "{calls} calls for {} requests: allowances are not held ahead",
+        ok + refused
+    );
+    drop(second);
+}
+
+#[tokio::test]
 async fn tokens_per_minute_charge_an_estimate_and_settle_the_real_usage() {
     let p = TestPlatform::start_with(ssw(), |s| {
         tenant(
