@@ -274,6 +274,14 @@ class Sampler(threading.Thread):
             return None
         return (window[-1][3] - window[0][3]) / (window[-1][2] - window[0][2])
 
+    def occupancy(self, start, end):
+        """Mean share of the engines' sequence slots running between two moments of the run
+        (vLLM's num_requests_running / max_num_seqs, summed over engines)."""
+        window = [s for s in self.samples if start <= s[2] <= end]
+        if not window:
+            return None
+        return sum(sum(s[0]) / (self.seqs * len(s[0])) for s in window) / len(window)
+
     def idle_while_queued(self):
         """Share of samples where jobs waited in Redis while some engine had a free slot."""
         queued = [s for s in self.samples if s[1] > 0]
@@ -372,7 +380,10 @@ def tiers():
     light = stub(LIGHT, preset=PRESETS["light"][0], output_tokens=100000)
     pools = (f'[pools.heavy]\nserved_model = "{HEAVY}"\nscheduling_policy = "priority"\n'
              f'[pools.light]\nserved_model = "{LIGHT}"\n')
-    config = HEADROOM + pools + (f'[tenants.tiered]\napi_keys_file = "{keys_file("tiered", "tiered-key")}"\n'
+    # The workers keep 8 of their slots for priority work (priority_reserve 0.1 of 80): the
+    # other 72 fill the engine's 64 sequences with 8 waiting in it, so a sequence that ends is
+    # replaced at the next step, not after the worker's next pull.
+    config = HEADROOM.replace("max_inflight = 72", "max_inflight = 80") + pools + (f'[tenants.tiered]\napi_keys_file = "{keys_file("tiered", "tiered-key")}"\n'
                          f'[tenants.fifo]\napi_keys_file = "{keys_file("fifo", "fifo-key")}"\nmax_tier = "flex"\ndefault_tier = "flex"\n')
     u, gurl = up([("heavy", stubs[0][1]), ("heavy", stubs[1][1]), ("light", light[1])], config=config)
     cap_tok = 2 * capacity("heavy", out_tokens, prompt_words + 4)
@@ -398,9 +409,12 @@ def tiers():
         for x in r["samples"]:
             if x["error"] is None and 0.25 * dur <= x["start_s"] + x["ttft_s"] <= 0.9 * dur:
                 served[x["tier"]] = served.get(x["tier"], 0) + 1
-        runs[name] = {"r": r, "steady": steady, "idle_share": sampler.idle_while_queued()[0], "served": served}
+        occupancy = sampler.occupancy(0.25 * dur, 0.9 * dur)
+        runs[name] = {"r": r, "steady": steady, "idle_share": sampler.idle_while_queued()[0], "served": served,
+                      "occupancy": occupancy}
         t = r["by_tier"]
-        log(f"   {name}: priority TTFT p99 {t['priority']['ttft_ms']['p99']:.0f} ms, {steady or 0:.0f} tok/s of {cap_tok:.0f}")
+        log(f"   {name}: priority TTFT p99 {t['priority']['ttft_ms']['p99']:.0f} ms, {steady or 0:.0f} tok/s of {cap_tok:.0f}, "
+            f"slots running {100 * (occupancy or 0):.2f} %")
         # Let the backlog drain before the next run.
         while sampler.metric(gurl, "ssw_queue_backlog", 'pool="heavy"') > 0:
             time.sleep(0.5)

@@ -263,12 +263,18 @@ impl Local {
         lease_until_ms: u64,
         now_ms: u64,
     ) -> AllowanceCall {
+        let ahead = Self::ahead(limits, self.expected(need));
         AllowanceCall {
             requests_back: 0,
             tokens_back: std::mem::take(&mut self.settled),
             slots_in_use: self.in_use + self.held.slots,
             need,
-            more: Self::ahead(limits, self.expected(need)),
+            // What is still held counts: misses within a tick never pile up beyond the cap.
+            more: Amounts {
+                requests: ahead.requests.saturating_sub(self.held.requests),
+                tokens: ahead.tokens.saturating_sub(self.held.tokens),
+                slots: ahead.slots.saturating_sub(self.held.slots),
+            },
             lease_until_ms,
             now_ms,
         }
@@ -334,6 +340,17 @@ impl Local {
         self.last_call_ms = call.now_ms;
         self.seen = Some(d);
         self.view().unwrap_or(d)
+    }
+
+    /// `call` failed, and whether Redis ran it is unknown. What it gave back stays given back:
+    /// reusing it could admit more than a limit if Redis did run it, and if not Redis keeps it
+    /// charged until the buckets refill (the safe side). A debt it settled (requests that used
+    /// more tokens than charged) is kept for the next call: charging it twice is the safe side,
+    /// dropping it is not. The slots Redis counts for this gateway are unknown: the next tick
+    /// reports them.
+    pub fn failed(&mut self, call: &AllowanceCall) {
+        self.settled += call.tokens_back.min(0);
+        self.reported = u64::MAX;
     }
 
     /// A request that held `slots` ended, having used `estimate - settle` tokens: its slot is
@@ -457,13 +474,17 @@ pub async fn charge(
                 Some(_) => Err(Ok(view)),
             }
         }
-        // What the call gave back or settled is not taken back (see `settle`).
-        Err(e) => Err(Err(e)),
+        Err(e) => {
+            tenant.local().failed(&call);
+            Err(Err(e))
+        }
     }
 }
 
 /// Settles every tenant's allowance here each [`TICK`], and once more at shutdown (giving
 /// back all that is held; requests still in flight keep their slots until their lease ends).
+/// The tenants' calls go out together; a tenant with a call in flight (a request's) is left to
+/// the next tick.
 pub async fn settle(state: AppState, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -474,40 +495,50 @@ pub async fn settle(state: AppState, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => true,
             _ = tick.tick() => false,
         };
-        for tenant in state.allowances.all() {
-            let _turn = tenant.call.lock().await;
-            let now = ssw_queue::now_ms();
-            let Some(mut call) = tenant.local().call_for_tick(
-                tenant.limits,
-                lease_until(&state, now),
-                now,
-                renew_every,
-            ) else {
-                continue;
-            };
-            if last {
-                call.more = Amounts::default();
-            }
-            crate::metrics::limit_call(&tenant.name, "tick");
-            match state
-                .redis
-                .allowance(&tenant.name, tenant.limits, &state.instance, &call)
-                .await
-            {
-                Ok(d) => {
-                    tenant.local().apply(&call, d);
-                }
-                // Whether Redis ran it is unknown. What it gave back and settled is dropped
-                // here: reusing it could admit more than a limit if Redis did run it; if not,
-                // Redis keeps it charged until the buckets refill (and spare slots until the
-                // next call reports the slots in use): the safe side.
-                Err(e) => {
-                    tracing::warn!(error = %e, tenant = %tenant.name, "cannot settle the tenant's allowance");
-                }
-            }
-        }
+        let tenants = state.allowances.all();
+        let calls = tenants
+            .iter()
+            .map(|tenant| settle_one(&state, tenant, renew_every, last));
+        futures::future::join_all(calls).await;
         if last {
             return;
+        }
+    }
+}
+
+/// One tenant's tick (`last`: at shutdown, asking for nothing ahead).
+async fn settle_one(state: &AppState, tenant: &TenantAllowance, renew_every: Duration, last: bool) {
+    let _turn = if last {
+        tenant.call.lock().await
+    } else {
+        match tenant.call.try_lock() {
+            Ok(turn) => turn,
+            Err(_) => return,
+        }
+    };
+    let now = ssw_queue::now_ms();
+    let Some(mut call) =
+        tenant
+            .local()
+            .call_for_tick(tenant.limits, lease_until(state, now), now, renew_every)
+    else {
+        return;
+    };
+    if last {
+        call.more = Amounts::default();
+    }
+    crate::metrics::limit_call(&tenant.name, "tick");
+    match state
+        .redis
+        .allowance(&tenant.name, tenant.limits, &state.instance, &call)
+        .await
+    {
+        Ok(d) => {
+            tenant.local().apply(&call, d);
+        }
+        Err(e) => {
+            tenant.local().failed(&call);
+            tracing::warn!(error = %e, tenant = %tenant.name, "cannot settle the tenant's allowance");
         }
     }
 }
@@ -671,6 +702,47 @@ mod tests {
             matches!(l.take(LIMITS, need, 1_100), Taken::Ask),
             "a tick later, Redis is asked again"
         );
+    }
+
+    #[test]
+    fn a_miss_keeps_what_is_held_counted_and_asks_only_for_the_rest_of_the_cap() {
+        let mut l = Local {
+            last_demand: amounts(30, 3_000, 30),
+            ..Local::default()
+        };
+        let need = Local::need(LIMITS, 100);
+        l.take(LIMITS, need, 0);
+        let call = l.call_for_need(LIMITS, need, 5_000, 0);
+        // 1 request, 100 tokens and 1 slot needed, 30 / 3 000 / 5 more ahead; 2 slots granted.
+        l.apply(&call, grant(amounts(31, 3_100, 3), 969));
+        // A request without tokens held for it (a big one) misses: Redis still counts the spare
+        // slots held here, and the allowance asked ahead is what the cap leaves.
+        let big = Local::need(LIMITS, 4_000);
+        assert!(matches!(l.take(LIMITS, big, 0), Taken::Ask));
+        let call = l.call_for_need(LIMITS, big, 5_000, 0);
+        assert_eq!(call.slots_in_use, 3, "1 in use and 2 spare, all still held");
+        assert_eq!(call.more, amounts(0, 0, 3), "30 requests, 3 000 tokens are held already");
+    }
+
+    #[test]
+    fn a_failed_call_keeps_the_debt_it_settled_and_reports_again() {
+        let mut l = Local::default();
+        let need = Local::need(LIMITS, 100);
+        l.take(LIMITS, need, 0);
+        let call = l.call_for_need(LIMITS, need, 5_000, 0);
+        l.apply(&call, grant(need, 999));
+        l.demand = Amounts::default();
+        // The request used 400 tokens more than charged.
+        l.release(1, -400);
+        let tick = l
+            .call_for_tick(LIMITS, 5_000, 100, Duration::from_secs(5))
+            .unwrap();
+        assert_eq!((tick.tokens_back, tick.slots_in_use), (-400, 0));
+        l.failed(&tick);
+        let again = l
+            .call_for_tick(LIMITS, 5_000, 200, Duration::from_secs(5))
+            .expect("the slots Redis counts are unknown: report");
+        assert_eq!(again.tokens_back, -400, "the debt is settled, not forgotten");
     }
 
     #[test]

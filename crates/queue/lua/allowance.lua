@@ -1,4 +1,4 @@
-#!lua
+#!lua flags=allow-oom
 -- ALLOWANCE (gateway): a limited tenant's limits over every gateway. A gateway calls it when a
 -- request of the tenant is not covered by what it already holds (`need`), and every 100 ms
 -- while it holds anything (no need: it gives back what it did not use, settles the tokens its
@@ -10,8 +10,11 @@
 -- they refill evenly; stored as the level and when it was read). Concurrent requests are
 -- slots held per gateway instance, under a lease the gateway renews: a gateway that dies
 -- frees its slots when the lease runs out. Either every limit allows the need and all are
--- charged, or none is (what is given back and settled is applied either way). No
--- `allow-oom`: at `maxmemory` the call is refused before anything is written.
+-- charged, or none is (what is given back and settled is applied either way). Everything is
+-- computed before the first write, and every number written is whole, so an error cannot
+-- leave a half-applied call. Flagged `allow-oom` so that give-backs, settlements and lease
+-- renewals still land at `maxmemory` (its writes are a few fixed-size fields; ENQUEUE, which
+-- follows a grant, is what refuses new work there).
 --
 -- KEYS[1]  P:{t:<tenant>}:rpm          hash {level, ms}: requests left, read at ms
 -- KEYS[2]  P:{t:<tenant>}:tpm          hash {level, ms}: tokens left (may go negative: debt)
@@ -63,14 +66,16 @@ local function floor0(x) return math.max(0, math.floor(x)) end
 
 local r = level(KEYS[1], rpm, tonumber(ARGV[7]))
 local t = level(KEYS[2], tpm, tonumber(ARGV[8]))
--- Slots: drop the holdings of gateways whose lease ran out, record this one's in use, count.
-local held = 0
+-- Slots: held by the other gateways whose lease has not run out, plus this one's in use.
+local held, lapsed = in_use, {}
 if max > 0 then
-  local lapsed = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. now)
-  for _, g in ipairs(lapsed) do redis.call('HDEL', KEYS[3], g) end
-  if #lapsed > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. now) end
-  redis.call('HSET', KEYS[3], me, in_use)
-  for _, n in ipairs(redis.call('HVALS', KEYS[3])) do held = held + tonumber(n) end
+  lapsed = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. now)
+  local gone = {}
+  for _, g in ipairs(lapsed) do gone[g] = true end
+  local all = redis.call('HGETALL', KEYS[3])
+  for i = 1, #all, 2 do
+    if all[i] ~= me and not gone[all[i]] then held = held + tonumber(all[i + 1]) end
+  end
 end
 
 -- A request larger than a minute's tokens waits for a full bucket, then takes it into debt.
@@ -101,9 +106,12 @@ end
 if tpm > 0 then
   t = t - g_t
   redis.call('HSET', KEYS[2], 'level', t, 'ms', now)
-  redis.call('PEXPIRE', KEYS[2], 120000 + math.max(0, -t) * 60000 / tpm)
+  -- A debt outlives the key's two minutes by the time it takes to refill.
+  redis.call('PEXPIRE', KEYS[2], 120000 + math.ceil(math.max(0, -t) * 60000 / tpm))
 end
 if max > 0 then
+  for _, g in ipairs(lapsed) do redis.call('HDEL', KEYS[3], g) end
+  if #lapsed > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. now) end
   if in_use + g_s > 0 then
     redis.call('HSET', KEYS[3], me, in_use + g_s)
     redis.call('ZADD', KEYS[4], lease, me)
@@ -113,7 +121,7 @@ if max > 0 then
   end
   local last = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
   if #last > 0 then
-    local ttl = math.max(1, tonumber(last[2]) - now)
+    local ttl = math.max(1, math.floor(tonumber(last[2]) - now))
     redis.call('PEXPIRE', KEYS[3], ttl)
     redis.call('PEXPIRE', KEYS[4], ttl)
   end

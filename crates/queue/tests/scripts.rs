@@ -1251,4 +1251,35 @@ async fn allowance_grants_ahead_only_what_the_buckets_hold_and_takes_back_what_w
         .await
         .unwrap();
     assert_eq!(d.refused, Some(ssw_queue::limits::Limit::Tokens));
+    // A request larger than a minute's tokens, where a minute does not divide evenly: it
+    // waits for a full bucket, then runs it into debt (the key's TTL grows by the refill
+    // time, a whole number of ms).
+    let odd = ssw_queue::limits::TenantLimits {
+        requests_per_minute: 0,
+        tokens_per_minute: 7_000,
+        max_concurrent: 0,
+    };
+    let d = r
+        .redis
+        .allowance("odd", odd, "gw1", &need(odd, 8_000, 0, at))
+        .await
+        .unwrap();
+    assert_eq!(
+        (d.refused, d.granted.tokens, d.tokens_left),
+        (None, 8_000, 0)
+    );
+    let settle = AllowanceCall {
+        tokens_back: -2_345,
+        lease_until_ms: at + 5_000,
+        now_ms: at + 7,
+        ..AllowanceCall::default()
+    };
+    r.redis.allowance("odd", odd, "gw1", &settle).await.unwrap();
+    let mut raw = r.raw.clone();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(r.keys.tenant_tpm("odd"))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(ttl > 120_000, "{ttl}: the debt keeps the bucket");
 }

@@ -93,6 +93,9 @@ pub struct Ctx {
     pub reserved_slots: u32,
     /// The default and flex tiers' minimum shares of picks.
     pub min_shares: (f64, f64),
+    /// The engine schedules by priority (`pools.<p>.scheduling_policy = "priority"`): a
+    /// priority job sent to it overtakes the requests waiting in it.
+    pub engine_priority: bool,
     /// Redis.
     pub redis: Redis,
     /// Engine client.
@@ -141,6 +144,8 @@ impl Ctx {
                 pool_cfg.min_share(Tier::Default),
                 pool_cfg.min_share(Tier::Flex),
             ),
+            engine_priority: pool_cfg.scheduling_policy
+                == ssw_config::pool::SchedulingPolicy::Priority,
             redis: Redis::new(&config.redis, password)?,
             engine: Engine::new(&cfg, engine_key.as_deref())?,
             engine_state: Arc::new(EngineState::default()),
@@ -199,13 +204,17 @@ impl Ctx {
             Some("no free slot")
         } else if !self.engine_state.is_up() {
             Some("engine down")
-        } else if self.cfg.respect_engine_waiting
-            && self.engine_state.load().waiting.unwrap_or(0.0) > 0.0
-        {
+        } else if self.engine_backed_up() && !self.engine_priority {
             Some("engine has waiting requests")
         } else {
             None
         }
+    }
+
+    /// The engine has requests waiting (and the worker respects that): only priority work,
+    /// which an engine that schedules by priority runs ahead of them, may still be sent.
+    fn engine_backed_up(&self) -> bool {
+        self.cfg.respect_engine_waiting && self.engine_state.load().waiting.unwrap_or(0.0) > 0.0
     }
 
     fn status(&self) -> WorkerStatus {
@@ -393,9 +402,15 @@ async fn pull_loop(ctx: &Arc<Ctx>, jobs: &TaskTracker, shutdown: &CancellationTo
                     (r.jobs, true)
                 })
         } else {
+            // An engine with requests waiting takes priority work only (see `pull_blocked`).
+            let backed_up = ctx.engine_backed_up();
             let policy = PullPolicy {
                 most: free,
-                below_priority: free.saturating_sub(ctx.reserved_slots as usize),
+                below_priority: if backed_up {
+                    0
+                } else {
+                    free.saturating_sub(ctx.reserved_slots as usize)
+                },
                 default_share: ctx.min_shares.0,
                 flex_share: ctx.min_shares.1,
             };
@@ -431,7 +446,12 @@ async fn pull_loop(ctx: &Arc<Ctx>, jobs: &TaskTracker, shutdown: &CancellationTo
                     // A job that ended before the flag was set did not wake us: if a slot came
                     // free since the policy was made, pull again instead of waiting (a lost
                     // wake-up stalled such a worker for the whole 1 s wait).
-                    if narrow && ctx.free_slots() as usize > policy.most {
+                    // Likewise if the engine's waiting requests cleared (a job's end wakes the
+                    // narrow wait; one that ended before the flag was set did not).
+                    if narrow
+                        && (ctx.free_slots() as usize > policy.most
+                            || (backed_up && !ctx.engine_backed_up()))
+                    {
                         ctx.waiting_narrow.store(false, Ordering::SeqCst);
                         continue;
                     }

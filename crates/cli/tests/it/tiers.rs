@@ -708,3 +708,52 @@ async fn a_worker_whose_free_slots_were_all_reserved_takes_work_as_soon_as_one_m
     // Without the wake-up a worker sat out its 1 s wait with a free slot.
     assert!(slowest < Duration::from_millis(800), "{slowest:?}");
 }
+
+#[tokio::test]
+async fn a_priority_job_reaches_an_engine_that_has_requests_waiting_when_it_schedules_by_priority()
+{
+    // Two sequences of 4 s answers; the worker takes 4 jobs, one slot reserved: three default
+    // jobs fill the engine and leave one waiting in it.
+    let engine = StubConfig {
+        batching: true,
+        step_base: Duration::from_millis(100),
+        step_per_seq: Duration::ZERO,
+        prefill_per_token: Duration::ZERO,
+        kv_tokens: 1_000_000,
+        output_tokens: 40,
+        scheduling_policy: ssw_config::pool::SchedulingPolicy::Priority,
+        ..StubConfig::default()
+    };
+    let p = one_heavy_replica(engine, 2, |s| {
+        s.config.worker.max_inflight = 4;
+        let heavy = s.config.pools.get_mut("heavy").unwrap();
+        heavy.priority_reserve = 0.25;
+        heavy.scheduling_policy = ssw_config::pool::SchedulingPolicy::Priority;
+    })
+    .await;
+    let t0 = Instant::now();
+    let backlog: Vec<_> = (0..3)
+        .map(|_| send(&p, None, tiered("heavy", Tier::Default), t0))
+        .collect();
+    TestPlatform::eventually(
+        Duration::from_secs(5),
+        "a request waiting in the engine",
+        || async { p.stub_metric("heavy-0", "vllm:num_requests_waiting").await >= 1.0 },
+    )
+    .await;
+    // Past the worker's 1 s wait in Redis for priority work: it now goes by the engine's state.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let sent = t0.elapsed();
+    let (ended, status, body) = send(&p, None, tiered("heavy", Tier::Priority), t0)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let took = ended - sent;
+    eprintln!("priority answered in {took:?} beside an engine with a request waiting");
+    // Its own 40 steps take 4 s. Held in Redis until the engine's waiting request got a
+    // sequence (the first answers end 4 s after they started), it would take about 6.5 s.
+    assert!(took < Duration::from_millis(5_300), "{took:?}");
+    for h in backlog {
+        assert_eq!(h.await.unwrap().1, 200);
+    }
+}
