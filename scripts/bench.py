@@ -259,7 +259,7 @@ class Sampler(threading.Thread):
         while not self.stop_flag:
             try:
                 running = [self.metric(u, "vllm:num_requests_running") for u in self.stubs]
-                backlog = self.metric(self.gurl, "ssw_queue_backlog", f'pool="{self.pool}"')
+                backlog = self.metric(self.gurl, "ssw_queue_backlog", f'pool="{self.pool}"') if self.gurl else 0.0
                 generated = sum(self.metric(u, "vllm:generation_tokens_total") for u in self.stubs)
                 self.samples.append((running, backlog, time.time() - t0, generated))
             except Exception:
@@ -385,10 +385,13 @@ def tiers():
     # replaced at the next step, not after the worker's next pull.
     config = HEADROOM.replace("max_inflight = 72", "max_inflight = 80") + pools + (f'[tenants.tiered]\napi_keys_file = "{keys_file("tiered", "tiered-key")}"\n'
                          f'[tenants.fifo]\napi_keys_file = "{keys_file("fifo", "fifo-key")}"\nmax_tier = "flex"\ndefault_tier = "flex"\n')
-    u, gurl = up([("heavy", stubs[0][1]), ("heavy", stubs[1][1]), ("light", light[1])], config=config)
     cap_tok = 2 * capacity("heavy", out_tokens, prompt_words + 4)
     cap_req = cap_tok / out_tokens
     dur = 12 if QUICK else 30
+    # The steady part: from when the engines have filled (128 sequences at the offered rate, with
+    # room to spare) to 90 % of the run.
+    start = max(0.25 * dur, 1.3 * 128 / (1.5 * cap_req))
+    u, gurl = up([("heavy", stubs[0][1]), ("heavy", stubs[1][1]), ("light", light[1])], config=config)
     mix = "priority=0.2,default=0.3,flex=0.5"
     common = ["--mode", "open", "--max-tokens", out_tokens, "--prompt-words", prompt_words, "--mix", "heavy", "--stream",
               "--warmup", 0, "--timeout", "900s"]
@@ -402,14 +405,14 @@ def tiers():
         r = bench(gurl, *common, "--rate", cap_req * 1.5, "--duration", f"{dur}s", "--tier-mix", mix, "--api-key", f"{name}-key")
         sampler.stop_flag = True
         sampler.join()
-        steady = sampler.steady_tokens_per_s(0.25 * dur, 0.9 * dur)
+        steady = sampler.steady_tokens_per_s(start, 0.9 * dur)
         # Picks per tier while the overload lasted: requests whose first token came in the
-        # steady part (25-90 % of the run).
+        # steady part.
         served = {}
         for x in r["samples"]:
-            if x["error"] is None and 0.25 * dur <= x["start_s"] + x["ttft_s"] <= 0.9 * dur:
+            if x["error"] is None and start <= x["start_s"] + x["ttft_s"] <= 0.9 * dur:
                 served[x["tier"]] = served.get(x["tier"], 0) + 1
-        occupancy = sampler.occupancy(0.25 * dur, 0.9 * dur)
+        occupancy = sampler.occupancy(start, 0.9 * dur)
         runs[name] = {"r": r, "steady": steady, "idle_share": sampler.idle_while_queued()[0], "served": served,
                       "occupancy": occupancy}
         t = r["by_tier"]
@@ -421,7 +424,8 @@ def tiers():
     stop(u)
     for x in stubs + [light]:
         stop(x[0])
-    return {"idle": idle, "runs": runs, "cap_tok": cap_tok, "cap_req": cap_req, "dur": dur, "mix": mix}
+    return {"idle": idle, "runs": runs, "cap_tok": cap_tok, "cap_req": cap_req, "dur": dur, "mix": mix,
+            "start": start}
 
 
 def tenants():
