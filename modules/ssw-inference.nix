@@ -18,6 +18,8 @@ let
 
   redisPassword = s.redis.passwordFile;
   apiKeys = s.gateway.apiKeysFile;
+  # Tenants' key files, each the gateway's credential `tenant-<name>`.
+  tenantKeys = lib.filterAttrs (_: t: (t.apiKeysFile or null) != null) s.tenants;
 
   # The key workers present to their engines: the user's file, or one the ssw-secrets unit
   # generates on first start (and the VLLM_API_KEY environment file vLLM reads it from).
@@ -33,6 +35,9 @@ let
       withSecrets = lib.foldl' lib.recursiveUpdate value [
         (optionalAttrs (redisPassword != null && role != "stub") { redis.password_file = cred "redis-password"; })
         (optionalAttrs (role == "gateway" && apiKeys != null) { gateway.api_keys_file = cred "api-keys"; })
+        (optionalAttrs (role == "gateway") {
+          tenants = builtins.mapAttrs (name: _: { api_keys_file = cred "tenant-${name}"; }) tenantKeys;
+        })
         (optionalAttrs (role == "worker") { worker.engine_api_key_file = cred "engine-key"; })
         (optionalAttrs (role == "stub") { stub.api_key_file = cred "engine-key"; })
       ];
@@ -90,6 +95,7 @@ let
   credentials = role:
     optional (redisPassword != null && role != "stub") "redis-password:${redisPassword}"
     ++ optional (role == "gateway" && apiKeys != null) "api-keys:${apiKeys}"
+    ++ optionals (role == "gateway") (lib.mapAttrsToList (name: t: "tenant-${name}:${t.apiKeysFile}") tenantKeys)
     ++ optional (role == "worker" || role == "stub") "engine-key:${engineKey}";
 
   # gateway and worker speak sd_notify (READY=1 once serving, WATCHDOG=1 while healthy).
@@ -178,9 +184,9 @@ in
           message = "services.ssw-inference: roles.redis is off but settings.redis.host is 127.0.0.1; point it at the Redis host.";
         }
         {
-          assertion = !cfg.roles.gateway || apiKeys != null || s.gateway.allowUnauthenticated
+          assertion = !cfg.roles.gateway || apiKeys != null || tenantKeys != { } || s.gateway.allowUnauthenticated
             || lib.hasPrefix "127." s.gateway.listen || lib.hasPrefix "[::1]" s.gateway.listen;
-          message = "services.ssw-inference.settings.gateway: the gateway listens on ${s.gateway.listen} without API keys; set gateway.apiKeysFile, listen on loopback, or set gateway.allowUnauthenticated = true to serve anyone who can reach it.";
+          message = "services.ssw-inference.settings.gateway: the gateway listens on ${s.gateway.listen} without API keys; set gateway.apiKeysFile (or tenants.<name>.apiKeysFile), listen on loopback, or set gateway.allowUnauthenticated = true to serve anyone who can reach it.";
         }
       ];
     }

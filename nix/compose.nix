@@ -18,6 +18,9 @@ let
   # An unprivileged user for the ssw containers (the image has no /etc/passwd; any uid works).
   user = "65534:65534";
   secretPath = name: "/run/secrets/${name}";
+  # Tenants with keys: each file is the secret `tenant-<name>` (./secrets/tenant-<name>).
+  tenantsWithKeys = builtins.filter (n: (s.tenants.${n}.apiKeysFile or null) != null) (builtins.attrNames s.tenants);
+  tenantSecrets = map (n: "tenant-${n}") tenantsWithKeys;
 
   # Compose interpolates `$NAME`/`${NAME}` in every value, inline config `content` included, and
   # `$$` is its escape for a literal `$` (docs.docker.com/reference/compose-file/interpolation).
@@ -119,7 +122,7 @@ in
       inherit user;
       command = [ "gateway" "--config" "/etc/ssw/config.json" ];
       configs = [{ source = "gateway"; target = "/etc/ssw/config.json"; }];
-      secrets = [ "api-keys" "redis-password" ];
+      secrets = [ "api-keys" "redis-password" ] ++ tenantSecrets;
       ports = [ "${topo.gateway.publishAddress}:${gatewayPort}:8080" ];
       depends_on.redis.condition = "service_healthy";
       restart = "unless-stopped";
@@ -136,11 +139,12 @@ in
       restart = "unless-stopped";
     };
   };
-  secrets = builtins.listToAttrs (map (name: { inherit name; value.file = "./secrets/${name}"; }) [ "api-keys" "redis-password" "engine-api-key" ]);
+  secrets = builtins.listToAttrs (map (name: { inherit name; value.file = "./secrets/${name}"; }) ([ "api-keys" "redis-password" "engine-api-key" ] ++ tenantSecrets));
   configs = builtins.listToAttrs ([
     (configFile "gateway" (l.recursiveUpdate (t.gatewayConfig s redisUrl "0.0.0.0:8080" "0.0.0.0:9300") {
       redis.password_file = secretPath "redis-password";
       gateway.api_keys_file = secretPath "api-keys";
+      tenants = builtins.listToAttrs (map (name: { inherit name; value.api_keys_file = secretPath "tenant-${name}"; }) tenantsWithKeys);
     }))
   ]
   # No NVML in compose: the Nix-built image's glibc does not read the libraries the NVIDIA

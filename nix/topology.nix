@@ -26,6 +26,11 @@ let
     # vLLM's --scheduling-policy: "priority" orders each engine's own queue by the request's
     # tier too (workers send vLLM's `priority`; docs/architecture.md, tiers).
     schedulingPolicy = "fcfs";
+    # Share of each worker's maxInflight kept for priority work, and queue settings per service
+    # tier: `tiers.flex = { maxQueue = 2000; queueTimeout = "15m"; minShare = 0.1; }` (fields
+    # left out take ssw's defaults; docs/configuration.md, `[pools.<p>.tiers.<tier>]`).
+    priorityReserve = 0.1;
+    tiers = { };
     # Stub timing of this pool's replicas (engine = "stub"), over the top-level `stub`.
     stub = { };
   };
@@ -68,6 +73,23 @@ let
     };
 
   validName = s: builtins.isString s && builtins.match "[A-Za-z0-9_.-]+" s != null;
+
+  # Nix attribute → ssw field, for tiers and tenants; unknown attributes fail evaluation.
+  tierFields = { maxQueue = "max_queue"; queueTimeout = "queue_timeout"; minShare = "min_share"; };
+  tenantFields = {
+    apiKeysFile = "api_keys_file";
+    defaultTier = "default_tier";
+    maxTier = "max_tier";
+    requestsPerMinute = "requests_per_minute";
+    tokensPerMinute = "tokens_per_minute";
+    maxConcurrent = "max_concurrent";
+    maxQueued = "max_queued";
+  };
+  tierNames = [ "priority" "default" "flex" ];
+  # An attribute set renamed by `fields`, nulls left out (ssw applies its defaults).
+  renamed = fields: set: builtins.listToAttrs (map (k: { name = fields.${k}; value = set.${k}; })
+    (builtins.filter (k: set.${k} != null) (builtins.attrNames set)));
+  unknownIn = fields: set: builtins.filter (k: !(fields ? ${k})) (builtins.attrNames set);
 
   check = s:
     let
@@ -143,13 +165,63 @@ let
         inherit path;
         msg = "must be an absolute path outside the Nix store, as a string (\"/run/secrets/…\"), so the secret never enters the store; got ${if builtins.isPath v then "a Nix path literal" else builtins.toJSON v}";
       };
+      tenantNames = builtins.attrNames s.tenants;
+      tiers = l.concatMap
+        (p: [
+          {
+            ok = let r = s.pools.${p}.priorityReserve; in
+              (builtins.isFloat r || builtins.isInt r) && r >= 0 && r < 1;
+            path = "pools.${p}.priorityReserve";
+            msg = "must be a fraction in [0, 1), got ${builtins.toJSON s.pools.${p}.priorityReserve}";
+          }
+        ] ++ map
+          (t: {
+            ok = builtins.elem t tierNames;
+            path = "pools.${p}.tiers.${t}";
+            msg = "unknown tier; tiers are ${builtins.concatStringsSep ", " tierNames}";
+          })
+          (builtins.attrNames s.pools.${p}.tiers)
+        ++ l.concatMap
+          (t: map
+            (k: { ok = false; path = "pools.${p}.tiers.${t}.${k}"; msg = "unknown setting; known: ${builtins.concatStringsSep ", " (builtins.attrNames tierFields)}"; })
+            (unknownIn tierFields s.pools.${p}.tiers.${t}))
+          (builtins.attrNames s.pools.${p}.tiers))
+        poolNames;
+      tenants = l.concatMap
+        (n:
+          let t = s.tenants.${n}; in
+          [
+            { ok = builtins.isAttrs t; path = "tenants.${n}"; msg = "must be an attribute set"; }
+            { ok = builtins.match "[A-Za-z0-9_-]+" n != null; path = "tenants.${n}"; msg = "tenant names use letters, digits, `-` and `_`"; }
+            {
+              ok = n == "default" || (t.apiKeysFile or null) != null;
+              path = "tenants.${n}.apiKeysFile";
+              msg = "is required: a tenant is known by its keys (only `default` takes gateway.apiKeysFile's)";
+            }
+            {
+              ok = n != "default" || (t.apiKeysFile or null) == null;
+              path = "tenants.default.apiKeysFile";
+              msg = "the default tenant's keys are gateway.apiKeysFile";
+            }
+            (secret "tenants.${n}.apiKeysFile" (t.apiKeysFile or null))
+          ]
+          ++ map (k: { ok = false; path = "tenants.${n}.${k}"; msg = "unknown setting; known: ${builtins.concatStringsSep ", " (builtins.attrNames tenantFields)}"; })
+            (unknownIn tenantFields t)
+          ++ map
+            (k: {
+              ok = builtins.elem t.${k} tierNames;
+              path = "tenants.${n}.${k}";
+              msg = "must be one of ${builtins.concatStringsSep ", " tierNames}, got ${builtins.toJSON t.${k}}";
+            })
+            (builtins.filter (k: t ? ${k}) [ "defaultTier" "maxTier" ]))
+        tenantNames;
       secrets = [
         (secret "redis.passwordFile" s.redis.passwordFile)
         (secret "gateway.apiKeysFile" s.gateway.apiKeysFile)
         (secret "grafana.secretKeyFile" s.grafana.secretKeyFile)
         (secret "engineApiKeyFile" s.engineApiKeyFile)
       ];
-      failed = builtins.filter (c: !c.ok) (checks ++ secrets);
+      failed = builtins.filter (c: !c.ok) (checks ++ tiers ++ tenants ++ secrets);
     in
     if failed == [ ] then s else let c = builtins.head failed; in l.fail c.path c.msg;
 
@@ -241,10 +313,17 @@ let
       max_crash_retries = p.maxCrashRetries;
       queue_timeout = p.queueTimeout;
       scheduling_policy = p.schedulingPolicy;
+      priority_reserve = p.priorityReserve;
       defaults = p.requestDefaults;
       max_model_len = p.maxModelLen;
+    } // l.optionalAttrs (p.tiers != { }) {
+      tiers = builtins.mapAttrs (_: renamed tierFields) p.tiers;
     })
     s.pools;
+
+  # `[tenants]` without the key files: their paths depend on where the deployment puts
+  # credentials (modules/ssw-inference.nix, compose.nix add them).
+  sswTenants = s: builtins.mapAttrs (_: t: renamed tenantFields (removeAttrs t [ "apiKeysFile" ])) s.tenants;
 
   # Secret paths (redis.password_file, gateway.api_keys_file) depend on where the deployment puts
   # credentials; modules/ssw-inference.nix adds them per systemd unit.
@@ -261,7 +340,7 @@ let
       stall_timeout = s.gateway.stallTimeout;
       allow_unauthenticated = s.gateway.allowUnauthenticated;
     };
-  };
+  } // l.optionalAttrs (s.tenants != { }) { tenants = sswTenants s; };
 
   workerConfig = s: redisUrl: r: engineUrl: metricsListen: sswBase s redisUrl // {
     worker = {

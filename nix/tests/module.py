@@ -44,6 +44,11 @@ SCENARIOS = {
         'gateway = { listen = "0.0.0.0:8080"; apiKeysFile = "/run/secrets/keys"; }; }; }')],
     "own engine key and more Redis clients": [SSW, BASE, GPU, ssw('{ enable = true; settings.engineApiKeyFile = "/run/secrets/engine"; }'),
                                                "{ services.redis.servers.ssw.maxclients = 20000; }"],
+    "tenants": [SSW, BASE, ssw(
+        '{ enable = true; openFirewall = true; settings = { engine = "stub"; gateway.listen = "0.0.0.0:8080"; '
+        'tenants = { npc = { apiKeysFile = "/run/secrets/npc-keys"; defaultTier = "flex"; requestsPerMinute = 6000; }; '
+        'default.maxTier = "default"; }; '
+        'pools.heavy = { schedulingPolicy = "priority"; priorityReserve = 0.2; tiers.flex = { maxQueue = 500; queueTimeout = "15m"; }; }; }; }')],
     "redis host": [SSW, BASE, ssw(
         '{ enable = true; roles = { gateway = false; workers = false; }; '
         'settings.redis = { host = "10.0.0.5"; passwordFile = "/run/secrets/redis"; persistence = "aof"; maxMemory = "4GiB"; }; }')],
@@ -73,6 +78,8 @@ MUST_FAIL = {
                                         "redis.maxMemory: must be a size"),
     "option of the wrong type": ([SSW, BASE, ssw('{ enable = true; openFirewall = "yes"; }')], "openFirewall' is not of type `boolean'"),
     "unknown module option": ([SSW, BASE, ssw("{ enable = true; openFirewalls = true; }")], "services.ssw-inference.openFirewalls' does not exist"),
+    "tenant without keys": ([SSW, BASE, ssw('{ enable = true; settings = { engine = "stub"; tenants.npc.requestsPerMinute = 60; }; }')],
+                            "tenants.npc.apiKeysFile: is required"),
     "grafana without secret key": ([SSW, BASE, ssw('{ enable = true; settings = { engine = "stub"; grafana.enable = true; }; }')],
                                    "settings.grafana.secretKeyFile: Grafana needs a secret key file"),
 }
@@ -227,6 +234,23 @@ def secrets(r):
        "secrets: the HF token file reaches the containers, as a path outside the store")
 
 
+def tenants(r):
+    svc = r["systemd"]["services"]
+    g = svc["ssw-gateway"]["serviceConfig"]
+    ok(g["LoadCredential"] == ["tenant-npc:/run/secrets/npc-keys"], "tenants: the gateway loads the tenant's keys as a credential")
+    conf = unit_config(svc["ssw-gateway"])
+    ok(conf.get("tenants") == {
+        "npc": {"api_keys_file": "/run/credentials/ssw-gateway.service/tenant-npc", "default_tier": "flex", "requests_per_minute": 6000},
+        "default": {"max_tier": "default"},
+    }, f"tenants: the gateway's [tenants] (got {conf.get('tenants')})")
+    ok(conf["pools"]["heavy"].get("tiers") == {"flex": {"max_queue": 500, "queue_timeout": "15m"}}
+       and conf["pools"]["heavy"]["priority_reserve"] == 0.2, "tenants: the pool's tiers and reserve reach the gateway")
+    w = unit_config(svc["ssw-worker-heavy-0"])
+    ok(w["pools"]["heavy"]["priority_reserve"] == 0.2 and "tenants" not in w, "tenants: workers get the reserve, not the tenants")
+    ok("tenant-npc" not in " ".join(svc["ssw-worker-heavy-0"]["serviceConfig"].get("LoadCredential", [])),
+       "tenants: workers do not load the tenants' keys")
+
+
 def gpu_host(r):
     svc = r["systemd"]["services"]
     mine = sorted(ssw_units(svc))
@@ -277,6 +301,7 @@ def own_key(r):
 
 
 CHECKS = {"a40": a40, "own engine key and more Redis clients": own_key, "stub": stub, "grafana": grafana, "secrets": secrets, "gpu host": gpu_host,
+          "tenants": tenants,
           "gateway host": gateway_host, "redis host": redis_host,
           "vm-test overload": vm_overload, "vm-test worker-restart": vm_worker_restart}
 

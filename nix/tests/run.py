@@ -107,6 +107,13 @@ MERGES = [
      'let n = p: builtins.length (builtins.filter (a: a == "--scheduling-policy") (builtins.concatMap (r: if r.pool == p then r.vllmArgs else [ ]) t.replicas)); '
      'in { heavy = n "heavy"; light = n "light"; ssw = t.ssw.gateway.pools.heavy.scheduling_policy; }',
      {"heavy": 2, "light": 0, "ssw": "priority"}),
+    ("tiers and a reserve of a pool, and tenants without their key files, reach the ssw configs",
+     '{ pools.heavy = { priorityReserve = 0.25; tiers.flex = { maxQueue = 100; minShare = 0.05; }; }; '
+     'tenants = { npc = { apiKeysFile = "/run/secrets/npc"; maxTier = "default"; maxConcurrent = 50; }; }; }',
+     "{ g = t.ssw.gateway.pools.heavy.tiers; r = t.ssw.workers.heavy-0.pools.heavy.priority_reserve; "
+     "tenants = t.ssw.gateway.tenants; light = t.ssw.gateway.pools.light ? tiers; worker = t.ssw.workers.heavy-0 ? tenants; }",
+     {"g": {"flex": {"max_queue": 100, "min_share": 0.05}}, "r": 0.25,
+      "tenants": {"npc": {"max_tier": "default", "max_concurrent": 50}}, "light": False, "worker": False}),
 ]
 
 
@@ -139,6 +146,14 @@ BAD = [
     ("new pool without servedModel", '{ pools.medium = { }; replicas.m = { pool = "medium"; gpu = 0; }; }', "pools.medium.servedModel: is required"),
     ("unknown engine", '{ engine = "tgi"; }', "engine: must be \"vllm\" or \"stub\""),
     ("unknown scheduling policy", '{ pools.heavy.schedulingPolicy = "lottery"; }', "pools.heavy.schedulingPolicy: must be \"fcfs\" or \"priority\""),
+    ("tenant without keys", '{ tenants.npc.requestsPerMinute = 60; }', "tenants.npc.apiKeysFile: is required"),
+    ("tenant with an unknown setting", '{ tenants.npc = { apiKeysFile = "/k"; rpm = 60; }; }', "tenants.npc.rpm: unknown setting"),
+    ("tenant with an unknown tier", '{ tenants.npc = { apiKeysFile = "/k"; maxTier = "gold"; }; }', "tenants.npc.maxTier: must be one of priority, default, flex"),
+    ("tenant keys in the Nix store", '{ tenants.npc.apiKeysFile = ./run.py; }', "tenants.npc.apiKeysFile: must be an absolute path outside the Nix store"),
+    ("default tenant with keys of its own", '{ tenants.default.apiKeysFile = "/k"; }', "tenants.default.apiKeysFile: the default tenant's keys are gateway.apiKeysFile"),
+    ("unknown tier of a pool", '{ pools.heavy.tiers.gold.maxQueue = 5; }', "pools.heavy.tiers.gold: unknown tier"),
+    ("unknown tier setting", '{ pools.heavy.tiers.flex.max_queue = 5; }', "pools.heavy.tiers.flex.max_queue: unknown setting"),
+    ("priority reserve out of range", '{ pools.heavy.priorityReserve = 1; }', "pools.heavy.priorityReserve: must be a fraction in [0, 1)"),
     ("bad replica name", '{ replicas = { "heavy 0" = { pool = "heavy"; gpu = 0; }; light-0 = { pool = "light"; gpu = 0; }; }; }', "replicas.heavy 0: replica names use"),
 ]
 
