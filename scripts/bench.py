@@ -22,6 +22,8 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SSW = os.path.join(ROOT, "target", "release", "ssw")
+# `--base-bin PATH`: an earlier build to compare section 1's CPU against in the same run.
+BASE_BIN = sys.argv[sys.argv.index("--base-bin") + 1] if "--base-bin" in sys.argv else None
 HEAVY = "Qwen/Qwen2.5-14B-Instruct-AWQ"
 LIGHT = "Qwen/Qwen3-8B-AWQ"
 HZ = os.sysconf("SC_CLK_TCK")
@@ -96,10 +98,11 @@ def stub(served, **knobs):
     return p, f"http://127.0.0.1:{port}"
 
 
-def up(engines, config=None):
-    """`ssw up` with workers in front of the given engines; returns (proc, gateway url)."""
+def up(engines, config=None, ssw=None):
+    """`ssw up` with workers in front of the given engines (`ssw`: another build's binary);
+    returns (proc, gateway url)."""
     port = free_port()
-    args = [SSW, "up", "--listen", f"127.0.0.1:{port}"]
+    args = [ssw or SSW, "up", "--listen", f"127.0.0.1:{port}"]
     for pool, url in engines:
         args += ["--engine", f"{pool}={url}"]
     if config:
@@ -492,6 +495,33 @@ def admission():
     return out
 
 
+def overhead_ab(base):
+    """Section 1's CPU split for this build against `base` (an earlier build's ssw binary, e.g.
+    the commit before a feature), alternating, three rounds each, in one run: what the feature
+    costs, free of the drift between runs. Same stub, same load; non-streaming and 16-token
+    streams at concurrency 16."""
+    log("1b. overhead: this build against " + base)
+    s, surl = stub(HEAVY)
+    config = f'[pools.heavy]\nserved_model = "{HEAVY}"\n[pools.light]\nserved_model = "light-unused"\n'
+    out = {"base": base, "rounds": []}
+    for _ in range(3):
+        for name, binary in (("base", base), ("head", SSW)):
+            u, gurl = up([("heavy", surl), ("heavy", surl), ("light", surl)], config=config, ssw=binary)
+            pids = platform_pids(u)
+            row = {"build": name}
+            for stream in (False, True):
+                args = ["-c", 16, "-n", 2000 if QUICK else 5000, "--warmup", 50, "--max-tokens", 16, "--mix", "heavy",
+                        "--metrics-url", "none"] + (["--stream"] if stream else [])
+                before = {p: cpu(p) for p in pids}
+                r = bench(gurl, *args)
+                row["stream" if stream else "plain"] = sum(cpu(p) - before[p] for p in pids) * 1000 / r["requests"]
+            stop(u)
+            out["rounds"].append(row)
+            log(f"   {name}: {row['plain']:.3f} ms non-streaming, {row['stream']:.3f} ms streaming (platform CPU per request)")
+    stop(s)
+    return out
+
+
 def pct(xs, q):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, max(0, int(q * len(xs) + 0.5) - 1))] if xs else None
@@ -727,6 +757,8 @@ def main():
         name = sys.argv[sys.argv.index("--only") + 1]
         scenarios = {f.__name__: f for f in (overhead, overhead_cpu_split, saturation, burst, balance, fanout, edge,
                                              tiers, tenants, admission)}
+        if BASE_BIN:
+            scenarios["overhead_ab"] = lambda: overhead_ab(BASE_BIN)
         if name not in scenarios:
             sys.exit(f"--only: unknown scenario {name!r}; one of {', '.join(scenarios)}")
         print(json.dumps(without_samples(scenarios[name]()), indent=1, default=str))
@@ -741,6 +773,8 @@ def main():
     ti = tiers()
     te = tenants()
     ad = admission()
+    if BASE_BIN:
+        ad["ab"] = overhead_ab(BASE_BIN)
     # Kept, so the report can be rendered again without running (`--render FILE`).
     saved = os.path.join(tempfile.gettempdir(), "ssw-bench-results.json")
     json.dump({"sections": [ov, split, sat, bu, ba, fo, ed, [ti, te, ad]], "machine": machine()},

@@ -461,22 +461,28 @@ pub async fn charge(
     let call = tenant
         .local()
         .call_for_need(tenant.limits, need, lease_until(state, now), now);
-    crate::metrics::limit_call(&tenant.name, "need");
+    let (refused, view) = ask(state, tenant, &call, "need").await.map_err(Err)?;
+    if refused { Err(Ok(view)) } else { Ok(view) }
+}
+
+/// Makes `call` for `tenant` (counted under `reason`) and applies the answer: (refused, the
+/// headers' view). The caller holds the tenant's call turn.
+async fn ask(
+    state: &AppState,
+    tenant: &TenantAllowance,
+    call: &AllowanceCall,
+    reason: &'static str,
+) -> Result<(bool, RateDecision), ssw_queue::QueueError> {
+    crate::metrics::limit_call(&tenant.name, reason);
     match state
         .redis
-        .allowance(&tenant.name, tenant.limits, &state.instance, &call)
+        .allowance(&tenant.name, tenant.limits, &state.instance, call)
         .await
     {
-        Ok(d) => {
-            let view = tenant.local().apply(&call, d);
-            match d.refused {
-                None => Ok(view),
-                Some(_) => Err(Ok(view)),
-            }
-        }
+        Ok(d) => Ok((d.refused.is_some(), tenant.local().apply(call, d))),
         Err(e) => {
-            tenant.local().failed(&call);
-            Err(Err(e))
+            tenant.local().failed(call);
+            Err(e)
         }
     }
 }
@@ -527,19 +533,8 @@ async fn settle_one(state: &AppState, tenant: &TenantAllowance, renew_every: Dur
     if last {
         call.more = Amounts::default();
     }
-    crate::metrics::limit_call(&tenant.name, "tick");
-    match state
-        .redis
-        .allowance(&tenant.name, tenant.limits, &state.instance, &call)
-        .await
-    {
-        Ok(d) => {
-            tenant.local().apply(&call, d);
-        }
-        Err(e) => {
-            tenant.local().failed(&call);
-            tracing::warn!(error = %e, tenant = %tenant.name, "cannot settle the tenant's allowance");
-        }
+    if let Err(e) = ask(state, tenant, &call, "tick").await {
+        tracing::warn!(error = %e, tenant = %tenant.name, "cannot settle the tenant's allowance");
     }
 }
 
@@ -721,7 +716,11 @@ mod tests {
         assert!(matches!(l.take(LIMITS, big, 0), Taken::Ask));
         let call = l.call_for_need(LIMITS, big, 5_000, 0);
         assert_eq!(call.slots_in_use, 3, "1 in use and 2 spare, all still held");
-        assert_eq!(call.more, amounts(0, 0, 3), "30 requests, 3 000 tokens are held already");
+        assert_eq!(
+            call.more,
+            amounts(0, 0, 3),
+            "30 requests, 3 000 tokens are held already"
+        );
     }
 
     #[test]
@@ -742,7 +741,10 @@ mod tests {
         let again = l
             .call_for_tick(LIMITS, 5_000, 200, Duration::from_secs(5))
             .expect("the slots Redis counts are unknown: report");
-        assert_eq!(again.tokens_back, -400, "the debt is settled, not forgotten");
+        assert_eq!(
+            again.tokens_back, -400,
+            "the debt is settled, not forgotten"
+        );
     }
 
     #[test]

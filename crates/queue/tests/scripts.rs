@@ -626,34 +626,16 @@ async fn reclaim_takes_back_its_own_entries_it_does_not_hold_once_they_are_stran
     let young = r.redis.reclaim(POOL, "me", now).await.unwrap();
     assert!(young.jobs.is_empty(), "not stranded before its time");
     tokio::time::sleep(Duration::from_millis(60)).await;
-    let got = r
-        .redis
-        .reclaim(
-            POOL,
-            "me",
-            ReclaimScan {
-                stranded_after: Duration::from_millis(50),
-                ..now
-            },
-        )
-        .await
-        .unwrap();
+    let fast = ReclaimScan {
+        stranded_after: Duration::from_millis(50),
+        ..now
+    };
+    let got = r.redis.reclaim(POOL, "me", fast).await.unwrap();
     let taken: Vec<_> = got.jobs.into_iter().map(|p| p.entry_id).collect();
     assert_eq!(taken, vec![lost.clone()], "only the entry it does not hold");
     assert_eq!(got.stranded, 1);
     // Taken back by XCLAIM: its idle time starts again, so the next scan leaves it alone.
-    let again = r
-        .redis
-        .reclaim(
-            POOL,
-            "me",
-            ReclaimScan {
-                stranded_after: Duration::from_millis(50),
-                ..scan("-", 100, &in_hand)
-            },
-        )
-        .await
-        .unwrap();
+    let again = r.redis.reclaim(POOL, "me", fast).await.unwrap();
     assert!(again.jobs.is_empty(), "{:?}", again.jobs);
 }
 
