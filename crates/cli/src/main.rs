@@ -21,6 +21,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod bench;
 mod limits;
 mod listen;
+mod routes;
 mod status;
 mod telemetry;
 mod up;
@@ -92,6 +93,8 @@ enum Command {
     Bench(Box<bench::BenchArgs>),
     /// Show pools (backlog, pending, oldest job) and workers (engine, slots, GPU) from Redis.
     Status(status::StatusArgs),
+    /// Change routes, aliases, request defaults and tenants' limits without a restart.
+    Routes(routes::RoutesArgs),
     /// Validate a config file for a role; names the bad field.
     CheckConfig {
         /// The file.
@@ -178,10 +181,14 @@ fn main() -> ExitCode {
             config,
             listen,
             redis_url,
-        } => match gateway_config(config.as_ref(), *listen, redis_url.clone()) {
-            Ok(cfg) => Some(cfg),
-            Err(e) => return fail(&e),
-        },
+        } => {
+            let (file, listen, redis_url) = (config.clone(), *listen, redis_url.clone());
+            let reload = move || gateway_config(file.as_ref(), listen, redis_url.clone());
+            match reload() {
+                Ok(cfg) => Some((cfg, reload)),
+                Err(e) => return fail(&e),
+            }
+        }
         _ => None,
     };
     // A worker relays at most `max_inflight` jobs between Redis and one engine: one thread does
@@ -189,7 +196,7 @@ fn main() -> ExitCode {
     // gateway takes `gateway.threads`; everything else scales over the host's cores.
     let threads = match (&cli.command, &gateway) {
         (Command::Worker { .. }, _) => Some(1),
-        (_, Some(cfg)) => Some(cfg.gateway.threads).filter(|n| *n > 0),
+        (_, Some((cfg, _))) => Some(cfg.gateway.threads).filter(|n| *n > 0),
         _ => None,
     };
     let mut builder = match threads {
@@ -209,7 +216,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match gateway {
-        Some(cfg) => runtime.block_on(run_gateway(cfg)),
+        Some((cfg, reload)) => runtime.block_on(run_gateway(cfg, reload)),
         None => runtime.block_on(run(cli.command)),
     };
     match result {
@@ -239,7 +246,10 @@ fn gateway_config(
     )
 }
 
-async fn run_gateway(cfg: Config) -> anyhow::Result<()> {
+async fn run_gateway(
+    cfg: Config,
+    reload: impl Fn() -> anyhow::Result<Config> + Send + 'static,
+) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signals()?;
     let listener = listen::listener(cfg.gateway.listen, "gateway.listen", "gateway").await?;
     let ops = match cfg.gateway.ops_listen {
@@ -248,6 +258,7 @@ async fn run_gateway(cfg: Config) -> anyhow::Result<()> {
     };
     let grace = cfg.gateway.shutdown_timeout;
     let state = ssw_gateway::AppState::new(cfg)?;
+    reload_on_sighup(state.clone(), reload)?;
     let serve = ssw_gateway::serve(listener, ops, state, shutdown.clone());
     tokio::pin!(serve);
     tokio::select! {
@@ -256,6 +267,23 @@ async fn run_gateway(cfg: Config) -> anyhow::Result<()> {
             anyhow::bail!("responses still in flight after gateway.shutdown_timeout ({grace:?})");
         }
     }
+}
+
+/// On SIGHUP, reads the gateway's configuration again and puts its reloadable settings in
+/// force; names the changed settings that need a restart.
+fn reload_on_sighup(
+    state: ssw_gateway::AppState,
+    reload: impl Fn() -> anyhow::Result<Config> + Send + 'static,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reading the configuration again");
+            let _ = state.reload_file(reload().map_err(|e| format!("{e:#}")));
+        }
+    });
+    Ok(())
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
@@ -306,6 +334,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Up(args) => up::run(args).await,
         Command::Status(args) => status::run(args).await,
+        Command::Routes(args) => routes::run(args).await,
         Command::Bench(args) => bench::run(*args).await,
         Command::CheckConfig { file, role } => check_config(&file, role),
     }

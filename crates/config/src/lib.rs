@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 pub mod gateway;
 pub mod pool;
 pub mod redis;
+pub mod route;
+pub mod routing;
 pub mod size;
 pub mod stub;
 pub mod tenant;
@@ -29,6 +31,8 @@ pub mod worker;
 pub use gateway::{GatewayConfig, MAX_THREADS};
 pub use pool::{PoolConfig, default_pools};
 pub use redis::{Persistence, RedisConfig};
+pub use route::RouteConfig;
+pub use routing::Routing;
 pub use size::ByteSize;
 pub use stub::{STUB_PRESETS, StubConfig};
 pub use tenant::TenantConfig;
@@ -85,6 +89,9 @@ pub struct Config {
     /// Pools by name. Empty means the two default pools, `heavy` and `light`
     /// ([`default_pools`]); naming any pool replaces both.
     pub pools: BTreeMap<String, PoolConfig>,
+    /// Routes by name (`[routes.<name>]`): public model names spread over weighted variants.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub routes: BTreeMap<String, RouteConfig>,
     /// Tenants by name (`[tenants.<name>]`): their keys, tiers and limits.
     pub tenants: BTreeMap<String, TenantConfig>,
     /// One worker process (used by `ssw worker`).
@@ -150,6 +157,7 @@ impl Config {
     fn validate_common(&self) -> Result<(), ConfigError> {
         self.redis.validate()?;
         pool::validate(&self.pools)?;
+        route::validate(&self.routes, &self.pools)?;
         tenant::validate(&self.tenants)?;
         for (name, pool) in &self.pools {
             if pool.max_queue_bytes < self.gateway.max_body {

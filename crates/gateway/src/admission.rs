@@ -20,7 +20,8 @@ use crate::error::ApiError;
 use crate::http::{X_SSW_POOL, X_SSW_TIER};
 use crate::lifecycle::{Charged, Ticket};
 use crate::limits::RateHeaders;
-use crate::routing::{Pool, RouteError};
+use crate::metrics::RouteLabels;
+use crate::routing::{Pool, RouteError, Target, Version};
 use crate::state::AppState;
 
 /// A request on its pool's queue.
@@ -33,6 +34,10 @@ pub struct Admitted {
     pub stream: bool,
     /// The tier it is served at.
     pub tier: Tier,
+    /// The route and variant it was sent to (empty: a pool by name).
+    pub route: RouteLabels,
+    /// The version of the routing settings that routed it.
+    pub routing_version: u64,
     /// `x-ratelimit-*` for a limited tenant.
     pub rate: Option<RateHeaders>,
     /// The request's span (request id, job, pool, worker).
@@ -43,6 +48,8 @@ pub struct Admitted {
 pub struct Refusal {
     /// The pool, if routing got that far.
     pub pool: Option<Arc<Pool>>,
+    /// The route and variant, if routing got that far through a route.
+    pub route: RouteLabels,
     /// Whether the client asked for a stream (a metric label).
     pub stream: bool,
     /// What the client is told.
@@ -58,6 +65,7 @@ impl Refusal {
     pub fn new(error: ApiError) -> Self {
         Self {
             pool: None,
+            route: RouteLabels::default(),
             stream: false,
             error,
             recorded: false,
@@ -95,13 +103,15 @@ pub async fn admit(
     let turn = state.admissions.acquire().await.ok();
     let req = ChatRequest::parse(&body).map_err(|e| Refusal::new(e.into()))?;
     let stream = req.stream;
-    let pool = route(state, headers, &req).map_err(|error| Refusal {
+    let routing = state.routing();
+    let (pool, labels) = route(&routing, headers, &req).map_err(|error| Refusal {
         stream,
         ..Refusal::new(error)
     })?;
     let mut rate: Option<RateHeaders> = None;
     let refused = |error: ApiError, recorded: bool, rate: Option<RateHeaders>| Refusal {
         pool: Some(pool.clone()),
+        route: labels.clone(),
         stream,
         error,
         recorded,
@@ -109,7 +119,7 @@ pub async fn admit(
     };
     req.check(&pool.limits())
         .map_err(|e| refused(e.into(), false, None))?;
-    let tenant_cfg = state.tenant(tenant);
+    let tenant_cfg = routing.tenant(tenant);
     let tier = tier(headers, &req, tenant_cfg).map_err(|e| refused(e, false, None))?;
     let job_id = state.next_job_id();
     let mut charged = None;
@@ -175,8 +185,15 @@ pub async fn admit(
         pool = %pool.name,
         tier = %tier,
         tenant = %tenant,
+        routing_version = routing.number,
+        route = tracing::field::Empty,
+        variant = tracing::field::Empty,
         worker = tracing::field::Empty,
     );
+    if !labels.route.is_empty() {
+        span.record("route", &*labels.route);
+        span.record("variant", &*labels.variant);
+    }
     let mut ticket = Ticket::register(
         state,
         pool.name.clone(),
@@ -189,6 +206,7 @@ pub async fn admit(
     if let Some(c) = charged {
         ticket.charged(c);
     }
+    ticket.routed(labels.clone());
     let limits = QueueLimits {
         max_queue: pool.max_queue,
         max_queue_bytes: pool.max_queue_bytes,
@@ -210,6 +228,8 @@ pub async fn admit(
                 ticket,
                 stream,
                 tier,
+                route: labels,
+                routing_version: routing.number,
                 rate,
                 span,
             });
@@ -281,12 +301,13 @@ fn tier(
         .at_most(tenant.max_tier))
 }
 
-/// The pool a request goes to: the `x-ssw-pool` header wins over `model`.
+/// The pool a request goes to: the `x-ssw-pool` header wins over `model`; a route picks one of
+/// its variants by the request's sticky key.
 fn route(
-    state: &AppState,
+    routing: &Version,
     headers: &HeaderMap,
     req: &ChatRequest<'_>,
-) -> Result<Arc<Pool>, ApiError> {
+) -> Result<(Arc<Pool>, RouteLabels), ApiError> {
     let header = match headers.get(&X_SSW_POOL) {
         None => None,
         Some(v) => Some(v.to_str().map(str::trim).map_err(|_| {
@@ -297,8 +318,17 @@ fn route(
             .param("x-ssw-pool")
         })?),
     };
-    match state.router.resolve(header, req.model.as_deref()) {
-        Ok(pool) => Ok(pool.clone()),
+    match routing.router.resolve(header, req.model.as_deref()) {
+        Ok(Target::Pool(pool)) => Ok((pool, RouteLabels::default())),
+        Ok(Target::Route(route)) => {
+            let key = route.sticky_key(headers, req);
+            let variant = route.variant(route.bucket(key.as_deref()));
+            let labels = RouteLabels {
+                route: route.name.clone(),
+                variant: variant.name.clone(),
+            };
+            Ok((variant.pool.clone(), labels))
+        }
         Err(RouteError::Unknown(m)) => Err(ApiError::new(
             ErrorCode::ModelNotFound,
             format!("the model `{}` does not exist; see /v1/models", quote(&m)),

@@ -9,7 +9,7 @@
 //! - [`server`]: connections: the cap on open ones, head, idle and write timeouts.
 //! - [`http`]: routes, middleware, handlers (thin: read, call, answer).
 //! - [`admission`]: from a body to a job on its queue, or the reason it is refused.
-//! - [`routing`]: pool resolution.
+//! - [`routing`]: pool and route resolution; [`reload`]: routing versions and SIGHUP.
 //! - [`lifecycle`]: the per-request [`lifecycle::Ticket`].
 //! - [`replies`]: the reply-stream reader and demultiplexer.
 //! - [`openapi`]: the OpenAPI document (`GET /openapi.json`).
@@ -24,6 +24,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
+pub mod reload;
 pub mod replies;
 pub mod routing;
 pub mod server;
@@ -47,7 +48,7 @@ pub async fn serve(
     let background = CancellationToken::new();
     let sampler = tokio::spawn(metrics::sample_queues(
         state.redis.clone(),
-        state.router.clone(),
+        state.pools.clone(),
         state.config.gateway.sample_interval,
         background.clone(),
     ));
@@ -64,6 +65,11 @@ pub async fn serve(
         background.clone(),
     ));
     let settler = tokio::spawn(limits::settle(state.clone(), background.clone()));
+    // A published routing version is in force before the first request is served (unless
+    // Redis does not answer now: then within a second of its return).
+    let mut routing = reload::Watcher::default();
+    routing.check(&state).await;
+    let routing = tokio::spawn(routing.run(state.clone(), background.clone()));
     let watcher = tokio::spawn(replies::watch_workers(
         state.redis.clone(),
         state.replies.clone(),
@@ -110,6 +116,6 @@ pub async fn serve(
         let _ = ops.await;
     }
     background.cancel();
-    let _ = tokio::join!(reader, keeper, watcher, sampler, settler);
+    let _ = tokio::join!(reader, keeper, watcher, sampler, settler, routing);
     result
 }

@@ -99,6 +99,8 @@ pub struct Ticket {
     recorded: bool,
     /// Its tenant's limits' charge, settled on drop.
     charged: Option<Charged>,
+    /// Its route and variant (metric labels).
+    route: crate::metrics::RouteLabels,
 }
 
 impl Ticket {
@@ -141,7 +143,13 @@ impl Ticket {
             finished: false,
             recorded: false,
             charged: None,
+            route: crate::metrics::RouteLabels::default(),
         }
+    }
+
+    /// Records the route and variant the request was sent to (metric labels).
+    pub fn routed(&mut self, route: crate::metrics::RouteLabels) {
+        self.route = route;
     }
 
     /// Records what the tenant's limits charged for this request (released when it ends).
@@ -201,10 +209,10 @@ impl Ticket {
     pub fn record(&mut self, status: u16, code: &'static str) {
         if !self.recorded {
             self.recorded = true;
-            crate::metrics::request_done(&self.pool, self.stream, status, code);
+            crate::metrics::request_done(&self.pool, &self.route, self.stream, status, code);
             crate::metrics::tier_request(&self.pool, self.lane.tier, &self.lane.tenant, code);
             if let Some(u) = self.timing.usage {
-                crate::metrics::tokens(&self.pool, u);
+                crate::metrics::tokens(&self.pool, &self.route, u);
             }
             let t = &self.timing;
             let ttft_ms = t.first_token.map(|f| (f - t.arrived).as_millis() as u64);
@@ -307,7 +315,7 @@ impl Ticket {
     /// Records what an event says about latency and tokens.
     fn observe(&mut self, ev: &ReplyEvent) {
         let now = Instant::now();
-        let (pool, span, stream) = (&*self.pool, &self.span, self.stream);
+        let (pool, route, span, stream) = (&*self.pool, &self.route, &self.span, self.stream);
         let tier = self.lane.tier;
         let t = &mut self.timing;
         let enqueued_ms = t.enqueued_ms;
@@ -321,13 +329,13 @@ impl Ticket {
         let chunk = |t: &mut Timing, chunk: &[u8]| {
             match t.last_chunk {
                 None => {
-                    crate::metrics::ttft(pool, tier, true, now - t.arrived);
+                    crate::metrics::ttft(pool, route, tier, true, now - t.arrived);
                     let ttft_ms = (now - t.arrived).as_millis() as u64;
                     tracing::debug!(parent: span, ttft_ms, "first token");
                 }
                 Some(last) => {
                     let events = ssw_protocol::chat::sse_events(chunk).max(1) as u32;
-                    crate::metrics::inter_token(pool, (now - last) / events);
+                    crate::metrics::inter_token(pool, route, (now - last) / events);
                 }
             }
             t.first_token.get_or_insert(now);
@@ -357,14 +365,14 @@ impl Ticket {
                 claimed(t, worker, *claimed_ms);
                 if *status < 400 {
                     t.first_token.get_or_insert(now);
-                    crate::metrics::ttft(pool, tier, stream, now - t.arrived);
+                    crate::metrics::ttft(pool, route, tier, stream, now - t.arrived);
                     t.usage = ssw_protocol::chat::usage_of_body(body);
                 }
-                crate::metrics::duration(pool, stream, now - t.arrived);
+                crate::metrics::duration(pool, route, stream, now - t.arrived);
             }
             ReplyEvent::Data(data) => chunk(t, data),
             ReplyEvent::End | ReplyEvent::Fail { .. } => {
-                crate::metrics::duration(pool, stream, now - t.arrived)
+                crate::metrics::duration(pool, route, stream, now - t.arrived)
             }
             ReplyEvent::KeepAlive | ReplyEvent::Requeued { .. } => {}
         }

@@ -10,13 +10,29 @@ use tokio_util::sync::CancellationToken;
 
 use ssw_protocol::tier::Tier;
 
-use crate::routing::Router;
+/// A request's route and variant (`route`, `variant` labels): empty for a request sent to a
+/// pool by name, `shadow` for a route's shadow copy. Bounded by the configured routes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteLabels {
+    /// The route's name.
+    pub route: std::sync::Arc<str>,
+    /// The variant's name.
+    pub variant: std::sync::Arc<str>,
+}
 
 /// Counts a request answered (`code` is `ok` or an error code).
-pub fn request_done(pool: &str, stream: bool, status: u16, code: &'static str) {
+pub fn request_done(
+    pool: &str,
+    route: &RouteLabels,
+    stream: bool,
+    status: u16,
+    code: &'static str,
+) {
     metrics::counter!(
         names::GATEWAY_REQUESTS,
         "pool" => pool.to_owned(),
+        "route" => route.route.to_string(),
+        "variant" => route.variant.to_string(),
         "stream" => if stream { "true" } else { "false" },
         "status" => status.to_string(),
         "code" => code,
@@ -114,35 +130,57 @@ pub fn queue_wait(pool: &str, tier: Tier, d: Duration) {
 }
 
 /// Time to first token (streaming) or to the answer (non-streaming).
-pub fn ttft(pool: &str, tier: Tier, stream: bool, d: Duration) {
-    metrics::histogram!(names::GATEWAY_TTFT, "pool" => pool.to_owned(), "tier" => tier.as_str(), "stream" => stream_label(stream))
-        .record(d.as_secs_f64());
+pub fn ttft(pool: &str, route: &RouteLabels, tier: Tier, stream: bool, d: Duration) {
+    metrics::histogram!(
+        names::GATEWAY_TTFT,
+        "pool" => pool.to_owned(),
+        "route" => route.route.to_string(),
+        "variant" => route.variant.to_string(),
+        "tier" => tier.as_str(),
+        "stream" => stream_label(stream),
+    )
+    .record(d.as_secs_f64());
 }
 
 /// Time between streamed tokens.
-pub fn inter_token(pool: &str, d: Duration) {
-    metrics::histogram!(names::GATEWAY_ITL, "pool" => pool.to_owned()).record(d.as_secs_f64());
+pub fn inter_token(pool: &str, route: &RouteLabels, d: Duration) {
+    metrics::histogram!(
+        names::GATEWAY_ITL,
+        "pool" => pool.to_owned(),
+        "route" => route.route.to_string(),
+        "variant" => route.variant.to_string(),
+    )
+    .record(d.as_secs_f64());
 }
 
 /// Whole request latency.
-pub fn duration(pool: &str, stream: bool, d: Duration) {
-    metrics::histogram!(names::GATEWAY_DURATION, "pool" => pool.to_owned(), "stream" => stream_label(stream))
-        .record(d.as_secs_f64());
+pub fn duration(pool: &str, route: &RouteLabels, stream: bool, d: Duration) {
+    metrics::histogram!(
+        names::GATEWAY_DURATION,
+        "pool" => pool.to_owned(),
+        "route" => route.route.to_string(),
+        "variant" => route.variant.to_string(),
+        "stream" => stream_label(stream),
+    )
+    .record(d.as_secs_f64());
 }
 
 /// Tokens of an answer.
-pub fn tokens(pool: &str, usage: Usage) {
-    metrics::counter!(names::GATEWAY_PROMPT_TOKENS, "pool" => pool.to_owned())
-        .increment(usage.prompt_tokens);
-    metrics::counter!(names::GATEWAY_COMPLETION_TOKENS, "pool" => pool.to_owned())
-        .increment(usage.completion_tokens);
+pub fn tokens(pool: &str, route: &RouteLabels, usage: Usage) {
+    let labels = [
+        ("pool", pool.to_owned()),
+        ("route", route.route.to_string()),
+        ("variant", route.variant.to_string()),
+    ];
+    metrics::counter!(names::GATEWAY_PROMPT_TOKENS, &labels).increment(usage.prompt_tokens);
+    metrics::counter!(names::GATEWAY_COMPLETION_TOKENS, &labels).increment(usage.completion_tokens);
 }
 
 /// Samples every pool's queue and workers every `interval` (one task per gateway, so the cost
 /// does not grow with scrapes or requests).
 pub async fn sample_queues(
     redis: Redis,
-    router: std::sync::Arc<Router>,
+    pools: std::sync::Arc<[std::sync::Arc<str>]>,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
@@ -154,15 +192,15 @@ pub async fn sample_queues(
             _ = tick.tick() => {}
         }
         let now = ssw_queue::now_ms();
-        for pool in router.pools() {
-            let stats = match redis.pool_stats(&pool.name, now).await {
+        for pool in pools.iter() {
+            let stats = match redis.pool_stats(pool, now).await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::debug!(error = %e, "queue sample failed");
                     break;
                 }
             };
-            let p = pool.name.to_string();
+            let p = pool.to_string();
             metrics::gauge!(names::QUEUE_BACKLOG, "pool" => p.clone()).set(stats.backlog as f64);
             metrics::gauge!(names::QUEUE_PENDING, "pool" => p.clone()).set(stats.pending as f64);
             metrics::gauge!(names::QUEUE_BYTES, "pool" => p.clone()).set(stats.queued_bytes as f64);

@@ -10,7 +10,7 @@ use ssw_protocol::tier::DEFAULT_TENANT;
 
 use crate::auth::ApiKeys;
 use crate::replies::Replies;
-use crate::routing::Router;
+use crate::routing::Version;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +44,12 @@ pub struct Inner {
     /// id, so a gateway restarted with the same `gateway.id` (or two sharing one) never sees
     /// replies meant for another process.
     pub instance: String,
-    /// Routing table.
-    pub router: Arc<Router>,
+    /// The pools' names (a restart changes them; sampled for metrics and readiness).
+    pub pools: Arc<[Arc<str>]>,
+    /// The routing settings in force; see [`AppState::routing`].
+    routing: std::sync::RwLock<Arc<Version>>,
+    /// The configuration file's settings as last read (see [`AppState::file`]).
+    pub(crate) file: std::sync::RwLock<Config>,
     /// Redis handle.
     pub redis: Redis,
     /// Requests in flight and their event channels.
@@ -56,8 +60,6 @@ pub struct Inner {
     pub default_tenant: Arc<str>,
     /// Limited tenants' allowances at this gateway.
     pub allowances: crate::limits::Allowances,
-    /// `[tenants]`, plus `default` (unlimited, any tier) unless configured.
-    pub tenants: std::collections::BTreeMap<String, ssw_config::TenantConfig>,
     /// Set on SIGTERM: readiness fails and new requests are refused.
     pub draining: AtomicBool,
     /// Unix seconds at start (`created` of model cards).
@@ -124,8 +126,6 @@ impl AppState {
             }
         }
         let api_keys = (!keys.is_empty()).then_some(keys);
-        let mut tenants = config.tenants.clone();
-        tenants.entry(DEFAULT_TENANT.to_owned()).or_default();
         let redis = Redis::new(&config.redis, password)?;
         let id = config.gateway.id.clone().unwrap_or_else(default_id);
         let instance = format!("{id}.{:08x}", fastrand::u32(..));
@@ -138,7 +138,9 @@ impl AppState {
         );
         let started_s = ssw_queue::now_ms() / 1000;
         Ok(Self(Arc::new(Inner {
-            router: Arc::new(Router::new(&config)),
+            pools: config.pools.keys().map(|p| Arc::from(p.as_str())).collect(),
+            routing: std::sync::RwLock::new(Arc::new(Version::new(0, &config))),
+            file: std::sync::RwLock::new(config.clone()),
             config,
             id,
             instance,
@@ -147,7 +149,6 @@ impl AppState {
             api_keys,
             default_tenant: DEFAULT_TENANT.into(),
             allowances: crate::limits::Allowances::default(),
-            tenants,
             draining: AtomicBool::new(false),
             started_s,
             admissions: tokio::sync::Semaphore::new(ADMISSIONS),
@@ -164,12 +165,18 @@ impl AppState {
         format!("{}-{n:x}", self.instance)
     }
 
-    /// A tenant's settings (`default`'s for a name not configured, which auth never yields).
-    pub fn tenant(&self, name: &str) -> &ssw_config::TenantConfig {
-        self.tenants
-            .get(name)
-            .or_else(|| self.tenants.get(DEFAULT_TENANT))
-            .expect("the default tenant is always there")
+    /// The routing settings in force: a request takes them once, at admission.
+    pub fn routing(&self) -> Arc<Version> {
+        self.routing
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Puts another version of the routing settings in force, at once for every new request.
+    pub fn set_routing(&self, version: Version) {
+        metrics::gauge!(ssw_telemetry::names::GATEWAY_ROUTING_VERSION).set(version.number as f64);
+        *self.routing.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(version);
     }
 
     /// Whether SIGTERM has been received.

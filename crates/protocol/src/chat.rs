@@ -624,6 +624,12 @@ impl<'a> ChatRequest<'a> {
         self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
     }
 
+    /// A top-level field's value when it is a string (`user`, `safety_identifier`, …).
+    pub fn string_field(&self, key: &str) -> Option<String> {
+        self.raw(key)
+            .and_then(|r| serde_json::from_str::<String>(r.get()).ok())
+    }
+
     /// The body for the engine: the client's fields as sent, `model` set to the pool's served
     /// name, and every pool default the client did not set merged in (objects merge key by key;
     /// the client's value wins).

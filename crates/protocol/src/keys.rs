@@ -18,6 +18,9 @@
 //! | `P:{pool}:wake:<any\|priority\|worker id>` | list | ENQUEUE, REQUEUE, a worker | wake-up tokens for idle workers |
 //! | `P:{t:<tenant>}:rpm`, `…:tpm` | hash | ALLOWANCE | a tenant's request and token buckets: `level`, read at `ms` |
 //! | `P:{t:<tenant>}:slots`, `…:slot-leases` | hash, sorted set | ALLOWANCE | concurrency slots each gateway instance holds, and its lease expiry (ms) |
+//! | `P:{routing}:version` | integer | PUBLISH_ROUTING | the routing version in force (absent: none published) |
+//! | `P:{routing}:versions` | hash | PUBLISH_ROUTING | routing version → its document (JSON: the settings, who published it, why, when) |
+//! | `P:{routing}:status` | hash | gateways | gateway instance → the routing version it has in force, or why it refused the latest (JSON) |
 //! | `P:{gw:<instance>}:replies` | stream with TTL | worker `XADD NOMKSTREAM`, gateway `XREAD` | reply events for one gateway process (`<instance>`: its id and a random nonce per start) |
 
 use crate::tier::Tier;
@@ -43,6 +46,21 @@ impl Keys {
         Self {
             prefix: prefix.into(),
         }
+    }
+
+    /// The routing version in force.
+    pub fn routing_version(&self) -> String {
+        format!("{}:{{routing}}:version", self.prefix)
+    }
+
+    /// Routing versions' documents.
+    pub fn routing_versions(&self) -> String {
+        format!("{}:{{routing}}:versions", self.prefix)
+    }
+
+    /// Each gateway's routing status.
+    pub fn routing_status(&self) -> String {
+        format!("{}:{{routing}}:status", self.prefix)
     }
 
     /// The pool's job stream.

@@ -11,7 +11,8 @@ pub struct ModelList {
     pub data: Vec<ModelCard>,
 }
 
-/// One model card; `id` is the pool name, `root` the served model, like vLLM's own cards.
+/// One model card; `id` is the pool name, `root` the served model, like vLLM's own cards. A
+/// route's card has the route's name, its control's served model as `root`, and its variants.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModelCard {
     /// Pool name, usable as `model`.
@@ -26,7 +27,21 @@ pub struct ModelCard {
     pub root: String,
     /// Other names that route to this pool.
     pub aliases: Vec<String>,
-    /// Context length, when configured.
+    /// Context length, when configured (a route: its variants' smallest).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_model_len: Option<u32>,
+    /// A route's variants (absent for a pool).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<VariantCard>,
+}
+
+/// One variant of a route on `/v1/models`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VariantCard {
+    /// The variant's name (`x-ssw-variant`).
+    pub name: String,
+    /// The pool serving it.
+    pub pool: String,
+    /// Its weight.
+    pub weight: u32,
 }

@@ -11,6 +11,7 @@
 //! - [`consumer`]: worker side — group set-up, pulling, claiming, reclaiming, replies, requeue,
 //!   finish, cancellation polling, heartbeats.
 //! - [`limits`]: tenants' rate limits (requests and tokens per minute, concurrency).
+//! - [`routing`]: routing versions (published compare-and-swap) and gateways' routing status.
 //! - [`resp`]: decoding of raw replies.
 //! - [`scripts`]: the Lua scripts, one file each under `crates/queue/lua/`.
 
@@ -19,6 +20,7 @@ pub mod consumer;
 pub mod limits;
 pub mod producer;
 pub mod resp;
+pub mod routing;
 pub mod scripts;
 
 pub use client::{QueueError, Redis};

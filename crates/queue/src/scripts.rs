@@ -75,3 +75,4 @@ script!(HEARTBEAT, "heartbeat.lua");
 script!(KEEP_REPLIES, "keep_replies.lua");
 script!(POOL_STATS, "pool_stats.lua");
 script!(REPLY, "reply.lua");
+script!(PUBLISH_ROUTING, "publish_routing.lua");

@@ -1265,3 +1265,70 @@ async fn allowance_grants_ahead_only_what_the_buckets_hold_and_takes_back_what_w
         .unwrap();
     assert!(ttl > 120_000, "{ttl}: the debt keeps the bucket");
 }
+
+#[tokio::test]
+async fn publish_routing_is_compare_and_swap_and_keeps_the_last_versions() {
+    let mut r = rig().await;
+    use ssw_queue::routing::{KEEP_VERSIONS, Publish};
+    assert_eq!(r.redis.routing_version().await.unwrap(), 0);
+    assert_eq!(
+        r.redis.publish_routing(0, "one").await.unwrap(),
+        Publish::Published(1)
+    );
+    // Two writers based on version 1: the first wins, the second publishes nothing.
+    assert_eq!(
+        r.redis.publish_routing(1, "two").await.unwrap(),
+        Publish::Published(2)
+    );
+    assert_eq!(
+        r.redis.publish_routing(1, "rival").await.unwrap(),
+        Publish::Conflict { in_force: 2 }
+    );
+    assert_eq!(r.redis.routing_version().await.unwrap(), 2);
+    assert_eq!(
+        r.redis.routing_document(2).await.unwrap().as_deref(),
+        Some("two")
+    );
+    // Restore writes only into an empty Redis.
+    assert_eq!(
+        r.redis.restore_routing(7, "held").await.unwrap(),
+        Publish::Conflict { in_force: 2 }
+    );
+    // Only the last KEEP_VERSIONS documents stay.
+    for v in 2..KEEP_VERSIONS + 5 {
+        assert_eq!(
+            r.redis
+                .publish_routing(v, &format!("v{}", v + 1))
+                .await
+                .unwrap(),
+            Publish::Published(v + 1)
+        );
+    }
+    let kept = r.redis.routing_documents().await.unwrap();
+    assert_eq!(kept.len() as u64, KEEP_VERSIONS);
+    assert_eq!(kept.first().unwrap().0, 6);
+    assert_eq!(
+        kept.last().unwrap(),
+        &(KEEP_VERSIONS + 5, format!("v{}", KEEP_VERSIONS + 5))
+    );
+    // Redis restarted empty: a gateway's version comes back under its number, and the count
+    // goes on from it.
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut r.raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.redis.restore_routing(42, "held").await.unwrap(),
+        Publish::Published(42)
+    );
+    assert_eq!(
+        r.redis.restore_routing(41, "older").await.unwrap(),
+        Publish::Conflict { in_force: 42 }
+    );
+    assert_eq!(
+        r.redis.publish_routing(42, "next").await.unwrap(),
+        Publish::Published(43)
+    );
+    let key: String = r.keys.routing_version();
+    assert!(key.contains("{routing}"), "one hash slot: {key}");
+}

@@ -45,7 +45,7 @@ metrics! {
     HEARTBEAT = "ssw_heartbeat_timestamp_seconds", Gauge, ["role"], "Unix time of the process's last liveness tick.";
 
     /// Requests answered by the gateway.
-    GATEWAY_REQUESTS = "ssw_gateway_requests_total", Counter, ["pool", "stream", "status", "code"], "Chat-completion requests answered, by pool, streaming or not, HTTP status and code (ok or an error code; 499 client_closed when the client left).";
+    GATEWAY_REQUESTS = "ssw_gateway_requests_total", Counter, ["pool", "route", "variant", "stream", "status", "code"], "Chat-completion requests answered, by pool, streaming or not, HTTP status and code (ok or an error code; 499 client_closed when the client left). Routed requests carry route and variant (empty for a request sent to a pool by name; variant shadow for a route's shadow copies).";
     /// Requests refused before or instead of running.
     GATEWAY_REJECTIONS = "ssw_gateway_rejections_total", Counter, ["pool", "reason"], "Requests refused, by reason: queue_full, rate_limited, queue_timeout, queue_unavailable, queue_memory_full, model_not_found, auth, bad_request, too_large, request_timeout, server_busy, shutting_down.";
     /// Requests that reached a queue lane, by tier and tenant.
@@ -54,6 +54,10 @@ metrics! {
     GATEWAY_RATE_LIMITED = "ssw_gateway_rate_limited_total", Counter, ["tenant", "limit"], "Requests answered 429 rate_limit_exceeded, by tenant and the limit that refused them: requests, tokens (per minute) or concurrent.";
     /// Calls to Redis for tenants' rate limits.
     GATEWAY_LIMIT_CALLS = "ssw_gateway_rate_limit_calls_total", Counter, ["tenant", "reason"], "Calls to Redis for a limited tenant's allowance (ALLOWANCE): need (a request the allowance held here did not cover) or tick (the 100 ms settlement). Against ssw_gateway_tier_requests_total, the share of requests that asked Redis.";
+    /// Routing versions taken or refused.
+    GATEWAY_ROUTING_RELOADS = "ssw_gateway_routing_reloads_total", Counter, ["result"], "Routing settings put in force or refused: applied (a version published in Redis), file (the config file re-read on SIGHUP), invalid (a published version this gateway cannot use; it keeps the one in force), file_invalid (a re-read file it cannot use).";
+    /// The routing version in force.
+    GATEWAY_ROUTING_VERSION = "ssw_gateway_routing_version", Gauge, [], "The routing version in force at this gateway (0: its config file's settings; else the version published with ssw routes apply). Gateways that differ for long have refused a version: ssw routes show says why.";
     /// Reply events a gateway did not deliver.
     GATEWAY_EVENTS_DROPPED = "ssw_gateway_reply_events_dropped_total", Counter, ["reason"], "Reply events not delivered to a request: stale (from a run its job was taken away from), duplicate (sent twice), gap (events before it were lost: the request fails).";
     /// Requests re-enqueued after Redis lost them.
@@ -73,15 +77,15 @@ metrics! {
     /// Time from enqueue to a worker's claim.
     GATEWAY_QUEUE_WAIT = "ssw_gateway_queue_wait_seconds", Histogram, ["pool", "tier"], "Time a job waited in the queue before a worker claimed it, by pool and service tier.";
     /// Time to first token.
-    GATEWAY_TTFT = "ssw_gateway_time_to_first_token_seconds", Histogram, ["pool", "tier", "stream"], "Time from request arrival to the first token (streaming) or to the whole answer (non-streaming), by pool and service tier.";
+    GATEWAY_TTFT = "ssw_gateway_time_to_first_token_seconds", Histogram, ["pool", "route", "variant", "tier", "stream"], "Time from request arrival to the first token (streaming) or to the whole answer (non-streaming), by pool and service tier. Routed requests carry route and variant (empty for a request sent to a pool by name; variant shadow for a route's shadow copies).";
     /// Time between streamed tokens.
-    GATEWAY_ITL = "ssw_gateway_inter_token_latency_seconds", Histogram, ["pool"], "Time between consecutive streamed chunks, divided by the SSE events each carries.";
+    GATEWAY_ITL = "ssw_gateway_inter_token_latency_seconds", Histogram, ["pool", "route", "variant"], "Time between consecutive streamed chunks, divided by the SSE events each carries. Routed requests carry route and variant (empty for a request sent to a pool by name; variant shadow for a route's shadow copies).";
     /// Whole request latency.
-    GATEWAY_DURATION = "ssw_gateway_request_duration_seconds", Histogram, ["pool", "stream"], "Time from request arrival to the end of the answer.";
+    GATEWAY_DURATION = "ssw_gateway_request_duration_seconds", Histogram, ["pool", "route", "variant", "stream"], "Time from request arrival to the end of the answer. Routed requests carry route and variant (empty for a request sent to a pool by name; variant shadow for a route's shadow copies).";
     /// Prompt tokens.
-    GATEWAY_PROMPT_TOKENS = "ssw_gateway_prompt_tokens_total", Counter, ["pool"], "Prompt tokens, from the engines' usage reports.";
+    GATEWAY_PROMPT_TOKENS = "ssw_gateway_prompt_tokens_total", Counter, ["pool", "route", "variant"], "Prompt tokens, from the engines' usage reports. Routed requests carry route and variant (empty for a request sent to a pool by name; variant shadow for a route's shadow copies).";
     /// Completion tokens.
-    GATEWAY_COMPLETION_TOKENS = "ssw_gateway_completion_tokens_total", Counter, ["pool"], "Completion tokens, from the engines' usage reports (streams need stream_options.include_usage).";
+    GATEWAY_COMPLETION_TOKENS = "ssw_gateway_completion_tokens_total", Counter, ["pool", "route", "variant"], "Completion tokens, from the engines' usage reports (streams need stream_options.include_usage). Routed requests carry route and variant (empty for a request sent to a pool by name; variant shadow for a route's shadow copies).";
 
     /// Jobs waiting.
     QUEUE_BACKLOG = "ssw_queue_backlog", Gauge, ["pool"], "Jobs waiting for a worker (sampled by each gateway).";
@@ -171,4 +175,21 @@ mod tests {
         assert!(!exported("ssw_gateway_requests_total_bucket"));
         assert!(!exported("ssw_nope"));
     }
+
+    #[test]
+    fn docs_observability_lists_every_metric_with_its_labels() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/observability.md");
+        let doc = std::fs::read_to_string(path).unwrap_or_default();
+        for m in ALL {
+            let kind = format!("{:?}", m.kind).to_lowercase();
+            let labels = if m.labels.is_empty() {
+                "—".to_owned()
+            } else {
+                m.labels.join(", ")
+            };
+            let row = format!("| `{}` | {kind} | {labels} | {} |", m.name, m.help);
+            assert!(doc.contains(&row), "docs/observability.md lacks the row\n{row}");
+        }
+    }
+
 }

@@ -7,6 +7,7 @@ mod failures;
 mod faults;
 mod load;
 mod observability;
+mod routes;
 mod tiers;
 
 use std::path::Path;

@@ -12,7 +12,10 @@ use tracing::Instrument;
 use ssw_protocol::chat::{with_service_tier, with_service_tier_sse};
 use ssw_protocol::tier::Tier;
 
-use super::{RequestId, Tenant, X_SSW_POOL, X_SSW_QUEUE_MS, X_SSW_TIER, X_SSW_WORKER};
+use super::{
+    RequestId, Tenant, X_SSW_POOL, X_SSW_QUEUE_MS, X_SSW_ROUTE, X_SSW_ROUTING_VERSION, X_SSW_TIER,
+    X_SSW_VARIANT, X_SSW_WORKER,
+};
 use crate::admission::{self, Admitted, Refusal};
 use crate::error::{ApiError, json_response, sse_error};
 use crate::lifecycle::{Next, Ticket};
@@ -43,6 +46,8 @@ pub async fn chat_completions(
             ticket,
             stream,
             tier,
+            route,
+            routing_version,
             rate,
             span,
         }) => {
@@ -57,6 +62,12 @@ pub async fn chat_completions(
             .await;
             set_header(&mut resp, &X_SSW_POOL, &pool.name);
             set_header(&mut resp, &X_SSW_TIER, tier.game_name());
+            set_route_headers(&mut resp, &route);
+            set_header(
+                &mut resp,
+                &X_SSW_ROUTING_VERSION,
+                &routing_version.to_string(),
+            );
             if let Some(r) = rate {
                 r.apply(resp.headers_mut());
             }
@@ -68,16 +79,26 @@ pub async fn chat_completions(
 fn refuse(r: Refusal) -> Response {
     if !r.recorded {
         let name = r.pool.as_ref().map_or("none", |p| &*p.name);
-        crate::metrics::request_done(name, r.stream, r.error.code.status(), r.error.code.as_str());
+        let code = r.error.code;
+        crate::metrics::request_done(name, &r.route, r.stream, code.status(), code.as_str());
     }
     let mut resp = r.error.into_response();
     if let Some(p) = r.pool {
         set_header(&mut resp, &X_SSW_POOL, &p.name);
     }
+    set_route_headers(&mut resp, &r.route);
     if let Some(rate) = r.rate {
         rate.apply(resp.headers_mut());
     }
     resp
+}
+
+/// `x-ssw-route` and `x-ssw-variant` for a request sent to a route.
+fn set_route_headers(resp: &mut Response, route: &crate::metrics::RouteLabels) {
+    if !route.route.is_empty() {
+        set_header(resp, &X_SSW_ROUTE, &route.route);
+        set_header(resp, &X_SSW_VARIANT, &route.variant);
+    }
 }
 
 fn set_header(resp: &mut Response, name: &axum::http::HeaderName, value: &str) {

@@ -63,10 +63,10 @@ async fn readiness(state: &AppState) -> (StatusCode, bytes::Bytes) {
     let now = ssw_queue::now_ms();
     let mut pools = Vec::new();
     let mut redis_ok = true;
-    for pool in state.router.pools() {
-        match state.redis.pool_stats(&pool.name, now).await {
+    for pool in state.pools.iter() {
+        match state.redis.pool_stats(pool, now).await {
             Ok(stats) => pools.push(PoolReadiness {
-                pool: pool.name.to_string(),
+                pool: pool.to_string(),
                 ready: stats.serving() > 0,
                 live_workers: stats.workers.len(),
                 serving_workers: stats.serving(),

@@ -32,6 +32,12 @@ pub static X_SSW_QUEUE_MS: HeaderName = HeaderName::from_static("x-ssw-queue-ms"
 /// `x-ssw-tier`: the tier a request asks for (request, an alias of `service_tier`) / was
 /// served at (response), in the game's names: `gold`, `silver`, `bronze`.
 pub static X_SSW_TIER: HeaderName = HeaderName::from_static("x-ssw-tier");
+/// `x-ssw-route`: the route a request was sent to (response).
+pub static X_SSW_ROUTE: HeaderName = HeaderName::from_static("x-ssw-route");
+/// `x-ssw-variant`: the route's variant that served it (response).
+pub static X_SSW_VARIANT: HeaderName = HeaderName::from_static("x-ssw-variant");
+/// `x-ssw-routing-version`: the version of the routing settings that routed it (response).
+pub static X_SSW_ROUTING_VERSION: HeaderName = HeaderName::from_static("x-ssw-routing-version");
 
 /// The request id of the request being handled.
 #[derive(Clone, Debug)]
@@ -151,6 +157,7 @@ fn unauthorized(e: AuthError) -> Response {
         ),
         AuthError::Invalid => ApiError::new(ErrorCode::InvalidApiKey, "invalid API key"),
     };
-    crate::metrics::request_done("none", false, 401, err.code.as_str());
+    let none = crate::metrics::RouteLabels::default();
+    crate::metrics::request_done("none", &none, false, 401, err.code.as_str());
     err.into_response()
 }
