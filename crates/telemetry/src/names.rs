@@ -188,8 +188,10 @@ mod tests {
                 m.labels.join(", ")
             };
             let row = format!("| `{}` | {kind} | {labels} | {} |", m.name, m.help);
-            assert!(doc.contains(&row), "docs/observability.md lacks the row\n{row}");
+            assert!(
+                doc.contains(&row),
+                "docs/observability.md lacks the row\n{row}"
+            );
         }
     }
-
 }

@@ -83,6 +83,15 @@ fn tiered(model: &str, tier: Tier) -> Value {
 }
 
 /// Waits until `n` jobs wait in the heavy pool.
+/// One priority request answered: the pool has priority traffic, so its workers hold their
+/// reserve (they lend it to lower tiers after `RESERVE_HOLD` without any).
+async fn priority_traffic(p: &TestPlatform) {
+    let (_, status, body) = send(p, None, tiered("heavy", Tier::Priority), Instant::now())
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+}
+
 async fn backlog_reaches(p: &TestPlatform, n: u64) {
     TestPlatform::eventually(Duration::from_secs(10), "the backlog", || async {
         let Ok(r) = p.http.get(p.url("/readyz")).send().await else {
@@ -327,8 +336,9 @@ async fn one_tenants_burst_does_not_hold_back_another_tenant_of_the_same_tier() 
 
 #[tokio::test]
 async fn a_worker_keeps_slots_for_priority_work_a_flex_flood_cannot_take() {
-    // Ten slots, 10 % reserved: one slot stays free for priority work.
+    // Ten slots, 10 % reserved: one slot stays free for priority work while there is some.
     let p = one_heavy_replica(slow_stub(2000, 1, 2), 10, |_| {}).await;
+    priority_traffic(&p).await;
     let t0 = Instant::now();
     let flood: Vec<_> = (0..30)
         .map(|_| send(&p, None, tiered("heavy", Tier::Flex), t0))
@@ -353,6 +363,38 @@ async fn a_worker_keeps_slots_for_priority_work_a_flex_flood_cannot_take() {
     eprintln!("priority next to a flex flood filling 9 of 10 slots: answered in {waited:?}");
     // Its own 2 s, not the flood's 2 s ahead of it.
     assert!(waited < Duration::from_millis(2900), "{waited:?}");
+    for h in flood {
+        assert_eq!(h.await.unwrap().1, 200);
+    }
+}
+
+#[tokio::test]
+async fn without_priority_traffic_the_reserve_is_lent_to_lower_tiers() {
+    // The same ten slots, 10 % reserved, but no priority request yet: a flex flood takes all
+    // ten (a reserve held for nobody idles a tenth of the engine while work is queued).
+    let p = one_heavy_replica(slow_stub(1000, 1, 2), 10, |_| {}).await;
+    let t0 = Instant::now();
+    let flood: Vec<_> = (0..30)
+        .map(|_| send(&p, None, tiered("heavy", Tier::Flex), t0))
+        .collect();
+    TestPlatform::eventually(Duration::from_secs(5), "ten flex running", || async {
+        p.stub_metric("heavy-0", "vllm:num_requests_running").await == 10.0
+    })
+    .await;
+    for h in flood {
+        assert_eq!(h.await.unwrap().1, 200);
+    }
+    // A priority job takes the next free slot; from then on the reserve is held.
+    priority_traffic(&p).await;
+    let flood: Vec<_> = (0..30)
+        .map(|_| send(&p, None, tiered("heavy", Tier::Flex), t0))
+        .collect();
+    backlog_reaches(&p, 15).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        p.stub_metric("heavy-0", "vllm:num_requests_running").await,
+        9.0
+    );
     for h in flood {
         assert_eq!(h.await.unwrap().1, 200);
     }
@@ -691,6 +733,7 @@ async fn a_worker_whose_free_slots_were_all_reserved_takes_work_as_soon_as_one_m
     // Ten slots, one reserved; twenty clients of short default-tier jobs keep the worker at the
     // reserve's edge. A slot coming free while it waits for priority work must wake it at once.
     let p = one_heavy_replica(slow_stub(5, 1, 2), 10, |_| {}).await;
+    priority_traffic(&p).await;
     let t0 = Instant::now();
     let mut slowest = Duration::ZERO;
     for _ in 0..10 {
@@ -731,6 +774,7 @@ async fn a_priority_job_reaches_an_engine_that_has_requests_waiting_when_it_sche
         heavy.scheduling_policy = ssw_config::pool::SchedulingPolicy::Priority;
     })
     .await;
+    priority_traffic(&p).await;
     let t0 = Instant::now();
     let backlog: Vec<_> = (0..3)
         .map(|_| send(&p, None, tiered("heavy", Tier::Default), t0))
