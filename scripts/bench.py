@@ -514,10 +514,17 @@ def overhead_ab(base):
                         "--metrics-url", "none"] + (["--stream"] if stream else [])
                 before = {p: cpu(p) for p in pids}
                 r = bench(gurl, *args)
-                row["stream" if stream else "plain"] = sum(cpu(p) - before[p] for p in pids) * 1000 / r["requests"]
+                key = "stream" if stream else "plain"
+                row[key] = sum(cpu(p) - before[p] for p in pids) * 1000 / r["requests"]
+                by_role = {}
+                for p in pids:
+                    by_role[role(p)] = by_role.get(role(p), 0) + (cpu(p) - before[p]) * 1000 / r["requests"]
+                row[key + "_by_role"] = by_role
             stop(u)
             out["rounds"].append(row)
-            log(f"   {name}: {row['plain']:.3f} ms non-streaming, {row['stream']:.3f} ms streaming (platform CPU per request)")
+            split = lambda k: ", ".join(f"{r} {v:.3f}" for r, v in sorted(row[k + "_by_role"].items()))
+            log(f"   {name}: {row['plain']:.3f} ms non-streaming ({split('plain')}), "
+                f"{row['stream']:.3f} ms streaming ({split('stream')}) (platform CPU per request)")
     stop(s)
     return out
 

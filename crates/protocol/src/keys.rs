@@ -13,8 +13,7 @@
 //! | `P:{pool}:worker-status` | hash | worker | worker id → [`crate::heartbeat::WorkerStatus`] JSON |
 //! | `P:{pool}:lane:<tier>:<tenant>` | sorted set | ENQUEUE, REQUEUE add; PULL pops; CANCEL, EXPIRE remove | entry ids of one tenant's waiting jobs of one tier, in arrival order |
 //! | `P:{pool}:ring:<tier>` / `P:{pool}:ring-set:<tier>` | list / set | ENQUEUE, REQUEUE, PULL | the tier's tenants with waiting jobs, in turn order (the set: membership) |
-//! | `P:{pool}:waiting` | hash | ENQUEUE, REQUEUE, PULL, CANCEL, EXPIRE | jobs waiting, per tier (`<tier>`) and per tenant (`tenant:<name>`) |
-//! | `P:{pool}:credits` | hash | PULL | each lower tier's earned share of picks (the minimum-share scheduler) |
+//! | `P:{pool}:waiting` | hash | ENQUEUE, REQUEUE, PULL, CANCEL, EXPIRE | jobs waiting, per tier (`<tier>`) and per tenant (`tenant:<name>`); each lower tier's earned share of picks (`credit:<tier>`, the minimum-share scheduler's, PULL only) |
 //! | `P:{pool}:wake:<any\|priority\|worker id>` | list | ENQUEUE, REQUEUE, a worker | wake-up tokens for idle workers |
 //! | `P:{t:<tenant>}:rpm`, `…:tpm` | hash | ALLOWANCE | a tenant's request and token buckets: `level`, read at `ms` |
 //! | `P:{t:<tenant>}:slots`, `…:slot-leases` | hash, sorted set | ALLOWANCE | concurrency slots each gateway instance holds, and its lease expiry (ms) |
@@ -112,11 +111,6 @@ impl Keys {
     /// Jobs waiting, per tier and per tenant.
     pub fn waiting(&self, pool: &str) -> String {
         format!("{}:{{{pool}}}:waiting", self.prefix)
-    }
-
-    /// The lower tiers' earned shares of picks.
-    pub fn credits(&self, pool: &str) -> String {
-        format!("{}:{{{pool}}}:credits", self.prefix)
     }
 
     /// Wake-up tokens: `any` (a job of any tier arrived), `priority`, or one worker's own.

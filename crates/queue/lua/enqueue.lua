@@ -10,8 +10,9 @@
 -- KEYS[5]  P:{pool}:ring-set:<tier>
 -- KEYS[6]  P:{pool}:waiting                jobs waiting per tier and per tenant
 -- KEYS[7]  P:{pool}:wake:<any|priority>    wake-up tokens
--- ARGV[1]  consumer group
--- ARGV[2]  max backlog: entries no worker has been handed yet (stream length - pending)
+-- ARGV[1]  consumer group (unused: the backlog is read from the waiting counts)
+-- ARGV[2]  max backlog: jobs no worker has been handed yet (the waiting counts of the tiers,
+--          which PULL and every script that adds or removes a waiting job keep exact)
 -- ARGV[3]  max queued bytes (every entry on the stream, handed out or not)
 -- ARGV[4]  this job's size in bytes (its body)
 -- ARGV[5]  its tier
@@ -22,17 +23,14 @@
 --
 -- Returns {1, entry id} when enqueued; {0, 'jobs' | 'tier' | 'tenant', waiting} or
 -- {0, 'bytes', queued bytes} when a limit refused it (nothing written).
-local len = redis.call('XLEN', KEYS[1])
-local pending = 0
-local p = redis.pcall('XPENDING', KEYS[1], ARGV[1])
-if type(p) == 'table' and p.err == nil then pending = p[1] end
-local backlog = len - pending
-if backlog < 0 then backlog = 0 end
-if backlog >= tonumber(ARGV[2]) then return {0, 'jobs', backlog} end
 local tier, tenant = ARGV[5], ARGV[6]
-local in_tier = tonumber(redis.call('HGET', KEYS[6], tier) or '0')
+local w = redis.call('HMGET', KEYS[6], 'priority', 'default', 'flex', tier, 'tenant:' .. tenant)
+local backlog = 0
+for i = 1, 3 do backlog = backlog + math.max(0, tonumber(w[i] or '0')) end
+if backlog >= tonumber(ARGV[2]) then return {0, 'jobs', backlog} end
+local in_tier = tonumber(w[4] or '0')
 if tonumber(ARGV[7]) > 0 and in_tier >= tonumber(ARGV[7]) then return {0, 'tier', in_tier} end
-local of_tenant = tonumber(redis.call('HGET', KEYS[6], 'tenant:' .. tenant) or '0')
+local of_tenant = tonumber(w[5] or '0')
 if tonumber(ARGV[8]) > 0 and of_tenant >= tonumber(ARGV[8]) then
   return {0, 'tenant', of_tenant}
 end

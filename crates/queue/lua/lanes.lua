@@ -13,7 +13,7 @@ local function lane_add(lane, ring, ring_set, waiting, wake, tier, tenant, id)
   if redis.call('SADD', ring_set, tenant) == 1 then redis.call('RPUSH', ring, tenant) end
   redis.call('HINCRBY', waiting, tier, 1)
   redis.call('HINCRBY', waiting, 'tenant:' .. tenant, 1)
-  if redis.call('LLEN', wake) < 1024 then redis.call('LPUSH', wake, 1) end
+  if redis.call('LPUSH', wake, 1) > 1024 then redis.call('LTRIM', wake, 0, 1023) end
 end
 
 -- Takes entry `id` out of its lane (a job no worker will pull: cancelled, expired, put back

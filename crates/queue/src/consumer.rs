@@ -169,19 +169,20 @@ impl Redis {
         pool: &str,
         consumer: &str,
         policy: PullPolicy,
+        after_wait: bool,
     ) -> ScriptInvocation<'static> {
         let keys = self.keys();
         let mut inv = PULL.prepare_invoke();
         inv.key(keys.jobs(pool))
             .key(keys.waiting(pool))
-            .key(keys.credits(pool))
             .arg(GROUP)
             .arg(consumer)
             .arg(policy.most)
             .arg(policy.below_priority)
             .arg(keys.pool_prefix(pool))
             .arg(thousandths(policy.default_share))
-            .arg(thousandths(policy.flex_share));
+            .arg(thousandths(policy.flex_share))
+            .arg(if after_wait { "1" } else { "0" });
         inv
     }
 
@@ -194,7 +195,7 @@ impl Redis {
         policy: PullPolicy,
     ) -> Result<Vec<Pulled>, QueueError> {
         let v: Value = self
-            .script(&self.pull_invocation(pool, consumer, policy))
+            .script(&self.pull_invocation(pool, consumer, policy, false))
             .await?;
         Ok(pulled(resp::entries(v)?))
     }
@@ -246,7 +247,7 @@ impl Redis {
             .arg(self.wake_keys(pool, consumer, policy.below_priority == 0))
             .arg(block.as_secs_f64())
             .ignore();
-        pipe.invoke_script(&self.pull_invocation(pool, consumer, policy));
+        pipe.invoke_script(&self.pull_invocation(pool, consumer, policy, true));
         let (v,): (Value,) = conn.blocking_pipe(&pipe, block).await?;
         Ok(pulled(resp::entries(v)?))
     }

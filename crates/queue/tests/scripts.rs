@@ -1332,3 +1332,60 @@ async fn publish_routing_is_compare_and_swap_and_keeps_the_last_versions() {
     let key: String = r.keys.routing_version();
     assert!(key.contains("{routing}"), "one hash slot: {key}");
 }
+
+#[tokio::test]
+async fn pull_takes_a_wake_token_per_job_and_an_empty_pull_writes_nothing() {
+    let mut r = rig().await;
+    let tokens = |r: &mut Rig, list: &str| {
+        let key = r.keys.wake(POOL, list);
+        let mut c = r.raw.clone();
+        async move { c.llen::<_, u64>(key).await.unwrap() }
+    };
+    for i in 0..5 {
+        r.enqueue(&job_for(&format!("d{i}"), Tier::Default, "t"))
+            .await;
+    }
+    r.enqueue(&job_for("p0", Tier::Priority, "t")).await;
+    assert_eq!(
+        (
+            tokens(&mut r, "any").await,
+            tokens(&mut r, "priority").await
+        ),
+        (5, 1)
+    );
+    // A plain PULL of three (the priority job and two others) takes three tokens.
+    assert_eq!(r.redis.pull(POOL, "w", any(3)).await.unwrap().len(), 3);
+    assert_eq!(
+        (
+            tokens(&mut r, "any").await,
+            tokens(&mut r, "priority").await
+        ),
+        (3, 0)
+    );
+    // After a BLPOP (one token) a PULL of two takes one more.
+    let mut conn = r.redis.dedicated().await.unwrap();
+    let got = r
+        .redis
+        .wait_then_pull(&mut conn, POOL, "w", any(2), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(tokens(&mut r, "any").await, 1, "one job left, one token");
+    // Nothing the policy allows: nothing written (no consumer, no count or credit).
+    let before: Vec<(String, String)> = r.raw.hgetall(r.keys.waiting(POOL)).await.unwrap();
+    let narrow = PullPolicy {
+        below_priority: 0,
+        ..any(5)
+    };
+    assert!(r.redis.pull(POOL, "w2", narrow).await.unwrap().is_empty());
+    let after: Vec<(String, String)> = r.raw.hgetall(r.keys.waiting(POOL)).await.unwrap();
+    assert_eq!(before, after, "an empty PULL wrote the counts");
+    let consumers: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(r.keys.jobs(POOL))
+        .arg(GROUP)
+        .query_async(&mut r.raw)
+        .await
+        .unwrap();
+    assert_eq!(consumers.len(), 1, "only w, which took jobs, is a consumer");
+}

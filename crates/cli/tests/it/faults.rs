@@ -716,13 +716,16 @@ async fn clients_leaving_at_each_stage_under_load_cost_the_engines_nothing_more(
         "{counts:?}"
     );
     // The running and streaming ones were aborted on their engine; the queued ones never ran.
-    TestPlatform::eventually(
-        Duration::from_secs(3),
-        "4 aborts on the engines",
-        || async { aborted_on(&p, &HEAVY).await == 4.0 },
-    )
+    TestPlatform::poll_until(Duration::from_secs(5), || async {
+        aborted_on(&p, &HEAVY).await == 4.0
+    })
     .await;
     let seen = engines_saw(&p, &HEAVY).await;
+    assert_eq!(
+        aborted_on(&p, &HEAVY).await,
+        4.0,
+        "aborts on the engines; they saw {seen:?}"
+    );
     assert!(
         !seen.iter().any(|id| id.starts_with("left-queued")),
         "{seen:?}"
