@@ -119,15 +119,24 @@ pub struct TiersConfig {
 }
 
 impl TiersConfig {
-    /// One tier's settings.
+    /// One tier's settings (shadow copies have none: their bounds are fixed).
     pub fn get(&self, tier: Tier) -> &TierConfig {
+        const SHADOW: TierConfig = TierConfig {
+            max_queue: None,
+            queue_timeout: None,
+            min_share: None,
+        };
         match tier {
             Tier::Priority => &self.priority,
             Tier::Default => &self.default,
             Tier::Flex => &self.flex,
+            Tier::Shadow => &SHADOW,
         }
     }
 }
+
+/// How long a route's shadow copy may wait for a worker before it is dropped.
+pub const SHADOW_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn default_priority_reserve() -> f64 {
     0.1
@@ -186,6 +195,8 @@ impl PoolConfig {
         match (self.tiers.get(tier).max_queue, tier) {
             (Some(n), _) => n,
             (None, Tier::Flex) => self.max_queue.div_ceil(2),
+            // Shadow copies wait apart from the pool's backlog, a tenth of it at most.
+            (None, Tier::Shadow) => self.max_queue.div_ceil(10),
             (None, _) => 0,
         }
     }
@@ -195,6 +206,7 @@ impl PoolConfig {
         match (self.tiers.get(tier).queue_timeout, tier) {
             (Some(t), _) => t,
             (None, Tier::Flex) => self.queue_timeout.max(Duration::from_secs(600)),
+            (None, Tier::Shadow) => SHADOW_QUEUE_TIMEOUT,
             (None, _) => self.queue_timeout,
         }
     }
@@ -202,7 +214,7 @@ impl PoolConfig {
     /// The least share of picks `tier` gets while a higher tier has work waiting.
     pub fn min_share(&self, tier: Tier) -> f64 {
         match (self.tiers.get(tier).min_share, tier) {
-            (_, Tier::Priority) => 0.0,
+            (_, Tier::Priority | Tier::Shadow) => 0.0,
             (Some(s), _) => s,
             (None, Tier::Default) => 0.3,
             (None, Tier::Flex) => 0.1,

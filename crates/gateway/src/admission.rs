@@ -104,7 +104,11 @@ pub async fn admit(
     let req = ChatRequest::parse(&body).map_err(|e| Refusal::new(e.into()))?;
     let stream = req.stream;
     let routing = state.routing();
-    let (pool, labels) = route(&routing, headers, &req).map_err(|error| Refusal {
+    let Routed {
+        pool,
+        labels,
+        shadow,
+    } = route(&routing, headers, &req).map_err(|error| Refusal {
         stream,
         ..Refusal::new(error)
     })?;
@@ -163,6 +167,20 @@ pub async fn admit(
     let now = ssw_queue::now_ms();
     let deadline_ms = now + pool.tier_queue_timeout(tier).as_millis() as u64;
     let priority = pool.engine_priority.then(|| tier.engine_priority());
+    // A shadow copy asks its pool what the client asked (within that pool's limits).
+    let shadow = shadow.and_then(|p| match req.check(&p.limits()) {
+        Ok(()) => {
+            let engine_priority = p.engine_priority.then(|| Tier::Shadow.engine_priority());
+            let body = req
+                .clone()
+                .into_engine_body(&p.served_model, &p.defaults, engine_priority);
+            Some((p, body))
+        }
+        Err(_) => {
+            crate::metrics::shadow_dropped(&labels.route, "invalid");
+            None
+        }
+    });
     let job = Job {
         id: job_id,
         request_id,
@@ -222,6 +240,16 @@ pub async fn admit(
     let error = match enqueued {
         Ok(Enqueued::Accepted(entry)) => {
             tracing::debug!(parent: &span, %entry, deadline_ms, "enqueued");
+            if let Some((shadow_pool, body)) = shadow {
+                let copy = crate::shadow::Copy {
+                    pool: shadow_pool,
+                    route: labels.route.clone(),
+                    request_id: format!("{}.shadow", job.request_id),
+                    stream,
+                    body,
+                };
+                tokio::spawn(crate::shadow::run(state.clone(), copy));
+            }
             ticket.enqueued(entry, job, limits);
             return Ok(Admitted {
                 pool,
@@ -301,13 +329,23 @@ fn tier(
         .at_most(tenant.max_tier))
 }
 
+/// Where a request goes.
+struct Routed {
+    /// The pool that serves it.
+    pool: Arc<Pool>,
+    /// Its route and variant (empty: a pool by name).
+    labels: RouteLabels,
+    /// Where a copy goes (a route's shadow, drawn at its share).
+    shadow: Option<Arc<Pool>>,
+}
+
 /// The pool a request goes to: the `x-ssw-pool` header wins over `model`; a route picks one of
 /// its variants by the request's sticky key.
 fn route(
     routing: &Version,
     headers: &HeaderMap,
     req: &ChatRequest<'_>,
-) -> Result<(Arc<Pool>, RouteLabels), ApiError> {
+) -> Result<Routed, ApiError> {
     let header = match headers.get(&X_SSW_POOL) {
         None => None,
         Some(v) => Some(v.to_str().map(str::trim).map_err(|_| {
@@ -319,7 +357,11 @@ fn route(
         })?),
     };
     match routing.router.resolve(header, req.model.as_deref()) {
-        Ok(Target::Pool(pool)) => Ok((pool, RouteLabels::default())),
+        Ok(Target::Pool(pool)) => Ok(Routed {
+            pool,
+            labels: RouteLabels::default(),
+            shadow: None,
+        }),
         Ok(Target::Route(route)) => {
             let key = route.sticky_key(headers, req);
             let variant = route.variant(route.bucket(key.as_deref()));
@@ -327,7 +369,11 @@ fn route(
                 route: route.name.clone(),
                 variant: variant.name.clone(),
             };
-            Ok((variant.pool.clone(), labels))
+            Ok(Routed {
+                pool: variant.pool.clone(),
+                labels,
+                shadow: route.shadowed().cloned(),
+            })
         }
         Err(RouteError::Unknown(m)) => Err(ApiError::new(
             ErrorCode::ModelNotFound,

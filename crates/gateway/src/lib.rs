@@ -10,7 +10,7 @@
 //! - [`http`]: routes, middleware, handlers (thin: read, call, answer).
 //! - [`admission`]: from a body to a job on its queue, or the reason it is refused.
 //! - [`routing`]: pool and route resolution; [`reload`]: routing versions and SIGHUP.
-//! - [`lifecycle`]: the per-request [`lifecycle::Ticket`].
+//! - [`lifecycle`]: the per-request [`lifecycle::Ticket`]; [`shadow`]: routes' shadow copies.
 //! - [`replies`]: the reply-stream reader and demultiplexer.
 //! - [`openapi`]: the OpenAPI document (`GET /openapi.json`).
 //! - [`auth`]: API keys. [`error`]: error → HTTP. [`metrics`]: metric names.
@@ -28,6 +28,7 @@ pub mod reload;
 pub mod replies;
 pub mod routing;
 pub mod server;
+pub mod shadow;
 pub mod state;
 
 pub use state::{AppState, StartError};

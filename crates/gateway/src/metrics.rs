@@ -38,6 +38,10 @@ pub fn request_done(
         "code" => code,
     )
     .increment(1);
+    // A shadow copy refused or shed is no client's refusal (ssw_gateway_shadow_dropped_total).
+    if &*route.variant == crate::shadow::SHADOW_VARIANT {
+        return;
+    }
     if let Some(reason) = ErrorCode::parse(code).and_then(rejection_reason) {
         metrics::counter!(names::GATEWAY_REJECTIONS, "pool" => pool.to_owned(), "reason" => reason)
             .increment(1);
@@ -55,6 +59,13 @@ pub fn tier_request(pool: &str, tier: Tier, tenant: &str, code: &'static str) {
         "code" => code,
     )
     .increment(1);
+}
+
+/// Counts a route's shadow copy that never ran (`reason`: invalid, queue_full,
+/// queue_unavailable, queue_timeout).
+pub fn shadow_dropped(route: &str, reason: &'static str) {
+    metrics::counter!(names::GATEWAY_SHADOW_DROPPED, "route" => route.to_owned(), "reason" => reason)
+        .increment(1);
 }
 
 /// Counts a request a tenant's limit refused (`limit`: requests, tokens, concurrent).

@@ -41,8 +41,9 @@ pub struct Pool {
     pub max_n: u32,
     /// vLLM extension fields accepted.
     pub allowed_fields: Vec<String>,
-    /// Per tier (in [`Tier::ALL`] order): its own backlog bound (0: none) and queue timeout.
-    tiers: [(u64, std::time::Duration); 3],
+    /// Per lane class (in [`Tier::LANES`] order): its own backlog bound (0: none) and queue
+    /// timeout.
+    tiers: [(u64, std::time::Duration); 4],
     /// Whether the engines schedule by priority (requests then carry vLLM's `priority`).
     pub engine_priority: bool,
 }
@@ -61,7 +62,7 @@ impl Pool {
             max_tokens: cfg.max_tokens_limit(),
             max_n: cfg.max_n,
             allowed_fields: cfg.allowed_fields.clone(),
-            tiers: Tier::ALL.map(|t| (cfg.tier_max_queue(t), cfg.tier_queue_timeout(t))),
+            tiers: Tier::LANES.map(|t| (cfg.tier_max_queue(t), cfg.tier_queue_timeout(t))),
             engine_priority: cfg.scheduling_policy == SchedulingPolicy::Priority,
         }
     }

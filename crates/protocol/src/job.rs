@@ -116,7 +116,8 @@ impl Job {
             tier: match take("tier") {
                 Some(v) => {
                     let t = text("tier", Some(v))?;
-                    Tier::parse(&t).ok_or_else(|| DecodeError(format!("unknown tier `{t}`")))?
+                    Tier::parse_lane(&t)
+                        .ok_or_else(|| DecodeError(format!("unknown tier `{t}`")))?
                 }
                 None => Tier::Default,
             },

@@ -21,11 +21,17 @@ pub enum Tier {
     Default,
     /// Bronze: background work that may wait, and is shed first.
     Flex,
+    /// A route's shadow copies (never a client's choice): served only when no job of another
+    /// tier waits, refused before any other when the pool is busy, answers discarded.
+    Shadow,
 }
 
 impl Tier {
-    /// Every tier, highest first.
+    /// Every tier a client may ask for, highest first.
     pub const ALL: [Self; 3] = [Self::Priority, Self::Default, Self::Flex];
+
+    /// Every lane class of a pool's queue: the clients' tiers, then shadow copies.
+    pub const LANES: [Self; 4] = [Self::Priority, Self::Default, Self::Flex, Self::Shadow];
 
     /// OpenAI's name, as in `service_tier` and in Redis keys.
     pub fn as_str(self) -> &'static str {
@@ -33,6 +39,7 @@ impl Tier {
             Self::Priority => "priority",
             Self::Default => "default",
             Self::Flex => "flex",
+            Self::Shadow => "shadow",
         }
     }
 
@@ -42,12 +49,18 @@ impl Tier {
             Self::Priority => "gold",
             Self::Default => "silver",
             Self::Flex => "bronze",
+            Self::Shadow => "shadow",
         }
     }
 
     /// Parses OpenAI's name.
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// Parses a lane class's name as jobs carry it (the clients' tiers and `shadow`).
+    pub fn parse_lane(s: &str) -> Option<Self> {
+        Self::LANES.into_iter().find(|t| t.as_str() == s)
     }
 
     /// A `service_tier` value: `None` for `auto` (the tenant's default).
@@ -72,6 +85,7 @@ impl Tier {
             Self::Priority => 0,
             Self::Default => 1,
             Self::Flex => 2,
+            Self::Shadow => 3,
         }
     }
 

@@ -9,7 +9,9 @@
 -- every tier backlogged and shares 0.3 / 0.1, picks go 6:3:1 to priority, default and flex; a
 -- tier with nothing waiting earns nothing (no banking). Within a tier, tenants take turns (one
 -- job each, round robin over the tier's ring), so one tenant's burst delays another's job by
--- at most one job per tenant ahead of it in the ring.
+-- at most one job per tenant ahead of it in the ring. Shadow copies (a fourth class) earn no
+-- share: they are picked only when no job of another tier may be taken, and count among the
+-- jobs below the priority tier.
 --
 -- Lanes are found through the rings; their names are built from ARGV[5], which is the prefix
 -- of KEYS[1] (`P:{pool}:`), so every key touched is in the pool's slot.
@@ -40,13 +42,15 @@
 -- nothing it may take writes nothing.
 --
 -- Returns the entries as XCLAIM returns them ({id, {field, value, …}}), in pick order.
-local tiers = {'priority', 'default', 'flex'}
-local share = {0, tonumber(ARGV[6]), tonumber(ARGV[7])}
+local tiers = {'priority', 'default', 'flex', 'shadow'}
+local share = {0, tonumber(ARGV[6]), tonumber(ARGV[7]), 0}
 local most, below = tonumber(ARGV[3]), tonumber(ARGV[4])
 local prefix = ARGV[5]
-local w = redis.call('HMGET', KEYS[2], 'priority', 'default', 'flex', 'credit:default', 'credit:flex')
-local count = {tonumber(w[1] or '0'), tonumber(w[2] or '0'), tonumber(w[3] or '0')}
-local credit = {0, tonumber(w[4] or '0'), tonumber(w[5] or '0')}
+local w = redis.call('HMGET', KEYS[2], 'priority', 'default', 'flex', 'shadow', 'credit:default',
+  'credit:flex')
+local count = {}
+for i = 1, 4 do count[i] = tonumber(w[i] or '0') end
+local credit = {0, tonumber(w[5] or '0'), tonumber(w[6] or '0'), 0}
 local was = {credit[2], credit[3]}
 
 -- One entry id of tier t, from the next tenant in its ring (rotated to the back); nil when the
@@ -64,15 +68,15 @@ local function take(t)
 end
 
 local ids = {}
-local taken, mend, of_tenant = {0, 0, 0}, {false, false, false}, {}
+local taken, mend, of_tenant = {0, 0, 0, 0}, {false, false, false, false}, {}
 while #ids < most do
   local open = {}
-  for i = 1, 3 do
+  for i = 1, 4 do
     open[i] = count[i] > 0 and (i == 1 or below > 0)
     if count[i] <= 0 then credit[i] = 0 end
   end
   local top
-  for i = 1, 3 do
+  for i = 1, 4 do
     if open[i] then top = i; break end
   end
   if not top then break end
@@ -97,7 +101,7 @@ while #ids < most do
     count[pick], mend[pick] = 0, true
   end
 end
-for i = 1, 3 do
+for i = 1, 4 do
   if mend[i] then
     redis.call('HSET', KEYS[2], tiers[i], 0)
   elseif taken[i] > 0 then
@@ -111,7 +115,7 @@ if credit[2] ~= was[1] or credit[3] ~= was[2] then
   redis.call('HSET', KEYS[2], 'credit:default', credit[2], 'credit:flex', credit[3])
 end
 if #ids == 0 then return {} end
-local woken = {taken[1], taken[2] + taken[3]}
+local woken = {taken[1], taken[2] + taken[3] + taken[4]}
 if ARGV[8] == '1' then
   if woken[2] > 0 then woken[2] = woken[2] - 1 else woken[1] = woken[1] - 1 end
 end

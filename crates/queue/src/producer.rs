@@ -348,7 +348,7 @@ impl Redis {
 pub(crate) fn wake_for(tier: Tier) -> &'static str {
     match tier {
         Tier::Priority => "priority",
-        Tier::Default | Tier::Flex => "any",
+        Tier::Default | Tier::Flex | Tier::Shadow => "any",
     }
 }
 

@@ -1389,3 +1389,51 @@ async fn pull_takes_a_wake_token_per_job_and_an_empty_pull_writes_nothing() {
         .unwrap();
     assert_eq!(consumers.len(), 1, "only w, which took jobs, is a consumer");
 }
+
+#[tokio::test]
+async fn shadow_copies_are_taken_only_when_nothing_else_waits_and_stay_out_of_the_backlog() {
+    let r = rig().await;
+    r.enqueue(&job_for("s0", Tier::Shadow, "~shadow")).await;
+    r.enqueue(&job_for("s1", Tier::Shadow, "~shadow")).await;
+    // Shadow copies are not the pool's backlog: a pool bound of one still takes a real job.
+    let one = QueueLimits {
+        max_queue: 1,
+        ..LIMITS
+    };
+    assert!(matches!(
+        r.redis
+            .enqueue(POOL, &job_for("d0", Tier::Default, "t"), one)
+            .await
+            .unwrap(),
+        Enqueued::Accepted(_)
+    ));
+    r.enqueue(&job_for("f0", Tier::Flex, "t")).await;
+    // With the reserve's slots only (nothing below priority), no shadow copy either.
+    let narrow = PullPolicy {
+        below_priority: 0,
+        ..any(5)
+    };
+    assert!(r.redis.pull(POOL, "w", narrow).await.unwrap().is_empty());
+    // Every other tier first, whatever the shares; then the copies.
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        order.extend(ids(&r.redis.pull(POOL, "w", any(1)).await.unwrap()));
+    }
+    assert_eq!(order, ["d0", "f0", "s0", "s1"]);
+    // A copy behind real work waits: one real job arrives, it goes first.
+    r.enqueue(&job_for("s2", Tier::Shadow, "~shadow")).await;
+    r.enqueue(&job_for("f1", Tier::Flex, "t")).await;
+    assert_eq!(ids(&r.redis.pull(POOL, "w", any(1)).await.unwrap()), ["f1"]);
+    // Its own bound: the shadow lane's, apart from the pool's.
+    let shadow_bound = QueueLimits {
+        max_tier: 1,
+        ..LIMITS
+    };
+    assert!(matches!(
+        r.redis
+            .enqueue(POOL, &job_for("s3", Tier::Shadow, "~shadow"), shadow_bound)
+            .await
+            .unwrap(),
+        Enqueued::FullTier { waiting: 1 }
+    ));
+}

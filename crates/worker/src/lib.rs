@@ -88,7 +88,7 @@ pub struct Ctx {
     /// The pool's `max_crash_retries`.
     pub max_crash_retries: u32,
     /// The pool's queue timeout per tier (deadline of requeued jobs).
-    pub queue_timeouts: [Duration; 3],
+    pub queue_timeouts: [Duration; 4],
     /// Free slots kept for priority work (`pools.<p>.priority_reserve` of `max_inflight`)
     /// while the pool has priority traffic: see [`Ctx::reserve`].
     pub reserved_slots: u32,
@@ -144,7 +144,7 @@ impl Ctx {
             pool: pool.to_owned(),
             max_attempts: pool_cfg.max_attempts,
             max_crash_retries: pool_cfg.max_crash_retries,
-            queue_timeouts: Tier::ALL.map(|t| pool_cfg.tier_queue_timeout(t)),
+            queue_timeouts: Tier::LANES.map(|t| pool_cfg.tier_queue_timeout(t)),
             reserved_slots: pool_cfg.reserved_slots(config.worker.max_inflight),
             last_priority_ms: std::sync::atomic::AtomicU64::new(0),
             min_shares: (

@@ -407,3 +407,60 @@ async fn sighup_reloads_routes_and_names_settings_that_need_a_restart() {
     .await;
     assert_eq!(ask(&p, Some("u")).await.variant, "light");
 }
+
+#[tokio::test]
+async fn shadow_copies_run_on_the_shadow_pool_and_never_reach_the_client() {
+    let p = TestPlatform::start_with(ssw(), |s| {
+        let mut r = route(1, 0);
+        r.shadow = Some(ssw_config::route::ShadowConfig {
+            pool: "light".into(),
+            share: 1.0,
+        });
+        s.config.routes.insert(ROUTE.into(), r);
+    })
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let id = format!("shadowed-{i}");
+        let mut body = json!({"model": ROUTE, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "user": "u"});
+        body["stream"] = json!(i % 2 == 0);
+        let resp = p.chat_with_id(&id, &body).await;
+        assert_eq!(resp.status(), 200);
+        let h = |n: &str| resp.headers().get(n).unwrap().to_str().unwrap().to_owned();
+        assert_eq!(
+            (h("x-ssw-variant"), h("x-ssw-pool")),
+            ("heavy".into(), "heavy".into())
+        );
+        let text = resp.text().await.unwrap();
+        assert!(
+            text.contains("Qwen2.5-14B"),
+            "the client's answer is heavy's: {text}"
+        );
+        assert!(
+            !text.contains("Qwen3-8B"),
+            "no shadow answer reaches the client: {text}"
+        );
+        ids.push(id);
+    }
+    // Each request's copy ran on a light engine, under the client's id with `.shadow`.
+    TestPlatform::eventually(Duration::from_secs(10), "every copy run", || async {
+        let mut seen = p.stub_request_ids("light-0").await;
+        seen.extend(p.stub_request_ids("light-1").await);
+        ids.iter().all(|id| seen.contains(&format!("{id}.shadow")))
+    })
+    .await;
+    TestPlatform::eventually(
+        Duration::from_secs(5),
+        "copies counted as variant shadow",
+        || async {
+            let m = p.get_text(&p.url("/metrics")).await;
+            ssw_test_support::metric(
+                &m,
+                "ssw_gateway_requests_total",
+                &[("route", ROUTE), ("variant", "shadow"), ("code", "ok")],
+            ) == Some(20.0)
+        },
+    )
+    .await;
+    p.assert_no_jobs_left(Duration::from_secs(10)).await;
+}
