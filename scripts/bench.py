@@ -529,6 +529,53 @@ def overhead_ab(base):
     return out
 
 
+def ab_test():
+    """An A/B test between the pools: route `npc-dialogue` at heavy 50 / light 50 over 1 000
+    sticky users, streamed 64-token answers, open loop at 60 % of the two engines' capacity
+    (A40 presets, one replica each): the per-variant figures a team reads to decide. Then the
+    client's cost of shadow traffic: the route at heavy 100 % with and without a shadow copy of
+    every request to light, same load."""
+    log("10. A/B test and shadow traffic")
+    out_tokens, prompt_words = 64, 32
+    heavy = stub(HEAVY, preset=PRESETS["heavy"][0], output_tokens=100000)
+    light = stub(LIGHT, preset=PRESETS["light"][0], output_tokens=100000)
+    cap = {p: capacity(p, out_tokens, prompt_words + 4) / out_tokens for p in ("heavy", "light")}
+    # 50/50 split: each engine gets half the rate; 60 % of the slower one's capacity, doubled.
+    rate = 2 * 0.6 * min(cap.values())
+    dur = 15 if QUICK else 40
+    common = ["--mode", "open", "--max-tokens", out_tokens, "--prompt-words", prompt_words, "--mix", "npc-dialogue",
+              "--stream", "--warmup", 0, "--timeout", "300s", "--users", 1000, "--duration", f"{dur}s"]
+    route = lambda variants, shadow="": (f'[routes.npc-dialogue]\nvariants = [{variants}]\n{shadow}')
+    pools = f'[pools.heavy]\nserved_model = "{HEAVY}"\n[pools.light]\nserved_model = "{LIGHT}"\n'
+    out = {"rate": rate, "cap": cap, "dur": dur}
+    u, gurl = up([("heavy", heavy[1]), ("light", light[1])],
+                 config=HEADROOM + pools + route('{ pool = "heavy", weight = 50 }, { pool = "light", weight = 50 }'))
+    r = bench(gurl, *common, "--rate", rate)
+    out["split"] = {k: v for k, v in r.items() if k != "samples"}
+    for v, f in sorted(r["by_variant"].items()):
+        log(f"   {v}: {f['requests']} requests, {f['ok']} ok, TTFT p50/p95 {f['ttft_ms']['p50']:.0f}/{f['ttft_ms']['p95']:.0f} ms, "
+            f"ITL p50 {f['itl_ms']['p50']:.1f} ms, {f['output_tokens'] / r['duration_s']:.0f} tok/s")
+    stop(u)
+    # Shadow: the client's TTFT with every request copied to light, against none; heavy at 60 %.
+    shadow = {}
+    for name, extra in (("none", ""), ("shadow", 'shadow = { pool = "light", share = 1.0 }\n')):
+        u, gurl = up([("heavy", heavy[1]), ("light", light[1])],
+                     config=HEADROOM + pools + route('{ pool = "heavy", weight = 1 }', extra))
+        x = bench(gurl, *common, "--rate", 0.6 * cap["heavy"])
+        text = urllib.request.urlopen(gurl + "/metrics", timeout=5).read().decode()
+        ran = sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+                  if l.startswith("ssw_gateway_requests_total{") and 'variant="shadow"' in l and 'code="ok"' in l)
+        shadow[name] = {"ttft_ms": x["ttft_ms"], "e2e_ms": x["e2e_ms"], "requests": x["requests"], "ok": x["ok"],
+                        "shadow_ok": ran}
+        log(f"   shadow {name}: client TTFT p50/p99 {x['ttft_ms']['p50']:.0f}/{x['ttft_ms']['p99']:.0f} ms, "
+            f"{int(ran)} shadow copies answered")
+        stop(u)
+    out["shadow"] = shadow
+    for x in (heavy, light):
+        stop(x[0])
+    return out
+
+
 def pct(xs, q):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, max(0, int(q * len(xs) + 0.5) - 1))] if xs else None
@@ -763,7 +810,7 @@ def main():
         # One scenario, its figures as JSON on stdout; the report is left alone.
         name = sys.argv[sys.argv.index("--only") + 1]
         scenarios = {f.__name__: f for f in (overhead, overhead_cpu_split, saturation, burst, balance, fanout, edge,
-                                             tiers, tenants, admission)}
+                                             tiers, tenants, admission, ab_test)}
         if BASE_BIN:
             scenarios["overhead_ab"] = lambda: overhead_ab(BASE_BIN)
         if name not in scenarios:
@@ -782,12 +829,13 @@ def main():
     ad = admission()
     if BASE_BIN:
         ad["ab"] = overhead_ab(BASE_BIN)
+    abt = ab_test()
     # Kept, so the report can be rendered again without running (`--render FILE`).
     saved = os.path.join(tempfile.gettempdir(), "ssw-bench-results.json")
-    json.dump({"sections": [ov, split, sat, bu, ba, fo, ed, [ti, te, ad]], "machine": machine()},
+    json.dump({"sections": [ov, split, sat, bu, ba, fo, ed, [ti, te, ad, abt]], "machine": machine()},
               open(saved, "w"), default=str)
     log(f"results kept in {saved}")
-    write_report(ov, split, sat, bu, ba, fo, ed, (ti, te, ad))
+    write_report(ov, split, sat, bu, ba, fo, ed, (ti, te, ad, abt))
     log("wrote docs/benchmarks.md")
 
 

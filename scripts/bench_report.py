@@ -118,8 +118,54 @@ def section7(w, ti, te, ad, tf):
     w("")
 
 
+def section8(w, abt):
+    """The A/B test report (route heavy 50 / light 50) and the client's cost of shadow traffic."""
+    w("## 8. An A/B test and shadow traffic")
+    w("")
+    w(f"Route `npc-dialogue`: heavy 50 / light 50 over 1 000 sticky users (`user`), one replica each (A40 "
+      f"presets), streamed 64-token answers, open loop at {abt['rate']:.1f} req/s (60 % of the slower engine's "
+      f"capacity per variant) for {abt['dur']} s. Per variant, as the dashboard's variant row shows them "
+      "(from `x-ssw-variant` here; the gateway's metrics carry the same labels):")
+    w("")
+    w("| variant | requests | errors | TTFT p50 / p95 / p99 ms | ITL p50 / p95 ms | end-to-end p50 / p99 ms | output tokens/s |")
+    w("|---|---|---|---|---|---|---|")
+    r = abt["split"]
+    for v, x in sorted(r["by_variant"].items()):
+        t, i, e = x["ttft_ms"], x["itl_ms"], x["e2e_ms"]
+        w(f"| {v} | {x['requests']} | {x['requests'] - x['ok']} | {t['p50']:.0f} / {t['p95']:.0f} / {t['p99']:.0f} | "
+          f"{i['p50']:.1f} / {i['p95']:.1f} | {e['p50']:.0f} / {e['p99']:.0f} | {x['output_tokens'] / r['duration_s']:.0f} |")
+    share = {v: x["requests"] / max(1, r["requests"]) for v, x in r["by_variant"].items()}
+    w("")
+    heavy, light = r["by_variant"].get("heavy"), r["by_variant"].get("light")
+    if heavy and light:
+        w(f"Requests split {share.get('heavy', 0) * 100:.1f} / {share.get('light', 0) * 100:.1f} (users are drawn at random per "
+          "request, so the split of requests wanders around the split of users). Reading it as a team would: light "
+          f"answers first tokens {heavy['ttft_ms']['p95'] / max(light['ttft_ms']['p95'], 1e-9):.1f} × faster at p95 and streams "
+          f"{heavy['itl_ms']['p50'] / max(light['itl_ms']['p50'], 1e-9):.1f} × faster per token; whether its answers are good enough "
+          "for Silver dialogue is the question the figures cannot answer: the route keeps each player on one model "
+          "while the team judges that.")
+    sh = abt["shadow"]
+    n, c = sh["none"]["ttft_ms"], sh["shadow"]["ttft_ms"]
+    w("")
+    w(f"Shadow traffic: the route at heavy 100 % ({sh['none']['requests']} and {sh['shadow']['requests']} requests at 60 % of "
+      "heavy's capacity), without and with a copy of every request to light (`shadow = { pool = \"light\", share = 1.0 }`; "
+      f"{int(sh['shadow']['shadow_ok'])} copies answered, discarded):")
+    w("")
+    w("| | client TTFT p50 ms | p99 ms | end-to-end p99 ms |")
+    w("|---|---|---|---|")
+    for name in ("none", "shadow"):
+        x = sh[name]
+        w(f"| {'no shadow' if name == 'none' else 'shadow of every request'} | {x['ttft_ms']['p50']:.0f} | "
+          f"{x['ttft_ms']['p99']:.0f} | {x['e2e_ms']['p99']:.0f} |")
+    w("")
+    w(f"Client TTFT p50 {c['p50'] / max(n['p50'], 1e-9):.2f} ×, p99 {c['p99'] / max(n['p99'], 1e-9):.2f} × with shadow traffic "
+      "(the copies run on the other engine; what they cost the client is the gateway's and Redis's share of the CPU).")
+    w("")
+
+
 def render(ov, split, sat, bu, ba, fo, ed, tiered, m):
-    ti, te, ad = tiered
+    ti, te, ad = tiered[:3]
+    abt = tiered[3] if len(tiered) > 3 else None
     tf = tier_figures(ti, te, ad)
     L = []
     w = L.append
@@ -334,6 +380,8 @@ def render(ov, split, sat, bu, ba, fo, ed, tiered, m):
       "clients send.")
     w("")
     section7(w, ti, te, ad, tf)
+    if abt:
+        section8(w, abt)
     w(PRESET_DOC)
     over = [r for r in sat if r["level"] != "closed-256"][-1]
     over_frac = (over["steady"] or over["r"]["output_tokens_per_s"]) / over["cap_tok"]

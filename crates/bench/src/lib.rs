@@ -151,6 +151,9 @@ pub struct Options {
     pub mix: Vec<(String, f64)>,
     /// Service tiers and their weights, sent as `service_tier` (empty: none sent).
     pub tiers: Vec<(String, f64)>,
+    /// Distinct users: each request carries `user = "player-<k>"`, k drawn from 0..users (0:
+    /// no `user`), so a route assigns each user one variant.
+    pub users: usize,
     /// Bearer token sent with every request (a tenant's key).
     #[serde(skip)]
     pub api_key: Option<String>,
@@ -198,6 +201,8 @@ pub struct Sample {
     pub worker: Option<String>,
     /// `x-ssw-queue-ms` (how long the request waited for a worker), when present.
     pub queue_ms: Option<f64>,
+    /// `x-ssw-variant` (the route's variant that served), when present.
+    pub variant: Option<String>,
 }
 
 fn pick_model(mix: &[(String, f64)]) -> String {
@@ -231,6 +236,9 @@ fn body(opts: &Options, model: &str, tier: Option<&str>) -> String {
     }
     if let Some(t) = tier {
         b["service_tier"] = serde_json::json!(t);
+    }
+    if opts.users > 0 {
+        b["user"] = serde_json::json!(format!("player-{}", fastrand::usize(..opts.users)));
     }
     b.to_string()
 }
@@ -291,6 +299,11 @@ pub async fn one(client: &reqwest::Client, opts: &Options, t0: Instant) -> Sampl
         .get("x-ssw-queue-ms")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
+    s.variant = resp
+        .headers()
+        .get("x-ssw-variant")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let ok = resp.status().is_success();
     let mut body = resp.bytes_stream();
     let mut all = Vec::new();

@@ -36,7 +36,7 @@ pub struct Cpu {
     pub per_request_ms: f64,
 }
 
-/// One tier's figures.
+/// The figures of one group of requests (a tier asked for, a route's variant that served).
 #[derive(Clone, Debug, Serialize)]
 pub struct TierReport {
     /// Requests sent.
@@ -47,8 +47,42 @@ pub struct TierReport {
     pub output_tokens: u64,
     /// Time to first token, ms.
     pub ttft_ms: Summary,
+    /// Inter-token latency, ms (streams).
+    pub itl_ms: Summary,
     /// End-to-end latency, ms.
     pub e2e_ms: Summary,
+}
+
+impl TierReport {
+    /// The figures of `samples`.
+    fn of(samples: &[&Sample]) -> Self {
+        let good: Vec<&&Sample> = samples.iter().filter(|s| s.error.is_none()).collect();
+        let ms = |f: &dyn Fn(&Sample) -> Option<f64>| -> Vec<f64> {
+            good.iter()
+                .filter_map(|s| f(s))
+                .map(|v| v * 1000.0)
+                .collect()
+        };
+        Self {
+            requests: samples.len(),
+            ok: good.len(),
+            output_tokens: good.iter().map(|s| s.output_tokens).sum(),
+            ttft_ms: Summary::of(&ms(&|s| Some(s.ttft_s))),
+            itl_ms: Summary::of(&ms(&|s| s.itl_s)),
+            e2e_ms: Summary::of(&ms(&|s| Some(s.e2e_s))),
+        }
+    }
+
+    /// `samples` grouped by `key` (those without one left out).
+    fn by(samples: &[Sample], key: impl Fn(&Sample) -> Option<&String>) -> BTreeMap<String, Self> {
+        let mut groups: BTreeMap<String, Vec<&Sample>> = BTreeMap::new();
+        for s in samples {
+            if let Some(k) = key(s) {
+                groups.entry(k.clone()).or_default().push(s);
+            }
+        }
+        groups.into_iter().map(|(k, v)| (k, Self::of(&v))).collect()
+    }
 }
 
 /// Everything measured.
@@ -84,6 +118,8 @@ pub struct Report {
     pub by_worker: BTreeMap<String, usize>,
     /// Per `service_tier` asked for (with `--tier-mix`).
     pub by_tier: BTreeMap<String, TierReport>,
+    /// Per route variant that served (`x-ssw-variant`; errors before routing have none).
+    pub by_variant: BTreeMap<String, TierReport>,
     /// Every request (for the plot).
     pub samples: Vec<Sample>,
     /// Queue depth over time `(s, depth)`.
@@ -115,29 +151,8 @@ impl Report {
                 *by_worker.entry(w.clone()).or_insert(0) += 1;
             }
         }
-        let mut by_tier = BTreeMap::new();
-        let tiers: std::collections::BTreeSet<&String> =
-            samples.iter().filter_map(|s| s.tier.as_ref()).collect();
-        for t in tiers {
-            let of: Vec<&Sample> = samples
-                .iter()
-                .filter(|s| s.tier.as_ref() == Some(t))
-                .collect();
-            let good: Vec<&&Sample> = of.iter().filter(|s| s.error.is_none()).collect();
-            let ms = |f: &dyn Fn(&Sample) -> f64| -> Vec<f64> {
-                good.iter().map(|s| f(s) * 1000.0).collect()
-            };
-            by_tier.insert(
-                t.clone(),
-                TierReport {
-                    requests: of.len(),
-                    ok: good.len(),
-                    output_tokens: good.iter().map(|s| s.output_tokens).sum(),
-                    ttft_ms: Summary::of(&ms(&|s| s.ttft_s)),
-                    e2e_ms: Summary::of(&ms(&|s| s.e2e_s)),
-                },
-            );
-        }
+        let by_tier = TierReport::by(&samples, |s| s.tier.as_ref());
+        let by_variant = TierReport::by(&samples, |s| s.variant.as_ref());
         let queue = options.metrics_url.as_ref().map(|_| Queue {
             max_depth: depth.iter().map(|d| d.1).fold(0.0, f64::max),
             wait_p50_s: queue_wait
@@ -173,6 +188,7 @@ impl Report {
             },
             by_worker,
             by_tier,
+            by_variant,
             options,
             samples,
             depth,
@@ -385,6 +401,7 @@ mod tests {
             stream: true,
             mix: vec![("heavy".into(), 1.0)],
             tiers: Vec::new(),
+            users: 0,
             api_key: None,
             prompt_words: Length::Fixed(10),
             max_tokens: Length::Fixed(16),
@@ -410,6 +427,7 @@ mod tests {
             tier: Some(if err { "flex" } else { "priority" }.into()),
             worker: (!err).then(|| "heavy-0".into()),
             queue_ms: (!err).then_some(start * 10.0),
+            variant: (!err).then(|| "heavy".into()),
         }
     }
 

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-/// p50/p90/p99/max/mean of a set of samples (in the samples' unit).
+/// p50/p90/p95/p99/max/mean of a set of samples (in the samples' unit).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Summary {
     /// Number of samples.
@@ -13,6 +13,8 @@ pub struct Summary {
     pub p50: f64,
     /// 90th percentile.
     pub p90: f64,
+    /// 95th percentile (what a route's guard compares).
+    pub p95: f64,
     /// 99th percentile.
     pub p99: f64,
     /// Largest.
@@ -41,6 +43,7 @@ impl Summary {
             mean: s.iter().sum::<f64>() / s.len() as f64,
             p50: percentile(&s, 0.50),
             p90: percentile(&s, 0.90),
+            p95: percentile(&s, 0.95),
             p99: percentile(&s, 0.99),
             max: s[s.len() - 1],
         }

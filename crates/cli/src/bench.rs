@@ -51,6 +51,10 @@ pub struct BenchArgs {
     /// (none: no `service_tier`); the report summarises each tier.
     #[arg(long)]
     tier_mix: Option<String>,
+    /// Distinct users: each request carries `user = "player-<k>"` (k random below N), so a
+    /// route keeps each user on one variant; the report summarises each variant that served.
+    #[arg(long, default_value_t = 0)]
+    users: usize,
     /// Bearer token to send (a tenant's API key).
     #[arg(long)]
     api_key: Option<String>,
@@ -142,6 +146,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
             .map(parse_mix)
             .transpose()?
             .unwrap_or_default(),
+        users: a.users,
         api_key: a.api_key,
         prompt_words: a.prompt_words,
         max_tokens: a.max_tokens,
