@@ -52,6 +52,18 @@ let
       ssw check-config $out --role ${role}
     '';
 
+  # The gateway config's routing settings (what SIGHUP re-reads) and the rest (what needs a
+  # restart); ssw_config::routing draws the same line.
+  routingPart = c: {
+    routes = c.routes or { };
+    pools = builtins.mapAttrs (_: p: { aliases = p.aliases or [ ]; defaults = p.defaults or { }; }) c.pools;
+    tenants = builtins.mapAttrs (_: t: removeAttrs t [ "api_keys_file" ]) (c.tenants or { });
+  };
+  restPart = c: removeAttrs c [ "routes" "tenants" ] // {
+    pools = builtins.mapAttrs (_: p: removeAttrs p [ "aliases" "defaults" ]) c.pools;
+    tenants = builtins.mapAttrs (_: t: { api_keys_file = t.api_keys_file or null; }) (c.tenants or { });
+  };
+
   hardening = {
     DynamicUser = true;
     Restart = "on-failure";
@@ -221,12 +233,27 @@ in
         "net.core.somaxconn" = mkDefault 65535;
         "net.ipv4.tcp_max_syn_backlog" = mkDefault 65535;
       };
-      systemd.services.ssw-gateway = sswService {
-        unit = "ssw-gateway";
-        role = "gateway";
-        config = topo.ssw.gateway;
-        extra = notifyUnit // { TimeoutStopSec = "45s"; };
-      };
+      # The gateway reads its config from a stable path, so a change of the routing settings only
+      # (routes, pools' aliases and request defaults, tenants' tiers and limits) changes its
+      # reload trigger, not its unit: `nixos-rebuild switch` reloads it (SIGHUP: it re-reads the
+      # file and swaps the routing settings between two requests), and restarts it for anything
+      # else (docs/configuration.md, "Changing settings without a restart").
+      environment.etc."ssw/gateway.json".source = configFile "ssw-gateway" "gateway" topo.ssw.gateway;
+      systemd.services.ssw-gateway = lib.recursiveUpdate
+        (sswService {
+          unit = "ssw-gateway";
+          role = "gateway";
+          config = topo.ssw.gateway;
+          extra = notifyUnit // {
+            TimeoutStopSec = "45s";
+            ExecStart = "${lib.getExe cfg.package} gateway --config /etc/ssw/gateway.json";
+            ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
+          };
+        })
+        {
+          reloadTriggers = [ (builtins.toJSON (routingPart topo.ssw.gateway)) ];
+          restartTriggers = [ (builtins.toJSON (restPart topo.ssw.gateway)) ];
+        };
       networking.firewall.allowedTCPPorts = optional cfg.openFirewall (lib.toInt topo.gateway.port);
     })
 

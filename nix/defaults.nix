@@ -94,6 +94,18 @@
   # keys.
   tenants = { };
 
+  # Routes: public model names spread over weighted variants (docs/configuration.md,
+  # `[routes]`; docs/runbook-ab-test.md):
+  #   routes.npc-dialogue = {
+  #     variants = [ { pool = "heavy"; weight = 90; } { pool = "light"; weight = 10; } ];
+  #     shadow = { pool = "light"; share = 0.05; };
+  #     guard = { maxErrorRate = 0.05; maxTtftP95Ratio = 1.5; window = "5m"; minRequests = 200; };
+  #   };
+  # Changing only routes, pools' aliases and requestDefaults, or tenants' tiers and limits
+  # reloads the gateway (SIGHUP) instead of restarting it. `ssw routes apply` changes them
+  # at run time without a rebuild.
+  routes = { };
+
   # Defaults for every worker.
   worker = {
     maxInflight = 64;

@@ -85,7 +85,17 @@ let
     maxConcurrent = "max_concurrent";
     maxQueued = "max_queued";
   };
+  routeFields = { variants = "variants"; sticky = "sticky"; salt = "salt"; shadow = "shadow"; guard = "guard"; };
+  variantFields = { pool = "pool"; weight = "weight"; name = "name"; };
+  shadowFields = { pool = "pool"; share = "share"; };
+  guardFields = {
+    maxErrorRate = "max_error_rate";
+    maxTtftP95Ratio = "max_ttft_p95_ratio";
+    window = "window";
+    minRequests = "min_requests";
+  };
   tierNames = [ "priority" "default" "flex" ];
+  imap0 = f: xs: builtins.genList (i: f i (builtins.elemAt xs i)) (builtins.length xs);
   # An attribute set renamed by `fields`, nulls left out (ssw applies its defaults).
   renamed = fields: set: builtins.listToAttrs (map (k: { name = fields.${k}; value = set.${k}; })
     (builtins.filter (k: set.${k} != null) (builtins.attrNames set)));
@@ -221,7 +231,46 @@ let
         (secret "grafana.secretKeyFile" s.grafana.secretKeyFile)
         (secret "engineApiKeyFile" s.engineApiKeyFile)
       ];
-      failed = builtins.filter (c: !c.ok) (checks ++ tiers ++ tenants ++ secrets);
+      routed = l.concatMap (p: [ p s.pools.${p}.servedModel ] ++ s.pools.${p}.aliases) poolNames;
+      routes = l.concatMap
+        (n:
+          let
+            r = s.routes.${n};
+            variants = r.variants or null;
+            sub = path: fields: v: map
+              (k: { ok = false; path = "${path}.${k}"; msg = "unknown setting; known: ${builtins.concatStringsSep ", " (builtins.attrNames fields)}"; })
+              (if builtins.isAttrs v then unknownIn fields v else [ ]);
+          in
+          [
+            { ok = builtins.isAttrs r; path = "routes.${n}"; msg = "must be an attribute set"; }
+            { ok = validName n; path = "routes.${n}"; msg = "route names use letters, digits, `-`, `_`, `.`"; }
+            { ok = !(builtins.elem n routed); path = "routes.${n}"; msg = "already a pool's name, served model or alias"; }
+            {
+              ok = builtins.isList variants && variants != [ ];
+              path = "routes.${n}.variants";
+              msg = "a list of one or more { pool; weight; } is needed";
+            }
+          ]
+          ++ sub "routes.${n}" routeFields r
+          ++ builtins.concatLists (imap0
+            (i: v: [
+              {
+                ok = builtins.isAttrs v && builtins.elem (v.pool or null) poolNames;
+                path = "routes.${n}.variants.${toString i}.pool";
+                msg = "unknown pool ${builtins.toJSON (v.pool or null)} (pools: ${builtins.concatStringsSep ", " poolNames})";
+              }
+            ] ++ sub "routes.${n}.variants.${toString i}" variantFields v)
+            (if builtins.isList variants then variants else [ ]))
+          ++ (if !(r ? shadow) then [ ] else [
+            {
+              ok = builtins.elem (r.shadow.pool or null) poolNames;
+              path = "routes.${n}.shadow.pool";
+              msg = "unknown pool ${builtins.toJSON (r.shadow.pool or null)} (pools: ${builtins.concatStringsSep ", " poolNames})";
+            }
+          ] ++ sub "routes.${n}.shadow" shadowFields r.shadow)
+          ++ (if r ? guard then sub "routes.${n}.guard" guardFields r.guard else [ ]))
+        (builtins.attrNames s.routes);
+      failed = builtins.filter (c: !c.ok) (checks ++ tiers ++ tenants ++ routes ++ secrets);
     in
     if failed == [ ] then s else let c = builtins.head failed; in l.fail c.path c.msg;
 
@@ -325,6 +374,14 @@ let
   # credentials (modules/ssw-inference.nix, compose.nix add them).
   sswTenants = s: builtins.mapAttrs (_: t: renamed tenantFields (removeAttrs t [ "apiKeysFile" ])) s.tenants;
 
+  # `[routes]`, renamed; ssw check-config validates the rest (weights, shares, bounds).
+  sswRoutes = s: builtins.mapAttrs
+    (_: r: renamed routeFields r // {
+      variants = map (renamed variantFields) r.variants;
+    } // l.optionalAttrs (r ? shadow) { shadow = renamed shadowFields r.shadow; }
+      // l.optionalAttrs (r ? guard) { guard = renamed guardFields r.guard; })
+    s.routes;
+
   # Secret paths (redis.password_file, gateway.api_keys_file) depend on where the deployment puts
   # credentials; modules/ssw-inference.nix adds them per systemd unit.
   sswBase = s: redisUrl: {
@@ -340,7 +397,8 @@ let
       stall_timeout = s.gateway.stallTimeout;
       allow_unauthenticated = s.gateway.allowUnauthenticated;
     };
-  } // l.optionalAttrs (s.tenants != { }) { tenants = sswTenants s; };
+  } // l.optionalAttrs (s.tenants != { }) { tenants = sswTenants s; }
+    // l.optionalAttrs (s.routes != { }) { routes = sswRoutes s; };
 
   workerConfig = s: redisUrl: r: engineUrl: metricsListen: sswBase s redisUrl // {
     worker = {

@@ -49,6 +49,13 @@ SCENARIOS = {
         'tenants = { npc = { apiKeysFile = "/run/secrets/npc-keys"; defaultTier = "flex"; requestsPerMinute = 6000; }; '
         'default.maxTier = "default"; }; '
         'pools.heavy = { schedulingPolicy = "priority"; priorityReserve = 0.2; tiers.flex = { maxQueue = 500; queueTimeout = "15m"; }; }; }; }')],
+    # Only routing settings differ from "stub": the gateway reloads instead of restarting.
+    "routes": [SSW, BASE, ssw(
+        '{ enable = true; settings = { engine = "stub"; pools.light.aliases = [ "chatter" ]; '
+        'routes.npc-dialogue = { variants = [ { pool = "heavy"; weight = 90; } { pool = "light"; weight = 10; name = "small"; } ]; '
+        'shadow = { pool = "light"; share = 0.05; }; guard = { maxErrorRate = 0.05; window = "5m"; minRequests = 200; }; }; }; }')],
+    # A setting that needs a restart differs from "stub".
+    "stub, longer queue": [SSW, BASE, ssw('{ enable = true; settings = { engine = "stub"; pools.heavy.maxQueue = 20000; }; }')],
     "redis host": [SSW, BASE, ssw(
         '{ enable = true; roles = { gateway = false; workers = false; }; '
         'settings.redis = { host = "10.0.0.5"; passwordFile = "/run/secrets/redis"; persistence = "aof"; maxMemory = "4GiB"; }; }')],
@@ -80,6 +87,12 @@ MUST_FAIL = {
     "unknown module option": ([SSW, BASE, ssw("{ enable = true; openFirewalls = true; }")], "services.ssw-inference.openFirewalls' does not exist"),
     "tenant without keys": ([SSW, BASE, ssw('{ enable = true; settings = { engine = "stub"; tenants.npc.requestsPerMinute = 60; }; }')],
                             "tenants.npc.apiKeysFile: is required"),
+    "route to an unknown pool": ([SSW, BASE, ssw('{ enable = true; settings = { engine = "stub"; routes.r.variants = [ { pool = "medium"; weight = 1; } ]; }; }')],
+                                 "routes.r.variants.0.pool: unknown pool \"medium\""),
+    "route with an unknown setting": ([SSW, BASE, ssw('{ enable = true; settings = { engine = "stub"; routes.r = { variants = [ { pool = "heavy"; weight = 1; } ]; guard.maxErrors = 3; }; }; }')],
+                                      "routes.r.guard.maxErrors: unknown setting"),
+    "route named like a pool": ([SSW, BASE, ssw('{ enable = true; settings = { engine = "stub"; routes.light.variants = [ { pool = "heavy"; weight = 1; } ]; }; }')],
+                                "routes.light: already a pool"),
     "grafana without secret key": ([SSW, BASE, ssw('{ enable = true; settings = { engine = "stub"; grafana.enable = true; }; }')],
                                    "settings.grafana.secretKeyFile: Grafana needs a secret key file"),
 }
@@ -112,7 +125,8 @@ def built(exec_start):
 
 
 def unit_config(unit):
-    return built(unit["serviceConfig"]["ExecStart"]).get("config", {})
+    """The config a unit runs with: the file its ExecStart passes, or the /etc file it names."""
+    return built(unit.get("configSource") or unit["serviceConfig"]["ExecStart"]).get("config", {})
 
 
 def ssw_units(services):
@@ -170,6 +184,12 @@ def a40(r, firewall=()):
     ok(w["startLimitIntervalSec"] == 0 and sc["RestartMaxDelaySec"] == "30s", "A40: ssw units back off up to 30 s and never hit a start limit")
     ok(sc["TimeoutStopSec"] == "75s", "A40: worker stop timeout covers its drain (60 s + 15 s)")
     ok("ssw check-config $out --role worker" in built(sc["ExecStart"]).get("checks", ""), "A40: worker config checked at build time")
+    gw = svc["ssw-gateway"]
+    ok("ssw check-config $out --role gateway" in built(gw["configSource"]).get("checks", ""), "A40: gateway config checked at build time")
+    ok(gw["serviceConfig"]["ExecStart"].endswith("gateway --config /etc/ssw/gateway.json")
+       and "kill -HUP $MAINPID" in gw["serviceConfig"]["ExecReload"],
+       "A40: the gateway reads /etc/ssw/gateway.json and reloads on SIGHUP")
+    ok(gw["reloadTriggers"] and gw["restartTriggers"], "A40: the gateway has reload and restart triggers")
     wc = unit_config(w)["worker"]
     ok(wc["engine_api_key_file"] == "/run/credentials/ssw-worker-light-1.service/engine-key"
        and sc["LoadCredential"] == ["engine-key:/var/lib/ssw/secrets/engine-api-key"]
@@ -300,7 +320,28 @@ def own_key(r):
        "Redis maxclients can be raised (the module's value is only a default)")
 
 
-CHECKS = {"a40": a40, "own engine key and more Redis clients": own_key, "stub": stub, "grafana": grafana, "secrets": secrets, "gpu host": gpu_host,
+def routes(r):
+    conf = unit_config(r["systemd"]["services"]["ssw-gateway"])
+    ok(conf.get("routes") == {"npc-dialogue": {
+        "variants": [{"pool": "heavy", "weight": 90}, {"pool": "light", "weight": 10, "name": "small"}],
+        "shadow": {"pool": "light", "share": 0.05},
+        "guard": {"max_error_rate": 0.05, "window": "5m", "min_requests": 200},
+    }}, f"routes: the gateway's [routes] (got {conf.get('routes')})")
+
+
+def routes_reload(out):
+    """A switch that changes only routing settings reloads the gateway; anything else restarts it."""
+    if not all(n in out for n in ("stub", "routes", "stub, longer queue")):
+        return
+    gw = {n: out[n]["systemd"]["services"]["ssw-gateway"] for n in ("stub", "routes", "stub, longer queue")}
+    same = lambda a, b, k: gw[a][k] == gw[b][k] and gw[a]["serviceConfig"]["ExecStart"] == gw[b]["serviceConfig"]["ExecStart"]
+    ok(same("stub", "routes", "restartTriggers") and gw["stub"]["reloadTriggers"] != gw["routes"]["reloadTriggers"],
+       "routes: changing routes and aliases only changes the gateway's reload trigger (nixos-rebuild reloads it)")
+    ok(gw["stub"]["restartTriggers"] != gw["stub, longer queue"]["restartTriggers"],
+       "a pool's maxQueue changes the gateway's restart trigger (nixos-rebuild restarts it)")
+
+
+CHECKS = {"a40": a40, "routes": routes, "own engine key and more Redis clients": own_key, "stub": stub, "grafana": grafana, "secrets": secrets, "gpu host": gpu_host,
           "tenants": tenants,
           "gateway host": gateway_host, "redis host": redis_host,
           "vm-test overload": vm_overload, "vm-test worker-restart": vm_worker_restart}
@@ -421,6 +462,7 @@ def run():
             out[name] = r
             if name in CHECKS:
                 CHECKS[name](r)
+    routes_reload(out)
     out.update(docs(lib))
     flake_hosts(lib)
     examples(lib)

@@ -10,7 +10,8 @@
 //! - [`http`]: routes, middleware, handlers (thin: read, call, answer).
 //! - [`admission`]: from a body to a job on its queue, or the reason it is refused.
 //! - [`routing`]: pool and route resolution; [`reload`]: routing versions and SIGHUP.
-//! - [`lifecycle`]: the per-request [`lifecycle::Ticket`]; [`shadow`]: routes' shadow copies.
+//! - [`lifecycle`]: the per-request [`lifecycle::Ticket`]; [`shadow`]: routes' shadow copies;
+//!   [`guard`]: routes' automatic fallback to their control.
 //! - [`replies`]: the reply-stream reader and demultiplexer.
 //! - [`openapi`]: the OpenAPI document (`GET /openapi.json`).
 //! - [`auth`]: API keys. [`error`]: error → HTTP. [`metrics`]: metric names.
@@ -19,6 +20,7 @@
 pub mod admission;
 pub mod auth;
 pub mod error;
+pub mod guard;
 pub mod http;
 pub mod lifecycle;
 pub mod limits;
@@ -71,6 +73,7 @@ pub async fn serve(
     let mut routing = reload::Watcher::default();
     routing.check(&state).await;
     let routing = tokio::spawn(routing.run(state.clone(), background.clone()));
+    let guards = tokio::spawn(guard::run(state.clone(), background.clone()));
     let watcher = tokio::spawn(replies::watch_workers(
         state.redis.clone(),
         state.replies.clone(),
@@ -117,6 +120,6 @@ pub async fn serve(
         let _ = ops.await;
     }
     background.cancel();
-    let _ = tokio::join!(reader, keeper, watcher, sampler, settler, routing);
+    let _ = tokio::join!(reader, keeper, watcher, sampler, settler, routing, guards);
     result
 }

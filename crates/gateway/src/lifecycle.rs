@@ -215,6 +215,12 @@ impl Ticket {
                 crate::metrics::tokens(&self.pool, &self.route, u);
             }
             let t = &self.timing;
+            let route = &self.route;
+            if !route.route.is_empty() && &*route.variant != crate::shadow::SHADOW_VARIANT {
+                let ttft = t.first_token.map(|f| f - t.arrived);
+                let tally = &self.state.guard_tally;
+                tally.observe(&route.route, &route.variant, status, ttft);
+            }
             let ttft_ms = t.first_token.map(|f| (f - t.arrived).as_millis() as u64);
             tracing::info!(
                 parent: &self.span,

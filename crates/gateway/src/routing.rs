@@ -98,6 +98,8 @@ pub struct Route {
     salt: String,
     /// Where a share of its requests is copied, and the share.
     pub shadow: Option<(Arc<Pool>, f64)>,
+    /// When to fall back to the control.
+    pub guard: Option<ssw_config::route::GuardConfig>,
 }
 
 /// One variant of a route.
@@ -135,6 +137,7 @@ impl Route {
                 .shadow
                 .as_ref()
                 .map(|s| (pools[&s.pool].clone(), s.share)),
+            guard: cfg.guard.clone(),
         }
     }
 
@@ -313,6 +316,11 @@ impl Router {
     /// Every route, in name order.
     pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
+    }
+
+    /// The route of this name.
+    pub fn route(&self, name: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| &*r.name == name)
     }
 
     /// Looks a model name (pool, alias, served model or route) up.

@@ -48,6 +48,8 @@ pub struct Inner {
     pub pools: Arc<[Arc<str>]>,
     /// The routing settings in force; see [`AppState::routing`].
     routing: std::sync::RwLock<Arc<Version>>,
+    /// Routed requests' outcomes not yet added to the guards' stats in Redis.
+    pub guard_tally: crate::guard::Tally,
     /// The configuration file's settings as last read (see [`AppState::file`]).
     pub(crate) file: std::sync::RwLock<Config>,
     /// Redis handle.
@@ -141,6 +143,7 @@ impl AppState {
             pools: config.pools.keys().map(|p| Arc::from(p.as_str())).collect(),
             routing: std::sync::RwLock::new(Arc::new(Version::new(0, &config))),
             file: std::sync::RwLock::new(config.clone()),
+            guard_tally: crate::guard::Tally::default(),
             config,
             id,
             instance,

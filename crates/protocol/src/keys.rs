@@ -20,6 +20,8 @@
 //! | `P:{routing}:version` | integer | PUBLISH_ROUTING | the routing version in force (absent: none published) |
 //! | `P:{routing}:versions` | hash | PUBLISH_ROUTING | routing version → its document (JSON: the settings, who published it, why, when) |
 //! | `P:{routing}:status` | hash | gateways | gateway instance → the routing version it has in force, or why it refused the latest (JSON) |
+//! | `P:{r:<route>}:stats:<slice>` | hash, TTL the guard's window | every gateway, each second | a guarded route's requests, 5xx answers and TTFT histogram per variant over one 10 s slice |
+//! | `P:{r:<route>}:guard` | string, PX 15 s | `SET NX` by gateways | the gateway instance that judges the route's guard |
 //! | `P:{gw:<instance>}:replies` | stream with TTL | worker `XADD NOMKSTREAM`, gateway `XREAD` | reply events for one gateway process (`<instance>`: its id and a random nonce per start) |
 
 use crate::tier::Tier;
@@ -60,6 +62,16 @@ impl Keys {
     /// Each gateway's routing status.
     pub fn routing_status(&self) -> String {
         format!("{}:{{routing}}:status", self.prefix)
+    }
+
+    /// A guarded route's stats for one time slice (requests, errors, TTFT buckets per variant).
+    pub fn route_stats(&self, route: &str, slice: u64) -> String {
+        format!("{}:{{r:{route}}}:stats:{slice}", self.prefix)
+    }
+
+    /// A guarded route's lease: the gateway instance that judges it.
+    pub fn route_guard(&self, route: &str) -> String {
+        format!("{}:{{r:{route}}}:guard", self.prefix)
     }
 
     /// The pool's job stream.

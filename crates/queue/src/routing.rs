@@ -3,7 +3,7 @@
 
 use redis::Value;
 
-use crate::scripts::PUBLISH_ROUTING;
+use crate::scripts::{LEASE, PUBLISH_ROUTING};
 use crate::{QueueError, Redis, resp};
 
 /// Versions kept in Redis (older ones are deleted as new ones are published).
@@ -123,5 +123,57 @@ impl Redis {
         )
         .await
         .map(|_: i64| ())
+    }
+
+    /// Adds counts to a guarded route's stats of one time slice (`fields`: field and amount),
+    /// which expire after `ttl`.
+    pub async fn add_route_stats(
+        &self,
+        route: &str,
+        slice: u64,
+        fields: &[(String, u64)],
+        ttl: std::time::Duration,
+    ) -> Result<(), QueueError> {
+        if fields.is_empty() {
+            return Ok(());
+        }
+        let key = self.keys().route_stats(route, slice);
+        let mut pipe = redis::pipe();
+        for (field, n) in fields {
+            pipe.cmd("HINCRBY").arg(&key).arg(field).arg(*n).ignore();
+        }
+        pipe.cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ttl.as_millis() as u64)
+            .ignore();
+        self.pipe(&pipe).await
+    }
+
+    /// A guarded route's stats of the slices `from..=to`, every field of each.
+    pub async fn route_stats(
+        &self,
+        route: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(String, u64)>, QueueError> {
+        let mut pipe = redis::pipe();
+        for s in from..=to {
+            pipe.cmd("HGETALL").arg(self.keys().route_stats(route, s));
+        }
+        let all: Vec<Vec<(String, u64)>> = self.pipe(&pipe).await?;
+        Ok(all.into_iter().flatten().collect())
+    }
+
+    /// Takes or renews the lease `key` for `holder` (LEASE); whether `holder` holds it now.
+    pub async fn lease(
+        &self,
+        key: &str,
+        holder: &str,
+        length: std::time::Duration,
+    ) -> Result<bool, QueueError> {
+        let mut inv = LEASE.prepare_invoke();
+        inv.key(key).arg(holder).arg(length.as_millis() as u64);
+        let held: i64 = self.script(&inv).await?;
+        Ok(held == 1)
     }
 }

@@ -76,3 +76,4 @@ script!(KEEP_REPLIES, "keep_replies.lua");
 script!(POOL_STATS, "pool_stats.lua");
 script!(REPLY, "reply.lua");
 script!(PUBLISH_ROUTING, "publish_routing.lua");
+script!(LEASE, "lease.lua");

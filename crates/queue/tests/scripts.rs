@@ -1437,3 +1437,31 @@ async fn shadow_copies_are_taken_only_when_nothing_else_waits_and_stay_out_of_th
         Enqueued::FullTier { waiting: 1 }
     ));
 }
+
+#[tokio::test]
+async fn lease_is_held_by_one_caller_renewed_by_it_and_free_once_it_lapses() {
+    let r = rig().await;
+    let key = r.keys.route_guard("npc-dialogue");
+    assert!(
+        key.contains("{r:npc-dialogue}"),
+        "one slot per route: {key}"
+    );
+    let ms = Duration::from_millis(300);
+    assert!(r.redis.lease(&key, "gw-a", ms).await.unwrap());
+    assert!(!r.redis.lease(&key, "gw-b", ms).await.unwrap(), "held by a");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        r.redis.lease(&key, "gw-a", ms).await.unwrap(),
+        "renewed by its holder"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !r.redis.lease(&key, "gw-b", ms).await.unwrap(),
+        "still a's after the renewal"
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(
+        r.redis.lease(&key, "gw-b", ms).await.unwrap(),
+        "a's lapsed: b takes it"
+    );
+}

@@ -54,6 +54,8 @@ metrics! {
     GATEWAY_RATE_LIMITED = "ssw_gateway_rate_limited_total", Counter, ["tenant", "limit"], "Requests answered 429 rate_limit_exceeded, by tenant and the limit that refused them: requests, tokens (per minute) or concurrent.";
     /// Calls to Redis for tenants' rate limits.
     GATEWAY_LIMIT_CALLS = "ssw_gateway_rate_limit_calls_total", Counter, ["tenant", "reason"], "Calls to Redis for a limited tenant's allowance (ALLOWANCE): need (a request the allowance held here did not cover) or tick (the 100 ms settlement). Against ssw_gateway_tier_requests_total, the share of requests that asked Redis.";
+    /// Routes sent back to their control by their guard.
+    GATEWAY_ROUTE_ROLLBACKS = "ssw_gateway_route_rollbacks_total", Counter, ["route", "variant", "reason"], "Routes sent back to their control by their guard: the variant taken out and why (error_rate or ttft_p95_ratio). The log line and the published version's reason state the evidence.";
     /// Shadow copies that never ran.
     GATEWAY_SHADOW_DROPPED = "ssw_gateway_shadow_dropped_total", Counter, ["route", "reason"], "A route's shadow copies that never ran: invalid (the shadow pool refuses the request's parameters), queue_full (its shadow lane or the pool is full: shed first), queue_unavailable, queue_timeout (no worker was free for it within 30 s). Copies that ran are in ssw_gateway_requests_total{variant=\"shadow\"}.";
     /// Routing versions taken or refused.

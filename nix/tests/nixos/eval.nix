@@ -57,9 +57,15 @@ let
       inherit (config) warnings;
       systemd = {
         # startLimit* have no default (rendered only when defined): null when unset.
+        # configSource: the file a unit's `--config /etc/…` names (environment.etc's source).
         services = builtins.mapAttrs
           (_: svc: svc // lib.genAttrs [ "startLimitIntervalSec" "startLimitBurst" ]
-            (o: let v = builtins.tryEval svc.${o}; in if v.success then v.value else null))
+            (o: let v = builtins.tryEval svc.${o}; in if v.success then v.value else null)
+            // {
+              configSource =
+                let m = builtins.match ".*--config /etc/([^ ]+).*" (toString (svc.serviceConfig.ExecStart or ""));
+                in if m == null then null else toString config.environment.etc.${builtins.head m}.source;
+            })
           config.systemd.services;
         tmpfiles = config.systemd.tmpfiles.rules;
       };

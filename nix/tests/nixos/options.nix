@@ -216,6 +216,25 @@ in
     config.users.users.root = { uid = 0; home = "/root"; };
   }
 
+  # nixos/modules/system/etc/etc.nix: environment.etc's entry options.
+  {
+    options.environment.etc = opt
+      (types.attrsOf (types.submodule ({ name, config, ... }: {
+        options = {
+          enable = opt types.bool true;
+          target = opt types.str name;
+          text = opt (types.nullOr types.lines) null;
+          source = req types.path;
+          mode = opt types.str "symlink";
+          uid = opt types.int 0;
+          gid = opt types.int 0;
+          user = opt types.str "+${toString config.uid}";
+          group = opt types.str "+${toString config.gid}";
+        };
+      })))
+      { };
+  }
+
   # nixos/modules/system/boot/systemd.nix (+ systemd-unit-options.nix) and tmpfiles.nix, with
   # the service warnings systemd.nix emits.
   ({ config, ... }: {

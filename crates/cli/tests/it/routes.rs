@@ -464,3 +464,91 @@ async fn shadow_copies_run_on_the_shadow_pool_and_never_reach_the_client() {
     .await;
     p.assert_no_jobs_left(Duration::from_secs(10)).await;
 }
+
+#[tokio::test]
+async fn a_failing_variant_is_taken_out_by_the_guard_on_every_gateway() {
+    let p = TestPlatform::start_with(ssw(), |s| {
+        let mut r = route(50, 50);
+        r.guard = Some(ssw_config::route::GuardConfig {
+            max_error_rate: Some(0.05),
+            max_ttft_p95_ratio: None,
+            window: Duration::from_secs(10),
+            min_requests: 20,
+        });
+        s.config.routes.insert(ROUTE.into(), r);
+        // Light's engines answer every request 500: after its attempts, 502.
+        for replica in s.replicas.iter_mut().filter(|r| r.pool == "light") {
+            if let ssw_test_support::ssw_up::platform::EngineSpec::Stub(stub) = &mut replica.engine
+            {
+                stub.error_rate = 1.0;
+            }
+        }
+    })
+    .await;
+    let (_second, second_url) = p.add_gateway("second").await;
+    let t0 = std::time::Instant::now();
+    let mut failed_light = 0;
+    let mut i = 0;
+    // Requests until the guard has acted: light's answers fail, heavy's succeed.
+    let decided = loop {
+        let r = ask(&p, Some(&format!("player-{i}"))).await;
+        i += 1;
+        if r.version >= 1 {
+            break t0.elapsed();
+        }
+        if r.variant == "light" {
+            assert_eq!(r.status, 502);
+            failed_light += 1;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no fallback after {i} requests"
+        );
+    };
+    eprintln!(
+        "the guard took light out {decided:?} after the first request ({i} requests, {failed_light} failed on light)"
+    );
+    // Everyone on the control now, on both gateways, and the decision is a published version.
+    for u in 0..50 {
+        let r = ask(&p, Some(&format!("player-{u}"))).await;
+        assert_eq!((r.status, r.variant.as_str()), (200, "heavy"));
+    }
+    let body = json!({"model": ROUTE, "messages": [{"role": "user", "content": "hi"}], "user": "player-7"});
+    let r = p
+        .http
+        .post(format!("{second_url}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-ssw-variant"], "heavy");
+    let history = String::from_utf8_lossy(&routes_cli(&p, &["history"]).await.stdout).into_owned();
+    assert!(
+        history.contains("guard") && history.contains("back to its control"),
+        "{history}"
+    );
+    let m = p.get_text(&p.url("/metrics")).await;
+    let mut rollbacks = ssw_test_support::metric(
+        &m,
+        "ssw_gateway_route_rollbacks_total",
+        &[
+            ("route", ROUTE),
+            ("variant", "light"),
+            ("reason", "error_rate"),
+        ],
+    );
+    if rollbacks.is_none() {
+        let m = p.get_text(&format!("{second_url}/metrics")).await;
+        rollbacks = ssw_test_support::metric(
+            &m,
+            "ssw_gateway_route_rollbacks_total",
+            &[
+                ("route", ROUTE),
+                ("variant", "light"),
+                ("reason", "error_rate"),
+            ],
+        );
+    }
+    assert_eq!(rollbacks, Some(1.0), "one gateway decided, once");
+}
