@@ -1334,7 +1334,7 @@ async fn publish_routing_is_compare_and_swap_and_keeps_the_last_versions() {
 }
 
 #[tokio::test]
-async fn pull_takes_a_wake_token_per_job_and_an_empty_pull_writes_nothing() {
+async fn a_pull_after_a_wake_up_takes_a_token_per_extra_job_and_an_empty_pull_writes_nothing() {
     let mut r = rig().await;
     let tokens = |r: &mut Rig, list: &str| {
         let key = r.keys.wake(POOL, list);
@@ -1353,8 +1353,25 @@ async fn pull_takes_a_wake_token_per_job_and_an_empty_pull_writes_nothing() {
         ),
         (5, 1)
     );
-    // A plain PULL of three (the priority job and two others) takes three tokens.
-    assert_eq!(r.redis.pull(POOL, "w", any(3)).await.unwrap().len(), 3);
+    // A PULL without a wake-up takes no token (a job's token may be on its way to a worker's
+    // BLPOP: taking another would leave a waiting job without one).
+    assert_eq!(r.redis.pull(POOL, "w", any(2)).await.unwrap().len(), 2);
+    assert_eq!(
+        (
+            tokens(&mut r, "any").await,
+            tokens(&mut r, "priority").await
+        ),
+        (5, 1)
+    );
+    // A wake-up (BLPOP: the priority token, first in its list order) and a PULL of three: two
+    // more tokens go.
+    let mut conn = r.redis.dedicated().await.unwrap();
+    let got = r
+        .redis
+        .wait_then_pull(&mut conn, POOL, "w", any(3), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 3);
     assert_eq!(
         (
             tokens(&mut r, "any").await,
@@ -1362,15 +1379,7 @@ async fn pull_takes_a_wake_token_per_job_and_an_empty_pull_writes_nothing() {
         ),
         (3, 0)
     );
-    // After a BLPOP (one token) a PULL of two takes one more.
-    let mut conn = r.redis.dedicated().await.unwrap();
-    let got = r
-        .redis
-        .wait_then_pull(&mut conn, POOL, "w", any(2), Duration::from_secs(1))
-        .await
-        .unwrap();
-    assert_eq!(got.len(), 2);
-    assert_eq!(tokens(&mut r, "any").await, 1, "one job left, one token");
+    // One job left and three tokens: never fewer tokens than waiting jobs.
     // Nothing the policy allows: nothing written (no consumer, no count or credit).
     let before: Vec<(String, String)> = r.raw.hgetall(r.keys.waiting(POOL)).await.unwrap();
     let narrow = PullPolicy {

@@ -229,6 +229,18 @@ async fn a_canary_ramp_from_10_to_20_percent_moves_only_users_onto_the_canary() 
     }
     eprintln!("ramp 10 → 20 %: {stayed} users stayed on the canary, {moved} joined it");
     assert!(stayed > 50 && moved > 50, "stayed {stayed}, moved {moved}");
+    // A gateway that starts now routes by the published version from its first request.
+    let (_late, late_url) = p.add_gateway("late").await;
+    let r = p
+        .http
+        .post(format!("{late_url}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(json!({"model": ROUTE, "messages": [{"role": "user", "content": "hi"}], "user": "player-1"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-ssw-routing-version"], "1");
+    assert_eq!(r.headers()["x-ssw-variant"], at20["player-1"].as_str());
     // History and show name the version.
     let history = String::from_utf8_lossy(&routes_cli(&p, &["history"]).await.stdout).into_owned();
     assert!(history.contains("ramp.toml"), "{history}");
@@ -551,4 +563,60 @@ async fn a_failing_variant_is_taken_out_by_the_guard_on_every_gateway() {
         );
     }
     assert_eq!(rollbacks, Some(1.0), "one gateway decided, once");
+}
+
+#[tokio::test]
+async fn a_slow_variant_is_taken_out_by_the_guard() {
+    let p = TestPlatform::start_with(ssw(), |s| {
+        let mut r = route(50, 50);
+        r.guard = Some(ssw_config::route::GuardConfig {
+            max_error_rate: None,
+            max_ttft_p95_ratio: Some(2.0),
+            window: Duration::from_secs(10),
+            min_requests: 20,
+        });
+        s.config.routes.insert(ROUTE.into(), r);
+        // Light's first tokens take 300 ms, heavy's 5 ms.
+        for replica in s.replicas.iter_mut().filter(|r| r.pool == "light") {
+            if let ssw_test_support::ssw_up::platform::EngineSpec::Stub(stub) = &mut replica.engine
+            {
+                stub.ttft = Duration::from_millis(300);
+            }
+        }
+    })
+    .await;
+    let t0 = std::time::Instant::now();
+    let users: Vec<String> = (0..200).map(|i| format!("player-{i}")).collect();
+    loop {
+        let answers = assign(&p, &users, 1).await;
+        if answers.values().flatten().any(|r| r.version >= 1) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no fallback for a slow variant"
+        );
+    }
+    eprintln!(
+        "the guard took the slow variant out after {:?}",
+        t0.elapsed()
+    );
+    let answers = assign(&p, &users, 1).await;
+    assert!(
+        answers
+            .values()
+            .flatten()
+            .all(|r| r.status == 200 && r.variant == "heavy")
+    );
+    let m = p.get_text(&p.url("/metrics")).await;
+    let rollbacks = ssw_test_support::metric(
+        &m,
+        "ssw_gateway_route_rollbacks_total",
+        &[
+            ("route", ROUTE),
+            ("variant", "light"),
+            ("reason", "ttft_p95_ratio"),
+        ],
+    );
+    assert_eq!(rollbacks, Some(1.0));
 }
