@@ -155,7 +155,8 @@ pub async fn run(args: RoutesArgs) -> anyhow::Result<()> {
     }
 }
 
-fn connect(config: &Config) -> anyhow::Result<Redis> {
+/// A Redis handle from a configuration's `[redis]` (its password file read).
+pub fn connect(config: &Config) -> anyhow::Result<Redis> {
     let password = config
         .redis
         .password_file

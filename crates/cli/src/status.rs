@@ -6,7 +6,6 @@ use std::time::Duration;
 use clap::Args;
 use ssw_config::Config;
 use ssw_protocol::tier::Tier;
-use ssw_queue::Redis;
 use ssw_queue::producer::PoolStats;
 
 /// Options of `ssw status`.
@@ -151,13 +150,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         fig = fig.merge(("redis.url", url));
     }
     let config = Config::from_figment(&fig)?;
-    let password = config
-        .redis
-        .password_file
-        .as_deref()
-        .map(ssw_config::read_secret)
-        .transpose()?;
-    let redis = Redis::new(&config.redis, password)?;
+    let redis = crate::routes::connect(&config)?;
     loop {
         let now = ssw_queue::now_ms();
         let mut pools = Vec::new();

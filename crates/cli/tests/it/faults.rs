@@ -687,6 +687,9 @@ async fn clients_leaving_at_each_stage_under_load_cost_the_engines_nothing_more(
     })
     .await;
     let reqs = load(&p, "stay", 24, "heavy");
+    // The load is queued before the ones that will leave it (its requests are sent on tasks of
+    // their own: without this, one leaving request could overtake them and start).
+    crate::tiers::backlog_reaches(&p, 12).await;
     // Queued: behind the load, left before a worker could reach them.
     for i in 0..4 {
         left.push(leave(

@@ -92,7 +92,8 @@ async fn priority_traffic(p: &TestPlatform) {
     assert_eq!(status, 200, "{body}");
 }
 
-async fn backlog_reaches(p: &TestPlatform, n: u64) {
+/// Waits until at least `n` heavy jobs wait for a worker.
+pub(crate) async fn backlog_reaches(p: &TestPlatform, n: u64) {
     TestPlatform::eventually(Duration::from_secs(10), "the backlog", || async {
         let Ok(r) = p.http.get(p.url("/readyz")).send().await else {
             return false;
