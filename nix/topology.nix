@@ -231,7 +231,7 @@ let
         (secret "grafana.secretKeyFile" s.grafana.secretKeyFile)
         (secret "engineApiKeyFile" s.engineApiKeyFile)
       ];
-      routed = l.concatMap (p: [ p s.pools.${p}.servedModel ] ++ s.pools.${p}.aliases) poolNames;
+      routed = routedNames s;
       routes = l.concatMap
         (n:
           let
@@ -296,9 +296,12 @@ let
     let d = l.duplicates xs; in
     if d == [ ] then true else l.fail path "duplicate ${what} ${builtins.toJSON (builtins.head d)}";
 
+  # Every pool's name, served model and aliases: what `model` may name.
+  routedNames = s: l.concatMap (p: [ p s.pools.${p}.servedModel ] ++ s.pools.${p}.aliases) (builtins.attrNames s.pools);
+
   # Every name that routes to a pool must route to one pool only.
   checkRouting = s:
-    let names = l.concatMap (p: [ p s.pools.${p}.servedModel ] ++ s.pools.${p}.aliases) (builtins.attrNames s.pools);
+    let names = routedNames s;
     in checkUnique "model name (pool name, alias or servedModel)" "pools" names;
 
   vllmArgs = pool: [

@@ -107,6 +107,7 @@ pub async fn admit(
     let Routed {
         pool,
         labels,
+        guarded,
         shadow,
     } = route(&routing, headers, &req).map_err(|error| Refusal {
         stream,
@@ -224,7 +225,7 @@ pub async fn admit(
     if let Some(c) = charged {
         ticket.charged(c);
     }
-    ticket.routed(labels.clone());
+    ticket.routed(labels.clone(), guarded);
     let limits = QueueLimits {
         max_queue: pool.max_queue,
         max_queue_bytes: pool.max_queue_bytes,
@@ -335,6 +336,8 @@ struct Routed {
     pool: Arc<Pool>,
     /// Its route and variant (empty: a pool by name).
     labels: RouteLabels,
+    /// Its route has a guard (which counts its outcome).
+    guarded: bool,
     /// Where a copy goes (a route's shadow, drawn at its share).
     shadow: Option<Arc<Pool>>,
 }
@@ -360,6 +363,7 @@ fn route(
         Ok(Target::Pool(pool)) => Ok(Routed {
             pool,
             labels: RouteLabels::default(),
+            guarded: false,
             shadow: None,
         }),
         Ok(Target::Route(route)) => {
@@ -372,6 +376,7 @@ fn route(
             Ok(Routed {
                 pool: variant.pool.clone(),
                 labels,
+                guarded: route.guard.is_some(),
                 shadow: route.shadowed().cloned(),
             })
         }

@@ -15,7 +15,7 @@
 //! apply`.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ssw_config::routing::Published;
@@ -23,6 +23,7 @@ use ssw_queue::routing::Publish;
 use ssw_telemetry::LATENCY_BUCKETS;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::RouteLabels;
 use crate::state::AppState;
 
 /// How often a gateway adds its counts to Redis.
@@ -41,16 +42,23 @@ struct Counts {
     ttft: Vec<u64>,
 }
 
-/// This gateway's counts per (route, variant), not yet in Redis.
+/// This gateway's counts per (route, variant) of guarded routes, not yet in Redis.
 #[derive(Default)]
-pub struct Tally(Mutex<HashMap<(String, String), Counts>>);
+pub struct Tally(Mutex<HashMap<RouteVariant, Counts>>);
+
+/// A route's name and one of its variants' (the labels' `Arc`s: no allocation per request).
+type RouteVariant = (Arc<str>, Arc<str>);
+
+/// A route's stats to add: how long its slices live, and field → amount.
+type Additions = (Duration, Vec<(String, u64)>);
 
 impl Tally {
-    /// Counts one routed request that ended with `status`, its first token after `ttft`.
-    pub fn observe(&self, route: &str, variant: &str, status: u16, ttft: Option<Duration>) {
+    /// Counts one request of a guarded route that ended with `status`, its first token after
+    /// `ttft`.
+    pub fn observe(&self, route: &RouteLabels, status: u16, ttft: Option<Duration>) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let c = map
-            .entry((route.to_owned(), variant.to_owned()))
+            .entry((route.route.clone(), route.variant.clone()))
             .or_default();
         c.requests += 1;
         if status >= 500 {
@@ -69,7 +77,7 @@ impl Tally {
         }
     }
 
-    fn take(&self) -> HashMap<(String, String), Counts> {
+    fn take(&self) -> HashMap<RouteVariant, Counts> {
         std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
@@ -196,15 +204,16 @@ async fn flush(state: &AppState) {
     }
     let routing = state.routing();
     let slice = ssw_queue::now_ms() / SLICE.as_millis() as u64;
-    let mut by_route: HashMap<String, Vec<(String, u64)>> = HashMap::new();
+    // Per route: how long its slices live (its guard's window and two slices), and the counts.
+    let mut by_route: HashMap<Arc<str>, Additions> = HashMap::new();
     for ((route, variant), c) in counts {
-        let Some(r) = routing.router.route(&route) else {
+        // A route no longer guarded (a new routing version) has nothing to add.
+        let Some(guard) = routing.router.route(&route).and_then(|r| r.guard.as_ref()) else {
             continue;
         };
-        if r.guard.is_none() {
-            continue;
-        }
-        let fields = by_route.entry(route).or_default();
+        let (_, fields) = by_route
+            .entry(route)
+            .or_insert_with(|| (guard.window + 2 * SLICE, Vec::new()));
         fields.push((format!("{variant}:n"), c.requests));
         if c.errors > 0 {
             fields.push((format!("{variant}:e"), c.errors));
@@ -213,17 +222,13 @@ async fn flush(state: &AppState) {
             fields.push((format!("{variant}:t{i}"), *n));
         }
     }
-    for (route, fields) in by_route {
-        let Some(guard) = routing.router.route(&route).and_then(|r| r.guard.as_ref()) else {
-            continue;
-        };
-        let ttl = guard.window + 2 * SLICE;
+    for (route, (ttl, fields)) in by_route {
         if let Err(e) = state
             .redis
             .add_route_stats(&route, slice, &fields, ttl)
             .await
         {
-            tracing::debug!(error = %e, route, "cannot add route stats");
+            tracing::debug!(error = %e, route = %route, "cannot add route stats");
         }
     }
 }
@@ -373,9 +378,13 @@ mod tests {
 
     fn window(requests: u64, errors: u64, ttft: f64) -> Window {
         let tally = Tally::default();
+        let labels = RouteLabels {
+            route: "r".into(),
+            variant: "v".into(),
+        };
         for i in 0..requests {
             let status = if i < errors { 502 } else { 200 };
-            tally.observe("r", "v", status, Some(Duration::from_secs_f64(ttft)));
+            tally.observe(&labels, status, Some(Duration::from_secs_f64(ttft)));
         }
         let c = tally.take().remove(&("r".into(), "v".into())).unwrap();
         Window {

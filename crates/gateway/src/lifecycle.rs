@@ -101,6 +101,8 @@ pub struct Ticket {
     charged: Option<Charged>,
     /// Its route and variant (metric labels).
     route: crate::metrics::RouteLabels,
+    /// Its route has a guard: its outcome is tallied for it.
+    guarded: bool,
 }
 
 impl Ticket {
@@ -144,12 +146,15 @@ impl Ticket {
             recorded: false,
             charged: None,
             route: crate::metrics::RouteLabels::default(),
+            guarded: false,
         }
     }
 
-    /// Records the route and variant the request was sent to (metric labels).
-    pub fn routed(&mut self, route: crate::metrics::RouteLabels) {
+    /// Records the route and variant the request was sent to (metric labels), and whether the
+    /// route's guard counts it.
+    pub fn routed(&mut self, route: crate::metrics::RouteLabels, guarded: bool) {
         self.route = route;
+        self.guarded = guarded;
     }
 
     /// Records what the tenant's limits charged for this request (released when it ends).
@@ -215,11 +220,9 @@ impl Ticket {
                 crate::metrics::tokens(&self.pool, &self.route, u);
             }
             let t = &self.timing;
-            let route = &self.route;
-            if !route.route.is_empty() && &*route.variant != crate::shadow::SHADOW_VARIANT {
+            if self.guarded {
                 let ttft = t.first_token.map(|f| f - t.arrived);
-                let tally = &self.state.guard_tally;
-                tally.observe(&route.route, &route.variant, status, ttft);
+                self.state.guard_tally.observe(&self.route, status, ttft);
             }
             let ttft_ms = t.first_token.map(|f| (f - t.arrived).as_millis() as u64);
             tracing::info!(

@@ -320,7 +320,10 @@ impl Router {
 
     /// The route of this name.
     pub fn route(&self, name: &str) -> Option<&Arc<Route>> {
-        self.routes.iter().find(|r| &*r.name == name)
+        match self.by_model.get(name) {
+            Some(Target::Route(r)) => Some(r),
+            _ => None,
+        }
     }
 
     /// Looks a model name (pool, alias, served model or route) up.

@@ -80,10 +80,12 @@ pub async fn run(state: AppState, copy: Copy) {
         stream,
         span,
     );
-    ticket.routed(RouteLabels {
+    // Copies are not the route's variants: no guard counts them.
+    let labels = RouteLabels {
         route: route.clone(),
         variant: SHADOW_VARIANT.into(),
-    });
+    };
+    ticket.routed(labels, false);
     let limits = QueueLimits {
         max_queue: pool.max_queue,
         max_queue_bytes: pool.max_queue_bytes,
