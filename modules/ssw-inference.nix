@@ -49,20 +49,34 @@ let
         passAsFile = [ "value" ];
       } ''
       cp "$valuePath" $out
-      ssw check-config $out --role ${role}
+      ssw check-config $out --role ${if role == "rollout" then "gateway" else role}
     '';
 
   # The gateway config's routing settings (what SIGHUP re-reads) and the rest (what needs a
   # restart); ssw_config::routing draws the same line.
   routingPart = c: {
     routes = c.routes or { };
-    pools = builtins.mapAttrs (_: p: { aliases = p.aliases or [ ]; defaults = p.defaults or { }; }) c.pools;
+    pools = builtins.mapAttrs (_: p: { inherit (p) served_model; aliases = p.aliases or [ ]; defaults = p.defaults or { }; }) c.pools;
     tenants = builtins.mapAttrs (_: t: removeAttrs t [ "api_keys_file" ]) (c.tenants or { });
   };
   restPart = c: removeAttrs c [ "routes" "tenants" ] // {
-    pools = builtins.mapAttrs (_: p: removeAttrs p [ "aliases" "defaults" ]) c.pools;
+    pools = builtins.mapAttrs (_: p: removeAttrs p [ "served_model" "aliases" "defaults" ]) c.pools;
     tenants = builtins.mapAttrs (_: t: { api_keys_file = t.api_keys_file or null; }) (c.tenants or { });
   };
+
+  # A worker's config without the pools' served model names: workers send each engine the name
+  # it reports, so a model rollout (which renames a pool's model) does not restart them.
+  workerRestartPart = c: c // {
+    pools = builtins.mapAttrs (_: p: removeAttrs p [ "served_model" ]) c.pools;
+  };
+
+  # What a replica's engine runs: its container (image and vLLM arguments) or its stub settings.
+  # A change rolls that replica (ssw-rollout below) instead of restarting it with the switch.
+  engineRevision = r: builtins.hashString "sha256" (builtins.toJSON
+    (if vllm then { inherit (r) image vllmArgs; } else topo.ssw.stubs.${r.name}.stub));
+
+  # Replicas GPU by GPU, in start order on each GPU.
+  rolloutOrder = lib.sort (a: b: a.gpu < b.gpu || (a.gpu == b.gpu && a.name < b.name)) topo.replicas;
 
   hardening = {
     DynamicUser = true;
@@ -282,13 +296,21 @@ in
     })
 
     (mkIf cfg.roles.workers {
+      # Workers read their config from a stable path, restarted only when more than the pools'
+      # served model names changed (see workerRestartPart).
+      environment.etc = listToAttrs (map
+        (r: nameValuePair "ssw/worker-${r.name}.json" {
+          source = configFile "ssw-worker-${r.name}" "worker" topo.ssw.workers.${r.name};
+        })
+        topo.replicas);
       systemd.services = listToAttrs (map
-        (r: nameValuePair "ssw-worker-${r.name}" (sswService {
+        (r: nameValuePair "ssw-worker-${r.name}" (lib.recursiveUpdate (sswService {
           unit = "ssw-worker-${r.name}";
           role = "worker";
           config = topo.ssw.workers.${r.name};
           after = [ (engineUnit r) ];
           extra = notifyUnit // {
+            ExecStart = "${lib.getExe cfg.package} worker --config /etc/ssw/worker-${r.name}.json";
             TimeoutStopSec = "${toString topo.workerStopSeconds}s";
           } // optionalAttrs r.exportsGpu {
             # NVML needs the GPU device nodes; only the worker that exports the GPU's metrics.
@@ -298,15 +320,67 @@ in
             # libnvidia-ml.so lives where NixOS puts the driver's user-space libraries.
             Environment = [ "LD_LIBRARY_PATH=/run/opengl-driver/lib" ];
           };
-        }))
+        }) { restartTriggers = [ (builtins.toJSON (workerRestartPart topo.ssw.workers.${r.name})) ]; }))
         topo.replicas)
       // optionalAttrs (!vllm) (listToAttrs (map
         (r: nameValuePair "ssw-stub-${r.name}" (sswService {
           unit = "ssw-stub-${r.name}";
           role = "stub";
           config = topo.ssw.stubs.${r.name};
+        } // {
+          # Changed by a switch, a stub is rolled (ssw-rollout), not restarted with the others.
+          restartIfChanged = false;
         }))
         topo.replicas));
+    })
+
+    (mkIf cfg.roles.workers {
+      # Model swap without a failed request (docs/deploy-nixos.md, "Swapping a model"): engine
+      # units are not restarted by a switch (restartIfChanged = false); this unit, restarted by
+      # the switch whenever an engine's revision changed, rolls each changed replica in turn,
+      # GPU by GPU: drain its worker, restart its engine unit (which now runs the new model),
+      # wait until it serves and answers, resume. A failure stops there with the other replicas
+      # serving, fails this unit, and `nixos-rebuild switch` reports it.
+      environment.etc."ssw/rollout.json".source = configFile "ssw-rollout" "rollout" {
+        inherit (topo.ssw.gateway) redis pools;
+        worker = { drain_timeout = s.worker.drainTimeout; };
+      };
+      systemd.services.ssw-rollout = {
+        description = "SSW model rollout: changed engines replaced one replica at a time";
+        wantedBy = [ "multi-user.target" ];
+        after = [ "network-online.target" ] ++ redisUnit
+          ++ map engineUnit topo.replicas ++ map (r: "ssw-worker-${r.name}.service") topo.replicas;
+        wants = [ "network-online.target" ];
+        restartTriggers = map engineRevision topo.replicas;
+        # systemctl: NixOS puts systemd on every service's PATH (nixos/modules/system/boot/
+        # systemd.nix: `path = mkAfter [ … systemd ]`).
+        path = [ cfg.package ];
+        serviceConfig = {
+          Type = "oneshot";
+          RemainAfterExit = true;
+          StateDirectory = "ssw-rollout";
+          # Each replica: its drain (worker.drainTimeout) and its engine's load (vLLM: minutes).
+          TimeoutStartSec = "2h";
+          LoadCredential = optional (redisPassword != null) "redis-password:${redisPassword}";
+        };
+        script = ''
+          set -eu
+          state=/var/lib/ssw-rollout
+          # roll REPLICA POOL REVISION MODEL UNIT: rolls REPLICA unless its engine already runs
+          # REVISION. The first start records the revision the engines were started with.
+          roll() {
+            if [ ! -e "$state/$1" ]; then echo "$3" > "$state/$1"; return 0; fi
+            if [ "$(cat "$state/$1")" = "$3" ]; then return 0; fi
+            echo "rolling $1 (pool $2) to $4"
+            ssw rollout --config /etc/ssw/rollout.json --pool "$2" --worker "$1" --model "$4" \
+              --restart-cmd "systemctl restart $5"
+            echo "$3" > "$state/$1"
+          }
+          ${lib.concatMapStrings (r: ''
+            roll ${r.name} ${r.pool} ${engineRevision r} ${lib.escapeShellArg s.pools.${r.pool}.servedModel} ${engineUnit r}
+          '') rolloutOrder}
+        '';
+      };
     })
 
     (mkIf (cfg.roles.workers && vllm) {
@@ -344,32 +418,33 @@ in
             "--health-on-failure=kill"
           ];
           # The unit is up only once vLLM answers /health, and the next vLLM on the same GPU
-          # starts only then: two must not profile GPU memory at the same time.
+          # starts only then (After= below): two must not profile GPU memory at the same time.
           podman.sdnotify = "healthy";
-          dependsOn = optional (r.startAfter != null) "ssw-vllm-${r.startAfter}";
         })
         topo.replicas);
       systemd.services = listToAttrs (map
-        (r: nameValuePair (containerUnit r.containerName) ({
-          # CDI specs (/run/cdi) are written by the generator; without the ordering a container
-          # can start first and fail "unresolvable CDI devices" (NixOS/nixpkgs#420638). `wants`,
-          # not `requires`: a udev-triggered restart of the generator must not restart every vLLM.
-          after = [ cdiGenerator "ssw-secrets.service" ];
-          wants = [ cdiGenerator ];
-          requires = [ "ssw-secrets.service" ];
-          # vLLM that fails (GPU not ready, OOM at start) retries every 10 s forever instead of
-          # hitting systemd's start limit (5 starts in 10 s) and staying down.
-          startLimitIntervalSec = 0;
-          serviceConfig.RestartSec = "10s";
-        } // optionalAttrs (r.startAfter != null) {
-          # `dependsOn` makes this replica require the one before it on the GPU; if that one's
-          # first start failed, this start failed with it ("dependency") and systemd would not
-          # retry it. Upholds= starts it again whenever the one before it is active.
-          upheldBy = [ "${containerUnit "ssw-vllm-${r.startAfter}"}.service" ];
-          # Upholds= would start it again between the stop and the start of a switch (from
-          # the old unit file): restart it in one step instead.
-          stopIfChanged = false;
-        }))
+        (r:
+          let
+            # Started after the replica before it on the GPU is up. Not oci-containers'
+            # `dependsOn`: its Requires= would restart this replica whenever a rollout restarts
+            # that one (systemd.unit(5), Requires=), without draining it first; and Wants= does
+            # not fail this start when that one's failed.
+            before = optional (r.startAfter != null) "${containerUnit "ssw-vllm-${r.startAfter}"}.service";
+          in
+          nameValuePair (containerUnit r.containerName) {
+            # CDI specs (/run/cdi) are written by the generator; without the ordering a container
+            # can start first and fail "unresolvable CDI devices" (NixOS/nixpkgs#420638). `wants`,
+            # not `requires`: a udev-triggered restart of the generator must not restart every vLLM.
+            after = [ cdiGenerator "ssw-secrets.service" ] ++ before;
+            wants = [ cdiGenerator ] ++ before;
+            requires = [ "ssw-secrets.service" ];
+            # vLLM that fails (GPU not ready, OOM at start) retries every 10 s forever instead of
+            # hitting systemd's start limit (5 starts in 10 s) and staying down.
+            startLimitIntervalSec = 0;
+            serviceConfig.RestartSec = "10s";
+            # Changed by a switch, an engine is rolled (ssw-rollout), not restarted with the others.
+            restartIfChanged = false;
+          })
         topo.replicas);
     })
 

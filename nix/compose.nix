@@ -109,6 +109,9 @@ in
       entrypoint = [ "/bin/sh" "-c" "exec docker-entrypoint.sh redis-server --save '' --appendonly ${if aof then "yes --appendfsync everysec" else "no"} --maxmemory ${toString (l.bytes "redis.maxMemory" s.redis.maxMemory)} --maxmemory-policy noeviction --requirepass \"$$(cat ${secretPath "redis-password"})\"" ];
     } // l.optionalAttrs aof { volumes = [ "redis-data:/data" ]; } // {
       secrets = [ "redis-password" ];
+      # On loopback (password required) for the operators' commands on the host: `ssw status`,
+      # `ssw drain`, `ssw rollout` (docs/deploy-compose.md, "Swapping a model").
+      ports = [ "127.0.0.1:${toString s.redis.port}:6379" ];
       healthcheck = {
         test = [ "CMD-SHELL" "redis-cli -a \"$$(cat ${secretPath "redis-password"})\" --no-auth-warning ping | grep -q PONG" ];
         interval = "5s";

@@ -54,6 +54,10 @@ SCENARIOS = {
         '{ enable = true; settings = { engine = "stub"; pools.light.aliases = [ "chatter" ]; '
         'routes.npc-dialogue = { variants = [ { pool = "heavy"; weight = 90; } { pool = "light"; weight = 10; name = "small"; } ]; '
         'shadow = { pool = "light"; share = 0.05; }; guard = { maxErrorRate = 0.05; window = "5m"; minRequests = 200; }; }; }; }')],
+    # The heavy pool's model swapped (served name and engine): a rollout, no restart.
+    "stub, new heavy model": [SSW, BASE, ssw('{ enable = true; settings = { engine = "stub"; pools.heavy.servedModel = "new-model"; }; }')],
+    # vLLM arguments changed on the A40: the containers are rolled, not restarted.
+    "a40, new heavy arguments": [SSW, BASE, GPU, ssw('{ enable = true; settings.pools.heavy.extraArgs = [ "--enable-prefix-caching" ]; }')],
     # A setting that needs a restart differs from "stub".
     "stub, longer queue": [SSW, BASE, ssw('{ enable = true; settings = { engine = "stub"; pools.heavy.maxQueue = 20000; }; }')],
     "redis host": [SSW, BASE, ssw(
@@ -72,6 +76,9 @@ for name in VM_TESTS:
 MUST_FAIL = {
     "docker backend": ([SSW, BASE, GPU, ssw("{ enable = true; }"), '{ virtualisation.oci-containers.backend = "docker"; }'],
                        "services.ssw-inference runs vLLM with podman"),
+    "a swapped-in model whose memory plan does not fit": ([SSW, BASE, GPU, ssw(
+        '{ enable = true; settings.pools.heavy = { servedModel = "Qwen/Qwen2.5-32B-Instruct-AWQ"; gpuMemoryUtilization = 0.7; }; }')],
+        "GPU 0 is over-committed"),
     "GPU host without NVIDIA driver": ([SSW, BASE, ssw("{ enable = true; }")], "`nvidia-container-toolkit` requires nvidia drivers"),
     "secret as a Nix path literal": ([SSW, BASE, ssw('{ enable = true; settings.engine = "stub"; settings.redis.passwordFile = ./run.py; }')],
                                      "redis.passwordFile: must be an absolute path outside the Nix store"),
@@ -161,10 +168,12 @@ def a40(r, firewall=()):
     ok(rs["settings"]["maxmemory"] == str(1 << 30) and rs["settings"]["maxmemory-policy"] == "noeviction" and rs["appendOnly"] is False,
        "A40: Redis bounded (maxmemory 1 GiB, noeviction), no persistence by default")
     ok(unit_config(svc["ssw-gateway"])["pools"]["heavy"]["max_queue_bytes"] == "256MiB", "A40: the queue's byte limit reaches the gateway")
-    ok(cs["ssw-vllm-light-0"]["dependsOn"] == ["ssw-vllm-heavy-0"] and cs["ssw-vllm-heavy-0"]["dependsOn"] == [], "A40: vLLMs on one GPU start one after the other")
-    ok("podman-ssw-vllm-heavy-0.service" in svc["podman-ssw-vllm-light-0"]["requires"], "A40: light-0 requires heavy-0 (oci-containers dependsOn)")
-    ok(svc["podman-ssw-vllm-light-1"]["upheldBy"] == ["podman-ssw-vllm-heavy-1.service"] and svc["podman-ssw-vllm-heavy-1"]["upheldBy"] == [],
-       "A40: light-1 is started again whenever heavy-1 is up (Upholds=), after a failed first start")
+    l0, h0 = svc["podman-ssw-vllm-light-0"], svc["podman-ssw-vllm-heavy-0"]
+    ok("podman-ssw-vllm-heavy-0.service" in l0["after"] and "podman-ssw-vllm-heavy-0.service" in l0["wants"]
+       and not any("vllm" in u for u in h0["after"]), "A40: vLLMs on one GPU start one after the other")
+    ok(all(not any("vllm" in u for u in svc[f"podman-{n}"]["requires"]) for n in cs) and all(c["dependsOn"] == [] for c in cs.values()),
+       "A40: no vLLM requires another (a rollout restarting one must not restart the next on its GPU)")
+    ok(all(svc[f"podman-{n}"]["restartIfChanged"] is False for n in cs), "A40: a switch does not restart vLLM containers (ssw-rollout rolls them)")
     ok("podman.service" in svc["nvidia-container-toolkit-cdi-generator"]["requiredBy"], "A40: the CDI generator runs (stand-in of the toolkit module)")
     units = sorted(ssw_units(svc))
     ok(units == ["ssw-gateway", "ssw-worker-heavy-0", "ssw-worker-heavy-1", "ssw-worker-light-0", "ssw-worker-light-1"], f"A40: gateway and one worker unit per replica ({units})")
@@ -175,15 +184,27 @@ def a40(r, firewall=()):
         ok(c["environmentFiles"][0] == "/var/lib/ssw/secrets/engine.env", f"A40: {n} gets its API key from the engine environment file")
         ok("--health-on-failure=kill" in c["extraOptions"], f"A40: {n} is killed (and restarted) when it stays unhealthy")
         ok("ssw-secrets.service" in svc[f"podman-{n}"]["requires"], f"A40: {n} starts after its key exists")
-    ok(svc["podman-ssw-vllm-light-0"]["stopIfChanged"] is False and svc["podman-ssw-vllm-heavy-0"]["stopIfChanged"] is True,
-       "A40: an upheld replica is restarted in one step by a switch")
     w = svc["ssw-worker-light-1"]
     ok("podman-ssw-vllm-light-1.service" in w["after"] and "redis-ssw.service" in w["after"], "A40: a worker starts after its container and Redis")
     sc = w["serviceConfig"]
     ok(sc["DynamicUser"] and sc["Restart"] == "on-failure" and sc["ProtectSystem"] == "strict" and sc["NoNewPrivileges"], "A40: hardened DynamicUser units restarting on failure")
     ok(w["startLimitIntervalSec"] == 0 and sc["RestartMaxDelaySec"] == "30s", "A40: ssw units back off up to 30 s and never hit a start limit")
     ok(sc["TimeoutStopSec"] == "75s", "A40: worker stop timeout covers its drain (60 s + 15 s)")
-    ok("ssw check-config $out --role worker" in built(sc["ExecStart"]).get("checks", ""), "A40: worker config checked at build time")
+    ok("ssw check-config $out --role worker" in built(w["configSource"]).get("checks", ""), "A40: worker config checked at build time")
+    ok(sc["ExecStart"].endswith("worker --config /etc/ssw/worker-light-1.json") and w["restartTriggers"],
+       "A40: a worker reads /etc/ssw/worker-<name>.json and restarts on its restart trigger")
+    ro = svc["ssw-rollout"]
+    ok(ro["serviceConfig"]["Type"] == "oneshot" and ro["serviceConfig"]["RemainAfterExit"] is True and len(ro["restartTriggers"]) == 4
+       and "podman-ssw-vllm-heavy-0.service" in ro["after"] and "ssw-worker-light-1.service" in ro["after"],
+       "A40: ssw-rollout runs after the engines and workers, restarted when an engine's revision changes")
+    order = re.findall(r"^\s*roll (\S+) (\S+) \S+ (\S+) (\S+)$", ro["script"], re.M)
+    ok(order == [("heavy-0", "heavy", "Qwen/Qwen2.5-14B-Instruct-AWQ", "podman-ssw-vllm-heavy-0.service"),
+                 ("light-0", "light", "Qwen/Qwen3-8B-AWQ", "podman-ssw-vllm-light-0.service"),
+                 ("heavy-1", "heavy", "Qwen/Qwen2.5-14B-Instruct-AWQ", "podman-ssw-vllm-heavy-1.service"),
+                 ("light-1", "light", "Qwen/Qwen3-8B-AWQ", "podman-ssw-vllm-light-1.service")],
+       f"A40: ssw-rollout rolls changed replicas GPU by GPU ({order})")
+    ok("ssw rollout --config /etc/ssw/rollout.json" in ro["script"] and '--restart-cmd "systemctl restart $5"' in ro["script"],
+       "A40: ssw-rollout drains, restarts and checks each replica with ssw rollout")
     gw = svc["ssw-gateway"]
     ok("ssw check-config $out --role gateway" in built(gw["configSource"]).get("checks", ""), "A40: gateway config checked at build time")
     ok(gw["serviceConfig"]["ExecStart"].endswith("gateway --config /etc/ssw/gateway.json")
@@ -341,6 +362,42 @@ def routes_reload(out):
        "a pool's maxQueue changes the gateway's restart trigger (nixos-rebuild restarts it)")
 
 
+def model_swap(out):
+    """A switch to another model restarts no engine, worker or gateway: ssw-rollout rolls the
+    changed replicas, the gateway reloads."""
+    pairs = [("stub", "stub, new heavy model"), ("a40", "a40, new heavy arguments")]
+    if not all(a in out and b in out for a, b in pairs):
+        return
+    old, new = (out[n]["systemd"]["services"] for n in pairs[0])
+    ok(old["ssw-gateway"]["restartTriggers"] == new["ssw-gateway"]["restartTriggers"]
+       and old["ssw-gateway"]["reloadTriggers"] != new["ssw-gateway"]["reloadTriggers"]
+       and unit_config(new["ssw-gateway"])["pools"]["heavy"]["served_model"] == "new-model",
+       "model swap: the gateway reloads (the new served name routes) and is not restarted")
+    ok(all(old[w]["serviceConfig"]["ExecStart"] == new[w]["serviceConfig"]["ExecStart"] and old[w]["restartTriggers"] == new[w]["restartTriggers"]
+           for w in old if w.startswith("ssw-worker-")),
+       "model swap: no worker restarts (workers send each engine the name it reports)")
+    stubs = [u for u in old if u.startswith("ssw-stub-")]
+    ok(all(new[u]["restartIfChanged"] is False for u in stubs)
+       and unit_config(new["ssw-stub-heavy-0"])["stub"]["served_model"] == "new-model",
+       "model swap: the heavy stub's unit changes, and a switch does not restart it")
+    # ssw-rollout's triggers: one engine revision per replica, in name order (heavy-0, heavy-1,
+    # light-0, light-1).
+    ok(old["ssw-rollout"]["restartTriggers"][:2] != new["ssw-rollout"]["restartTriggers"][:2]
+       and old["ssw-rollout"]["restartTriggers"][2:] == new["ssw-rollout"]["restartTriggers"][2:],
+       "model swap: the heavy replicas' engine revisions change, the light ones' do not")
+    ok(old["ssw-rollout"]["restartTriggers"] != new["ssw-rollout"]["restartTriggers"]
+       and "roll heavy-0 heavy " in new["ssw-rollout"]["script"] and " new-model ssw-stub-heavy-0.service" in new["ssw-rollout"]["script"],
+       "model swap: ssw-rollout is restarted by the switch and rolls heavy to new-model")
+    a, b = (out[n]["systemd"]["services"] for n in pairs[1])
+    ca, cb = (out[n]["containers"] for n in pairs[1])
+    ok(ca["ssw-vllm-heavy-0"]["cmd"] != cb["ssw-vllm-heavy-0"]["cmd"] and "--enable-prefix-caching" in cb["ssw-vllm-heavy-0"]["cmd"]
+       and ca["ssw-vllm-light-0"]["cmd"] == cb["ssw-vllm-light-0"]["cmd"]
+       and a["ssw-rollout"]["restartTriggers"][:2] != b["ssw-rollout"]["restartTriggers"][:2]
+       and a["ssw-rollout"]["restartTriggers"][2:] == b["ssw-rollout"]["restartTriggers"][2:]
+       and all(a[w]["restartTriggers"] == b[w]["restartTriggers"] for w in a if w.startswith("ssw-worker-")),
+       "new vLLM arguments: only the heavy engines' revisions change; workers are not restarted")
+
+
 CHECKS = {"a40": a40, "routes": routes, "own engine key and more Redis clients": own_key, "stub": stub, "grafana": grafana, "secrets": secrets, "gpu host": gpu_host,
           "tenants": tenants,
           "gateway host": gateway_host, "redis host": redis_host,
@@ -463,6 +520,7 @@ def run():
             if name in CHECKS:
                 CHECKS[name](r)
     routes_reload(out)
+    model_swap(out)
     out.update(docs(lib))
     flake_hosts(lib)
     examples(lib)

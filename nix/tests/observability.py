@@ -92,8 +92,8 @@ def compose_checks(configs):
        and vllm["secrets"] == ["engine-api-key"] and all(p.startswith("127.0.0.1:") for p in vllm["ports"]),
        "compose.yaml: vLLM takes its API key from the secret, at start (Compose leaves the shell's $ alone)")
     redis = services["redis"]
-    ok('--requirepass "$(cat /run/secrets/redis-password)"' in interpolate(redis["entrypoint"][2]) and "ports" not in redis,
-       "compose.yaml: Redis requires the password from its secret and is not published")
+    ok('--requirepass "$(cat /run/secrets/redis-password)"' in interpolate(redis["entrypoint"][2]) and redis["ports"] == ["127.0.0.1:6379:6379"],
+       "compose.yaml: Redis requires the password from its secret and is published on loopback only (for ssw status, drain, rollout on the host)")
     for name in services:
         if name.startswith("worker-"):
             wconf = json.loads(interpolate(committed["configs"][name]["content"]))["worker"]

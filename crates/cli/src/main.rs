@@ -21,6 +21,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod bench;
 mod limits;
 mod listen;
+mod rollout;
 mod routes;
 mod status;
 mod telemetry;
@@ -95,6 +96,12 @@ enum Command {
     Status(status::StatusArgs),
     /// Change routes, aliases, request defaults and tenants' limits without a restart.
     Routes(routes::RoutesArgs),
+    /// Stop a worker pulling jobs (it finishes what it runs; kept across its restarts).
+    Drain(rollout::DrainArgs),
+    /// Let a drained worker pull jobs again.
+    Resume(rollout::ResumeArgs),
+    /// Reload a pool's engines one batch of replicas at a time, the queue holding the load.
+    Rollout(Box<rollout::RolloutArgs>),
     /// Validate a config file for a role; names the bad field.
     CheckConfig {
         /// The file.
@@ -335,6 +342,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Up(args) => up::run(args).await,
         Command::Status(args) => status::run(args).await,
         Command::Routes(args) => routes::run(args).await,
+        Command::Drain(args) => rollout::drain(args).await,
+        Command::Resume(args) => rollout::resume(args).await,
+        Command::Rollout(args) => rollout::rollout(*args).await,
         Command::Bench(args) => bench::run(*args).await,
         Command::CheckConfig { file, role } => check_config(&file, role),
     }

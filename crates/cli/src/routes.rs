@@ -31,7 +31,7 @@ pub struct RoutesArgs {
 
 #[derive(Subcommand, Debug)]
 enum RoutesCommand {
-    /// Validate a routing document (TOML: `[routes.*]`, `[pools.<p>]` aliases and defaults,
+    /// Validate a routing document (TOML: `[routes.*]`, `[pools.<p>]` served model, aliases and defaults,
     /// `[tenants.<t>]` tiers and limits) and publish it as the next version.
     Apply {
         /// The document.
@@ -174,7 +174,7 @@ async fn publish(
 ) -> anyhow::Result<u64> {
     let published = Published {
         based_on,
-        author: author(),
+        author: crate::rollout::author(),
         reason,
         created_ms: ssw_queue::now_ms(),
         routing,
@@ -192,12 +192,6 @@ async fn publish(
 }
 
 /// `$USER@host`.
-fn author() -> String {
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    format!("{user}@{}", host.trim())
-}
-
 /// Live gateways' statuses.
 async fn gateways(redis: &Redis) -> anyhow::Result<Vec<(String, GatewayStatus)>> {
     let now = ssw_queue::now_ms();

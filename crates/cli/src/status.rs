@@ -4,19 +4,14 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use clap::Args;
-use ssw_config::Config;
 use ssw_protocol::tier::Tier;
 use ssw_queue::producer::PoolStats;
 
 /// Options of `ssw status`.
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// Config file (for the pools and Redis settings).
-    #[arg(long, short)]
-    config: Option<std::path::PathBuf>,
-    /// Redis URL (`redis.url`).
-    #[arg(long)]
-    redis_url: Option<String>,
+    #[command(flatten)]
+    target: crate::rollout::Target,
     /// Refresh every interval until interrupted (e.g. `--watch` or `--watch 500ms`).
     #[arg(long, num_args = 0..=1, default_missing_value = "2s", value_parser = crate::parse_duration)]
     watch: Option<Duration>,
@@ -97,20 +92,31 @@ pub fn render(pools: &[(String, Result<PoolStats, String>)], now_ms: u64) -> Str
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<16} {:<8} {:<10} {:>9} {:>7} {:>7} {:>5} {:<6} {:>8} VERSION",
-        "WORKER", "POOL", "ENGINE", "INFLIGHT", "RUNNING", "WAITING", "KV", "GPUS", "BEAT"
+        "{:<16} {:<8} {:<10} {:>9} {:>7} {:>7} {:>5} {:<6} {:>8} {:<8} MODEL (REVISION)",
+        "WORKER",
+        "POOL",
+        "STATE",
+        "INFLIGHT",
+        "RUNNING",
+        "WAITING",
+        "KV",
+        "GPUS",
+        "BEAT",
+        "VERSION"
     );
     for (_, stats) in pools {
         let Ok(s) = stats else { continue };
         let mut workers = s.workers.clone();
         workers.sort_by(|a, b| a.worker.cmp(&b.worker));
         for w in workers {
-            let engine = if w.draining {
-                "draining"
-            } else if w.engine_up {
-                "up"
-            } else {
-                "DOWN"
+            let state = match w.state() {
+                "down" => "DOWN",
+                s => s,
+            };
+            let model = match (&w.served_model, &w.revision) {
+                (Some(m), Some(r)) => format!("{m} ({r})"),
+                (Some(m), None) => m.clone(),
+                _ => "-".to_owned(),
             };
             let gpus = if w.gpus.is_empty() {
                 "-".to_owned()
@@ -123,10 +129,10 @@ pub fn render(pools: &[(String, Result<PoolStats, String>)], now_ms: u64) -> Str
             };
             let _ = writeln!(
                 out,
-                "{:<16} {:<8} {:<10} {:>9} {:>7} {:>7} {:>5} {:<6} {:>8} {}",
+                "{:<16} {:<8} {:<10} {:>9} {:>7} {:>7} {:>5} {:<6} {:>8} {:<8} {}",
                 w.worker,
                 w.pool,
-                engine,
+                state,
                 format!("{}/{}", w.inflight, w.max_inflight),
                 opt(w.engine_running, |v| format!("{v:.0}")),
                 opt(w.engine_waiting, |v| format!("{v:.0}")),
@@ -134,9 +140,24 @@ pub fn render(pools: &[(String, Result<PoolStats, String>)], now_ms: u64) -> Str
                 gpus,
                 age(now_ms, w.heartbeat_ms),
                 w.version,
+                model,
             );
             if let (false, Some(d)) = (w.engine_up, &w.engine_detail) {
                 let _ = writeln!(out, "    └ {d}");
+            }
+            if let Some(d) = &w.drain {
+                let why = if d.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", d.reason)
+                };
+                let _ = writeln!(
+                    out,
+                    "    └ drained by {} {} ago{why} (`ssw resume {}`)",
+                    d.by,
+                    age(now_ms, d.at_ms),
+                    w.worker
+                );
             }
         }
     }
@@ -145,12 +166,7 @@ pub fn render(pools: &[(String, Result<PoolStats, String>)], now_ms: u64) -> Str
 
 /// Prints the tables once, or every `--watch` interval.
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let mut fig = Config::figment(args.config.as_deref());
-    if let Some(url) = args.redis_url {
-        fig = fig.merge(("redis.url", url));
-    }
-    let config = Config::from_figment(&fig)?;
-    let redis = crate::routes::connect(&config)?;
+    let (config, redis) = args.target.open()?;
     loop {
         let now = ssw_queue::now_ms();
         let mut pools = Vec::new();
@@ -195,6 +211,10 @@ mod tests {
             engine_waiting: Some(0.0),
             kv_cache_usage: Some(0.42),
             draining: false,
+            drain: None,
+            paused: false,
+            served_model: Some("Qwen/Q".into()),
+            revision: Some("0123456789ab".into()),
             gpus: vec![0],
             started_ms: 0,
             heartbeat_ms: 9_000,
@@ -208,7 +228,20 @@ mod tests {
             backlog: 12,
             pending: 3,
             oldest_waiting_ms: Some(5_000),
-            workers: vec![worker("heavy-1", false), worker("heavy-0", true)],
+            workers: vec![
+                worker("heavy-1", false),
+                worker("heavy-0", true),
+                WorkerStatus {
+                    drain: Some(ssw_protocol::heartbeat::Drain {
+                        by: "ops@host".into(),
+                        reason: "GPU swap".into(),
+                        at_ms: 4_000,
+                    }),
+                    paused: true,
+                    inflight: 0,
+                    ..worker("heavy-2", true)
+                },
+            ],
             queued_bytes: 2_500_000,
             tiers: [
                 TierStats {
@@ -231,7 +264,7 @@ mod tests {
             10_000,
         );
         assert!(
-            out.contains("heavy              12        3       5.0s      2        1        2.5"),
+            out.contains("heavy              12        3       5.0s      3        1        2.5"),
             "{out}"
         );
         assert!(out.contains("light        unavailable: down"), "{out}");
@@ -250,5 +283,11 @@ mod tests {
         assert!(out.contains("42%"), "{out}");
         assert!(out.contains("DOWN"), "{out}");
         assert!(out.contains("└ connection refused"), "{out}");
+        assert!(out.contains("Qwen/Q (0123456789ab)"), "{out}");
+        assert!(out.contains("heavy-2          heavy    drained"), "{out}");
+        assert!(
+            out.contains("└ drained by ops@host 6.0s ago: GPU swap (`ssw resume heavy-2`)"),
+            "{out}"
+        );
     }
 }

@@ -1,5 +1,5 @@
-//! The reloadable part of the configuration: routes, pools' aliases and request defaults,
-//! tenants' tiers and limits.
+//! The reloadable part of the configuration: routes, pools' served model names, aliases and
+//! request defaults, tenants' tiers and limits.
 //!
 //! A [`Routing`] document is what `ssw routes apply` publishes in Redis and what a gateway
 //! re-reads from its file on SIGHUP. It replaces `routes` entirely, and for each pool and
@@ -34,6 +34,11 @@ pub struct Routing {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolRouting {
+    /// The name its engines serve (absent: the file's). Changes after a model rollout: workers
+    /// send each engine its own name, so this one only decides which `model` values route here
+    /// and what `/v1/models` says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub served_model: Option<String>,
     /// Other `model` values routed to the pool.
     pub aliases: Vec<String>,
     /// Request fields merged into every request that does not set them.
@@ -110,7 +115,7 @@ impl Routing {
             invalid(
                 "(routing document)",
                 format!(
-                    "{e}\n(a routing document holds routes, pools' aliases and defaults, and tenants' tiers and limits; other settings need a restart)"
+                    "{e}\n(a routing document holds routes, pools' served models, aliases and defaults, and tenants' tiers and limits; other settings need a restart)"
                 ),
             )
         })
@@ -127,6 +132,7 @@ impl Config {
                 .iter()
                 .map(|(name, p)| {
                     let r = PoolRouting {
+                        served_model: Some(p.served_model.clone()),
                         aliases: p.aliases.clone(),
                         defaults: p.defaults.clone(),
                     };
@@ -163,6 +169,9 @@ impl Config {
                     "no such pool in the configuration (adding a pool needs a restart)",
                 )
             })?;
+            if let Some(m) = &r.served_model {
+                p.served_model = m.clone();
+            }
             p.aliases = r.aliases.clone();
             p.defaults = r.defaults.clone();
         }
@@ -193,6 +202,7 @@ pub fn restart_fields(old: &Config, new: &Config) -> Vec<String> {
         let mut c = c.clone();
         c.routes.clear();
         for p in c.pools.values_mut() {
+            p.served_model.clear();
             p.aliases.clear();
             p.defaults.clear();
         }
@@ -317,6 +327,7 @@ mod tests {
     fn restart_fields_name_what_a_reload_cannot_change() {
         let mut new = base();
         new.pools.get_mut("heavy").unwrap().aliases = vec!["x".into()];
+        new.pools.get_mut("heavy").unwrap().served_model = "bigger".into();
         new.tenants.get_mut("npc").unwrap().max_concurrent = Some(3);
         assert_eq!(restart_fields(&base(), &new), Vec::<String>::new());
         new.pools.get_mut("heavy").unwrap().max_queue = 7;

@@ -53,6 +53,11 @@ pub struct StubConfig {
     /// vLLM does); `priority` orders the timing model's waiting queue by it and preempts the
     /// lowest-priority running sequence for a higher-priority arrival when the batch is full.
     pub scheduling_policy: crate::pool::SchedulingPolicy,
+    /// How long `POST /stub/load_model` takes to switch the served model (`ssw rollout
+    /// --engine-api`); a 14B AWQ vLLM restart takes 40–90 s on an A40, a level-1 wake 1–3 s
+    /// (research/next-features-anchors.md §1).
+    #[serde(with = "humantime_serde")]
+    pub load_time: Duration,
 }
 
 /// Timing-model presets of `ssw stub` (the A40 replicas of the production layout).
@@ -77,6 +82,7 @@ impl Default for StubConfig {
             kv_tokens: 60_000,
             api_key_file: None,
             scheduling_policy: crate::pool::SchedulingPolicy::Fcfs,
+            load_time: Duration::from_secs(5),
         }
     }
 }

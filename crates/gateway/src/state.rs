@@ -75,7 +75,13 @@ pub struct Inner {
     pub readiness:
         tokio::sync::Mutex<Option<(tokio::time::Instant, axum::http::StatusCode, bytes::Bytes)>>,
     job_seq: AtomicU64,
+    /// The pools' replicas as `/v1/models` shows them, and when they were read (reused for a
+    /// second: a client polling `/v1/models` costs Redis one read per pool per second).
+    pub replicas: tokio::sync::Mutex<Option<(tokio::time::Instant, Arc<Replicas>)>>,
 }
+
+/// Each pool's replicas as `/v1/models` lists them, by pool.
+pub type Replicas = std::collections::HashMap<String, Vec<ssw_protocol::models::ReplicaCard>>;
 
 /// Requests parsed and enqueued at a time; the rest wait their turn in arrival order, parked.
 /// A burst of thousands of requests would otherwise all be runnable at once, and a runtime
@@ -157,6 +163,7 @@ impl AppState {
             admissions: tokio::sync::Semaphore::new(ADMISSIONS),
             body_budget,
             readiness: tokio::sync::Mutex::new(None),
+            replicas: tokio::sync::Mutex::new(None),
             job_seq: AtomicU64::new(0),
         })))
     }

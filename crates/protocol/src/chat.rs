@@ -630,8 +630,9 @@ impl<'a> ChatRequest<'a> {
             .and_then(|r| serde_json::from_str::<String>(r.get()).ok())
     }
 
-    /// The body for the engine: the client's fields as sent, `model` set to the pool's served
-    /// name, and every pool default the client did not set merged in (objects merge key by key;
+    /// The body for the engine: `model` first, set to the pool's served name (a worker whose
+    /// engine serves another name rewrites it in place: [`with_model`]), the client's other
+    /// fields as sent, and every pool default the client did not set merged in (objects merge key by key;
     /// the client's value wins).
     ///
     /// `service_tier` is the platform's (it chose the queue lane) and not sent on; `priority`,
@@ -662,15 +663,11 @@ impl<'a> ChatRequest<'a> {
             let _ = serde_json::to_writer(&mut *out, key);
             out.push(b':');
         };
-        let mut model_written = false;
+        write_key(&mut out, "model");
+        let _ = serde_json::to_writer(&mut out, served_model);
         for (key, raw) in &self.fields {
-            if key == "service_tier" || (key == "priority" && priority.is_some()) {
-                continue;
-            }
-            if key == "model" {
-                write_key(&mut out, key);
-                let _ = serde_json::to_writer(&mut out, served_model);
-                model_written = true;
+            if key == "service_tier" || key == "model" || (key == "priority" && priority.is_some())
+            {
                 continue;
             }
             write_key(&mut out, key);
@@ -687,10 +684,6 @@ impl<'a> ChatRequest<'a> {
                 }
                 _ => out.extend_from_slice(raw.get().as_bytes()),
             }
-        }
-        if !model_written {
-            write_key(&mut out, "model");
-            let _ = serde_json::to_writer(&mut out, served_model);
         }
         for (key, default) in defaults {
             if self.fields.iter().any(|(k, _)| k == key) {
@@ -722,6 +715,36 @@ impl<'a> ChatRequest<'a> {
         let s: String = serde_json::from_str(raw.get()).map_err(|_| bad())?;
         crate::tier::Tier::from_service_tier(&s).map_err(|_| bad())
     }
+}
+
+/// An engine body (from [`ChatRequest::into_engine_body`]) with `model` set to `model`, or
+/// `None` if it names that model already. The gateway writes `model` first, so the usual case
+/// splices the new name over the old one without parsing the rest; any other object is
+/// rewritten through a parse of its top level. During a rollout the replicas of one pool serve
+/// two names, and each worker sends its engine's own.
+pub fn with_model(body: &[u8], model: &str) -> Option<Vec<u8>> {
+    const HEAD: &[u8] = b"{\"model\":";
+    if let Some(rest) = body.strip_prefix(HEAD) {
+        let mut names = serde_json::Deserializer::from_slice(rest).into_iter::<String>();
+        if let Some(Ok(old)) = names.next() {
+            if old == model {
+                return None;
+            }
+            let end = HEAD.len() + names.byte_offset();
+            let mut out = Vec::with_capacity(body.len() + model.len());
+            out.extend_from_slice(HEAD);
+            // A string serialises infallibly.
+            let _ = serde_json::to_writer(&mut out, model);
+            out.extend_from_slice(&body[end..]);
+            return Some(out);
+        }
+    }
+    let mut top: Map<String, Value> = serde_json::from_slice(body).ok()?;
+    if top.get("model").and_then(Value::as_str) == Some(model) {
+        return None;
+    }
+    top.insert("model".into(), Value::String(model.into()));
+    serde_json::to_vec(&top).ok()
 }
 
 /// `body` (a JSON object) with its top-level `service_tier` set to `tier`, as OpenAI's
@@ -853,7 +876,7 @@ mod tests {
     }
 
     #[test]
-    fn valid_request_keeps_fields_in_order_and_bytes_untouched() {
+    fn valid_request_puts_model_first_and_keeps_other_fields_in_order_and_bytes_untouched() {
         let raw = r#"{"top_k":1,"model":"heavy","messages":[{"role":"user","content":"hi \u00e9"}],"stream":true,"metadata":{"a":[1, 2.50]},"tools":[]}"#;
         let req = ChatRequest::parse(raw.as_bytes()).unwrap();
         assert_eq!(req.model.as_deref(), Some("heavy"));
@@ -862,8 +885,30 @@ mod tests {
         let text = std::str::from_utf8(&out).unwrap();
         assert_eq!(
             text,
-            r#"{"top_k":1,"model":"Qwen/X","messages":[{"role":"user","content":"hi \u00e9"}],"stream":true,"metadata":{"a":[1, 2.50]},"tools":[]}"#
+            r#"{"model":"Qwen/X","top_k":1,"messages":[{"role":"user","content":"hi \u00e9"}],"stream":true,"metadata":{"a":[1, 2.50]},"tools":[]}"#
         );
+    }
+
+    #[test]
+    fn a_worker_rewrites_the_model_in_place_and_only_when_it_differs() {
+        let req = ChatRequest::parse(
+            br#"{"messages":[{"role":"user","content":"\"model\":"}],"model":"heavy"}"#,
+        )
+        .unwrap();
+        let body = req.into_engine_body("old \"q\"", &Map::new(), None);
+        assert_eq!(with_model(&body, "old \"q\""), None);
+        let out = with_model(&body, "new/m").unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"model":"new/m","messages":[{"role":"user","content":"\"model\":"}]}"#
+        );
+        // A body written otherwise (an older gateway) goes through a parse.
+        let other = br#"{"messages":[],"model":"old"}"#;
+        let v: Value = serde_json::from_slice(&with_model(other, "new").unwrap()).unwrap();
+        assert_eq!(v["model"], "new");
+        assert_eq!(v["messages"], serde_json::json!([]));
+        assert_eq!(with_model(br#"{"model":"new","messages":[]}"#, "new"), None);
+        assert_eq!(with_model(b"not json", "new"), None);
     }
 
     #[test]

@@ -33,6 +33,21 @@ pub struct WorkerStatus {
     pub kv_cache_usage: Option<f64>,
     /// Whether it is draining (SIGTERM received, pulling stopped).
     pub draining: bool,
+    /// Drained by an operator (`ssw drain`): the drain it has seen, if any. While set it takes
+    /// no job; `paused` says whether its pull loop has stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<Drain>,
+    /// Its pull loop has stopped for `drain` (no pull in flight): from the heartbeat that says
+    /// so with `inflight` 0, no job of the pool runs on this replica.
+    #[serde(default)]
+    pub paused: bool,
+    /// The model its engine serves, as its `/v1/models` says (absent until read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_model: Option<String>,
+    /// A hash of the engine's model card (name, root, context length): changes when the
+    /// engine's model or the arguments it reports change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     /// GPU indices it is configured with.
     #[serde(default)]
     pub gpus: Vec<u32>,
@@ -45,8 +60,39 @@ pub struct WorkerStatus {
 }
 
 impl WorkerStatus {
-    /// Whether this worker may take jobs: engine up and not draining.
+    /// Whether this worker may take jobs: engine up, not draining, not drained.
     pub fn serving(&self) -> bool {
-        self.engine_up && !self.draining
+        self.engine_up && !self.draining && self.drain.is_none()
     }
+
+    /// One word for tables: `serving`, `down`, `stopping` (SIGTERM), `draining` (an operator's
+    /// drain, jobs still running or a pull in flight) or `drained` (paused, nothing running).
+    pub fn state(&self) -> &'static str {
+        if self.draining {
+            "stopping"
+        } else if self.drain.is_some() {
+            if self.paused && self.inflight == 0 {
+                "drained"
+            } else {
+                "draining"
+            }
+        } else if self.engine_up {
+            "serving"
+        } else {
+            "down"
+        }
+    }
+}
+
+/// An operator's drain of one worker, stored as JSON in `P:{pool}:drain` (`ssw drain`): it
+/// outlives the worker's restarts until `ssw resume` removes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drain {
+    /// Who asked (`user@host`, or `rollout`).
+    pub by: String,
+    /// Why.
+    #[serde(default)]
+    pub reason: String,
+    /// When (Unix ms).
+    pub at_ms: EpochMillis,
 }

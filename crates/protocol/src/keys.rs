@@ -11,6 +11,7 @@
 //! | `P:{pool}:job:<id>` | string with TTL | worker claim, gateway cancel | [`JobState`] of a job |
 //! | `P:{pool}:workers` | sorted set | worker | member = worker id, score = heartbeat expiry (ms) |
 //! | `P:{pool}:worker-status` | hash | worker | worker id → [`crate::heartbeat::WorkerStatus`] JSON |
+//! | `P:{pool}:drain` | hash | `ssw drain`/`resume`/`rollout`; read by HEARTBEAT | worker id → [`crate::heartbeat::Drain`] JSON: an operator's drain, kept across the worker's restarts |
 //! | `P:{pool}:lane:<tier>:<tenant>` | sorted set | ENQUEUE, REQUEUE add; PULL pops; CANCEL, EXPIRE remove | entry ids of one tenant's waiting jobs of one tier, in arrival order |
 //! | `P:{pool}:ring:<tier>` / `P:{pool}:ring-set:<tier>` | list / set | ENQUEUE, REQUEUE, PULL | the tier's tenants with waiting jobs, in turn order (the set: membership) |
 //! | `P:{pool}:waiting` | hash | ENQUEUE, REQUEUE, PULL, CANCEL, EXPIRE | jobs waiting, per tier (`<tier>`) and per tenant (`tenant:<name>`); each lower tier's earned share of picks (`credit:<tier>`, the minimum-share scheduler's, PULL only) |
@@ -97,6 +98,11 @@ impl Keys {
     /// The pool's worker-status hash.
     pub fn worker_status(&self, pool: &str) -> String {
         format!("{}:{{{pool}}}:worker-status", self.prefix)
+    }
+
+    /// Operators' drains of the pool's workers.
+    pub fn drain(&self, pool: &str) -> String {
+        format!("{}:{{{pool}}}:drain", self.prefix)
     }
 
     /// Everything of the pool's keys but the last part (`P:{pool}:`): the PULL script builds

@@ -33,6 +33,25 @@ pub struct ModelCard {
     /// A route's variants (absent for a pool).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub variants: Vec<VariantCard>,
+    /// A pool's live replicas and the model each one's engine serves (during a rollout, two
+    /// models; absent when Redis cannot be read).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaCard>,
+}
+
+/// One replica of a pool on `/v1/models`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ReplicaCard {
+    /// The worker's id.
+    pub worker: String,
+    /// The model its engine serves (its `/v1/models` id), once the worker has read it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// A hash of its engine's model card: changes with the model or its reported arguments.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// `serving`, `down`, `draining`, `drained` or `stopping`.
+    pub state: String,
 }
 
 /// One variant of a route on `/v1/models`.

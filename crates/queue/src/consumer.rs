@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use redis::{ScriptInvocation, Value};
-use ssw_protocol::heartbeat::WorkerStatus;
+use ssw_protocol::heartbeat::{Drain, WorkerStatus};
 use ssw_protocol::job::Job;
 use ssw_protocol::keys::{GROUP, JobState};
 use ssw_protocol::reply::Reply;
@@ -522,24 +522,92 @@ impl Redis {
             .collect())
     }
 
-    /// Publishes a heartbeat valid until `now + ttl`.
+    /// Publishes a heartbeat valid until `now + ttl`; returns the operator's drain of this
+    /// worker, if there is one (HEARTBEAT).
     pub async fn heartbeat(
         &self,
         status: &WorkerStatus,
         now_ms: u64,
         ttl: Duration,
-    ) -> Result<(), QueueError> {
+    ) -> Result<Option<Drain>, QueueError> {
         let json =
             serde_json::to_string(status).map_err(|e| QueueError::Malformed(e.to_string()))?;
         let mut inv = HEARTBEAT.prepare_invoke();
         inv.key(self.keys().workers(&status.pool))
             .key(self.keys().worker_status(&status.pool))
+            .key(self.keys().drain(&status.pool))
             .arg(&status.worker)
             .arg(now_ms + ttl.as_millis() as u64)
             .arg(json)
             .arg(now_ms.saturating_sub(3_600_000));
-        let _: i64 = self.script(&inv).await?;
-        Ok(())
+        let v: Value = self.script(&inv).await?;
+        let drain = resp::array(v)?.into_iter().nth(1).and_then(resp::bytes);
+        Ok(drain.map(|b| {
+            // A drain entry that does not decode still drains: an operator wrote something.
+            serde_json::from_slice(&b).unwrap_or_else(|_| Drain {
+                by: "?".into(),
+                reason: String::from_utf8_lossy(&b).into_owned(),
+                at_ms: 0,
+            })
+        }))
+    }
+
+    /// Drains `worker` of `pool` (it stops pulling at its next heartbeat, finishes what it
+    /// runs, and stays drained across restarts), and wakes it if it waits for jobs. Returns
+    /// false if it was drained already (the first drain is kept).
+    pub async fn drain(&self, pool: &str, worker: &str, drain: &Drain) -> Result<bool, QueueError> {
+        let json =
+            serde_json::to_string(drain).map_err(|e| QueueError::Malformed(e.to_string()))?;
+        let set: bool = self
+            .query(
+                redis::cmd("HSETNX")
+                    .arg(self.keys().drain(pool))
+                    .arg(worker)
+                    .arg(json),
+            )
+            .await?;
+        Ok(set)
+    }
+
+    /// Ends an operator's drain of `worker`; returns false if it was not drained.
+    pub async fn resume(&self, pool: &str, worker: &str) -> Result<bool, QueueError> {
+        let n: i64 = self
+            .query(redis::cmd("HDEL").arg(self.keys().drain(pool)).arg(worker))
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// The pool's drained workers (live or not), by worker id.
+    pub async fn drains(&self, pool: &str) -> Result<Vec<(String, Drain)>, QueueError> {
+        let all: Vec<(String, String)> = self
+            .query(redis::cmd("HGETALL").arg(self.keys().drain(pool)))
+            .await?;
+        let mut out: Vec<(String, Drain)> = all
+            .into_iter()
+            .map(|(w, j)| {
+                let d = serde_json::from_str(&j).unwrap_or(Drain {
+                    by: "?".into(),
+                    reason: j,
+                    at_ms: 0,
+                });
+                (w, d)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// The statuses the pool's workers last published (live or not: see `heartbeat_ms`).
+    pub async fn worker_statuses(&self, pool: &str) -> Result<Vec<WorkerStatus>, QueueError> {
+        let all: Vec<String> = self
+            .query(redis::cmd("HVALS").arg(self.keys().worker_status(pool)))
+            .await?;
+        let mut out: Vec<WorkerStatus> = all
+            .iter()
+            .filter_map(|j| serde_json::from_str(j).ok())
+            .collect();
+        out.sort_by(|a, b| a.worker.cmp(&b.worker));
+        Ok(out)
     }
 
     /// Removes a worker from the live set (clean exit).

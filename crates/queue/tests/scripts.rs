@@ -583,6 +583,10 @@ fn status(worker: &str) -> WorkerStatus {
         engine_waiting: None,
         kv_cache_usage: None,
         draining: false,
+        drain: None,
+        paused: false,
+        served_model: None,
+        revision: None,
         gpus: Vec::new(),
         started_ms: 0,
         heartbeat_ms: 0,
@@ -715,6 +719,56 @@ async fn heartbeats_mark_workers_live_and_drop_hour_old_ones() {
         .await
         .unwrap();
     assert_eq!(statuses, vec!["a".to_owned()]);
+}
+
+#[tokio::test]
+async fn a_drain_reaches_the_worker_through_its_heartbeat_and_outlives_its_death() {
+    let r = rig().await;
+    let redis = &r.redis;
+    let beat = |at| async move {
+        redis
+            .heartbeat(&status("w"), at, Duration::from_secs(5))
+            .await
+            .unwrap()
+    };
+    assert_eq!(beat(now_ms()).await, None);
+    let d = ssw_protocol::heartbeat::Drain {
+        by: "ops@h".into(),
+        reason: "swap".into(),
+        at_ms: 7,
+    };
+    assert!(r.redis.drain(POOL, "w", &d).await.unwrap());
+    let later = ssw_protocol::heartbeat::Drain {
+        by: "other".into(),
+        ..d.clone()
+    };
+    assert!(
+        !r.redis.drain(POOL, "w", &later).await.unwrap(),
+        "the first drain is kept"
+    );
+    assert_eq!(beat(now_ms()).await, Some(d.clone()));
+    assert_eq!(
+        r.redis.drains(POOL).await.unwrap(),
+        vec![("w".to_owned(), d.clone())]
+    );
+    // Silent for over an hour, the worker is dropped from the live set: its drain stays.
+    beat(now_ms() - 2 * 3_600_000).await;
+    r.redis
+        .heartbeat(&status("x"), now_ms(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        r.redis
+            .worker_statuses(POOL)
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| s.worker != "w")
+    );
+    assert_eq!(r.redis.drains(POOL).await.unwrap().len(), 1);
+    assert!(r.redis.resume(POOL, "w").await.unwrap());
+    assert!(!r.redis.resume(POOL, "w").await.unwrap());
+    assert_eq!(beat(now_ms()).await, None);
 }
 
 #[tokio::test]

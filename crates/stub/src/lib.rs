@@ -50,6 +50,8 @@ struct Counters {
 
 struct Stub {
     cfg: StubConfig,
+    /// The model served now, and the one being loaded (`/stub/load_model`), if any.
+    model: Mutex<Served>,
     /// The continuous-batching model, when configured; else fixed ttft/tpot.
     engine: Option<timing::Engine>,
     seqs: Arc<Semaphore>,
@@ -57,6 +59,13 @@ struct Stub {
     log: Mutex<VecDeque<(String, Value)>>,
     /// The key `/v1` requests must carry, as `vllm serve --api-key` requires.
     api_key: Option<String>,
+}
+
+/// The stub's model: what it answers with, and a load in progress.
+#[derive(Clone, Debug)]
+struct Served {
+    name: String,
+    loading: Option<String>,
 }
 
 /// Serves until `shutdown`.
@@ -97,6 +106,10 @@ pub async fn serve(
         api_key,
         engine: model.map(timing::Engine::start),
         seqs: Arc::new(Semaphore::new(cfg.max_num_seqs as usize)),
+        model: Mutex::new(Served {
+            name: cfg.served_model.clone(),
+            loading: None,
+        }),
         cfg,
         counters: Counters::default(),
         log: Mutex::new(VecDeque::new()),
@@ -110,15 +123,97 @@ pub async fn serve(
         ));
     let app = Router::new()
         .merge(v1)
-        .route("/health", get(|| async { StatusCode::OK }))
+        .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/stub/requests", get(requests))
+        .route("/stub/load_model", post(load_model))
         // vLLM (uvicorn) sets no body limit; an over-long prompt gets its 400, not a reset.
         .layer(axum::extract::DefaultBodyLimit::max(256 * 1024 * 1024))
         .with_state(stub);
     axum::serve(nodelay(listener), app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
+}
+
+/// 200 when serving; 503 while a model loads (a vLLM that restarts does not answer at all).
+async fn health(State(stub): State<Arc<Stub>>) -> StatusCode {
+    if stub.served().loading.is_some() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    }
+}
+
+impl Stub {
+    fn served(&self) -> Served {
+        self.model.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// `POST /stub/load_model {"model": NAME, "load_time_ms": 5000}` (stub only; `ssw rollout
+/// --engine-api`): switches the served model as a restart of vLLM with another model would,
+/// in place. From the call until `load_time` (default `stub.load_time`) has passed, `/health`,
+/// `/v1/models` and new requests answer 503; then the stub serves NAME. Requests running at
+/// the call finish with the old model. 202 when the load started; 409 while another load runs.
+async fn load_model(State(stub): State<Arc<Stub>>, body: Bytes) -> Response {
+    let parsed: Result<(String, Option<u64>), String> = serde_json::from_slice::<Value>(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|v| {
+            let model = v.get("model").and_then(Value::as_str).unwrap_or_default();
+            if model.is_empty() {
+                return Err("`model` must be a non-empty string".into());
+            }
+            let ms = match v.get("load_time_ms") {
+                None | Some(Value::Null) => None,
+                Some(t) => Some(t.as_u64().ok_or("`load_time_ms` must be an integer")?),
+            };
+            Ok((model.to_owned(), ms))
+        });
+    let (model, load_time_ms) = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            return json_resp(
+                400,
+                &error_body(400, "BadRequestError", &format!("load_model: {e}")),
+            );
+        }
+    };
+    let wait = load_time_ms.map_or(stub.cfg.load_time, Duration::from_millis);
+    {
+        let mut m = stub.model.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(other) = &m.loading {
+            return json_resp(
+                409,
+                &error_body(409, "Conflict", &format!("already loading `{other}`")),
+            );
+        }
+        m.loading = Some(model.clone());
+    }
+    tracing::info!(%model, ?wait, "stub: loading a model");
+    let s = stub.clone();
+    tokio::spawn(async move {
+        sleep(wait).await;
+        let mut m = s.model.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(name) = m.loading.take() {
+            tracing::info!(model = %name, "stub: model loaded");
+            m.name = name;
+        }
+    });
+    json_resp(
+        202,
+        &json!({"loading": model, "load_time_ms": wait.as_millis() as u64}),
+    )
+}
+
+fn loading(model: &str) -> Response {
+    json_resp(
+        503,
+        &error_body(
+            503,
+            "ServiceUnavailable",
+            &format!("loading the model `{model}`"),
+        ),
+    )
 }
 
 /// vLLM's `--api-key` check: `/v1` requests without `Authorization: Bearer <key>` get 401
@@ -255,10 +350,15 @@ async fn chat(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: Bytes) ->
         log.push_back((request_id.clone(), body.clone()));
     }
     let cfg = &stub.cfg;
+    let served = stub.served();
+    if let Some(next) = &served.loading {
+        stub.counters.errors.fetch_add(1, Ordering::Relaxed);
+        return loading(next);
+    }
     let plan = match Plan::new(
         &body,
         request_id,
-        &cfg.served_model,
+        &served.name,
         cfg.output_tokens,
         cfg.max_model_len,
     ) {
@@ -385,7 +485,11 @@ async fn sleep(d: Duration) {
 }
 
 async fn models(State(stub): State<Arc<Stub>>) -> Response {
-    let m = &stub.cfg.served_model;
+    let served = stub.served();
+    if let Some(next) = &served.loading {
+        return loading(next);
+    }
+    let m = &served.name;
     json_resp(
         200,
         &json!({"object": "list", "data": [{
@@ -397,7 +501,7 @@ async fn models(State(stub): State<Arc<Stub>>) -> Response {
 
 async fn metrics(State(stub): State<Arc<Stub>>) -> Response {
     let c = &stub.counters;
-    let l = format!("model_name=\"{}\",engine=\"0\"", stub.cfg.served_model);
+    let l = format!("model_name=\"{}\",engine=\"0\"", stub.served().name);
     let (running, waiting, kv) = match &stub.engine {
         Some(e) => {
             let load = &e.load;

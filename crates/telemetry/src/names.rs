@@ -108,7 +108,7 @@ metrics! {
     /// Live workers.
     POOL_LIVE_WORKERS = "ssw_pool_live_workers", Gauge, ["pool"], "Workers whose heartbeat is fresh.";
     /// Workers able to take jobs.
-    POOL_SERVING_WORKERS = "ssw_pool_serving_workers", Gauge, ["pool"], "Live workers whose engine is up and that are not draining.";
+    POOL_SERVING_WORKERS = "ssw_pool_serving_workers", Gauge, ["pool"], "Live workers whose engine is up and that are not draining or drained (ssw drain).";
 
     /// Jobs by outcome.
     WORKER_JOBS = "ssw_worker_jobs_total", Counter, ["pool", "worker", "outcome"], "Jobs ended, by outcome: ok, engine_rejected, engine_error, too_large, requeued, crash_requeued (the request may have crashed the engine), engine_crashed (it did, on every replica allowed), bounced (handed to another replica after crashing this one), cancelled, expired, orphaned (its worker died mid-answer), orphaned_gateway (its gateway died), lost (taken over by another worker), reclaimed (taken over from a dead worker).";
@@ -126,6 +126,11 @@ metrics! {
     WORKER_ENGINE_WAITING = "ssw_worker_engine_requests_waiting", Gauge, ["pool", "worker"], "The engine's vllm:num_requests_waiting as last read.";
     /// Engine's KV-cache usage.
     WORKER_ENGINE_KV = "ssw_worker_engine_kv_cache_usage_ratio", Gauge, ["pool", "worker"], "The engine's KV-cache usage (0-1) as last read (vllm:kv_cache_usage_perc, or the older vllm:gpu_cache_usage_perc).";
+
+    /// The engine's model.
+    WORKER_ENGINE_MODEL = "ssw_worker_engine_model_info", Gauge, ["pool", "worker", "model", "revision"], "1 for the model the engine serves now (its /v1/models id, and a revision: a hash of its model card); 0 for models it served earlier in this worker's life.";
+    /// Operator's drain.
+    WORKER_DRAINED = "ssw_worker_drained", Gauge, ["pool", "worker"], "1 while an operator's drain (ssw drain, ssw rollout) keeps the worker from pulling jobs.";
 
     /// Whether GPU metrics can be read.
     GPU_AVAILABLE = "ssw_gpu_metrics_available", Gauge, ["worker"], "1 when NVML could be loaded and GPUs read; 0 without an NVIDIA driver.";

@@ -301,7 +301,7 @@ pub fn stub_replica(id: &str, pool: &str, stub: StubConfig) -> ReplicaSpec {
     ReplicaSpec {
         id: id.into(),
         pool: pool.into(),
-        engine: EngineSpec::Stub(stub),
+        engine: EngineSpec::Stub(Box::new(stub)),
         gpus: vec![],
     }
 }

@@ -16,7 +16,7 @@ use crate::{UpError, io};
 #[derive(Clone, Debug)]
 pub enum EngineSpec {
     /// An `ssw stub` child with these settings (its `served_model` is set to the pool's).
-    Stub(StubConfig),
+    Stub(Box<StubConfig>),
     /// A running engine (a real vLLM) at this base URL.
     External(String),
 }
@@ -60,7 +60,7 @@ impl PlatformSpec {
                 replicas.push(ReplicaSpec {
                     id: format!("{pool}-{gpu}"),
                     pool: pool.clone(),
-                    engine: EngineSpec::Stub(stub.clone()),
+                    engine: EngineSpec::Stub(Box::new(stub.clone())),
                     gpus: vec![gpu],
                 });
             }
@@ -237,7 +237,7 @@ impl Platform {
         for replica in platform.spec.replicas.clone() {
             let engine_url = match &replica.engine {
                 EngineSpec::External(url) => url.clone(),
-                EngineSpec::Stub(stub) => platform.spawn_stub(&replica, stub.clone())?,
+                EngineSpec::Stub(stub) => platform.spawn_stub(&replica, (**stub).clone())?,
             };
             platform
                 .engine_urls
@@ -391,7 +391,7 @@ impl Platform {
             .parse()
             .map_err(|_| UpError::NotReady(format!("stub url {url}")))?;
         let listener = bind(addr).map_err(io(format!("binding {addr} again")))?;
-        self.spawn_stub_on(&replica, stub, listener, url)?;
+        self.spawn_stub_on(&replica, *stub, listener, url)?;
         Ok(())
     }
 
@@ -442,7 +442,7 @@ impl Platform {
         let replica = ReplicaSpec {
             id: id.to_owned(),
             pool: pool.to_owned(),
-            engine: EngineSpec::Stub(stub.clone()),
+            engine: EngineSpec::Stub(Box::new(stub.clone())),
             gpus: Vec::new(),
         };
         self.spawn_stub(&replica, stub)

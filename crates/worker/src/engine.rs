@@ -49,12 +49,46 @@ pub fn parse_load(text: &str) -> EngineLoad {
     load
 }
 
+/// The model an engine serves, from its `/v1/models`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServedModel {
+    /// Its id: the name requests must carry (`--served-model-name`).
+    pub name: String,
+    /// A hash of its model card without the per-call fields (`created`, `permission`): name,
+    /// `root` (what was loaded), `max_model_len`, `parent`. 12 hex digits.
+    pub revision: String,
+}
+
+/// Reads the first model card of a `/v1/models` answer (vLLM serves one model per process).
+pub fn parse_models(body: &[u8]) -> Option<ServedModel> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let mut card = v.get("data")?.as_array()?.first()?.as_object()?.clone();
+    let name = card.get("id")?.as_str()?.to_owned();
+    card.remove("created");
+    card.remove("permission");
+    // A map serialises its keys sorted: the hash does not depend on the engine's key order.
+    let canonical = serde_json::to_string(&card).ok()?;
+    let hash = canonical.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    Some(ServedModel {
+        name,
+        revision: format!("{:012x}", hash & 0xffff_ffff_ffff),
+    })
+}
+
+/// How often the worker reads its engine's `/v1/models` while the engine stays up (it also
+/// reads it whenever the engine comes up).
+pub const MODEL_REFRESH: Duration = Duration::from_secs(10);
+
 /// What the worker knows of its engine.
 #[derive(Debug)]
 pub struct EngineState {
     up: AtomicBool,
     detail: Mutex<Option<String>>,
     load: Mutex<EngineLoad>,
+    /// The model it serves, and when it was read.
+    model: Mutex<Option<(ServedModel, std::time::Instant)>>,
     /// Signalled when the engine comes up or its load drops, so the pull loop (its one waiter;
     /// a permit is kept if it is busy) resumes at once.
     pub changed: Notify,
@@ -66,6 +100,7 @@ impl Default for EngineState {
             up: AtomicBool::new(false),
             detail: Mutex::new(Some("not probed yet".into())),
             load: Mutex::new(EngineLoad::default()),
+            model: Mutex::new(None),
             changed: Notify::new(),
         }
     }
@@ -90,8 +125,41 @@ impl EngineState {
         *self.load.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a probe or request outcome.
+    /// The model it serves, once read.
+    pub fn model(&self) -> Option<ServedModel> {
+        self.model
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(m, _)| m.clone())
+    }
+
+    /// Whether the model should be read (again): unknown, or read over [`MODEL_REFRESH`] ago.
+    fn model_stale(&self) -> bool {
+        self.model
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_none_or(|(_, at)| at.elapsed() >= MODEL_REFRESH)
+    }
+
+    fn set_model(&self, model: Option<ServedModel>) {
+        let mut slot = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        let before = slot.as_ref().map(|(m, _)| m);
+        if let Some(m) = &model
+            && before != Some(m)
+        {
+            tracing::info!(model = %m.name, revision = %m.revision, "engine serves this model");
+        }
+        *slot = model.map(|m| (m, std::time::Instant::now()));
+    }
+
+    /// Records a probe or request outcome. An engine that goes down forgets its model: the
+    /// one that comes back may serve another (a restart or reload in a rollout).
     pub fn set_up(&self, up: bool, detail: Option<String>) {
+        if !up {
+            self.set_model(None);
+        }
         let was = self.up.swap(up, Ordering::Relaxed);
         if was != up {
             if up {
@@ -171,7 +239,27 @@ impl Engine {
         })
     }
 
-    /// One probe: `/health`, then `/metrics` for the load.
+    /// Reads the engine's `/v1/models`.
+    async fn served_model(&self, timeout: Duration) -> Result<ServedModel, String> {
+        let r = self
+            .http
+            .get(format!("{}/v1/models", self.base))
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| format!("/v1/models: {}", error_chain(&e)))?;
+        if !r.status().is_success() {
+            return Err(format!("/v1/models answered {}", r.status()));
+        }
+        let body = r
+            .bytes()
+            .await
+            .map_err(|e| format!("/v1/models: {}", error_chain(&e)))?;
+        parse_models(&body).ok_or_else(|| "/v1/models: no model card in the answer".to_owned())
+    }
+
+    /// One probe: `/health`, `/v1/models` when it is due (the engine is up only once its
+    /// model is known: requests are sent with its name), then `/metrics` for the load.
     async fn probe(&self, state: &EngineState, timeout: Duration) {
         let health = self
             .http
@@ -180,7 +268,22 @@ impl Engine {
             .send()
             .await;
         match health {
-            Ok(r) if r.status().is_success() => state.set_up(true, None),
+            Ok(r) if r.status().is_success() => {
+                if state.model_stale() {
+                    match self.served_model(timeout).await {
+                        Ok(m) => state.set_model(Some(m)),
+                        // Known already: keep it until the engine goes down.
+                        Err(e) if state.model().is_some() => {
+                            tracing::debug!(error = %e, "cannot read the engine's model again");
+                        }
+                        Err(e) => {
+                            state.set_up(false, Some(e));
+                            return;
+                        }
+                    }
+                }
+                state.set_up(true, None);
+            }
             Ok(r) => {
                 state.set_up(false, Some(format!("/health answered {}", r.status())));
                 return;
@@ -255,6 +358,27 @@ mod tests {
         let old = parse_load("vllm:gpu_cache_usage_perc{model_name=\"m\"} 0.5\n");
         assert_eq!(old.kv_cache_usage, Some(0.5));
         assert_eq!(old.waiting, None);
+    }
+
+    #[test]
+    fn the_model_card_gives_the_name_and_a_revision_that_ignores_per_call_fields() {
+        let card = |created: u64, root: &str| {
+            format!(
+                r#"{{"object":"list","data":[{{"id":"Qwen/Q","object":"model","created":{created},"owned_by":"vllm","root":"{root}","parent":null,"max_model_len":32768,"permission":[{{"id":"modelperm-{created}"}}]}}]}}"#
+            )
+        };
+        let a = parse_models(card(1, "/models/a").as_bytes()).unwrap();
+        assert_eq!(a.name, "Qwen/Q");
+        assert_eq!(a.revision.len(), 12);
+        let again = parse_models(card(2, "/models/a").as_bytes()).unwrap();
+        assert_eq!(a, again, "created and permission change on every call");
+        let b = parse_models(card(1, "/models/b").as_bytes()).unwrap();
+        assert_eq!(a.name, b.name);
+        assert_ne!(
+            a.revision, b.revision,
+            "another checkpoint under the same name"
+        );
+        assert_eq!(parse_models(br#"{"object":"list","data":[]}"#), None);
     }
 
     #[tokio::test]

@@ -564,13 +564,19 @@ async fn execute(
     verdict: &Verdict,
     sender: &Sender,
 ) -> Outcome {
+    // The engine's own model name: during a rollout the pool's replicas serve two.
+    let body = ctx
+        .engine_state
+        .model()
+        .and_then(|m| ssw_protocol::chat::with_model(&job.body, &m.name))
+        .unwrap_or_else(|| job.body.clone());
     let request = ctx
         .engine
         .http
         .post(format!("{}/v1/chat/completions", ctx.engine.base))
         .header("content-type", "application/json")
         .header("x-request-id", &job.request_id)
-        .body(job.body.clone())
+        .body(body)
         .send();
     let resp = match with_keepalive(ctx, job, verdict, sender, request).await {
         Err(o) => return o,
@@ -600,6 +606,16 @@ async fn execute(
             "engine answered {status}: {}",
             ssw_protocol::chat::quote(&String::from_utf8_lossy(&body))
         ));
+    }
+    if status == 404 {
+        // The request named the model the engine served at the last probe: it serves another
+        // now (restarted or reloaded under the worker). Stop pulling until a probe reads the
+        // new name, and let the job run again with it.
+        ctx.engine_state.set_up(
+            false,
+            Some("the engine answered 404: reading its model again".into()),
+        );
+        return retry("engine answered 404: its model changed".into());
     }
     if status >= 400 || !job.stream {
         let max = ctx.cfg.max_response_bytes.bytes() as usize;

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ssw_config::{Config, WorkerConfig};
-use ssw_protocol::heartbeat::WorkerStatus;
+use ssw_protocol::heartbeat::{Drain, WorkerStatus};
 use ssw_protocol::tier::Tier;
 use ssw_queue::consumer::{PullPolicy, Pulled, ReclaimScan};
 use ssw_queue::{QueueError, Redis};
@@ -117,8 +117,17 @@ pub struct Ctx {
     waiting_narrow: AtomicBool,
     draining: AtomicBool,
     drain_aborted: AtomicBool,
+    /// An operator's drain, as the last heartbeat read it.
+    drain: Mutex<Option<Drain>>,
+    /// The pull loop has stopped for `drain`.
+    paused: AtomicBool,
+    /// The engine model last exported as a metric (name, revision).
+    model_exported: Mutex<Option<(String, String)>>,
     started_ms: u64,
 }
+
+/// [`Ctx::pull_blocked`]'s reason while an operator's drain is in force.
+const DRAINED: &str = "drained by an operator";
 
 /// How long a worker keeps its priority reserve after it last pulled a priority job.
 pub const RESERVE_HOLD: Duration = Duration::from_secs(30);
@@ -164,6 +173,9 @@ impl Ctx {
             waiting_narrow: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             drain_aborted: AtomicBool::new(false),
+            drain: Mutex::new(None),
+            paused: AtomicBool::new(false),
+            model_exported: Mutex::new(None),
             started_ms: ssw_queue::now_ms(),
             cfg,
         })
@@ -205,9 +217,40 @@ impl Ctx {
             .saturating_sub(self.inflight.load(Ordering::Relaxed))
     }
 
+    /// The operator's drain in force, if any.
+    pub fn drain(&self) -> Option<Drain> {
+        self.drain.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records the drain the last heartbeat read; wakes the pull loop when it ends.
+    fn set_drain(&self, drain: Option<Drain>) {
+        let mut slot = self.drain.lock().unwrap_or_else(|p| p.into_inner());
+        match (&*slot, &drain) {
+            (None, Some(d)) => tracing::info!(
+                by = %d.by,
+                reason = %d.reason,
+                "drained by an operator: pulling stops, jobs in flight finish"
+            ),
+            (Some(_), None) => {
+                tracing::info!("drain ended: pulling again");
+                self.slot_freed.notify_one();
+            }
+            _ => {}
+        }
+        *slot = drain;
+        telemetry::drained(self, slot.is_some());
+    }
+
     /// Why the worker should not pull now, if it should not.
     fn pull_blocked(&self) -> Option<&'static str> {
-        if self.free_slots() == 0 {
+        if self
+            .drain
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
+            Some(DRAINED)
+        } else if self.free_slots() == 0 {
             Some("no free slot")
         } else if !self.engine_state.is_up() {
             Some("engine down")
@@ -244,6 +287,7 @@ impl Ctx {
 
     fn status(&self) -> WorkerStatus {
         let load = self.engine_state.load();
+        let model = self.engine_state.model();
         WorkerStatus {
             worker: self.id.clone(),
             pool: self.pool.clone(),
@@ -256,6 +300,10 @@ impl Ctx {
             engine_waiting: load.waiting,
             kv_cache_usage: load.kv_cache_usage,
             draining: self.draining.load(Ordering::Relaxed),
+            drain: self.drain(),
+            paused: self.paused.load(Ordering::Relaxed),
+            served_model: model.as_ref().map(|m| m.name.clone()),
+            revision: model.map(|m| m.revision),
             gpus: self.cfg.gpus.clone(),
             started_ms: self.started_ms,
             heartbeat_ms: ssw_queue::now_ms(),
@@ -304,13 +352,15 @@ pub async fn run(
     bg.close();
 
     // Live before the first pull: a worker that holds jobs without a heartbeat looks dead, and
-    // others would take its jobs over.
-    if let Err(e) = ctx
+    // others would take its jobs over. The heartbeat also says whether an operator's drain
+    // holds it (a drain outlives restarts).
+    match ctx
         .redis
         .heartbeat(&ctx.status(), ssw_queue::now_ms(), ctx.cfg.heartbeat_ttl)
         .await
     {
-        tracing::warn!(error = %e, "first heartbeat failed; pulling waits for redis");
+        Ok(drain) => ctx.set_drain(drain),
+        Err(e) => tracing::warn!(error = %e, "first heartbeat failed; pulling waits for redis"),
     }
     let jobs = TaskTracker::new();
     pull_loop(&ctx, &jobs, &shutdown).await;
@@ -373,7 +423,11 @@ async fn pull_loop(ctx: &Arc<Ctx>, jobs: &TaskTracker, shutdown: &CancellationTo
     // The last pull took fewer jobs than it could (see below).
     let mut drained = false;
     while !shutdown.is_cancelled() {
-        if let Some(why) = ctx.pull_blocked() {
+        let blocked = ctx.pull_blocked();
+        // Stopped at the top of the loop: no pull is in flight, and every job pulled so far
+        // counts in `inflight`.
+        ctx.paused.store(blocked == Some(DRAINED), Ordering::SeqCst);
+        if let Some(why) = blocked {
             tracing::trace!(why, "not pulling");
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -690,11 +744,22 @@ async fn heartbeats(ctx: Arc<Ctx>, shutdown: CancellationToken, stopping: Cancel
         }
         last_tick.store(ssw_queue::now_ms(), Ordering::Relaxed);
         telemetry::engine(&ctx);
-        match ctx
+        let beat = ctx
             .redis
             .heartbeat(&ctx.status(), ssw_queue::now_ms(), ctx.cfg.heartbeat_ttl)
-            .await
-        {
+            .await;
+        if let Ok(drain) = &beat {
+            let started = drain.is_some() && ctx.drain().is_none();
+            ctx.set_drain(drain.clone());
+            if started {
+                // The pull loop may wait in Redis for jobs: wake it, so it stops now and the
+                // next heartbeat reports it paused.
+                if let Err(e) = ctx.redis.wake_self(&ctx.pool, &ctx.id).await {
+                    tracing::debug!(error = %e, "cannot wake the pull loop");
+                }
+            }
+        }
+        match beat.map(|_| ()) {
             Ok(()) if !notified => {
                 notified = true;
                 let last = last_tick.clone();

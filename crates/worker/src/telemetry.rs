@@ -67,6 +67,30 @@ pub fn engine_duration(ctx: &Ctx, d: Duration) {
     metrics::histogram!(names::WORKER_ENGINE_DURATION, &labels(ctx)).record(d.as_secs_f64());
 }
 
+/// The engine's model as an info gauge: 1 for the one served now, 0 for those served before
+/// (a series that vanished would look like a scrape gap).
+fn model(ctx: &Ctx) {
+    let Some(now) = ctx.engine_state.model() else {
+        return;
+    };
+    let now = (now.name, now.revision);
+    let info = |(m, r): &(String, String), v: f64| {
+        let [p, w] = labels(ctx);
+        metrics::gauge!(names::WORKER_ENGINE_MODEL, p.0 => p.1, w.0 => w.1, "model" => m.clone(), "revision" => r.clone())
+            .set(v);
+    };
+    {
+        let mut last = ctx.model_exported.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_ref() != Some(&now) {
+            if let Some(before) = last.as_ref() {
+                info(before, 0.0);
+            }
+            *last = Some(now.clone());
+        }
+    }
+    info(&now, 1.0);
+}
+
 /// Copies the engine's state as last probed into gauges.
 pub fn engine(ctx: &Ctx) {
     let l = labels(ctx);
@@ -75,6 +99,7 @@ pub fn engine(ctx: &Ctx) {
     } else {
         0.0
     });
+    model(ctx);
     let load = ctx.engine_state.load();
     if let Some(v) = load.running {
         metrics::gauge!(names::WORKER_ENGINE_RUNNING, &l).set(v);
@@ -85,6 +110,11 @@ pub fn engine(ctx: &Ctx) {
     if let Some(v) = load.kv_cache_usage {
         metrics::gauge!(names::WORKER_ENGINE_KV, &l).set(v);
     }
+}
+
+/// Sets the drained gauge.
+pub fn drained(ctx: &Ctx, drained: bool) {
+    metrics::gauge!(names::WORKER_DRAINED, &labels(ctx)).set(if drained { 1.0 } else { 0.0 });
 }
 
 /// Serves `/metrics` and `/healthz` until `shutdown`.

@@ -307,7 +307,8 @@ async fn huge_deep_and_malformed_bodies_get_400s_and_memory_stays_bounded() {
         s.config.gateway.body_wait = Duration::from_secs(10);
         s.config.pools.get_mut("light").unwrap().max_model_len = Some(10_000_000);
         for r in &mut s.replicas {
-            r.engine = ssw_test_support::ssw_up::platform::EngineSpec::Stub(roomy.clone());
+            r.engine =
+                ssw_test_support::ssw_up::platform::EngineSpec::Stub(Box::new(roomy.clone()));
         }
     })
     .await;
@@ -664,7 +665,7 @@ async fn clients_that_never_read_their_stream_are_dropped_and_their_jobs_cancell
         s.config.gateway.reply_buffer = ByteSize::kib(64);
         s.config.pools.get_mut("light").unwrap().max_model_len = Some(100_000);
         for r in &mut s.replicas {
-            r.engine = ssw_test_support::ssw_up::platform::EngineSpec::Stub(long.clone());
+            r.engine = ssw_test_support::ssw_up::platform::EngineSpec::Stub(Box::new(long.clone()));
         }
     })
     .await;
@@ -730,7 +731,7 @@ async fn an_answer_beyond_the_workers_size_cap_is_an_explicit_error() {
     let p = TestPlatform::start_with(ssw(), |s| {
         s.config.worker.max_response_bytes = ByteSize::kib(8);
         for r in &mut s.replicas {
-            r.engine = ssw_test_support::ssw_up::platform::EngineSpec::Stub(long.clone());
+            r.engine = ssw_test_support::ssw_up::platform::EngineSpec::Stub(Box::new(long.clone()));
         }
     })
     .await;

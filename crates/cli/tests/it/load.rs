@@ -21,7 +21,7 @@ async fn a_thousand_concurrent_requests_all_succeed_and_balance() {
             ..StubConfig::default()
         };
         for r in &mut s.replicas {
-            r.engine = ssw_up::platform::EngineSpec::Stub(stub.clone());
+            r.engine = ssw_up::platform::EngineSpec::Stub(Box::new(stub.clone()));
         }
         // A thousand requests parsed at once by a debug-build gateway sharing two cores with
         // this client, eight other processes and the other tests: an enqueue can wait over a

@@ -7,6 +7,7 @@ mod failures;
 mod faults;
 mod load;
 mod observability;
+mod rollout;
 mod routes;
 mod tiers;
 

@@ -241,13 +241,13 @@ async fn ssw_status_lists_pools_and_live_workers() {
     // Readiness needs one serving worker per pool; wait until every engine has been probed.
     TestPlatform::eventually(
         Duration::from_secs(5),
-        "all four engines up in ssw status",
+        "all four workers serving in ssw status",
         || async {
             status()
                 .await
                 .lines()
                 .filter(|l| l.starts_with("heavy-") || l.starts_with("light-"))
-                .filter(|l| l.contains(" up "))
+                .filter(|l| l.contains(" serving "))
                 .count()
                 == 4
         },
@@ -266,7 +266,7 @@ async fn ssw_status_lists_pools_and_live_workers() {
             .lines()
             .find(|l| l.starts_with(w))
             .unwrap_or_else(|| panic!("{w} missing:\n{text}"));
-        assert!(row.contains(" up ") && row.contains("0/64"), "{row}");
+        assert!(row.contains(" serving ") && row.contains("0/64"), "{row}");
     }
 }
 

@@ -4,13 +4,48 @@ use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use ssw_protocol::error::ErrorCode;
-use ssw_protocol::models::{ModelCard, ModelList, VariantCard};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ssw_protocol::models::{ModelCard, ModelList, ReplicaCard, VariantCard};
 
 use crate::error::ApiError;
 use crate::routing::{Pool, Route, Target};
 use crate::state::AppState;
 
-fn card(state: &AppState, pool: &Pool) -> ModelCard {
+/// The pools' live replicas, read at most once a second; empty where Redis cannot be read
+/// (`/v1/models` still answers).
+async fn replicas(state: &AppState) -> Arc<HashMap<String, Vec<ReplicaCard>>> {
+    let mut cached = state.replicas.lock().await;
+    if let Some((at, r)) = cached.as_ref()
+        && at.elapsed() < std::time::Duration::from_secs(1)
+    {
+        return r.clone();
+    }
+    let now = ssw_queue::now_ms();
+    let mut out = HashMap::new();
+    for pool in state.pools.iter() {
+        if let Ok(stats) = state.redis.pool_stats(pool, now).await {
+            let mut cards: Vec<ReplicaCard> = stats
+                .workers
+                .iter()
+                .map(|w| ReplicaCard {
+                    worker: w.worker.clone(),
+                    model: w.served_model.clone(),
+                    revision: w.revision.clone(),
+                    state: w.state().to_owned(),
+                })
+                .collect();
+            cards.sort_by(|a, b| a.worker.cmp(&b.worker));
+            out.insert(pool.to_string(), cards);
+        }
+    }
+    let out = Arc::new(out);
+    *cached = Some((tokio::time::Instant::now(), out.clone()));
+    out
+}
+
+fn card(state: &AppState, pool: &Pool, replicas: &HashMap<String, Vec<ReplicaCard>>) -> ModelCard {
     ModelCard {
         id: pool.name.to_string(),
         object: "model".into(),
@@ -20,6 +55,7 @@ fn card(state: &AppState, pool: &Pool) -> ModelCard {
         aliases: pool.aliases.clone(),
         max_model_len: pool.max_model_len,
         variants: Vec::new(),
+        replicas: replicas.get(&*pool.name).cloned().unwrap_or_default(),
     }
 }
 
@@ -46,13 +82,19 @@ fn route_card(state: &AppState, route: &Route) -> ModelCard {
                 weight: v.weight,
             })
             .collect(),
+        replicas: Vec::new(),
     }
 }
 
 /// Every pool and route as a model card.
 pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
+    let replicas = replicas(&state).await;
     let routing = state.routing();
-    let pools = routing.router.pools().iter().map(|p| card(&state, p));
+    let pools = routing
+        .router
+        .pools()
+        .iter()
+        .map(|p| card(&state, p, &replicas));
     let routes = routing
         .router
         .routes()
@@ -71,9 +113,10 @@ pub async fn get(
 ) -> Result<Json<ModelCard>, ApiError> {
     // A name that does not decode (`%FF`) names no model either.
     let id = id.map(|Path(id)| id).unwrap_or_default();
+    let replicas = replicas(&state).await;
     let routing = state.routing();
     match routing.router.by_model(&id) {
-        Some(Target::Pool(p)) => Ok(Json(card(&state, p))),
+        Some(Target::Pool(p)) => Ok(Json(card(&state, p, &replicas))),
         Some(Target::Route(r)) => Ok(Json(route_card(&state, r))),
         None => Err(ApiError::new(
             ErrorCode::ModelNotFound,
