@@ -144,6 +144,7 @@ in
     vm-routing = vmTest ../vm-tests/routing.nix;
     vm-overload = vmTest ../vm-tests/overload.nix;
     vm-worker-restart = vmTest ../vm-tests/worker-restart.nix;
+    vm-model-swap = vmTest ../vm-tests/model-swap.nix;
     vm-prometheus = vmTest ../vm-tests/prometheus.nix;
   };
 }

@@ -71,6 +71,8 @@ VM_TESTS = sorted(
 )
 for name in VM_TESTS:
     SCENARIOS[f"vm-test {name}"] = [f"(import ../vm-tests/{name}.nix {{ self = e0.flake; }}).nodes.machine", BASE]
+# The configuration model-swap switches to: the node with its specialisation's module on top.
+SCENARIOS["vm-test model-swap, specialisation"] = SCENARIOS["vm-test model-swap"] + ["(import ../vm-tests/specialisations/new-heavy-model.nix)"]
 
 # Each must fail with this text (in a failed assertion or the evaluation error).
 MUST_FAIL = {
@@ -362,6 +364,21 @@ def routes_reload(out):
        "a pool's maxQueue changes the gateway's restart trigger (nixos-rebuild restarts it)")
 
 
+def vm_model_swap(out):
+    """The VM test's switch: the specialisation changes the heavy stubs, the gateway's reload
+    trigger and ssw-rollout's trigger, and nothing that would restart a worker or the gateway."""
+    a, b = out.get("vm-test model-swap"), out.get("vm-test model-swap, specialisation")
+    if not (a and b):
+        return
+    sa, sb = a["systemd"]["services"], b["systemd"]["services"]
+    ok(unit_config(sb["ssw-stub-heavy-0"])["stub"]["served_model"] == "new-model"
+       and unit_config(sa["ssw-stub-heavy-0"])["stub"]["ttft"] == "150ms"
+       and sa["ssw-rollout"]["restartTriggers"] != sb["ssw-rollout"]["restartTriggers"]
+       and sa["ssw-gateway"]["restartTriggers"] == sb["ssw-gateway"]["restartTriggers"]
+       and all(sa[w]["restartTriggers"] == sb[w]["restartTriggers"] for w in sa if w.startswith("ssw-worker-")),
+       "vm-test model-swap: the specialisation rolls the heavy stubs and restarts no worker or gateway")
+
+
 def model_swap(out):
     """A switch to another model restarts no engine, worker or gateway: ssw-rollout rolls the
     changed replicas, the gateway reloads."""
@@ -521,6 +538,7 @@ def run():
                 CHECKS[name](r)
     routes_reload(out)
     model_swap(out)
+    vm_model_swap(out)
     out.update(docs(lib))
     flake_hosts(lib)
     examples(lib)

@@ -161,6 +161,13 @@ in
   # nixos/modules/config/system-path.nix, tasks/filesystems.nix, system/boot/loader/…
   {
     options.environment.systemPackages = opt (types.listOf types.package) [ ];
+    # nixos/modules/system/activation/specialisation.nix: `configuration` has the type of the
+    # system extended by it (extendModules); a deferred module here, which nix/tests/module.py
+    # evaluates on top of the node (scenario "vm-test model-swap, specialisation").
+    options.specialisation = opt (types.attrsOf (types.submodule {
+      options.inheritParentConfig = opt types.bool true;
+      options.configuration = opt types.deferredModule { };
+    })) { };
     options.fileSystems = opt (types.attrsOf (types.submodule ({ name, ... }: {
       options = {
         device = opt (types.nullOr types.nonEmptyStr) null;
