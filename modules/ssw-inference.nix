@@ -40,6 +40,8 @@ let
         })
         (optionalAttrs (role == "worker") { worker.engine_api_key_file = cred "engine-key"; })
         (optionalAttrs (role == "stub") { stub.api_key_file = cred "engine-key"; })
+        # ssw rollout's smoke request and /v1/models reads need the engines' key too.
+        (optionalAttrs (role == "rollout") { worker.engine_api_key_file = cred "engine-key"; })
       ];
     in
     pkgs.runCommand "${unit}.json"
@@ -70,10 +72,46 @@ let
     pools = builtins.mapAttrs (_: p: removeAttrs p [ "served_model" ]) c.pools;
   };
 
-  # What a replica's engine runs: its container (image and vLLM arguments) or its stub settings.
-  # A change rolls that replica (ssw-rollout below) instead of restarting it with the switch.
+  # A replica's vLLM container.
+  containerOf = r: {
+    image = r.image;
+    cmd = r.vllmArgs;
+    ports = [ "127.0.0.1:${toString r.port}:8000" ];
+    volumes = [
+      "${s.volumes.hfCache}:/root/.cache/huggingface"
+      "${s.volumes.vllmCache}:/root/.cache/vllm"
+    ];
+    environment = { VLLM_CACHE_ROOT = "/root/.cache/vllm"; };
+    environmentFiles = [ engineEnv ] ++ optional (cfg.hfTokenFile != null) cfg.hfTokenFile;
+    devices = [ "nvidia.com/gpu=${toString r.gpu}" ];
+    extraOptions = [
+      "--ipc=host"
+      "--health-cmd=python3 -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health')\""
+      "--health-interval=15s"
+      "--health-retries=3"
+      "--health-start-period=900s"
+      # A vLLM that stays unhealthy (at start, after the start period, or later) is
+      # killed, and its unit restarts it: without this podman's `--sdnotify=healthy`
+      # waits for "healthy" forever and the unit stays "activating".
+      "--health-on-failure=kill"
+    ];
+    # The unit is up only once vLLM answers /health, and the next vLLM on the same GPU
+    # starts only then (After= below): two must not profile GPU memory at the same time.
+    podman.sdnotify = "healthy";
+  };
+
+  # What a replica's engine runs: its whole container definition, or its stub settings. A
+  # change rolls that replica (ssw-rollout below) instead of restarting it with the switch.
   engineRevision = r: builtins.hashString "sha256" (builtins.toJSON
-    (if vllm then { inherit (r) image vllmArgs; } else topo.ssw.stubs.${r.name}.stub));
+    (if vllm then containerOf r else topo.ssw.stubs.${r.name}.stub));
+
+  # Run by an engine unit once it is up (`+`: with full privileges, also from a stub's
+  # DynamicUser unit): records the revision it was started with in /run/ssw-engines/<replica>,
+  # which ssw-rollout compares with the revision wanted.
+  engineStarted = r: "+${pkgs.writeShellScript "ssw-engine-started-${r.name}" ''
+    ${pkgs.coreutils}/bin/mkdir -p /run/ssw-engines
+    echo ${engineRevision r} > /run/ssw-engines/${r.name}
+  ''}";
 
   # Replicas GPU by GPU, in start order on each GPU.
   rolloutOrder = lib.sort (a: b: a.gpu < b.gpu || (a.gpu == b.gpu && a.name < b.name)) topo.replicas;
@@ -323,14 +361,17 @@ in
         }) { restartTriggers = [ (builtins.toJSON (workerRestartPart topo.ssw.workers.${r.name})) ]; }))
         topo.replicas)
       // optionalAttrs (!vllm) (listToAttrs (map
-        (r: nameValuePair "ssw-stub-${r.name}" (sswService {
-          unit = "ssw-stub-${r.name}";
-          role = "stub";
-          config = topo.ssw.stubs.${r.name};
-        } // {
-          # Changed by a switch, a stub is rolled (ssw-rollout), not restarted with the others.
-          restartIfChanged = false;
-        }))
+        (r: nameValuePair "ssw-stub-${r.name}" (lib.recursiveUpdate
+          (sswService {
+            unit = "ssw-stub-${r.name}";
+            role = "stub";
+            config = topo.ssw.stubs.${r.name};
+          })
+          {
+            # Changed by a switch, a stub is rolled (ssw-rollout), not restarted with the others.
+            restartIfChanged = false;
+            serviceConfig.ExecStartPost = [ (engineStarted r) ];
+          }))
         topo.replicas));
     })
 
@@ -355,26 +396,24 @@ in
         # systemctl: NixOS puts systemd on every service's PATH (nixos/modules/system/boot/
         # systemd.nix: `path = mkAfter [ … systemd ]`).
         path = [ cfg.package ];
+        requires = [ "ssw-secrets.service" ];
         serviceConfig = {
           Type = "oneshot";
           RemainAfterExit = true;
-          StateDirectory = "ssw-rollout";
           # Each replica: its drain (worker.drainTimeout) and its engine's load (vLLM: minutes).
           TimeoutStartSec = "2h";
-          LoadCredential = optional (redisPassword != null) "redis-password:${redisPassword}";
+          LoadCredential = optional (redisPassword != null) "redis-password:${redisPassword}"
+            ++ [ "engine-key:${engineKey}" ];
         };
         script = ''
           set -eu
-          state=/var/lib/ssw-rollout
-          # roll REPLICA POOL REVISION MODEL UNIT: rolls REPLICA unless its engine already runs
-          # REVISION. The first start records the revision the engines were started with.
+          # roll REPLICA POOL REVISION MODEL UNIT: rolls REPLICA unless its engine runs REVISION
+          # (what the engine unit recorded when it started: /run/ssw-engines/REPLICA).
           roll() {
-            if [ ! -e "$state/$1" ]; then echo "$3" > "$state/$1"; return 0; fi
-            if [ "$(cat "$state/$1")" = "$3" ]; then return 0; fi
+            if [ "$(cat "/run/ssw-engines/$1" 2>/dev/null || true)" = "$3" ]; then return 0; fi
             echo "rolling $1 (pool $2) to $4"
             ssw rollout --config /etc/ssw/rollout.json --pool "$2" --worker "$1" --model "$4" \
               --restart-cmd "systemctl restart $5"
-            echo "$3" > "$state/$1"
           }
           ${lib.concatMapStrings (r: ''
             roll ${r.name} ${r.pool} ${engineRevision r} ${lib.escapeShellArg s.pools.${r.pool}.servedModel} ${engineUnit r}
@@ -395,32 +434,7 @@ in
         "d ${s.volumes.vllmCache} 0750 root root -"
       ];
       virtualisation.oci-containers.containers = listToAttrs (map
-        (r: nameValuePair r.containerName {
-          image = r.image;
-          cmd = r.vllmArgs;
-          ports = [ "127.0.0.1:${toString r.port}:8000" ];
-          volumes = [
-            "${s.volumes.hfCache}:/root/.cache/huggingface"
-            "${s.volumes.vllmCache}:/root/.cache/vllm"
-          ];
-          environment = { VLLM_CACHE_ROOT = "/root/.cache/vllm"; };
-          environmentFiles = [ engineEnv ] ++ optional (cfg.hfTokenFile != null) cfg.hfTokenFile;
-          devices = [ "nvidia.com/gpu=${toString r.gpu}" ];
-          extraOptions = [
-            "--ipc=host"
-            "--health-cmd=python3 -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health')\""
-            "--health-interval=15s"
-            "--health-retries=3"
-            "--health-start-period=900s"
-            # A vLLM that stays unhealthy (at start, after the start period, or later) is
-            # killed, and its unit restarts it: without this podman's `--sdnotify=healthy`
-            # waits for "healthy" forever and the unit stays "activating".
-            "--health-on-failure=kill"
-          ];
-          # The unit is up only once vLLM answers /health, and the next vLLM on the same GPU
-          # starts only then (After= below): two must not profile GPU memory at the same time.
-          podman.sdnotify = "healthy";
-        })
+        (r: nameValuePair r.containerName (containerOf r))
         topo.replicas);
       systemd.services = listToAttrs (map
         (r:
@@ -430,6 +444,16 @@ in
             # that one (systemd.unit(5), Requires=), without draining it first; and Wants= does
             # not fail this start when that one's failed.
             before = optional (r.startAfter != null) "${containerUnit "ssw-vllm-${r.startAfter}"}.service";
+            # After= orders this start after that one's start job only: if that one failed and
+            # retries 10 s later, the two would profile GPU memory at once. Wait until it is up
+            # (as long as its health start period), then start anyway.
+            waitBefore = pkgs.writeShellScript "ssw-wait-${r.name}" ''
+              for _ in $(${pkgs.coreutils}/bin/seq 900); do
+                systemctl is-active -q ${lib.concatStringsSep " " before} && exit 0
+                ${pkgs.coreutils}/bin/sleep 1
+              done
+              echo "${lib.concatStringsSep " " before} not up after 15 min: starting anyway"
+            '';
           in
           nameValuePair (containerUnit r.containerName) {
             # CDI specs (/run/cdi) are written by the generator; without the ordering a container
@@ -441,7 +465,10 @@ in
             # vLLM that fails (GPU not ready, OOM at start) retries every 10 s forever instead of
             # hitting systemd's start limit (5 starts in 10 s) and staying down.
             startLimitIntervalSec = 0;
-            serviceConfig.RestartSec = "10s";
+            serviceConfig = {
+              RestartSec = "10s";
+              ExecStartPost = [ (engineStarted r) ];
+            } // optionalAttrs (r.startAfter != null) { ExecStartPre = [ "${waitBefore}" ]; };
             # Changed by a switch, an engine is rolled (ssw-rollout), not restarted with the others.
             restartIfChanged = false;
           })

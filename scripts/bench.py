@@ -77,7 +77,9 @@ def wait_http(url, timeout=30):
 def start(args, env=None, log_name="proc"):
     e = dict(os.environ, RUST_LOG="warn")
     e.update(env or {})
-    p = subprocess.Popen(args, env=e, stdout=open(os.path.join(TMP, log_name + ".log"), "w"), stderr=subprocess.STDOUT)
+    path = os.path.join(TMP, log_name + ".log")
+    p = subprocess.Popen(args, env=e, stdout=open(path, "w"), stderr=subprocess.STDOUT)
+    p.log_path = path
     procs.append(p)
     return p
 
@@ -576,6 +578,70 @@ def ab_test():
     return out
 
 
+def rollout():
+    """Model rollout under load: two heavy replicas (A40 preset), streamed 64-token answers at 60 %
+    of their joint capacity (120 % of one), open loop. After a steady spell, `ssw rollout --pool
+    heavy --model new --engine-api` replaces them one by one, each stub taking `load_s` to load
+    (a 14B AWQ vLLM restart takes 40–90 s on an A40: research/next-features-anchors.md §1). While a
+    replica is out the other runs over capacity and the queue holds the rest; the figures are TTFT
+    before, during and after, requests failed, the backlog's peak, and `ssw bench --plot`."""
+    log("11. model rollout")
+    out_tokens, prompt_words = 64, 32
+    load_s = 15 if QUICK else 60
+    stubs = [stub(HEAVY, preset=PRESETS["heavy"][0], output_tokens=100000) for _ in range(2)]
+    light = stub(LIGHT, preset=PRESETS["light"][0], output_tokens=100000)
+    pools = f'[pools.heavy]\nserved_model = "{HEAVY}"\n[pools.light]\nserved_model = "{LIGHT}"\n'
+    u, gurl = up([("heavy", stubs[0][1]), ("heavy", stubs[1][1]), ("light", light[1])], config=HEADROOM + pools)
+    cap_req = 2 * capacity("heavy", out_tokens, prompt_words + 4) / out_tokens
+    rate = 0.6 * cap_req
+    before_s, after_s = (10, 20) if QUICK else (30, 45)
+    # Two loads, each drain, plus the checks: the run outlasts the rollout.
+    dur = before_s + 2 * (load_s + 10) + after_s
+    plot = os.path.join(ROOT, "docs", "benchmarks-rollout.svg")
+    path = os.path.join(TMP, "rollout.json")
+    cmd = [SSW, "bench", "--url", gurl + "/v1", "-q", "--json", path, "--plot", plot, "--mode", "open", "--rate", str(rate),
+           "--max-tokens", str(out_tokens), "--prompt-words", str(prompt_words), "--mix", "heavy", "--stream",
+           "--warmup", "0", "--timeout", "600s", "--duration", f"{dur}s"]
+    t0 = time.time()
+    b = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    time.sleep(before_s)
+    t_start = time.time() - t0
+    ro = subprocess.run([SSW, "rollout", "--redis-url", redis_url(u), "--pool", "heavy", "--model", "new-model",
+                         "--engine-api", "--load-time", f"{load_s}s"], capture_output=True, text=True)
+    t_end = time.time() - t0
+    log("   " + ro.stdout.strip().replace("\n", "\n   "))
+    if ro.returncode != 0:
+        log("   rollout failed: " + ro.stderr.strip())
+    b.wait()
+    r = json.load(open(path))
+    stop(u)
+    for x in stubs + [light]:
+        stop(x[0])
+    # Bench time starts when its measured run starts (just after launch): windows by send time.
+    ok_samples = [x for x in r["samples"] if x["status"] == 200 and not x.get("error")]
+    def window(a, z):
+        xs = [x["ttft_s"] * 1000 for x in ok_samples if a <= x["start_s"] < z]
+        return {"n": len(xs), "p50": pct(xs, 0.5) or 0.0, "p99": pct(xs, 0.99) or 0.0}
+    out = {
+        "rate": rate, "cap_req": cap_req, "load_s": load_s, "dur": dur, "ok": ro.returncode == 0,
+        "rollout_s": t_end - t_start, "requests": r["requests"], "failed": r["requests"] - r["ok"],
+        "errors": r["errors"], "peak_backlog": (r.get("queue") or {}).get("max_depth"),
+        "before": window(0, t_start), "during": window(t_start, t_end), "after": window(t_end + 10, dur),
+    }
+    log(f"   {out['requests']} requests, {out['failed']} failed; rollout {out['rollout_s']:.0f} s; peak backlog "
+        f"{out['peak_backlog']}; TTFT p99 before/during/after {out['before']['p99']:.0f}/{out['during']['p99']:.0f}/"
+        f"{out['after']['p99']:.0f} ms")
+    return out
+
+
+def redis_url(up_proc):
+    """The Redis URL `ssw up` printed."""
+    for line in open(up_proc.log_path):
+        if line.startswith("redis: "):
+            return line.split()[1]
+    raise RuntimeError(f"no redis URL in {up_proc.log_path}")
+
+
 def pct(xs, q):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, max(0, int(q * len(xs) + 0.5) - 1))] if xs else None
@@ -796,26 +862,29 @@ def main():
             sysctl(name, 65535)
     if "--render" in sys.argv:
         # Renders docs/benchmarks.md again from a kept run (after a change to the report only).
-        d = json.load(open(sys.argv[sys.argv.index("--render") + 1]))
-        from bench_report import render
-        ov, split, sat, bu, ba, fo, ed, tiered = d["sections"]
-        split = {k if k in ("one_thread",) else k == "true": v for k, v in split.items()}
-        if "one_thread" in split:
-            split["one_thread"] = {k == "true": v for k, v in split["one_thread"].items()}
-        text = render(ov, split, sat, bu, ba, fo, ed, tuple(tiered), d["machine"])
-        open(os.path.join(ROOT, "docs", "benchmarks.md"), "w").write(text)
+        render_saved(json.load(open(sys.argv[sys.argv.index("--render") + 1])))
         return
     subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "ssw"], cwd=ROOT, check=True)
     if "--only" in sys.argv:
         # One scenario, its figures as JSON on stdout; the report is left alone.
         name = sys.argv[sys.argv.index("--only") + 1]
         scenarios = {f.__name__: f for f in (overhead, overhead_cpu_split, saturation, burst, balance, fanout, edge,
-                                             tiers, tenants, admission, ab_test)}
+                                             tiers, tenants, admission, ab_test, rollout)}
         if BASE_BIN:
             scenarios["overhead_ab"] = lambda: overhead_ab(BASE_BIN)
         if name not in scenarios:
             sys.exit(f"--only: unknown scenario {name!r}; one of {', '.join(scenarios)}")
-        print(json.dumps(without_samples(scenarios[name]()), indent=1, default=str))
+        result = scenarios[name]()
+        print(json.dumps(without_samples(result), indent=1, default=str))
+        if "--into-report" in sys.argv:
+            # Puts this scenario's figures into the kept full run and renders docs/benchmarks.md
+            # from it (a scenario added or changed since that run).
+            saved = os.path.join(tempfile.gettempdir(), "ssw-bench-results.json")
+            d = json.load(open(saved))
+            d.setdefault("extra", {})[name] = result
+            json.dump(d, open(saved, "w"), default=str)
+            render_saved(d)
+            log(f"wrote docs/benchmarks.md with {name} from this run, the rest from {saved}")
         return
     ov = overhead()
     split = overhead_cpu_split()
@@ -830,13 +899,25 @@ def main():
     if BASE_BIN:
         ad["ab"] = overhead_ab(BASE_BIN)
     abt = ab_test()
+    extra = {"rollout": rollout()}
     # Kept, so the report can be rendered again without running (`--render FILE`).
     saved = os.path.join(tempfile.gettempdir(), "ssw-bench-results.json")
-    json.dump({"sections": [ov, split, sat, bu, ba, fo, ed, [ti, te, ad, abt]], "machine": machine()},
+    json.dump({"sections": [ov, split, sat, bu, ba, fo, ed, [ti, te, ad, abt]], "machine": machine(), "extra": extra},
               open(saved, "w"), default=str)
     log(f"results kept in {saved}")
-    write_report(ov, split, sat, bu, ba, fo, ed, (ti, te, ad, abt))
+    write_report(ov, split, sat, bu, ba, fo, ed, (ti, te, ad, abt), extra)
     log("wrote docs/benchmarks.md")
+
+
+def render_saved(d):
+    """docs/benchmarks.md from a kept run (its JSON: split's keys are strings there)."""
+    from bench_report import render
+    ov, split, sat, bu, ba, fo, ed, tiered = d["sections"]
+    split = {k if k in ("one_thread",) else k == "true": v for k, v in split.items()}
+    if "one_thread" in split:
+        split["one_thread"] = {k == "true": v for k, v in split["one_thread"].items()}
+    text = render(ov, split, sat, bu, ba, fo, ed, tuple(tiered), d["machine"], d.get("extra", {}))
+    open(os.path.join(ROOT, "docs", "benchmarks.md"), "w").write(text)
 
 
 def without_samples(x):
@@ -847,9 +928,9 @@ def without_samples(x):
     return x
 
 
-def write_report(ov, split, sat, bu, ba, fo, ed, tiered):
+def write_report(ov, split, sat, bu, ba, fo, ed, tiered, extra):
     from bench_report import render  # scripts/bench_report.py
-    text = render(ov, split, sat, bu, ba, fo, ed, tiered, machine())
+    text = render(ov, split, sat, bu, ba, fo, ed, tiered, machine(), extra)
     open(os.path.join(ROOT, "docs", "benchmarks.md"), "w").write(text)
 
 

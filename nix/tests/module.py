@@ -108,7 +108,7 @@ MUST_FAIL = {
 
 # Planted defects in a copy of the module: the check must catch each.
 PLANTED = {
-    "misspelled container option": ("          cmd = r.vllmArgs;", "          cmdd = r.vllmArgs;",
+    "misspelled container option": ("    cmd = r.vllmArgs;", "    cmdd = r.vllmArgs;",
                                     "containers.ssw-vllm-heavy-0.cmdd' does not exist"),
     "unit name that is not a unit": ('    wantedBy = [ "multi-user.target" ];', '    wantedBy = [ "multi-user" ];',
                                      "wantedBy"),
@@ -207,6 +207,20 @@ def a40(r, firewall=()):
        f"A40: ssw-rollout rolls changed replicas GPU by GPU ({order})")
     ok("ssw rollout --config /etc/ssw/rollout.json" in ro["script"] and '--restart-cmd "systemctl restart $5"' in ro["script"],
        "A40: ssw-rollout drains, restarts and checks each replica with ssw rollout")
+    rc = built(r["etc"]["ssw/rollout.json"]).get("config", {})
+    ok(rc["worker"]["engine_api_key_file"] == "/run/credentials/ssw-rollout.service/engine-key"
+       and "engine-key:/var/lib/ssw/secrets/engine-api-key" in ro["serviceConfig"]["LoadCredential"]
+       and "ssw-secrets.service" in ro["requires"] and rc["worker"]["drain_timeout"] == "60s",
+       "A40: ssw-rollout presents the engine key (its smoke request and /v1/models reads)")
+    revisions = dict(re.findall(r"^\s*roll (\S+) \S+ (\S+) ", ro["script"], re.M))
+    for n in cs:
+        post = svc[f"podman-{n}"]["serviceConfig"]["ExecStartPost"]
+        text = next((t for t in post if "ssw-engine-started" in t), "")
+        ok(text.startswith("+") and revisions[n[len("ssw-vllm-"):]] in ro["restartTriggers"],
+           f"A40: {n} records the revision it started with, and ssw-rollout's trigger has it")
+    wait = svc["podman-ssw-vllm-light-0"]["serviceConfig"].get("ExecStartPre", [])
+    ok(any("ssw-wait-light-0" in w for w in wait) and "ExecStartPre" not in svc["podman-ssw-vllm-heavy-0"]["serviceConfig"],
+       "A40: light-0 waits until heavy-0 is up before it starts (even when heavy-0's start failed and retries)")
     gw = svc["ssw-gateway"]
     ok("ssw check-config $out --role gateway" in built(gw["configSource"]).get("checks", ""), "A40: gateway config checked at build time")
     ok(gw["serviceConfig"]["ExecStart"].endswith("gateway --config /etc/ssw/gateway.json")
@@ -246,6 +260,9 @@ def stub(r):
     ok(r["containers"] == {} and not r["nvidiaToolkit"], "stub: no containers, no GPU toolkit")
     ok(sorted(k for k in svc if k.startswith("ssw-stub-")) == ["ssw-stub-heavy-0", "ssw-stub-heavy-1", "ssw-stub-light-0", "ssw-stub-light-1"], "stub: ssw stub units replace vLLM")
     ok("ssw-stub-heavy-0.service" in svc["ssw-worker-heavy-0"]["after"], "stub: workers start after their stub")
+    ok(all(svc[f"ssw-stub-{n}"]["serviceConfig"]["ExecStartPost"][0].startswith("+/nix/store/") for n in ("heavy-0", "light-1"))
+       and "/run/ssw-engines/$1" in svc["ssw-rollout"]["script"],
+       "stub: stubs record the revision they started with; ssw-rollout compares it with the one wanted")
     stub_unit = svc["ssw-stub-heavy-0"]
     ok(unit_config(stub_unit)["stub"]["api_key_file"] == "/run/credentials/ssw-stub-heavy-0.service/engine-key"
        and stub_unit["serviceConfig"]["LoadCredential"] == ["engine-key:/var/lib/ssw/secrets/engine-api-key"],

@@ -270,16 +270,19 @@ impl Report {
     /// over time.
     pub fn svg(&self) -> String {
         let (w, h, pad) = (900.0, 260.0, 50.0);
+        // Streams: time to first token (what a player waits for); else the whole answer.
+        let stream = self.options.stream;
+        let lat = |s: &Sample| if stream { s.ttft_s } else { s.e2e_s };
         let t_max = self
             .samples
             .iter()
-            .map(|s| s.start_s + s.e2e_s)
+            .map(|s| s.start_s + lat(s))
             .chain(self.depth.iter().map(|d| d.0))
             .fold(0.001f64, f64::max);
         let lat_max = self
             .samples
             .iter()
-            .map(|s| s.e2e_s * 1000.0)
+            .map(|s| lat(s) * 1000.0)
             .fold(1.0f64, f64::max);
         let depth_max = self.depth.iter().map(|d| d.1).fold(1.0f64, f64::max);
         let x = |t: f64| pad + (w - 2.0 * pad) * t / t_max;
@@ -290,8 +293,13 @@ impl Report {
             2.0 * h + 20.0
         );
         let _ = write!(o, r#"<rect width="100%" height="100%" fill="white"/>"#);
+        let lat_title = if stream {
+            "time to first token (ms) over time (s)"
+        } else {
+            "end-to-end latency (ms) over time (s)"
+        };
         for (i, (title, unit_max)) in [
-            ("end-to-end latency (ms) over time (s)", lat_max),
+            (lat_title, lat_max),
             ("queue depth over time (s)", depth_max),
         ]
         .iter()
@@ -337,8 +345,8 @@ impl Report {
             let _ = write!(
                 o,
                 r#"<circle cx="{:.1}" cy="{:.1}" r="1.6" fill="{color}" fill-opacity="0.6"/>"#,
-                x(s.start_s + s.e2e_s),
-                y_lat(s.e2e_s * 1000.0)
+                x(s.start_s + lat(s)),
+                y_lat(lat(s) * 1000.0)
             );
         }
         if !self.depth.is_empty() {

@@ -112,15 +112,16 @@ pub struct RolloutArgs {
     #[arg(long)]
     engine_api_key_file: Option<PathBuf>,
     /// How long a replica may take to finish its jobs once drained (default:
-    /// `worker.drain_timeout`); then its engine is reloaded anyway, and its unfinished jobs
-    /// are put back in the queue or fail.
+    /// `worker.drain_timeout`); then the rollout stops there (with `--force`, the engine is
+    /// reloaded anyway: answers it cuts short fail).
     #[arg(long, value_parser = crate::parse_duration)]
     drain_timeout: Option<Duration>,
     /// How long a reloaded engine may take to serve again (a 14B vLLM restart: 1–3 min).
     #[arg(long, default_value = "10m", value_parser = crate::parse_duration)]
     ready_timeout: Duration,
     /// Go on even when no other replica of the pool would serve meanwhile (the queue holds
-    /// the pool's requests until their queue timeout).
+    /// the pool's requests until their queue timeout), and reload an engine whose jobs did not
+    /// finish within the drain timeout.
     #[arg(long)]
     force: bool,
     #[command(flatten)]
@@ -193,13 +194,31 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
         reason: args.reason,
         at_ms: ssw_queue::now_ms(),
     };
-    if redis.drain(&pool, &args.worker, &d).await? {
+    let in_force = if redis.drain(&pool, &args.worker, &d).await? {
         println!(
             "{}: drained; it stops pulling at its next heartbeat and finishes its jobs (`ssw resume {}` ends it)",
             args.worker, args.worker
         );
+        d
     } else {
-        println!("{}: already drained", args.worker);
+        let (_, d) = redis
+            .drains(&pool)
+            .await?
+            .into_iter()
+            .find(|(w, _)| *w == args.worker)
+            .context("the drain vanished (resumed meanwhile?)")?;
+        println!("{}: already drained by {}", args.worker, d.by);
+        d
+    };
+    if !live(&redis, &config, &pool)
+        .await?
+        .iter()
+        .any(|w| w.worker == args.worker)
+    {
+        eprintln!(
+            "warning: no live worker `{}` in pool {pool}: the drain holds when it starts (`ssw resume {}` removes it)",
+            args.worker, args.worker
+        );
     }
     if let Some(limit) = args.wait {
         let fleet = Fleet {
@@ -208,7 +227,7 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
             pool,
         };
         fleet
-            .until_drained(&args.worker, d.at_ms, limit)
+            .until_drained(&args.worker, &in_force, limit)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         println!("{}: drained, nothing running", args.worker);
@@ -238,31 +257,38 @@ struct Fleet {
     pool: String,
 }
 
+/// Who a rollout's drains are by.
+const ROLLOUT: &str = "rollout";
+
 /// How often a rollout looks at heartbeats and engines.
 const POLL: Duration = Duration::from_millis(200);
 
 impl Fleet {
-    async fn status(&self, worker: &str) -> Option<WorkerStatus> {
-        live(&self.redis, &self.config, &self.pool)
-            .await
-            .ok()?
-            .into_iter()
-            .find(|w| w.worker == worker)
-    }
-
-    /// Waits until `worker` reports, in a heartbeat after `since_ms`, that it is paused with
-    /// nothing running.
-    async fn until_drained(
+    /// `worker`'s last status if it is live (`None`: no live heartbeat). A Redis error is
+    /// retried until `deadline`: a blip must not read as "the worker is gone".
+    async fn status(
         &self,
         worker: &str,
-        since_ms: u64,
-        limit: Duration,
-    ) -> Result<(), String> {
+        deadline: Instant,
+    ) -> Result<Option<WorkerStatus>, String> {
+        loop {
+            match live(&self.redis, &self.config, &self.pool).await {
+                Ok(all) => return Ok(all.into_iter().find(|w| w.worker == worker)),
+                Err(e) if Instant::now() >= deadline => return Err(format!("redis: {e}")),
+                Err(_) => tokio::time::sleep(POLL).await,
+            }
+        }
+    }
+
+    /// Waits until `worker` reports the drain `d` in force, its pull loop stopped and nothing
+    /// running (the status is the worker's own, written after it read `d`: no clock compared).
+    async fn until_drained(&self, worker: &str, d: &Drain, limit: Duration) -> Result<(), String> {
         let start = Instant::now();
+        let deadline = start + limit;
         let mut said = None;
         loop {
-            match self.status(worker).await {
-                Some(w) if w.heartbeat_ms > since_ms && w.state() == "drained" => return Ok(()),
+            match self.status(worker, deadline).await? {
+                Some(w) if w.drain.as_ref() == Some(d) && w.state() == "drained" => return Ok(()),
                 Some(w) => {
                     if said != Some(w.inflight) {
                         progress(worker, &format!("draining: {} jobs in flight", w.inflight));
@@ -275,12 +301,23 @@ impl Fleet {
                     ));
                 }
             }
-            if start.elapsed() >= limit {
+            if Instant::now() >= deadline {
                 return Err(format!("{worker}: still running jobs after {limit:?}"));
             }
             tokio::time::sleep(POLL).await;
         }
     }
+}
+
+/// `s` as one shell word.
+fn sh_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:@=+,".contains(&b))
+    {
+        return s.to_owned();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 fn progress(worker: &str, what: &str) {
@@ -459,16 +496,54 @@ pub async fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
         ready_timeout: args.ready_timeout,
         api_key,
         engine_urls: args.engine_urls.clone(),
+        force: args.force,
     };
+    // Interrupted, it says what it leaves behind (a second Ctrl-C kills it as usual).
+    let work = batches(&fleet, &order, args.max_unavailable, args.force, &plan);
+    let done = tokio::select! {
+        r = work => r?,
+        _ = tokio::signal::ctrl_c() => {
+            let drained: Vec<String> = fleet
+                .redis
+                .drains(&fleet.pool)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(_, d)| d.by == ROLLOUT)
+                .map(|(w, _)| w)
+                .collect();
+            bail!(
+                "interrupted: {} stay drained. Run the rollout again to finish (it takes over its own drains), or put a replica back as it is with `ssw resume WORKER`",
+                if drained.is_empty() { "no replica".to_owned() } else { drained.join(", ") }
+            );
+        }
+    };
+    println!(
+        "rollout done: {} of pool {} serve {target} ({:.1} s)",
+        done.join(", "),
+        fleet.pool,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Rolls `order` in batches of `max_unavailable`; the replicas done, or why it stopped.
+async fn batches(
+    fleet: &Fleet,
+    order: &[WorkerStatus],
+    max_unavailable: usize,
+    force: bool,
+    plan: &Plan,
+) -> anyhow::Result<Vec<String>> {
     let mut done = Vec::new();
-    for batch in order.chunks(args.max_unavailable) {
+    for batch in order.chunks(max_unavailable) {
         let ids: Vec<&str> = batch.iter().map(|w| w.worker.as_str()).collect();
         let others = live(&fleet.redis, &fleet.config, &fleet.pool)
             .await?
             .into_iter()
             .filter(|w| !ids.contains(&w.worker.as_str()) && w.serving())
             .count();
-        if others == 0 && !args.force {
+        if others == 0 && !force {
             bail!(
                 "taking out {} would leave pool {} with no serving replica (its requests would wait in the queue); stopped before it. Use --force to go on anyway{}",
                 ids.join(", "),
@@ -481,7 +556,7 @@ pub async fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
             );
         }
         let results =
-            futures::future::join_all(batch.iter().map(|w| roll_one(&fleet, w, &plan))).await;
+            futures::future::join_all(batch.iter().map(|w| roll_one(fleet, w, plan))).await;
         let mut failed = Vec::new();
         for (w, r) in batch.iter().zip(results) {
             match r {
@@ -513,13 +588,7 @@ pub async fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
             bail!(msg);
         }
     }
-    println!(
-        "rollout done: {} of pool {} serve {target} ({:.1} s)",
-        done.join(", "),
-        fleet.pool,
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    Ok(done)
 }
 
 /// What each replica of a rollout goes through.
@@ -531,6 +600,7 @@ struct Plan {
     ready_timeout: Duration,
     api_key: Option<String>,
     engine_urls: Vec<(String, String)>,
+    force: bool,
 }
 
 /// Drain → wait for its jobs → reload → wait until ready → resume. An error leaves it drained.
@@ -544,23 +614,39 @@ async fn roll_one(fleet: &Fleet, w: &WorkerStatus, plan: &Plan) -> Result<(), St
         .map_or(w.engine_url.as_str(), |(_, u)| u.as_str());
     let engine = EngineClient::new(url, plan.api_key.as_deref()).map_err(|e| e.to_string())?;
     let d = Drain {
-        by: "rollout".into(),
+        by: ROLLOUT.into(),
         reason: format!("rollout by {}", author()),
         at_ms: ssw_queue::now_ms(),
     };
-    let ours = fleet
+    let set = fleet
         .redis
         .drain(&fleet.pool, id, &d)
         .await
         .map_err(|e| format!("cannot drain: {e}"))?;
+    // A drain a rollout left (a run that failed or was interrupted) is this rollout's to end;
+    // an operator's is not.
+    let (ours, d) = if set {
+        (true, d)
+    } else {
+        let existing = fleet
+            .redis
+            .drains(&fleet.pool)
+            .await
+            .map_err(|e| format!("cannot read drains: {e}"))?
+            .into_iter()
+            .find(|(w, _)| w == id)
+            .map(|(_, d)| d)
+            .ok_or("its drain vanished (resumed meanwhile?)")?;
+        (existing.by == ROLLOUT, existing)
+    };
     if !ours {
         progress(
             id,
-            "already drained by someone else: rolled, and left drained",
+            &format!("already drained by {}: rolled, and left drained", d.by),
         );
     }
     progress(id, "drained: stops pulling, finishes its jobs");
-    match fleet.until_drained(id, d.at_ms, plan.drain_timeout).await {
+    match fleet.until_drained(id, &d, plan.drain_timeout).await {
         Ok(()) => progress(
             id,
             &format!(
@@ -568,20 +654,26 @@ async fn roll_one(fleet: &Fleet, w: &WorkerStatus, plan: &Plan) -> Result<(), St
                 start.elapsed().as_secs_f64()
             ),
         ),
-        Err(e) => progress(
+        Err(e) if plan.force => progress(
             id,
             &format!(
-                "{e}: reloading anyway (unfinished jobs go back to the queue, or fail if they had started answering)"
+                "{e}: reloading anyway (--force; answers cut short fail, jobs without output run again)"
             ),
         ),
+        Err(e) => {
+            return Err(format!(
+                "{e}: not reloading an engine with answers in flight (wait and run the rollout again, give a longer --drain-timeout, or --force)"
+            ));
+        }
     }
     let reload_at = Instant::now();
     if let Some(cmd) = &plan.restart_cmd {
+        // Values come from Redis and the command line: quoted for the shell.
         let cmd = cmd
-            .replace("{worker}", id)
-            .replace("{pool}", &fleet.pool)
-            .replace("{engine_url}", url)
-            .replace("{model}", plan.model.as_deref().unwrap_or(""));
+            .replace("{worker}", &sh_quote(id))
+            .replace("{pool}", &sh_quote(&fleet.pool))
+            .replace("{engine_url}", &sh_quote(url))
+            .replace("{model}", &sh_quote(plan.model.as_deref().unwrap_or("")));
         progress(id, &format!("restarting the engine: {cmd}"));
         let out = tokio::process::Command::new("sh")
             .arg("-c")
@@ -641,8 +733,9 @@ async fn roll_one(fleet: &Fleet, w: &WorkerStatus, plan: &Plan) -> Result<(), St
         }
         tokio::time::sleep(POLL).await;
     };
+    let ready_by = reload_at + plan.ready_timeout;
     loop {
-        match fleet.status(id).await {
+        match fleet.status(id, ready_by).await? {
             Some(s) if s.engine_up && s.served_model.as_deref() == Some(&served.name) => break,
             Some(_) => {}
             None => return Err("the worker stopped sending heartbeats".into()),
@@ -661,11 +754,11 @@ async fn roll_one(fleet: &Fleet, w: &WorkerStatus, plan: &Plan) -> Result<(), St
             .resume(&fleet.pool, id)
             .await
             .map_err(|e| format!("cannot resume: {e}"))?;
-        // Serving again (its heartbeat has seen the resume) before the next batch goes out.
-        let resumed_at = ssw_queue::now_ms();
+        // Serving again (its heartbeat has seen the resume: it reports no drain, and it reported
+        // this one before) before the next batch goes out.
         loop {
-            match fleet.status(id).await {
-                Some(s) if s.heartbeat_ms > resumed_at && s.serving() => break,
+            match fleet.status(id, ready_by).await? {
+                Some(s) if s.drain.is_none() && s.serving() => break,
                 Some(_) => {}
                 None => return Err("the worker stopped sending heartbeats".into()),
             }
@@ -683,4 +776,20 @@ async fn roll_one(fleet: &Fleet, w: &WorkerStatus, plan: &Plan) -> Result<(), St
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_quoted_for_the_shell() {
+        assert_eq!(sh_quote("heavy-0"), "heavy-0");
+        assert_eq!(sh_quote("Qwen/Qwen2.5-14B"), "Qwen/Qwen2.5-14B");
+        assert_eq!(sh_quote("http://127.0.0.1:8001"), "http://127.0.0.1:8001");
+        assert_eq!(sh_quote("a b"), "'a b'");
+        assert_eq!(sh_quote("x; rm -rf /"), "'x; rm -rf /'");
+        assert_eq!(sh_quote("it's"), r"'it'\''s'");
+        assert_eq!(sh_quote(""), "''");
+    }
 }

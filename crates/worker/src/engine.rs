@@ -143,7 +143,8 @@ impl EngineState {
             .is_none_or(|(_, at)| at.elapsed() >= MODEL_REFRESH)
     }
 
-    fn set_model(&self, model: Option<ServedModel>) {
+    /// Records the model it serves (`None`: unknown).
+    pub fn set_model(&self, model: Option<ServedModel>) {
         let mut slot = self.model.lock().unwrap_or_else(|p| p.into_inner());
         let before = slot.as_ref().map(|(m, _)| m);
         if let Some(m) = &model
@@ -240,7 +241,7 @@ impl Engine {
     }
 
     /// Reads the engine's `/v1/models`.
-    async fn served_model(&self, timeout: Duration) -> Result<ServedModel, String> {
+    pub async fn served_model(&self, timeout: Duration) -> Result<ServedModel, String> {
         let r = self
             .http
             .get(format!("{}/v1/models", self.base))

@@ -608,14 +608,17 @@ async fn execute(
         ));
     }
     if status == 404 {
-        // The request named the model the engine served at the last probe: it serves another
-        // now (restarted or reloaded under the worker). Stop pulling until a probe reads the
-        // new name, and let the job run again with it.
-        ctx.engine_state.set_up(
-            false,
-            Some("the engine answered 404: reading its model again".into()),
-        );
-        return retry("engine answered 404: its model changed".into());
+        // The request named the model the engine served at the last probe. If it serves
+        // another now (restarted or reloaded under the worker), the job runs again with the new
+        // name; any other 404 is the engine's answer, passed on.
+        let sent = ctx.engine_state.model().map(|m| m.name);
+        if let Ok(m) = ctx.engine.served_model(Duration::from_secs(5)).await
+            && sent.as_ref() != Some(&m.name)
+        {
+            let reason = format!("engine answered 404: it serves {} now", m.name);
+            ctx.engine_state.set_model(Some(m));
+            return retry(reason);
+        }
     }
     if status >= 400 || !job.stream {
         let max = ctx.cfg.max_response_bytes.bytes() as usize;

@@ -121,6 +121,8 @@ pub struct Ctx {
     drain: Mutex<Option<Drain>>,
     /// The pull loop has stopped for `drain`.
     paused: AtomicBool,
+    /// A heartbeat has reached Redis (and told whether an operator drained this worker).
+    beat_ok: AtomicBool,
     /// The engine model last exported as a metric (name, revision).
     model_exported: Mutex<Option<(String, String)>>,
     started_ms: u64,
@@ -175,6 +177,7 @@ impl Ctx {
             drain_aborted: AtomicBool::new(false),
             drain: Mutex::new(None),
             paused: AtomicBool::new(false),
+            beat_ok: AtomicBool::new(false),
             model_exported: Mutex::new(None),
             started_ms: ssw_queue::now_ms(),
             cfg,
@@ -359,7 +362,10 @@ pub async fn run(
         .heartbeat(&ctx.status(), ssw_queue::now_ms(), ctx.cfg.heartbeat_ttl)
         .await
     {
-        Ok(drain) => ctx.set_drain(drain),
+        Ok(drain) => {
+            ctx.set_drain(drain);
+            ctx.beat_ok.store(true, Ordering::Relaxed);
+        }
         Err(e) => tracing::warn!(error = %e, "first heartbeat failed; pulling waits for redis"),
     }
     let jobs = TaskTracker::new();
@@ -751,6 +757,9 @@ async fn heartbeats(ctx: Arc<Ctx>, shutdown: CancellationToken, stopping: Cancel
         if let Ok(drain) = &beat {
             let started = drain.is_some() && ctx.drain().is_none();
             ctx.set_drain(drain.clone());
+            if !ctx.beat_ok.swap(true, Ordering::Relaxed) {
+                ctx.slot_freed.notify_one();
+            }
             if started {
                 // The pull loop may wait in Redis for jobs: wake it, so it stops now and the
                 // next heartbeat reports it paused.

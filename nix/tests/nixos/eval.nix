@@ -69,6 +69,8 @@ let
           config.systemd.services;
         tmpfiles = config.systemd.tmpfiles.rules;
       };
+      # Our files in /etc (their sources: the fake runCommand's record of the config).
+      etc = lib.mapAttrs (_: e: toString e.source) (lib.filterAttrs (n: _: lib.hasPrefix "ssw/" n) config.environment.etc);
       containers = config.virtualisation.oci-containers.containers;
       containerBackend = config.virtualisation.oci-containers.backend;
       nvidiaToolkit = config.hardware.nvidia-container-toolkit.enable;

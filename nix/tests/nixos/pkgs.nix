@@ -31,4 +31,6 @@ in
     outPath = "/nix/store/fake-${name}#" + builtins.toJSON { config = builtins.fromJSON attrs.value; checks = script; };
   };
   writeText = name: _text: drv name { };
+  # Its script is kept in the fake derivation's `text` (tests read it back through the unit).
+  writeShellScript = name: text: drv name { inherit text; };
 }

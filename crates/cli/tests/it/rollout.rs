@@ -279,11 +279,13 @@ async fn a_rollout_under_load_swaps_the_heavy_model_without_a_failed_request() {
 }
 
 #[tokio::test]
-async fn a_rollout_whose_new_model_never_serves_stops_with_the_pool_serving() {
-    let p = platform(Duration::from_secs(600)).await;
+async fn a_rollout_whose_new_model_never_serves_stops_with_the_pool_serving_and_a_rerun_finishes_it()
+ {
+    let p = platform(Duration::from_secs(1)).await;
     let stop = tokio_util::sync::CancellationToken::new();
     let rollout = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
+        // The new model takes 3 s to load; the rollout waits 1 s for it.
         let out = cli(
             &p,
             &[
@@ -293,8 +295,10 @@ async fn a_rollout_whose_new_model_never_serves_stops_with_the_pool_serving() {
                 "--model",
                 "broken",
                 "--engine-api",
+                "--load-time",
+                "3s",
                 "--ready-timeout",
-                "2s",
+                "1s",
             ],
         )
         .await;
@@ -309,7 +313,7 @@ async fn a_rollout_whose_new_model_never_serves_stops_with_the_pool_serving() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("heavy-0: the engine did not serve broken within 2s"),
+        err.contains("heavy-0: the engine did not serve broken within 1s"),
         "{err}"
     );
     assert!(
@@ -329,6 +333,41 @@ async fn a_rollout_whose_new_model_never_serves_stops_with_the_pool_serving() {
     );
     let status = String::from_utf8_lossy(&cli(&p, &["status"]).await.stdout).into_owned();
     assert!(status.contains("drained by rollout"), "{status}");
+    // Once the engine has loaded it, run again: it takes over the drain it left, and finishes.
+    let url = p.platform.stub_url("heavy-0").unwrap().to_owned();
+    TestPlatform::eventually(Duration::from_secs(10), "heavy-0's engine loaded", || async {
+        p.http
+            .get(format!("{url}/health"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let out = cli(
+        &p,
+        &[
+            "rollout",
+            "--pool",
+            "heavy",
+            "--model",
+            "broken",
+            "--engine-api",
+        ],
+    )
+    .await;
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!said.contains("left drained"), "{said}");
+    assert!(
+        said.contains("[heavy-0] resumed") && said.contains("[heavy-1] resumed"),
+        "{said}"
+    );
+    let status = String::from_utf8_lossy(&cli(&p, &["status"]).await.stdout).into_owned();
+    assert!(!status.contains("drained by"), "{status}");
 }
 
 #[tokio::test]
