@@ -252,6 +252,9 @@ def render(ov, split, sat, bu, ba, fo, ed, tiered, m, extra=None):
         w(f"| admission CPU with tiers and a rate-limited tenant vs the build before tiers (same run) | ≤ 1.10 × | {f(total)} × | {ok(total <= 1.10)} |")
     held_p99 = ed["latency_held"]["e2e_ms"]["p99"]
     w(f"| request p99 with {ed['latency_held']['held_open']} connections held open | < 100 ms | {f(held_p99)} ms | {ok(held_p99 < 100)} |")
+    ro = (extra or {}).get("rollout")
+    if ro:
+        w(f"| model rollout of a pool under load: failed requests | 0 | {ro['failed']} of {ro['requests']} | {ok(ro['failed'] == 0 and ro['ok'])} |")
     w("")
     w("Where a target is missed, see *Analysis* at the end.")
     w("")
