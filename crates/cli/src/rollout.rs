@@ -94,9 +94,16 @@ pub struct RolloutArgs {
         required_unless_present = "engine_api"
     )]
     restart_cmd: Option<String>,
-    /// Reload through the engine's own API (the stub's `/stub/load_model`).
+    /// Reload through the engine's own API: with `--weights`, vLLM's in-place weight reload
+    /// (sleep level 2, wake the weights, `reload_weights`, wake the KV cache, reset the prefix
+    /// cache; vLLM needs `--enable-sleep-mode` and `VLLM_SERVER_DEV_MODE=1`, and the same
+    /// architecture); without, the stub's `/stub/load_model` (switches its served model).
     #[arg(long)]
     engine_api: bool,
+    /// With `--engine-api`: the checkpoint directory each engine reloads its weights from (as
+    /// the engine sees the path).
+    #[arg(long, requires = "engine_api")]
+    weights: Option<String>,
     /// With `--engine-api` on stubs: how long the load takes (default: the stub's `load_time`).
     #[arg(long, value_parser = crate::parse_duration)]
     load_time: Option<Duration>,
@@ -401,6 +408,59 @@ impl EngineClient {
         Ok(start.elapsed())
     }
 
+    /// One call of vLLM's engine API; an error names it.
+    async fn call(
+        &self,
+        path: &str,
+        body: Option<serde_json::Value>,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .timeout(timeout);
+        if let Some(b) = body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b.to_string());
+        }
+        let r = req
+            .send()
+            .await
+            .map_err(|e| format!("{path}: {}", ssw_worker::engine::error_chain(&e)))?;
+        match r.status().as_u16() {
+            200..=299 => Ok(()),
+            404 => Err(format!(
+                "{path}: 404 (vLLM serves its engine API only with --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1; or use --restart-cmd)"
+            )),
+            s => Err(format!(
+                "{path} answered {s}: {}",
+                r.text()
+                    .await
+                    .unwrap_or_default()
+                    .chars()
+                    .take(300)
+                    .collect::<String>()
+            )),
+        }
+    }
+
+    /// vLLM's in-place weight reload (docs/features/sleep_mode.md: a level-2 sleep's wake-up
+    /// sequence): the weights and KV cache are dropped, the weights woken and reloaded from
+    /// `weights`, the KV cache woken, and the prefix cache (the old weights' KV) reset.
+    async fn reload_weights(&self, weights: &str, timeout: Duration) -> Result<(), String> {
+        let short = Duration::from_secs(60);
+        self.call("/sleep?level=2", None, short).await?;
+        self.call("/wake_up?tags=weights", None, short).await?;
+        let rpc = serde_json::json!({
+            "method": "reload_weights",
+            "kwargs": { "weights_path": weights, "is_checkpoint_format": true },
+        });
+        self.call("/collective_rpc", Some(rpc), timeout).await?;
+        self.call("/wake_up?tags=kv_cache", None, short).await?;
+        self.call("/reset_prefix_cache", None, short).await
+    }
+
     /// Asks a stub to load `model` (`/stub/load_model`).
     async fn load(&self, model: &str, load_time: Option<Duration>) -> Result<(), String> {
         let mut body = serde_json::json!({ "model": model });
@@ -436,8 +496,10 @@ pub async fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
         args.max_unavailable >= 1,
         "--max-unavailable must be at least 1"
     );
-    if args.engine_api && args.model.is_none() {
-        bail!("--engine-api needs --model: the model the engines load");
+    if args.engine_api && args.model.is_none() && args.weights.is_none() {
+        bail!(
+            "--engine-api needs --model (the stub's model to load) or --weights (vLLM's checkpoint to reload)"
+        );
     }
     let api_key = match &args.engine_api_key_file {
         Some(p) => Some(ssw_config::read_secret(p).context("--engine-api-key-file")?),
@@ -477,10 +539,11 @@ pub async fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
         "pool {}: no live worker to roll (`ssw status` shows the pool)",
         fleet.pool
     );
-    let target = args
-        .model
-        .as_deref()
-        .unwrap_or("(the model each engine reports)");
+    let target = match (&args.model, &args.weights) {
+        (Some(m), _) => m.clone(),
+        (None, Some(w)) => format!("the weights in {w}"),
+        (None, None) => "(the model each engine reports)".to_owned(),
+    };
     println!(
         "rollout of pool {} to {target}: {} replicas, {} at a time",
         fleet.pool,
@@ -492,6 +555,7 @@ pub async fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
         model: args.model.clone(),
         restart_cmd: args.restart_cmd.clone(),
         load_time: args.load_time,
+        weights: args.weights.clone(),
         drain_timeout,
         ready_timeout: args.ready_timeout,
         api_key,
@@ -596,6 +660,7 @@ struct Plan {
     model: Option<String>,
     restart_cmd: Option<String>,
     load_time: Option<Duration>,
+    weights: Option<String>,
     drain_timeout: Duration,
     ready_timeout: Duration,
     api_key: Option<String>,
@@ -684,6 +749,12 @@ async fn roll_one(fleet: &Fleet, w: &WorkerStatus, plan: &Plan) -> Result<(), St
         if !out.success() {
             return Err(format!("the restart command failed ({out})"));
         }
+    } else if let Some(weights) = &plan.weights {
+        progress(
+            id,
+            &format!("reloading the weights from {weights} through the engine's API"),
+        );
+        engine.reload_weights(weights, plan.ready_timeout).await?;
     } else if let Some(model) = &plan.model {
         progress(id, &format!("loading {model} through the engine's API"));
         engine.load(model, plan.load_time).await?;

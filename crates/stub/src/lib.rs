@@ -30,6 +30,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 pub mod answer;
+mod sleep;
 pub mod timing;
 
 use answer::{Plan, error_body};
@@ -61,11 +62,18 @@ struct Stub {
     api_key: Option<String>,
 }
 
-/// The stub's model: what it answers with, and a load in progress.
+/// The stub's model: what it answers with, a load in progress, and vLLM's sleep mode state.
 #[derive(Clone, Debug)]
 struct Served {
     name: String,
     loading: Option<String>,
+    /// The weights loaded (the served name until a `reload_weights`).
+    weights: String,
+    /// False after a level-2 sleep until weights are reloaded (vLLM then answers garbage).
+    weights_valid: bool,
+    sleep: sleep::Sleep,
+    /// Engine API calls received (`/sleep`, `/wake_up`, …), in order.
+    admin: Vec<String>,
 }
 
 /// Serves until `shutdown`.
@@ -109,6 +117,10 @@ pub async fn serve(
         model: Mutex::new(Served {
             name: cfg.served_model.clone(),
             loading: None,
+            weights: cfg.served_model.clone(),
+            weights_valid: true,
+            sleep: sleep::Sleep::default(),
+            admin: Vec::new(),
         }),
         cfg,
         counters: Counters::default(),
@@ -127,6 +139,12 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/stub/requests", get(requests))
         .route("/stub/load_model", post(load_model))
+        .route("/stub/state", get(sleep::state))
+        .route("/sleep", post(sleep::sleep))
+        .route("/wake_up", post(sleep::wake_up))
+        .route("/is_sleeping", get(sleep::is_sleeping))
+        .route("/collective_rpc", post(sleep::collective_rpc))
+        .route("/reset_prefix_cache", post(sleep::reset_prefix_cache))
         // vLLM (uvicorn) sets no body limit; an over-long prompt gets its 400, not a reset.
         .layer(axum::extract::DefaultBodyLimit::max(256 * 1024 * 1024))
         .with_state(stub);
@@ -354,6 +372,15 @@ async fn chat(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: Bytes) ->
     if let Some(next) = &served.loading {
         stub.counters.errors.fetch_add(1, Ordering::Relaxed);
         return loading(next);
+    }
+    if served.sleep.asleep() {
+        // vLLM parks a request to a sleeping engine until wake_up (vllm#45326 proposes to
+        // abort it); a worker never sends one (it is drained first).
+        stub.counters.errors.fetch_add(1, Ordering::Relaxed);
+        return json_resp(
+            503,
+            &error_body(503, "ServiceUnavailable", "the engine is sleeping"),
+        );
     }
     let plan = match Plan::new(
         &body,

@@ -335,13 +335,17 @@ async fn a_rollout_whose_new_model_never_serves_stops_with_the_pool_serving_and_
     assert!(status.contains("drained by rollout"), "{status}");
     // Once the engine has loaded it, run again: it takes over the drain it left, and finishes.
     let url = p.platform.stub_url("heavy-0").unwrap().to_owned();
-    TestPlatform::eventually(Duration::from_secs(10), "heavy-0's engine loaded", || async {
-        p.http
-            .get(format!("{url}/health"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
+    TestPlatform::eventually(
+        Duration::from_secs(10),
+        "heavy-0's engine loaded",
+        || async {
+            p.http
+                .get(format!("{url}/health"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
+    )
     .await;
     let out = cli(
         &p,
@@ -474,4 +478,68 @@ async fn an_engine_whose_model_changed_under_its_worker_gets_requests_with_its_n
         }
     }
     assert!(on_swapped > 0, "no request reached heavy-0");
+}
+
+#[tokio::test]
+async fn a_rollout_through_vllms_engine_api_reloads_the_weights_in_place_under_load() {
+    let p = platform(Duration::from_millis(500)).await;
+    let old = p.platform.base_config().pools["light"].served_model.clone();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let rollout = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let out = cli(
+            &p,
+            &[
+                "rollout",
+                "--pool",
+                "light",
+                "--engine-api",
+                "--weights",
+                "/models/npc-ft2",
+            ],
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.cancel();
+        out
+    };
+    let (answers, out) = tokio::join!(
+        load(&p, 4, Duration::from_millis(100), stop.clone()),
+        rollout
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("rollout of pool light to the weights in /models/npc-ft2"),
+        "{said}"
+    );
+    let failed: Vec<&Answer> = answers.iter().filter(|a| a.status != 200).collect();
+    assert!(failed.is_empty(), "failed: {failed:?}");
+    // vLLM keeps its served name: every light answer carries it.
+    assert!(
+        answers
+            .iter()
+            .filter(|a| a.pool == "light")
+            .all(|a| a.model == old)
+    );
+    for replica in ["light-0", "light-1"] {
+        let state: Value = serde_json::from_str(&p.stub_get(replica, "/stub/state").await).unwrap();
+        assert_eq!(state["weights"], "/models/npc-ft2", "{state}");
+        assert_eq!(state["sleep_level"], 0, "{state}");
+        assert_eq!(
+            state["engine_api_calls"],
+            json!([
+                "sleep level=2",
+                "wake_up weights",
+                "reload_weights /models/npc-ft2",
+                "wake_up kv_cache",
+                "reset_prefix_cache"
+            ]),
+            "{replica}"
+        );
+    }
 }
