@@ -130,6 +130,35 @@ async fn load(
         .collect()
 }
 
+/// `ssw ARGS` run `before` into a load of 4 clients (one request each per 100 ms), which stops
+/// `after` it returned; the answers and the command's output.
+async fn during_load(
+    p: &TestPlatform,
+    before: Duration,
+    args: &[&str],
+    after: Duration,
+) -> (Vec<Answer>, std::process::Output) {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = async {
+        tokio::time::sleep(before).await;
+        let out = cli(p, args).await;
+        tokio::time::sleep(after).await;
+        stop.cancel();
+        out
+    };
+    tokio::join!(load(p, 4, Duration::from_millis(100), stop.clone()), run)
+}
+
+fn assert_none_failed(answers: &[Answer]) {
+    let failed: Vec<&Answer> = answers.iter().filter(|a| a.status != 200).collect();
+    assert!(failed.is_empty(), "failed: {failed:?}");
+}
+
+/// `ssw status`'s output.
+async fn ssw_status(p: &TestPlatform) -> String {
+    String::from_utf8_lossy(&cli(p, &["status"]).await.stdout).into_owned()
+}
+
 fn p99(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v.get((v.len() * 99 / 100).min(v.len().saturating_sub(1)))
@@ -196,8 +225,7 @@ async fn a_rollout_under_load_swaps_the_heavy_model_without_a_failed_request() {
         "{said}"
     );
     assert!(said.contains("[heavy-0] resumed"), "{said}");
-    let failed: Vec<&Answer> = answers.iter().filter(|a| a.status != 200).collect();
-    assert!(failed.is_empty(), "failed: {failed:?}");
+    assert_none_failed(&answers);
     let heavy: Vec<&Answer> = answers.iter().filter(|a| a.pool == "heavy").collect();
     for a in &heavy {
         assert!(a.model == old || a.model == "new-model", "{a:?}");
@@ -258,7 +286,7 @@ async fn a_rollout_under_load_swaps_the_heavy_model_without_a_failed_request() {
             "{models}"
         );
     }
-    let status = String::from_utf8_lossy(&cli(&p, &["status"]).await.stdout).into_owned();
+    let status = ssw_status(&p).await;
     assert!(status.matches("new-model (").count() == 2, "{status}");
     let worker = p
         .get_text(&format!("{}/metrics", p.platform.worker_metrics["heavy-0"]))
@@ -282,34 +310,26 @@ async fn a_rollout_under_load_swaps_the_heavy_model_without_a_failed_request() {
 async fn a_rollout_whose_new_model_never_serves_stops_with_the_pool_serving_and_a_rerun_finishes_it()
  {
     let p = platform(Duration::from_secs(1)).await;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let rollout = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        // The new model takes 3 s to load; the rollout waits 1 s for it.
-        let out = cli(
-            &p,
-            &[
-                "rollout",
-                "--pool",
-                "heavy",
-                "--model",
-                "broken",
-                "--engine-api",
-                "--load-time",
-                "3s",
-                "--ready-timeout",
-                "1s",
-            ],
-        )
-        .await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        stop.cancel();
-        out
-    };
-    let (answers, out) = tokio::join!(
-        load(&p, 4, Duration::from_millis(100), stop.clone()),
-        rollout
-    );
+    // The new model takes 3 s to load; the rollout waits 1 s for it.
+    let args = [
+        "rollout",
+        "--pool",
+        "heavy",
+        "--model",
+        "broken",
+        "--engine-api",
+        "--load-time",
+        "3s",
+        "--ready-timeout",
+        "1s",
+    ];
+    let (answers, out) = during_load(
+        &p,
+        Duration::from_millis(500),
+        &args,
+        Duration::from_secs(1),
+    )
+    .await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -321,8 +341,7 @@ async fn a_rollout_whose_new_model_never_serves_stops_with_the_pool_serving_and_
         "{err}"
     );
     assert!(err.contains("ssw resume heavy-0"), "{err}");
-    let failed: Vec<&Answer> = answers.iter().filter(|a| a.status != 200).collect();
-    assert!(failed.is_empty(), "failed: {failed:?}");
+    assert_none_failed(&answers);
     let after: Vec<&Answer> = answers
         .iter()
         .filter(|a| a.pool == "heavy" && a.at > Duration::from_secs(2))
@@ -331,7 +350,7 @@ async fn a_rollout_whose_new_model_never_serves_stops_with_the_pool_serving_and_
         !after.is_empty() && after.iter().all(|a| a.worker == "heavy-1"),
         "{after:?}"
     );
-    let status = String::from_utf8_lossy(&cli(&p, &["status"]).await.stdout).into_owned();
+    let status = ssw_status(&p).await;
     assert!(status.contains("drained by rollout"), "{status}");
     // Once the engine has loaded it, run again: it takes over the drain it left, and finishes.
     let url = p.platform.stub_url("heavy-0").unwrap().to_owned();
@@ -370,7 +389,7 @@ async fn a_rollout_whose_new_model_never_serves_stops_with_the_pool_serving_and_
         said.contains("[heavy-0] resumed") && said.contains("[heavy-1] resumed"),
         "{said}"
     );
-    let status = String::from_utf8_lossy(&cli(&p, &["status"]).await.stdout).into_owned();
+    let status = ssw_status(&p).await;
     assert!(!status.contains("drained by"), "{status}");
 }
 
@@ -417,7 +436,7 @@ async fn a_drained_worker_finishes_its_jobs_takes_no_more_and_stays_drained_acro
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         p.platform.supervise().await;
-        let s = String::from_utf8_lossy(&cli(&p, &["status"]).await.stdout).into_owned();
+        let s = ssw_status(&p).await;
         let restarted = p.platform.workers["heavy-0"]
             .pid()
             .is_some_and(|n| n != pid);
@@ -484,29 +503,21 @@ async fn an_engine_whose_model_changed_under_its_worker_gets_requests_with_its_n
 async fn a_rollout_through_vllms_engine_api_reloads_the_weights_in_place_under_load() {
     let p = platform(Duration::from_millis(500)).await;
     let old = p.platform.base_config().pools["light"].served_model.clone();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let rollout = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let out = cli(
-            &p,
-            &[
-                "rollout",
-                "--pool",
-                "light",
-                "--engine-api",
-                "--weights",
-                "/models/npc-ft2",
-            ],
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        stop.cancel();
-        out
-    };
-    let (answers, out) = tokio::join!(
-        load(&p, 4, Duration::from_millis(100), stop.clone()),
-        rollout
-    );
+    let args = [
+        "rollout",
+        "--pool",
+        "light",
+        "--engine-api",
+        "--weights",
+        "/models/npc-ft2",
+    ];
+    let (answers, out) = during_load(
+        &p,
+        Duration::from_millis(500),
+        &args,
+        Duration::from_millis(500),
+    )
+    .await;
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -517,8 +528,7 @@ async fn a_rollout_through_vllms_engine_api_reloads_the_weights_in_place_under_l
         said.contains("rollout of pool light to the weights in /models/npc-ft2"),
         "{said}"
     );
-    let failed: Vec<&Answer> = answers.iter().filter(|a| a.status != 200).collect();
-    assert!(failed.is_empty(), "failed: {failed:?}");
+    assert_none_failed(&answers);
     // vLLM keeps its served name: every light answer carries it.
     assert!(
         answers
