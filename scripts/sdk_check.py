@@ -1,5 +1,5 @@
 """Drives a running gateway with the official `openai` SDK: chat, stream with usage, tools
-(streamed and not), and 200 concurrent requests. Exits non-zero on the first problem.
+(streamed and not), completions (streamed and not), and 200 concurrent requests. Exits non-zero on the first problem.
 
 Usage: python3 scripts/sdk_check.py http://127.0.0.1:8080/v1
 """
@@ -57,6 +57,21 @@ def sync_checks():
             finish = chunk.choices[0].finish_reason or finish
     check(text.startswith("[Qwen/Qwen3-8B-AWQ]") and finish == "stop", "stream text and finish_reason")
     check(usage is not None and usage.completion_tokens > 0, "stream usage chunk")
+
+    c = client.completions.create(model="light", prompt="The innkeeper said", max_tokens=4)
+    check(c.object == "text_completion" and c.choices[0].text.startswith("[Qwen/Qwen3-8B-AWQ]")
+          and c.choices[0].finish_reason == "length" and c.usage.completion_tokens == 4, "completions.create")
+    stream = client.completions.create(model="heavy", prompt="Hail", max_tokens=3, stream=True,
+                                       stream_options={"include_usage": True})
+    text, usage, finish = "", None, None
+    for chunk in stream:
+        if chunk.usage:
+            usage = chunk.usage
+        if chunk.choices:
+            text += chunk.choices[0].text
+            finish = chunk.choices[0].finish_reason or finish
+    check(text.startswith("[Qwen/Qwen2.5-14B-Instruct-AWQ]") and finish == "length"
+          and usage is not None and usage.completion_tokens == 3, "completions.create stream with usage")
 
     r = client.chat.completions.create(
         model="heavy", messages=[{"role": "user", "content": "Dock at bay 7"}], tools=TOOLS, tool_choice="required",

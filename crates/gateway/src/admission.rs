@@ -85,6 +85,7 @@ pub async fn admit(
     body: axum::body::Bytes,
     request_id: String,
     tenant: &str,
+    endpoint: ssw_protocol::job::Endpoint,
 ) -> Result<Admitted, Refusal> {
     if state.is_draining() {
         return Err(Refusal::new(ApiError::new(
@@ -101,7 +102,7 @@ pub async fn admit(
     // Held until the job is on the queue (or refused): see `state::ADMISSIONS`. The semaphore
     // is never closed.
     let turn = state.admissions.acquire().await.ok();
-    let req = ChatRequest::parse(&body).map_err(|e| Refusal::new(e.into()))?;
+    let req = ChatRequest::parse_for(&body, endpoint).map_err(|e| Refusal::new(e.into()))?;
     let stream = req.stream;
     let routing = state.routing();
     let Routed {
@@ -194,6 +195,7 @@ pub async fn admit(
         crashed_on: String::new(),
         tier,
         tenant: tenant.to_owned(),
+        endpoint,
         body: req.into_engine_body(&pool.served_model, &pool.defaults, priority),
     };
     drop(body);
@@ -247,6 +249,7 @@ pub async fn admit(
                     route: labels.route.clone(),
                     request_id: format!("{}.shadow", job.request_id),
                     stream,
+                    endpoint,
                     body,
                 };
                 tokio::spawn(crate::shadow::run(state.clone(), copy));

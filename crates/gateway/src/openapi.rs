@@ -7,7 +7,8 @@ use axum::Json;
 use ssw_protocol::error::{ErrorBody, ErrorEnvelope};
 use ssw_protocol::models::{ModelCard, ModelList};
 use ssw_protocol::schema::{
-    ChatCompletion, ChatCompletionRequest, ChatMessage, Health, StreamOptions,
+    ChatCompletion, ChatCompletionRequest, ChatMessage, CompletionRequest, Health, StreamEvent,
+    StreamOptions, TextCompletion,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -16,11 +17,13 @@ use utoipa::{Modify, OpenApi};
 #[openapi(
     info(
         title = "SSW inference gateway",
-        description = "OpenAI-compatible chat completions, queued per pool. Errors are OpenAI envelopes `{\"error\": {message, type, code, param}}` whose `code` is stable (docs/api.md).",
+        description = "OpenAI-compatible chat completions and completions, queued per pool. Errors are OpenAI envelopes `{\"error\": {message, type, code, param}}` whose `code` is stable (docs/api.md).",
     ),
-    paths(chat_completions, list_models, get_model, healthz),
+    paths(chat_completions, completions, list_models, get_model, healthz),
     components(schemas(
         ChatCompletionRequest,
+        CompletionRequest,
+        TextCompletion,
         ChatMessage,
         StreamOptions,
         ChatCompletion,
@@ -56,7 +59,7 @@ impl Modify for Bearer {
     security((), ("bearer" = [])),
     responses(
         (status = 200, description = "The answer (`stream: false`) or server-sent events ending with `data: [DONE]` (`stream: true`); a failure mid-stream is a last `data: {\"error\": …}` event.",
-            content((ChatCompletion = "application/json"), (String = "text/event-stream"))),
+            content((ChatCompletion = "application/json"), (StreamEvent = "text/event-stream"))),
         (status = 400, description = "`invalid_json`, `invalid_request` (naming `param`), or `engine_rejected` (the engine's own 4xx)", body = ErrorEnvelope),
         (status = 401, description = "`missing_api_key`, `invalid_api_key`", body = ErrorEnvelope),
         (status = 404, description = "`model_not_found`", body = ErrorEnvelope),
@@ -70,6 +73,29 @@ impl Modify for Bearer {
 )]
 #[allow(dead_code)]
 fn chat_completions() {}
+
+/// A (legacy) text completion, queued on the pool its `model` names, like a chat completion.
+#[utoipa::path(
+    post,
+    path = "/v1/completions",
+    request_body = CompletionRequest,
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The answer (`stream: false`) or server-sent events ending with `data: [DONE]` (`stream: true`); a failure mid-stream is a last `data: {\"error\": …}` event.",
+            content((TextCompletion = "application/json"), (StreamEvent = "text/event-stream"))),
+        (status = 400, description = "`invalid_json`, `invalid_request` (naming `param`), or `engine_rejected` (the engine's own 4xx)", body = ErrorEnvelope),
+        (status = 401, description = "`missing_api_key`, `invalid_api_key`", body = ErrorEnvelope),
+        (status = 404, description = "`model_not_found`", body = ErrorEnvelope),
+        (status = 408, description = "`request_timeout`: the body did not arrive within `gateway.body_timeout`", body = ErrorEnvelope),
+        (status = 413, description = "`request_too_large`", body = ErrorEnvelope),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorEnvelope),
+        (status = 429, description = "`queue_full` or `rate_limit_exceeded` (with Retry-After and, for a limited tenant, `x-ratelimit-*`)", body = ErrorEnvelope),
+        (status = 502, description = "`upstream_error`, `response_too_large`", body = ErrorEnvelope),
+        (status = 503, description = "`queue_timeout`, `queue_unavailable`, `server_busy`, `shutting_down` (with Retry-After)", body = ErrorEnvelope),
+    ),
+)]
+#[allow(dead_code)]
+fn completions() {}
 
 /// Every pool as a model card.
 #[utoipa::path(
@@ -121,6 +147,7 @@ mod tests {
         let doc = serde_json::to_value(super::document()).unwrap();
         for path in [
             "/v1/chat/completions",
+            "/v1/completions",
             "/v1/models",
             "/v1/models/{model}",
             "/healthz",

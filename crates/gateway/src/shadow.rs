@@ -34,6 +34,8 @@ pub struct Copy {
     pub request_id: String,
     /// Whether the client asked for a stream (the copy does the same, so its TTFT compares).
     pub stream: bool,
+    /// The endpoint the client called.
+    pub endpoint: ssw_protocol::job::Endpoint,
     /// The engine body for the shadow pool.
     pub body: Vec<u8>,
 }
@@ -45,6 +47,7 @@ pub async fn run(state: AppState, copy: Copy) {
         route,
         request_id,
         stream,
+        endpoint,
         body,
     } = copy;
     let now = ssw_queue::now_ms();
@@ -61,6 +64,7 @@ pub async fn run(state: AppState, copy: Copy) {
         crashed_on: String::new(),
         tier: Tier::Shadow,
         tenant: SHADOW_TENANT.to_owned(),
+        endpoint,
         body,
     };
     let span = tracing::info_span!(

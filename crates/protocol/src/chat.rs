@@ -20,9 +20,12 @@ use serde_json::{Map, Value};
 use crate::error::{ErrorCode, ErrorEnvelope};
 use crate::fields::{self, Owner};
 
-/// A validated chat-completions request, borrowing the body it was parsed from.
+/// A validated chat-completions (or completions) request, borrowing the body it was parsed
+/// from.
 #[derive(Clone, Debug)]
 pub struct ChatRequest<'a> {
+    /// The endpoint it came to.
+    pub endpoint: crate::job::Endpoint,
     /// The body's top-level fields in the order sent (the last of duplicate keys wins, in the
     /// first one's place), values untouched.
     fields: Vec<(Cow<'a, str>, &'a RawValue)>,
@@ -161,9 +164,14 @@ impl fmt::Display for UnknownField {
     }
 }
 
-impl<'de> de::Deserialize<'de> for TopLevel<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
+/// Reads a [`TopLevel`], refusing the first field the endpoint does not know.
+struct TopLevelOf(crate::job::Endpoint);
+
+impl<'de> de::DeserializeSeed<'de> for TopLevelOf {
+    type Value = TopLevel<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        struct V(crate::job::Endpoint);
         impl<'de> Visitor<'de> for V {
             type Value = TopLevel<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -172,7 +180,7 @@ impl<'de> de::Deserialize<'de> for TopLevel<'de> {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut out: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::new();
                 while let Some(Key(key)) = map.next_key()? {
-                    if fields::owner(&key) == Owner::Unknown {
+                    if fields::owner_for(&key, self.0) == Owner::Unknown {
                         // Refused whatever the pool: stop before reading further.
                         return Err(de::Error::custom(UnknownField(quote(&key))));
                     }
@@ -187,8 +195,34 @@ impl<'de> de::Deserialize<'de> for TopLevel<'de> {
                 Ok(TopLevel(out))
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_map(V(self.0))
     }
+}
+
+/// Checks a completions `prompt`: a string, or a non-empty array of strings, of token ids, or
+/// of arrays of token ids (what the OpenAI API and vLLM accept).
+fn prompt(raw: &RawValue) -> Result<(), RequestError> {
+    let bad = || {
+        RequestError::field(
+            "prompt",
+            "`prompt` must be a string, an array of strings, an array of token ids or an array of arrays of token ids",
+        )
+    };
+    let v: Value = serde_json::from_str(raw.get()).map_err(|_| bad())?;
+    let ids = |v: &Value| {
+        v.as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(|t| t.as_u64().is_some()))
+    };
+    let ok = match &v {
+        Value::String(_) => true,
+        Value::Array(a) if !a.is_empty() => {
+            a.iter().all(Value::is_string)
+                || a.iter().all(|t| t.as_u64().is_some())
+                || a.iter().all(ids)
+        }
+        _ => false,
+    };
+    if ok { Ok(()) } else { Err(bad()) }
 }
 
 /// Walks `messages` without keeping it: an array of objects, each with a string `role`.
@@ -461,8 +495,17 @@ fn too_deep(text: &[u8]) -> bool {
 }
 
 impl<'a> ChatRequest<'a> {
-    /// Parses and validates a request body.
+    /// Parses and validates a chat-completions request body.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, RequestError> {
+        Self::parse_for(bytes, crate::job::Endpoint::Chat)
+    }
+
+    /// Parses and validates a request body sent to `endpoint`.
+    pub fn parse_for(
+        bytes: &'a [u8],
+        endpoint: crate::job::Endpoint,
+    ) -> Result<Self, RequestError> {
+        use crate::job::Endpoint;
         let text = std::str::from_utf8(bytes).map_err(RequestError::json)?;
         if too_deep(bytes) {
             return Err(RequestError::json(format_args!(
@@ -470,7 +513,7 @@ impl<'a> ChatRequest<'a> {
             )));
         }
         let mut de = serde_json::Deserializer::from_str(text);
-        let top = match de::Deserialize::deserialize(&mut de) {
+        let top = match de::DeserializeSeed::deserialize(TopLevelOf(endpoint), &mut de) {
             Ok(TopLevel(f)) => f,
             Err(e) => {
                 let msg = e.to_string();
@@ -497,9 +540,15 @@ impl<'a> ChatRequest<'a> {
         };
         de.end().map_err(RequestError::json)?;
         let get = |k: &str| top.iter().find(|(key, _)| key == k).map(|(_, v)| *v);
-        match get("messages") {
-            None => return Err(RequestError::field("messages", "`messages` is required")),
-            Some(raw) => messages(raw)?,
+        match endpoint {
+            Endpoint::Chat => match get("messages") {
+                None => return Err(RequestError::field("messages", "`messages` is required")),
+                Some(raw) => messages(raw)?,
+            },
+            Endpoint::Completions => match get("prompt") {
+                None => return Err(RequestError::field("prompt", "`prompt` is required")),
+                Some(raw) => prompt(raw)?,
+            },
         }
         let model = match get("model") {
             None => None,
@@ -516,19 +565,27 @@ impl<'a> ChatRequest<'a> {
             None => false,
         };
         if let Some(raw) = get("stream_options").filter(|r| !is_null(r)) {
-            #[derive(serde::Deserialize)]
-            struct StreamOptions<'a> {
-                #[serde(borrow)]
-                include_usage: Option<&'a RawValue>,
-            }
-            let opts: StreamOptions = serde_json::from_str(raw.get()).map_err(|_| {
-                RequestError::field(
-                    "stream_options",
-                    format!("`stream_options` must be an object, got {}", kind(raw)),
-                )
-            })?;
-            if let Some(v) = opts.include_usage {
-                boolean("stream_options.include_usage", v)?;
+            let opts: std::collections::BTreeMap<&str, &RawValue> = serde_json::from_str(raw.get())
+                .map_err(|_| {
+                    RequestError::field(
+                        "stream_options",
+                        format!("`stream_options` must be an object, got {}", kind(raw)),
+                    )
+                })?;
+            for (key, v) in opts {
+                match key {
+                    // OpenAI's, and vLLM's running usage on every chunk.
+                    "include_usage" | "continuous_usage_stats" => {
+                        boolean(&format!("stream_options.{key}"), v)?;
+                    }
+                    other => {
+                        let name = format!("stream_options.{}", quote(other));
+                        return Err(RequestError::field(
+                            &name,
+                            format!("unrecognized request argument supplied: `{name}`"),
+                        ));
+                    }
+                }
             }
         }
         let int = |k: &str| get(k).map(|r| positive_int(k, r)).transpose();
@@ -546,8 +603,51 @@ impl<'a> ChatRequest<'a> {
                 number(k, raw)?;
             }
         }
-        if let Some(raw) = get("logprobs") {
-            boolean("logprobs", raw)?;
+        match (endpoint, get("logprobs").filter(|r| !is_null(r))) {
+            (_, None) => {}
+            (Endpoint::Chat, Some(raw)) => {
+                boolean("logprobs", raw)?;
+            }
+            // Completions: how many log probabilities per token (OpenAI allows 5, vLLM its
+            // `--max-logprobs`, 20 by default).
+            (Endpoint::Completions, Some(raw)) => match raw.get().parse::<u64>() {
+                Ok(0..=20) => {}
+                _ => {
+                    return Err(RequestError::field(
+                        "logprobs",
+                        "`logprobs` must be an integer from 0 to 20",
+                    ));
+                }
+            },
+        }
+        if let Some(raw) = get("echo") {
+            boolean("echo", raw)?;
+        }
+        // vLLM refuses these with its own 400 (pydantic); refused here, the field is named and
+        // the request never queues.
+        if let Some(raw) = get("stop").filter(|r| !is_null(r)) {
+            let ok = match serde_json::from_str::<Value>(raw.get()) {
+                Ok(Value::String(_)) => true,
+                Ok(Value::Array(a)) => a.len() <= 4 && a.iter().all(Value::is_string),
+                _ => false,
+            };
+            if !ok {
+                return Err(RequestError::field(
+                    "stop",
+                    "`stop` must be a string or an array of at most 4 strings",
+                ));
+            }
+        }
+        if let Some(raw) = get("user").filter(|r| !is_null(r)) {
+            string("user", raw)?;
+        }
+        if let Some(raw) = get("seed").filter(|r| !is_null(r))
+            && raw.get().parse::<i64>().is_err()
+        {
+            return Err(RequestError::field("seed", "`seed` must be an integer"));
+        }
+        if let Some(raw) = get("suffix").filter(|r| !is_null(r)) {
+            string("suffix", raw)?;
         }
         if let Some(raw) = get("top_logprobs").filter(|r| !is_null(r)) {
             // The OpenAI API's range.
@@ -562,6 +662,7 @@ impl<'a> ChatRequest<'a> {
             }
         }
         Ok(Self {
+            endpoint,
             fields: top,
             model,
             stream,
@@ -575,7 +676,7 @@ impl<'a> ChatRequest<'a> {
     /// counts above its ceilings, are refused naming the field.
     pub fn check(&self, limits: &Limits<'_>) -> Result<(), RequestError> {
         for (key, _) in &self.fields {
-            match fields::owner(key) {
+            match fields::owner_for(key, self.endpoint) {
                 Owner::OpenAi | Owner::Unknown => {}
                 owner @ (Owner::Vllm | Owner::Platform) => {
                     if !limits.allowed_fields.iter().any(|a| a == key) {
@@ -686,7 +787,11 @@ impl<'a> ChatRequest<'a> {
             }
         }
         for (key, default) in defaults {
-            if self.fields.iter().any(|(k, _)| k == key) {
+            // A pool's defaults are written for chat; those another endpoint does not know
+            // (`chat_template_kwargs` on completions) stay out of its requests.
+            if self.fields.iter().any(|(k, _)| k == key)
+                || fields::owner_for(key, self.endpoint) == Owner::Unknown
+            {
                 continue;
             }
             write_key(&mut out, key);
@@ -909,6 +1014,54 @@ mod tests {
         assert_eq!(v["messages"], serde_json::json!([]));
         assert_eq!(with_model(br#"{"model":"new","messages":[]}"#, "new"), None);
         assert_eq!(with_model(b"not json", "new"), None);
+    }
+
+    #[test]
+    fn completions_and_shared_fields_are_checked_per_endpoint() {
+        use crate::job::Endpoint::Completions;
+        let param = |body: &str, endpoint| {
+            ChatRequest::parse_for(body.as_bytes(), endpoint)
+                .err()
+                .and_then(|e| e.param)
+        };
+        let ok = |body: &str| ChatRequest::parse_for(body.as_bytes(), Completions).is_ok();
+        assert!(ok(
+            r#"{"model":"m","prompt":"x","echo":true,"logprobs":3,"suffix":null}"#
+        ));
+        assert!(ok(r#"{"model":"m","prompt":["a","b"]}"#));
+        assert!(ok(r#"{"model":"m","prompt":[1,2,3]}"#));
+        assert!(ok(r#"{"model":"m","prompt":[[1],[2,3]]}"#));
+        for (body, field) in [
+            (r#"{"model":"m"}"#, "prompt"),
+            (r#"{"prompt":[]}"#, "prompt"),
+            (r#"{"prompt":[1,"a"]}"#, "prompt"),
+            (r#"{"prompt":"x","logprobs":21}"#, "logprobs"),
+            (r#"{"prompt":"x","messages":[]}"#, "messages"),
+            (r#"{"prompt":"x","suffix":3}"#, "suffix"),
+            (r#"{"prompt":"x","user":{}}"#, "user"),
+            (r#"{"prompt":"x","seed":1.5}"#, "seed"),
+            (r#"{"prompt":"x","stop":[null]}"#, "stop"),
+            (r#"{"prompt":"x","stop":["a","b","c","d","e"]}"#, "stop"),
+            (
+                r#"{"prompt":"x","stream_options":{"a":1}}"#,
+                "stream_options.a",
+            ),
+            (
+                r#"{"prompt":"x","stream_options":{"include_usage":1}}"#,
+                "stream_options.include_usage",
+            ),
+        ] {
+            assert_eq!(param(body, Completions).as_deref(), Some(field), "{body}");
+        }
+        let chat = crate::job::Endpoint::Chat;
+        assert_eq!(
+            param(r#"{"messages":[{"role":"user"}],"prompt":"x"}"#, chat).as_deref(),
+            Some("prompt")
+        );
+        assert_eq!(
+            param(r#"{"messages":[{"role":"user"}],"user":5}"#, chat).as_deref(),
+            Some("user")
+        );
     }
 
     #[test]

@@ -54,6 +54,45 @@ pub const OPENAI_CHAT: &[&str] = &[
     "web_search_options",
 ];
 
+/// The OpenAI API's (legacy) completions request fields (platform.openai.com/docs/
+/// api-reference/completions/create), and `service_tier`, which the platform reads for tiers on
+/// every endpoint.
+pub const OPENAI_COMPLETIONS: &[&str] = &[
+    "prompt",
+    "model",
+    "best_of",
+    "echo",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "max_tokens",
+    "n",
+    "presence_penalty",
+    "seed",
+    "service_tier",
+    "stop",
+    "stream",
+    "stream_options",
+    "suffix",
+    "temperature",
+    "top_p",
+    "user",
+];
+
+/// OpenAI chat fields vLLM's `CompletionRequest` accepts too (structured output).
+const VLLM_COMPLETION_EXTRAS: &[&str] = &["response_format"];
+
+/// vLLM extensions of chat that its `CompletionRequest` does not have (a prompt has no chat
+/// template, no messages to continue).
+const VLLM_CHAT_ONLY: &[&str] = &[
+    "chat_template",
+    "chat_template_kwargs",
+    "add_generation_prompt",
+    "continue_final_message",
+    "documents",
+    "mm_processor_kwargs",
+];
+
 /// vLLM's extension fields of chat completions.
 pub const VLLM_EXTENSIONS: &[&str] = &[
     "best_of",
@@ -159,6 +198,27 @@ pub fn owner(field: &str) -> Owner {
     }
 }
 
+/// Who owns `field` of a request to `endpoint`: chat's fields for chat; for completions, the
+/// OpenAI completions fields, and vLLM's extensions as for chat (chat-only ones, like
+/// `messages` or `tools`, are unknown there).
+pub fn owner_for(field: &str, endpoint: crate::job::Endpoint) -> Owner {
+    match endpoint {
+        crate::job::Endpoint::Chat => owner(field),
+        crate::job::Endpoint::Completions => {
+            if OPENAI_COMPLETIONS.contains(&field) || VLLM_COMPLETION_EXTRAS.contains(&field) {
+                Owner::OpenAi
+            } else if VLLM_CHAT_ONLY.contains(&field) {
+                Owner::Unknown
+            } else {
+                match owner(field) {
+                    Owner::OpenAi => Owner::Unknown,
+                    other => other,
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,5 +238,20 @@ mod tests {
         assert_eq!(owner("priority"), Owner::Platform);
         assert_eq!(owner("guided_regex"), Owner::Vllm);
         assert_eq!(owner("zeta"), Owner::Unknown);
+        use crate::job::Endpoint::Completions;
+        assert_eq!(owner_for("prompt", Completions), Owner::OpenAi);
+        assert_eq!(owner_for("echo", Completions), Owner::OpenAi);
+        assert_eq!(owner_for("messages", Completions), Owner::Unknown);
+        assert_eq!(owner_for("tools", Completions), Owner::Unknown);
+        assert_eq!(owner_for("top_k", Completions), Owner::Vllm);
+        assert_eq!(
+            owner_for("chat_template_kwargs", Completions),
+            Owner::Unknown
+        );
+        assert_eq!(owner_for("priority", Completions), Owner::Platform);
+        assert_eq!(
+            owner_for("prompt", crate::job::Endpoint::Chat),
+            Owner::Unknown
+        );
     }
 }

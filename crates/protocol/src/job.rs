@@ -6,6 +6,43 @@
 use crate::EpochMillis;
 use crate::tier::{DEFAULT_TENANT, Tier};
 
+/// The OpenAI endpoint a request came to, and the engine endpoint its job is sent to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// `/v1/chat/completions`.
+    #[default]
+    Chat,
+    /// `/v1/completions` (the legacy text completions).
+    Completions,
+}
+
+impl Endpoint {
+    /// The path, the same on the gateway and on vLLM.
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Chat => "/v1/chat/completions",
+            Self::Completions => "/v1/completions",
+        }
+    }
+
+    /// The job field's value and the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::Completions => "completions",
+        }
+    }
+
+    /// Parses [`Endpoint::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "chat" => Some(Self::Chat),
+            "completions" => Some(Self::Completions),
+            _ => None,
+        }
+    }
+}
+
 /// A validated chat request on its way to a worker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Job {
@@ -35,6 +72,8 @@ pub struct Job {
     pub tier: Tier,
     /// The tenant it is for: its lane within the tier.
     pub tenant: String,
+    /// The endpoint it came to, which the worker sends it to.
+    pub endpoint: Endpoint,
     /// The engine request body (model rewritten, pool defaults merged).
     pub body: Vec<u8>,
 }
@@ -75,7 +114,7 @@ pub(crate) fn number<T: std::str::FromStr>(
 impl Job {
     /// The stream fields, in order. The body is borrowed: it may be megabytes, and the Redis
     /// command copies it anyway.
-    pub fn to_fields(&self) -> [(&'static str, std::borrow::Cow<'_, [u8]>); 12] {
+    pub fn to_fields(&self) -> [(&'static str, std::borrow::Cow<'_, [u8]>); 13] {
         use std::borrow::Cow::{Borrowed, Owned};
         [
             ("id", Borrowed(self.id.as_bytes())),
@@ -89,6 +128,7 @@ impl Job {
             ("crashed_on", Borrowed(self.crashed_on.as_bytes())),
             ("tier", Borrowed(self.tier.as_str().as_bytes())),
             ("tenant", Borrowed(self.tenant.as_bytes())),
+            ("ep", Borrowed(self.endpoint.as_str().as_bytes())),
             ("body", Borrowed(&self.body)),
         ]
     }
@@ -125,6 +165,15 @@ impl Job {
                 Some(v) => text("tenant", Some(v))?,
                 None => DEFAULT_TENANT.to_owned(),
             },
+            // Entries from before `/v1/completions`: chat.
+            endpoint: match take("ep") {
+                Some(v) => {
+                    let e = text("ep", Some(v))?;
+                    Endpoint::parse(&e)
+                        .ok_or_else(|| DecodeError(format!("unknown endpoint `{e}`")))?
+                }
+                None => Endpoint::Chat,
+            },
             body: take("body").ok_or_else(|| DecodeError("missing field `body`".into()))?,
         })
     }
@@ -149,6 +198,7 @@ mod tests {
             crashed_on: "light-1".into(),
             tier: Tier::Flex,
             tenant: "studio-a".into(),
+            endpoint: Endpoint::Completions,
             body: br#"{"model":"m","messages":[]}"#.to_vec(),
         };
         let mut map: HashMap<&str, Vec<u8>> = job
@@ -161,13 +211,13 @@ mod tests {
         let mut old: HashMap<&str, Vec<u8>> = job
             .to_fields()
             .into_iter()
-            .filter(|(k, _)| *k != "tier" && *k != "tenant")
+            .filter(|(k, _)| *k != "tier" && *k != "tenant" && *k != "ep")
             .map(|(k, v)| (k, v.into_owned()))
             .collect();
         let decoded = Job::from_fields(|k| old.remove(k)).unwrap();
         assert_eq!(
-            (decoded.tier, decoded.tenant.as_str()),
-            (Tier::Default, "default")
+            (decoded.tier, decoded.tenant.as_str(), decoded.endpoint),
+            (Tier::Default, "default", Endpoint::Chat)
         );
     }
 

@@ -17,12 +17,36 @@ pub struct ChatMessage {
     pub content: Option<Value>,
 }
 
+/// `stop`: one stop sequence, or several.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Stop {
+    /// One sequence.
+    One(String),
+    /// Several (at most 4).
+    Many(Vec<String>),
+}
+
+/// The data of one server-sent event of a streamed answer: a chunk (or a last error) as a JSON
+/// object, or `[DONE]`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum StreamEvent {
+    /// A chunk, or an error event.
+    #[schema(value_type = Object)]
+    Chunk(Value),
+    /// `[DONE]`.
+    Done(String),
+}
+
 /// `stream_options`.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamOptions {
     /// Send a last chunk with `usage`.
     pub include_usage: Option<bool>,
+    /// vLLM: every chunk carries the usage so far.
+    pub continuous_usage_stats: Option<bool>,
 }
 
 /// `POST /v1/chat/completions`: the OpenAI request. Unknown fields are refused (400 naming
@@ -59,9 +83,8 @@ pub struct ChatCompletionRequest {
     /// Alternatives per token with their log probabilities.
     #[schema(minimum = 0, maximum = 20)]
     pub top_logprobs: Option<u64>,
-    /// Stop sequences.
-    #[schema(value_type = Option<Object>)]
-    pub stop: Option<Value>,
+    /// Stop sequences: one, or up to 4.
+    pub stop: Option<Stop>,
     /// Seed for sampling.
     pub seed: Option<i64>,
     /// Tools the model may call.
@@ -75,6 +98,66 @@ pub struct ChatCompletionRequest {
     pub response_format: Option<Value>,
     /// An end-user id (logs only).
     pub user: Option<String>,
+}
+
+/// `POST /v1/completions`: the OpenAI (legacy) completions request. Unknown fields are refused
+/// (400 naming the field); vLLM extensions only where the model's pool allows them.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"model": "light", "prompt": "The innkeeper said", "max_tokens": 16}))]
+pub struct CompletionRequest {
+    /// A pool name, served model name or alias (`GET /v1/models`).
+    pub model: String,
+    /// The prompt. Also accepted: an array of strings, of token ids, or of arrays of token ids
+    /// (documented as a string, the form clients use).
+    #[schema(value_type = String)]
+    pub prompt: Value,
+    /// Answer as server-sent events.
+    pub stream: Option<bool>,
+    /// Streaming options.
+    pub stream_options: Option<StreamOptions>,
+    /// Most tokens to generate; at most the pool's ceiling.
+    #[schema(minimum = 1)]
+    pub max_tokens: Option<u64>,
+    /// Choices to generate; at most the pool's `max_n` (1 by default).
+    #[schema(minimum = 1)]
+    pub n: Option<u64>,
+    /// Sampling temperature.
+    pub temperature: Option<f64>,
+    /// Nucleus sampling.
+    pub top_p: Option<f64>,
+    /// Log probabilities of this many most likely tokens per position.
+    #[schema(minimum = 0, maximum = 20)]
+    pub logprobs: Option<u64>,
+    /// Put the prompt before the completion.
+    pub echo: Option<bool>,
+    /// Text after the completion (where the engine supports it).
+    pub suffix: Option<String>,
+    /// Stop sequences: one, or up to 4.
+    pub stop: Option<Stop>,
+    /// Seed for sampling.
+    pub seed: Option<i64>,
+    /// An end-user id (logs only).
+    pub user: Option<String>,
+}
+
+/// A text completion (non-streaming answer), as the engine produced it.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct TextCompletion {
+    /// `cmpl-…`.
+    pub id: String,
+    /// `text_completion`.
+    pub object: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// The served model name.
+    pub model: String,
+    /// The answers (`text`, `finish_reason`, `logprobs`).
+    #[schema(value_type = Vec<Object>)]
+    pub choices: Vec<Value>,
+    /// Token counts.
+    #[schema(value_type = Option<Object>)]
+    pub usage: Option<Value>,
 }
 
 /// A chat completion (non-streaming answer), as the engine produced it.
@@ -105,7 +188,7 @@ pub struct Health {
 
 #[cfg(test)]
 mod tests {
-    use crate::fields::{Owner, owner};
+    use crate::fields::{Owner, owner, owner_for};
 
     #[test]
     fn documented_request_fields_are_openai_fields() {
@@ -115,6 +198,11 @@ mod tests {
         assert!(props.len() >= 10);
         for name in props.keys() {
             assert_eq!(owner(name), Owner::OpenAi, "{name}");
+        }
+        let schema = serde_json::to_value(super::CompletionRequest::schema()).unwrap();
+        for name in schema["properties"].as_object().unwrap().keys() {
+            let owner = owner_for(name, crate::job::Endpoint::Completions);
+            assert_eq!(owner, Owner::OpenAi, "{name}");
         }
     }
 }

@@ -106,6 +106,7 @@ fn job(id: &str, body_len: usize) -> Job {
         crashed_on: String::new(),
         tier: Tier::Default,
         tenant: "default".into(),
+        endpoint: Default::default(),
         body: vec![b'x'; body_len],
     }
 }

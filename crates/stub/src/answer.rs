@@ -3,9 +3,22 @@
 
 use serde_json::{Value, json};
 
+/// Which API the request came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `/v1/chat/completions`.
+    Chat,
+    /// `/v1/completions`: a prompt, text choices (`text_completion` objects).
+    Text,
+}
+
 /// The request as the stub understood it.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// Chat or text completion.
+    pub kind: Kind,
+    /// A text completion with `echo`: the prompt, put before the answer.
+    pub echo: Option<String>,
     /// `chatcmpl-<request id>`.
     pub id: String,
     /// The request id (`x-request-id` or generated).
@@ -67,11 +80,43 @@ impl Plan {
         output_tokens: u32,
         max_model_len: u32,
     ) -> Result<Self, (u16, Value)> {
+        Self::of(
+            Kind::Chat,
+            body,
+            request_id,
+            model,
+            output_tokens,
+            max_model_len,
+        )
+    }
+
+    /// Plans the answer to a request of `kind`.
+    pub fn of(
+        kind: Kind,
+        body: &Value,
+        request_id: String,
+        model: &str,
+        output_tokens: u32,
+        max_model_len: u32,
+    ) -> Result<Self, (u16, Value)> {
         let bad = |m: String| (400, error_body(400, "BadRequestError", &m));
-        let messages = body
-            .get("messages")
-            .and_then(Value::as_array)
-            .ok_or_else(|| bad("messages: field required".into()))?;
+        let no_messages = Vec::new();
+        let (messages, prompt_text) = match kind {
+            Kind::Chat => (
+                body.get("messages")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| bad("messages: field required".into()))?,
+                None,
+            ),
+            Kind::Text => {
+                // vLLM's completions renderer refuses a suffix (vllm/entrypoints/openai/
+                // serving_completion.py: "suffix is not currently supported").
+                if body.get("suffix").is_some_and(|v| !v.is_null()) {
+                    return Err(bad("suffix is not currently supported".into()));
+                }
+                (&no_messages, Some(prompt_of(body).map_err(bad)?))
+            }
+        };
         let requested = body.get("model").and_then(Value::as_str).unwrap_or(model);
         if requested != model {
             return Err((
@@ -90,10 +135,13 @@ impl Plan {
         {
             return Err(bad("n must be 1".into()));
         }
-        let prompt_tokens: u32 = messages
-            .iter()
-            .map(|m| m.get("content").map(count_words).unwrap_or(0) + 4)
-            .sum();
+        let prompt_tokens: u32 = match &prompt_text {
+            Some((_, tokens)) => *tokens,
+            None => messages
+                .iter()
+                .map(|m| m.get("content").map(count_words).unwrap_or(0) + 4)
+                .sum(),
+        };
         let max_tokens = body
             .get("max_completion_tokens")
             .or_else(|| body.get("max_tokens"))
@@ -138,8 +186,17 @@ impl Plan {
             .pointer("/chat_template_kwargs/enable_thinking")
             .and_then(Value::as_bool)
             == Some(true);
+        let echo = match (&prompt_text, body.get("echo").and_then(Value::as_bool)) {
+            (Some((text, _)), Some(true)) => Some(text.clone()),
+            _ => None,
+        };
         Ok(Self {
-            id: format!("chatcmpl-{request_id}"),
+            kind,
+            echo,
+            id: match kind {
+                Kind::Chat => format!("chatcmpl-{request_id}"),
+                Kind::Text => format!("cmpl-{request_id}"),
+            },
             reasoning: thinking.then(|| format!("thinking about {request_id}")),
             request_id,
             model: model.to_owned(),
@@ -147,7 +204,9 @@ impl Plan {
             tokens,
             finish_reason,
             tool_call,
-            logprobs: body.get("logprobs").and_then(Value::as_bool) == Some(true),
+            // Chat: `true`; text: a count (any number asks for them).
+            logprobs: body.get("logprobs").and_then(Value::as_bool) == Some(true)
+                || (kind == Kind::Text && body.get("logprobs").is_some_and(Value::is_u64)),
             include_usage: body
                 .pointer("/stream_options/include_usage")
                 .and_then(Value::as_bool)
@@ -193,8 +252,78 @@ impl Plan {
         })
     }
 
-    /// The non-streaming `chat.completion` body.
+    /// A text completion's `logprobs` for these tokens (vLLM's `CompletionLogProbs`).
+    fn text_logprobs<'a>(&self, tokens: impl Iterator<Item = &'a String>) -> Value {
+        if !self.logprobs {
+            return Value::Null;
+        }
+        let tokens: Vec<&String> = tokens.collect();
+        json!({
+            "text_offset": (0..tokens.len()).collect::<Vec<_>>(),
+            "token_logprobs": tokens.iter().map(|_| -0.125).collect::<Vec<_>>(),
+            "tokens": tokens,
+            "top_logprobs": tokens.iter().map(|t| json!({ t.as_str(): -0.125 })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// The non-streaming `text_completion` body (vLLM's `CompletionResponse`).
+    fn text_completion(&self) -> Value {
+        let text = format!(
+            "{}{}",
+            self.echo.as_deref().unwrap_or(""),
+            self.tokens.concat()
+        );
+        json!({
+            "id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "text": text, "logprobs": self.text_logprobs(self.tokens.iter()),
+                         "finish_reason": self.finish_reason, "stop_reason": null, "prompt_logprobs": null}],
+            "usage": self.usage()
+        })
+    }
+
+    /// The SSE events of a streamed text completion (vLLM's `CompletionStreamResponse`
+    /// chunks: one per token, the finish reason on the last, then the usage chunk if asked).
+    fn text_stream_events(&self) -> Vec<(bool, Value)> {
+        let chunk = |text: &str, logprobs: Value, finish: Option<&str>| {
+            let mut c = json!({
+                "id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish, "stop_reason": null}]
+            });
+            if self.include_usage {
+                c["usage"] = Value::Null;
+            }
+            c
+        };
+        let mut out = Vec::new();
+        if let Some(e) = &self.echo {
+            out.push((true, chunk(e, Value::Null, None)));
+        }
+        let last = self.tokens.len().saturating_sub(1);
+        for (i, t) in self.tokens.iter().enumerate() {
+            let finish = (i == last).then_some(self.finish_reason);
+            let first_step = i == 0 && self.echo.is_none();
+            out.push((
+                first_step || i > 0,
+                chunk(t, self.text_logprobs(std::iter::once(t)), finish),
+            ));
+        }
+        if self.tokens.is_empty() {
+            out.push((true, chunk("", Value::Null, Some(self.finish_reason))));
+        }
+        if self.include_usage {
+            out.push((false, json!({
+                "id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                "choices": [], "usage": self.usage()
+            })));
+        }
+        out
+    }
+
+    /// The non-streaming body: `chat.completion` or `text_completion`.
     pub fn completion(&self) -> Value {
+        if self.kind == Kind::Text {
+            return self.text_completion();
+        }
         let content: Option<String> = if self.tool_call.is_some() {
             None
         } else {
@@ -226,6 +355,9 @@ impl Plan {
     /// before it. Like vLLM, the role chunk arrives with the first token (after prefill), the
     /// first token right with it, then one token per decode step.
     pub fn stream_events(&self) -> Vec<(bool, Value)> {
+        if self.kind == Kind::Text {
+            return self.text_stream_events();
+        }
         let mut out = Vec::new();
         out.push((
             true,
@@ -295,6 +427,31 @@ impl Plan {
             })));
         }
         out
+    }
+}
+
+/// A completions `prompt`: its text (for `echo`) and its length in tokens (words, or token ids).
+/// One prompt per request (vLLM answers a list of prompts with a choice each; the stub does not).
+fn prompt_of(body: &Value) -> Result<(String, u32), String> {
+    let one = |v: &Value| -> Option<(String, u32)> {
+        match v {
+            Value::String(s) => Some((s.clone(), s.split_whitespace().count() as u32)),
+            Value::Array(ids) if ids.iter().all(Value::is_u64) => Some((
+                ids.iter().map(|t| format!("<{t}>")).collect::<String>(),
+                ids.len() as u32,
+            )),
+            _ => None,
+        }
+    };
+    match body.get("prompt") {
+        None => Err("prompt: field required".into()),
+        Some(Value::Array(list)) if list.len() == 1 && !list[0].is_u64() => {
+            one(&list[0]).ok_or_else(|| "prompt: not a string or token ids".into())
+        }
+        Some(Value::Array(list)) if list.len() > 1 && !list[0].is_u64() => {
+            Err("stub: one prompt per request".into())
+        }
+        Some(v) => one(v).ok_or_else(|| "prompt: not a string or token ids".into()),
     }
 }
 

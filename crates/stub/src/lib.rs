@@ -128,6 +128,7 @@ pub async fn serve(
     });
     let v1 = Router::new()
         .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
         .layer(axum::middleware::from_fn_with_state(
             stub.clone(),
@@ -346,6 +347,20 @@ impl Drop for Waiting<'_> {
 pub const CRASH_MARKER: &str = "ssw-stub:crash";
 
 async fn chat(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: Bytes) -> Response {
+    generate(stub, headers, body, answer::Kind::Chat).await
+}
+
+/// `/v1/completions`, as vLLM answers it.
+async fn completions(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: Bytes) -> Response {
+    generate(stub, headers, body, answer::Kind::Text).await
+}
+
+async fn generate(
+    stub: Arc<Stub>,
+    headers: HeaderMap,
+    body: Bytes,
+    kind: answer::Kind,
+) -> Response {
     let body: Value = match serde_json::from_slice(&body) {
         Ok(v @ Value::Object(_)) => v,
         _ => {
@@ -382,7 +397,8 @@ async fn chat(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: Bytes) ->
             &error_body(503, "ServiceUnavailable", "the engine is sleeping"),
         );
     }
-    let plan = match Plan::new(
+    let plan = match Plan::of(
+        kind,
         &body,
         request_id,
         &served.name,

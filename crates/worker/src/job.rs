@@ -565,15 +565,15 @@ async fn execute(
     sender: &Sender,
 ) -> Outcome {
     // The engine's own model name: during a rollout the pool's replicas serve two.
-    let body = ctx
-        .engine_state
-        .model()
-        .and_then(|m| ssw_protocol::chat::with_model(&job.body, &m.name))
+    let sent_model = ctx.engine_state.model().map(|m| m.name);
+    let body = sent_model
+        .as_deref()
+        .and_then(|name| ssw_protocol::chat::with_model(&job.body, name))
         .unwrap_or_else(|| job.body.clone());
     let request = ctx
         .engine
         .http
-        .post(format!("{}/v1/chat/completions", ctx.engine.base))
+        .post(format!("{}{}", ctx.engine.base, job.endpoint.path()))
         .header("content-type", "application/json")
         .header("x-request-id", &job.request_id)
         .body(body)
@@ -611,9 +611,10 @@ async fn execute(
         // The request named the model the engine served at the last probe. If it serves
         // another now (restarted or reloaded under the worker), the job runs again with the new
         // name; any other 404 is the engine's answer, passed on.
-        let sent = ctx.engine_state.model().map(|m| m.name);
+        // Compared with the name this request carried: the probe may have read the new one
+        // since it was sent.
         if let Ok(m) = ctx.engine.served_model(Duration::from_secs(5)).await
-            && sent.as_ref() != Some(&m.name)
+            && sent_model.as_ref() != Some(&m.name)
         {
             let reason = format!("engine answered 404: it serves {} now", m.name);
             ctx.engine_state.set_model(Some(m));

@@ -149,6 +149,7 @@ impl Rig {
             crashed_on: String::new(),
             tier: Tier::Default,
             tenant: "default".into(),
+            endpoint: Default::default(),
             body: serde_json::to_vec(&serde_json::json!({
                 "model": StubConfig::default().served_model, "stream": stream,
                 "messages": [{"role": "user", "content": "hi"}],

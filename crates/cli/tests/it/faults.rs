@@ -490,8 +490,18 @@ async fn a_worker_killed_under_load_is_noticed_by_its_heartbeat_not_the_stall_ti
     })
     .await;
     let reqs = load(&p, "killed", 16, "heavy");
-    TestPlatform::eventually(Duration::from_secs(5), "heavy-0 streaming", || async {
-        p.stub_metric("heavy-0", "vllm:num_requests_running").await >= 2.0
+    // Killed once it has a stream in flight (which worker gets which request depends on who
+    // pulls first: under a loaded CI machine heavy-0 once ran only non-streaming ones).
+    TestPlatform::eventually(Duration::from_secs(10), "heavy-0 streaming", || async {
+        let seen: Value = serde_json::from_str(&p.stub_get("heavy-0", "/stub/requests").await)
+            .unwrap_or_default();
+        let streams = seen
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["body"]["stream"] == true)
+            .count();
+        streams >= 1 && p.stub_metric("heavy-0", "vllm:num_requests_running").await >= 2.0
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -666,7 +676,11 @@ async fn redis_frozen_under_load_fails_nothing_silently_and_never_runs_an_unconf
 
 #[tokio::test]
 async fn clients_leaving_at_each_stage_under_load_cost_the_engines_nothing_more() {
-    let p = two_slow_heavy_replicas(stub(200, 20, 10), |_| {}).await;
+    // 40 ms per token: a client that leaves a running answer (300 ms in, or after the first
+    // chunk) leaves it with 260 ms or more to go, room for the cancel to reach the engine
+    // (cancel_poll_interval 100 ms). At 20 ms per token the margin was 80 ms, and a loaded CI
+    // machine once let an answer finish first (3 aborts instead of 4).
+    let p = two_slow_heavy_replicas(stub(200, 40, 10), |_| {}).await;
     // Running (non-streaming): the first requests, left while their engine generates.
     let mut left = vec![
         leave(

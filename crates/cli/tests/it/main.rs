@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 mod api;
+mod completions;
 mod edge;
 mod failures;
 mod faults;

@@ -1,4 +1,5 @@
-//! `POST /v1/chat/completions`: read the body, admit it, then answer from the worker's replies.
+//! `POST /v1/chat/completions` and `POST /v1/completions`: read the body, admit it, then answer
+//! from the worker's replies.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Extension, Request, State};
@@ -10,6 +11,7 @@ use ssw_protocol::reply::ReplyEvent;
 use tracing::Instrument;
 
 use ssw_protocol::chat::{with_service_tier, with_service_tier_sse};
+use ssw_protocol::job::Endpoint;
 use ssw_protocol::tier::Tier;
 
 use super::{
@@ -21,12 +23,33 @@ use crate::error::{ApiError, json_response, sse_error};
 use crate::lifecycle::{Next, Ticket};
 use crate::state::AppState;
 
-/// The handler.
+/// `POST /v1/chat/completions`.
 pub async fn chat_completions(
     State(state): State<AppState>,
     Extension(rid): Extension<RequestId>,
     Extension(tenant): Extension<Tenant>,
     req: Request,
+) -> Response {
+    generate(state, rid, tenant, req, Endpoint::Chat).await
+}
+
+/// `POST /v1/completions`: the same lifecycle; the engine's `/v1/completions` answers.
+pub async fn completions(
+    State(state): State<AppState>,
+    Extension(rid): Extension<RequestId>,
+    Extension(tenant): Extension<Tenant>,
+    req: Request,
+) -> Response {
+    generate(state, rid, tenant, req, Endpoint::Completions).await
+}
+
+/// Reads the body, admits it, then answers from the worker's replies.
+async fn generate(
+    state: AppState,
+    rid: RequestId,
+    tenant: Tenant,
+    req: Request,
+    endpoint: Endpoint,
 ) -> Response {
     let (parts, body) = req.into_parts();
     let body = match super::body::read(&state, &parts.headers, body).await {
@@ -36,7 +59,8 @@ pub async fn chat_completions(
         }
     };
     let super::body::ReadBody { bytes, budget } = body;
-    let admitted = admission::admit(&state, &parts.headers, bytes, rid.0, &tenant.0).await;
+    let admitted =
+        admission::admit(&state, &parts.headers, bytes, rid.0, &tenant.0, endpoint).await;
     // The job is on the queue (or refused): the body's budget is free again.
     drop(budget);
     match admitted {
