@@ -158,8 +158,19 @@ impl TestPlatform {
 
     /// POSTs a chat completion with the client's own `x-request-id`.
     pub async fn chat_with_id(&self, request_id: &str, body: &Value) -> reqwest::Response {
+        self.post_with_id("/v1/chat/completions", request_id, body)
+            .await
+    }
+
+    /// POSTs `body` as JSON to the gateway's `path` with the client's own `x-request-id`.
+    pub async fn post_with_id(
+        &self,
+        path: &str,
+        request_id: &str,
+        body: &Value,
+    ) -> reqwest::Response {
         self.http
-            .post(self.url("/v1/chat/completions"))
+            .post(self.url(path))
             .header("content-type", "application/json")
             .header("x-request-id", request_id)
             .body(body.to_string())

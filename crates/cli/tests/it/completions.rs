@@ -12,14 +12,7 @@ use crate::failures::slow_stub;
 use crate::ssw;
 
 async fn complete(p: &TestPlatform, request_id: &str, body: &Value) -> reqwest::Response {
-    p.http
-        .post(p.url("/v1/completions"))
-        .header("content-type", "application/json")
-        .header("x-request-id", request_id)
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap()
+    p.post_with_id("/v1/completions", request_id, body).await
 }
 
 async fn json_of(r: reqwest::Response) -> (u16, reqwest::header::HeaderMap, Value) {
