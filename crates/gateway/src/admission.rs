@@ -131,7 +131,9 @@ pub async fn admit(
     let mut charged = None;
     if tenant_cfg.is_limited() {
         let limits = crate::limits::of(tenant_cfg);
-        let (estimate, prompt_estimate) = crate::limits::estimate(body.len(), req.max_tokens);
+        // A list of prompts generates for each.
+        let max_tokens = req.max_tokens.map(|t| t * req.prompts());
+        let (estimate, prompt_estimate) = crate::limits::estimate(body.len(), max_tokens);
         let allowance = state.allowances.of(tenant, limits);
         let need = crate::limits::Local::need(limits, estimate);
         match crate::limits::charge(state, &allowance, need).await {

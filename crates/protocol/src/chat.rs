@@ -578,18 +578,22 @@ impl<'a> ChatRequest<'a> {
                     "include_usage" | "continuous_usage_stats" => {
                         boolean(&format!("stream_options.{key}"), v)?;
                     }
-                    other => {
-                        let name = format!("stream_options.{}", quote(other));
-                        return Err(RequestError::field(
-                            &name,
-                            format!("unrecognized request argument supplied: `{name}`"),
-                        ));
-                    }
+                    // Others pass on, as vLLM takes them (its StreamOptions allows extra
+                    // keys; OpenAI adds some, like `include_obfuscation`).
+                    _ => {}
                 }
             }
         }
         let int = |k: &str| get(k).map(|r| positive_int(k, r)).transpose();
-        let max_tokens = int("max_tokens")?.flatten();
+        // A completion with `echo` may generate nothing (prompt scoring, as vLLM allows).
+        let scoring = endpoint == Endpoint::Completions
+            && get("echo").is_some_and(|r| r.get() == "true")
+            && get("max_tokens").is_some_and(|r| r.get() == "0");
+        let max_tokens = if scoring {
+            Some(0)
+        } else {
+            int("max_tokens")?.flatten()
+        };
         let max_completion_tokens = int("max_completion_tokens")?.flatten();
         let n = int("n")?.flatten();
         let best_of = int("best_of")?.flatten();
@@ -628,13 +632,14 @@ impl<'a> ChatRequest<'a> {
         if let Some(raw) = get("stop").filter(|r| !is_null(r)) {
             let ok = match serde_json::from_str::<Value>(raw.get()) {
                 Ok(Value::String(_)) => true,
-                Ok(Value::Array(a)) => a.len() <= 4 && a.iter().all(Value::is_string),
+                // No count limit: vLLM takes any number (OpenAI's 4 is its own).
+                Ok(Value::Array(a)) => a.iter().all(Value::is_string),
                 _ => false,
             };
             if !ok {
                 return Err(RequestError::field(
                     "stop",
-                    "`stop` must be a string or an array of at most 4 strings",
+                    "`stop` must be a string or an array of strings",
                 ));
             }
         }
@@ -643,6 +648,10 @@ impl<'a> ChatRequest<'a> {
         }
         if let Some(raw) = get("seed").filter(|r| !is_null(r))
             && raw.get().parse::<i64>().is_err()
+            && !raw
+                .get()
+                .parse::<f64>()
+                .is_ok_and(|f| f.fract() == 0.0 && f.abs() < 9.2e18)
         {
             return Err(RequestError::field("seed", "`seed` must be an integer"));
         }
@@ -717,7 +726,31 @@ impl<'a> ChatRequest<'a> {
                 ));
             }
         }
+        // A list of prompts is a sequence each (times `n`): the same ceiling.
+        let prompts = self.prompts();
+        let choices = prompts * self.n.unwrap_or(1).max(self.best_of.unwrap_or(1));
+        if prompts > 1 && choices > u64::from(limits.max_n) {
+            return Err(RequestError::field(
+                "prompt",
+                format!(
+                    "{prompts} prompts make {choices} sequences; this model allows at most {}",
+                    limits.max_n
+                ),
+            ));
+        }
         Ok(())
+    }
+
+    /// How many prompts the request holds: 1, or a completions list's length.
+    pub fn prompts(&self) -> u64 {
+        let Some(raw) = self.raw("prompt") else {
+            return 1;
+        };
+        match serde_json::from_str::<Value>(raw.get()) {
+            // A list of strings, or of token-id lists; a flat list of ids is one prompt.
+            Ok(Value::Array(a)) if a.first().is_some_and(|x| !x.is_u64()) => a.len() as u64,
+            _ => 1,
+        }
     }
 
     /// A top-level field's raw JSON.
@@ -790,7 +823,8 @@ impl<'a> ChatRequest<'a> {
             // A pool's defaults are written for chat; those another endpoint does not know
             // (`chat_template_kwargs` on completions) stay out of its requests.
             if self.fields.iter().any(|(k, _)| k == key)
-                || fields::owner_for(key, self.endpoint) == Owner::Unknown
+                || (self.endpoint != crate::job::Endpoint::Chat
+                    && fields::owner_for(key, self.endpoint) == Owner::Unknown)
             {
                 continue;
             }
@@ -1031,6 +1065,33 @@ mod tests {
         assert!(ok(r#"{"model":"m","prompt":["a","b"]}"#));
         assert!(ok(r#"{"model":"m","prompt":[1,2,3]}"#));
         assert!(ok(r#"{"model":"m","prompt":[[1],[2,3]]}"#));
+        // What vLLM takes: any number of stop strings, unknown stream_options, an integral
+        // float seed, and max_tokens 0 with echo (prompt scoring).
+        assert!(ok(
+            r#"{"prompt":"x","stop":["a","b","c","d","e"],"seed":1.0}"#
+        ));
+        assert!(ok(
+            r#"{"prompt":"x","stream_options":{"include_obfuscation":false}}"#
+        ));
+        assert!(ok(r#"{"prompt":"x","echo":true,"max_tokens":0}"#));
+        assert_eq!(
+            param(r#"{"prompt":"x","max_tokens":0}"#, Completions).as_deref(),
+            Some("max_tokens")
+        );
+        let limits = Limits {
+            max_tokens: None,
+            max_n: 2,
+            allowed_fields: &[],
+        };
+        let three = ChatRequest::parse_for(br#"{"prompt":["a","b","c"]}"#, Completions).unwrap();
+        assert_eq!(three.prompts(), 3);
+        assert_eq!(
+            three.check(&limits).unwrap_err().param.as_deref(),
+            Some("prompt")
+        );
+        let ids = ChatRequest::parse_for(br#"{"prompt":[1,2,3]}"#, Completions).unwrap();
+        assert_eq!(ids.prompts(), 1);
+        assert!(ids.check(&limits).is_ok());
         for (body, field) in [
             (r#"{"model":"m"}"#, "prompt"),
             (r#"{"prompt":[]}"#, "prompt"),
@@ -1041,11 +1102,6 @@ mod tests {
             (r#"{"prompt":"x","user":{}}"#, "user"),
             (r#"{"prompt":"x","seed":1.5}"#, "seed"),
             (r#"{"prompt":"x","stop":[null]}"#, "stop"),
-            (r#"{"prompt":"x","stop":["a","b","c","d","e"]}"#, "stop"),
-            (
-                r#"{"prompt":"x","stream_options":{"a":1}}"#,
-                "stream_options.a",
-            ),
             (
                 r#"{"prompt":"x","stream_options":{"include_usage":1}}"#,
                 "stream_options.include_usage",
@@ -1053,6 +1109,27 @@ mod tests {
         ] {
             assert_eq!(param(body, Completions).as_deref(), Some(field), "{body}");
         }
+        // A pool's defaults: all of them on chat (a field no list knows included); on
+        // completions, not chat's own.
+        let defaults: Map<String, Value> = serde_json::from_str(
+            r#"{"include_reasoning":true,"chat_template_kwargs":{"enable_thinking":false}}"#,
+        )
+        .unwrap();
+        let body = |raw: &[u8], endpoint| -> Value {
+            let req = ChatRequest::parse_for(raw, endpoint).unwrap();
+            serde_json::from_slice(&req.into_engine_body("m", &defaults, None)).unwrap()
+        };
+        let chat_body = body(
+            br#"{"messages":[{"role":"user"}]}"#,
+            crate::job::Endpoint::Chat,
+        );
+        assert_eq!(chat_body["include_reasoning"], true);
+        assert!(chat_body.get("chat_template_kwargs").is_some());
+        let text_body = body(br#"{"prompt":"x"}"#, Completions);
+        assert!(
+            text_body.get("chat_template_kwargs").is_none(),
+            "{text_body}"
+        );
         let chat = crate::job::Endpoint::Chat;
         assert_eq!(
             param(r#"{"messages":[{"role":"user"}],"prompt":"x"}"#, chat).as_deref(),

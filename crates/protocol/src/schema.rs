@@ -23,7 +23,7 @@ pub struct ChatMessage {
 pub enum Stop {
     /// One sequence.
     One(String),
-    /// Several (at most 4).
+    /// Several.
     Many(Vec<String>),
 }
 
@@ -39,9 +39,8 @@ pub enum StreamEvent {
     Done(String),
 }
 
-/// `stream_options`.
+/// `stream_options` (other keys are passed on to the engine).
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct StreamOptions {
     /// Send a last chunk with `usage`.
     pub include_usage: Option<bool>,
@@ -83,7 +82,7 @@ pub struct ChatCompletionRequest {
     /// Alternatives per token with their log probabilities.
     #[schema(minimum = 0, maximum = 20)]
     pub top_logprobs: Option<u64>,
-    /// Stop sequences: one, or up to 4.
+    /// Stop sequences: one, or several.
     pub stop: Option<Stop>,
     /// Seed for sampling.
     pub seed: Option<i64>,
@@ -133,7 +132,7 @@ pub struct CompletionRequest {
     pub echo: Option<bool>,
     /// Text after the completion (where the engine supports it).
     pub suffix: Option<String>,
-    /// Stop sequences: one, or up to 4.
+    /// Stop sequences: one, or several.
     pub stop: Option<Stop>,
     /// Seed for sampling.
     pub seed: Option<i64>,
