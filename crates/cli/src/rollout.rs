@@ -201,21 +201,18 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
         reason: args.reason,
         at_ms: ssw_queue::now_ms(),
     };
-    let in_force = if redis.drain(&pool, &args.worker, &d).await? {
-        println!(
-            "{}: drained; it stops pulling at its next heartbeat and finishes its jobs (`ssw resume {}` ends it)",
-            args.worker, args.worker
-        );
-        d
-    } else {
-        let (_, d) = redis
-            .drains(&pool)
-            .await?
-            .into_iter()
-            .find(|(w, _)| *w == args.worker)
-            .context("the drain vanished (resumed meanwhile?)")?;
-        println!("{}: already drained by {}", args.worker, d.by);
-        d
+    let in_force = match redis.drain(&pool, &args.worker, &d).await? {
+        None => {
+            println!(
+                "{}: drained; it stops pulling at its next heartbeat and finishes its jobs (`ssw resume {}` ends it)",
+                args.worker, args.worker
+            );
+            d
+        }
+        Some(before) => {
+            println!("{}: already drained by {}", args.worker, before.by);
+            before
+        }
     };
     if !live(&redis, &config, &pool)
         .await?
@@ -331,93 +328,41 @@ fn progress(worker: &str, what: &str) {
     println!("[{worker}] {what}");
 }
 
-/// An engine as the rollout talks to it.
-struct EngineClient {
-    http: reqwest::Client,
-    base: String,
-}
+/// An engine as the rollout talks to it: the worker's engine client, for the calls a worker
+/// never makes.
+struct EngineClient(ssw_worker::engine::Engine);
+
+/// How long one engine call may take (a weight reload: `--ready-timeout`).
+const CALL: Duration = Duration::from_secs(60);
 
 impl EngineClient {
-    fn new(base: &str, api_key: Option<&str>) -> anyhow::Result<Self> {
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(key) = api_key {
-            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))?;
-            v.set_sensitive(true);
-            headers.insert(reqwest::header::AUTHORIZATION, v);
-        }
-        Ok(Self {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .no_proxy()
-                .default_headers(headers)
-                .build()?,
-            base: base.trim_end_matches('/').to_owned(),
-        })
+    fn new(config: &Config, base: &str, api_key: Option<&str>) -> anyhow::Result<Self> {
+        let cfg = ssw_config::WorkerConfig {
+            engine_url: base.to_owned(),
+            ..config.worker.clone()
+        };
+        Ok(Self(ssw_worker::engine::Engine::new(&cfg, api_key)?))
     }
 
     /// The engine's served model, if it is healthy and says.
     async fn model(&self) -> Result<ssw_worker::engine::ServedModel, String> {
-        let health = self
-            .http
-            .get(format!("{}/health", self.base))
-            .send()
-            .await
-            .map_err(|e| format!("/health: {}", ssw_worker::engine::error_chain(&e)))?;
-        if !health.status().is_success() {
-            return Err(format!("/health answered {}", health.status()));
-        }
-        let r = self
-            .http
-            .get(format!("{}/v1/models", self.base))
-            .send()
-            .await
-            .map_err(|e| format!("/v1/models: {}", ssw_worker::engine::error_chain(&e)))?;
-        if !r.status().is_success() {
-            return Err(format!("/v1/models answered {}", r.status()));
-        }
-        let body = r.bytes().await.map_err(|e| e.to_string())?;
-        ssw_worker::engine::parse_models(&body).ok_or_else(|| "/v1/models: no model card".into())
+        self.0.health(CALL).await?;
+        self.0.served_model(CALL).await
     }
 
-    /// A one-token chat completion.
-    async fn smoke(&self, model: &str) -> Result<Duration, String> {
-        let start = Instant::now();
-        let r = self
-            .http
-            .post(format!("{}/v1/chat/completions", self.base))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(
-                serde_json::json!({
-                    "model": model,
-                    "messages": [{"role": "user", "content": "ssw rollout smoke test"}],
-                    "max_tokens": 1,
-                })
-                .to_string(),
-            )
-            .send()
-            .await
-            .map_err(|e| format!("smoke request: {}", ssw_worker::engine::error_chain(&e)))?;
-        let status = r.status();
-        let body = r.text().await.unwrap_or_default();
-        if !status.is_success() {
-            return Err(format!(
-                "smoke request answered {status}: {}",
-                body.chars().take(300).collect::<String>()
-            ));
-        }
-        Ok(start.elapsed())
-    }
-
-    /// One call of vLLM's engine API; an error names it.
+    /// One POST; an error names `what`, and `on_404` says what a 404 means.
     async fn call(
         &self,
+        what: &str,
         path: &str,
         body: Option<serde_json::Value>,
         timeout: Duration,
+        on_404: &str,
     ) -> Result<(), String> {
         let mut req = self
+            .0
             .http
-            .post(format!("{}{path}", self.base))
+            .post(format!("{}{path}", self.0.base))
             .timeout(timeout);
         if let Some(b) = body {
             req = req
@@ -427,14 +372,12 @@ impl EngineClient {
         let r = req
             .send()
             .await
-            .map_err(|e| format!("{path}: {}", ssw_worker::engine::error_chain(&e)))?;
+            .map_err(|e| format!("{what}: {}", ssw_worker::engine::error_chain(&e)))?;
         match r.status().as_u16() {
             200..=299 => Ok(()),
-            404 => Err(format!(
-                "{path}: 404 (vLLM serves its engine API only with --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1; or use --restart-cmd)"
-            )),
+            404 if !on_404.is_empty() => Err(format!("{what}: 404 ({on_404})")),
             s => Err(format!(
-                "{path} answered {s}: {}",
+                "{what} answered {s}: {}",
                 r.text()
                     .await
                     .unwrap_or_default()
@@ -445,20 +388,44 @@ impl EngineClient {
         }
     }
 
+    /// A one-token chat completion; how long it took.
+    async fn smoke(&self, model: &str) -> Result<Duration, String> {
+        let start = Instant::now();
+        let body = serde_json::json!({
+            "model": model,
+            "messages": [{"role": "user", "content": "ssw rollout smoke test"}],
+            "max_tokens": 1,
+        });
+        self.call(
+            "smoke request",
+            "/v1/chat/completions",
+            Some(body),
+            CALL,
+            "",
+        )
+        .await?;
+        Ok(start.elapsed())
+    }
+
     /// vLLM's in-place weight reload (docs/features/sleep_mode.md: a level-2 sleep's wake-up
     /// sequence): the weights and KV cache are dropped, the weights woken and reloaded from
     /// `weights`, the KV cache woken, and the prefix cache (the old weights' KV) reset.
     async fn reload_weights(&self, weights: &str, timeout: Duration) -> Result<(), String> {
-        let short = Duration::from_secs(60);
-        self.call("/sleep?level=2", None, short).await?;
-        self.call("/wake_up?tags=weights", None, short).await?;
+        const DEV: &str = "vLLM serves its engine API only with --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1; or use --restart-cmd";
         let rpc = serde_json::json!({
             "method": "reload_weights",
             "kwargs": { "weights_path": weights, "is_checkpoint_format": true },
         });
-        self.call("/collective_rpc", Some(rpc), timeout).await?;
-        self.call("/wake_up?tags=kv_cache", None, short).await?;
-        self.call("/reset_prefix_cache", None, short).await
+        for (path, body, t) in [
+            ("/sleep?level=2", None, CALL),
+            ("/wake_up?tags=weights", None, CALL),
+            ("/collective_rpc", Some(rpc), timeout),
+            ("/wake_up?tags=kv_cache", None, CALL),
+            ("/reset_prefix_cache", None, CALL),
+        ] {
+            self.call(path, path, body, t, DEV).await?;
+        }
+        Ok(())
     }
 
     /// Asks a stub to load `model` (`/stub/load_model`).
@@ -467,25 +434,14 @@ impl EngineClient {
         if let Some(t) = load_time {
             body["load_time_ms"] = (t.as_millis() as u64).into();
         }
-        let r = self
-            .http
-            .post(format!("{}/stub/load_model", self.base))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .map_err(|e| format!("load request: {}", ssw_worker::engine::error_chain(&e)))?;
-        match r.status().as_u16() {
-            200..=299 => Ok(()),
-            404 => Err(
-                "the engine has no load endpoint (`--engine-api` reloads stubs; restart vLLM with `--restart-cmd`)"
-                    .into(),
-            ),
-            s => Err(format!(
-                "load request answered {s}: {}",
-                r.text().await.unwrap_or_default()
-            )),
-        }
+        self.call(
+            "load request",
+            "/stub/load_model",
+            Some(body),
+            CALL,
+            "the engine has no load endpoint: `--engine-api` reloads stubs; restart vLLM with `--restart-cmd`, or give --weights",
+        )
+        .await
     }
 }
 
@@ -677,32 +633,23 @@ async fn roll_one(fleet: &Fleet, w: &WorkerStatus, plan: &Plan) -> Result<(), St
         .iter()
         .find(|(worker, _)| worker == id)
         .map_or(w.engine_url.as_str(), |(_, u)| u.as_str());
-    let engine = EngineClient::new(url, plan.api_key.as_deref()).map_err(|e| e.to_string())?;
+    let engine = EngineClient::new(&fleet.config, url, plan.api_key.as_deref())
+        .map_err(|e| e.to_string())?;
     let d = Drain {
         by: ROLLOUT.into(),
         reason: format!("rollout by {}", author()),
         at_ms: ssw_queue::now_ms(),
     };
-    let set = fleet
+    // A drain a rollout left (a run that failed or was interrupted) is this rollout's to end;
+    // an operator's is not.
+    let (ours, d) = match fleet
         .redis
         .drain(&fleet.pool, id, &d)
         .await
-        .map_err(|e| format!("cannot drain: {e}"))?;
-    // A drain a rollout left (a run that failed or was interrupted) is this rollout's to end;
-    // an operator's is not.
-    let (ours, d) = if set {
-        (true, d)
-    } else {
-        let existing = fleet
-            .redis
-            .drains(&fleet.pool)
-            .await
-            .map_err(|e| format!("cannot read drains: {e}"))?
-            .into_iter()
-            .find(|(w, _)| w == id)
-            .map(|(_, d)| d)
-            .ok_or("its drain vanished (resumed meanwhile?)")?;
-        (existing.by == ROLLOUT, existing)
+        .map_err(|e| format!("cannot drain: {e}"))?
+    {
+        None => (true, d),
+        Some(before) => (before.by == ROLLOUT, before),
     };
     if !ours {
         progress(

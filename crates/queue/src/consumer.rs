@@ -542,31 +542,35 @@ impl Redis {
             .arg(now_ms.saturating_sub(3_600_000));
         let v: Value = self.script(&inv).await?;
         let drain = resp::array(v)?.into_iter().nth(1).and_then(resp::bytes);
-        Ok(drain.map(|b| {
-            // A drain entry that does not decode still drains: an operator wrote something.
-            serde_json::from_slice(&b).unwrap_or_else(|_| Drain {
-                by: "?".into(),
-                reason: String::from_utf8_lossy(&b).into_owned(),
-                at_ms: 0,
-            })
-        }))
+        Ok(drain.map(|b| decode_drain(&String::from_utf8_lossy(&b))))
     }
 
     /// Drains `worker` of `pool` (it stops pulling at its next heartbeat, finishes what it
-    /// runs, and stays drained across restarts), and wakes it if it waits for jobs. Returns
-    /// false if it was drained already (the first drain is kept).
-    pub async fn drain(&self, pool: &str, worker: &str, drain: &Drain) -> Result<bool, QueueError> {
+    /// runs, and stays drained across restarts). Returns the drain already in force, if it was
+    /// drained before (the first drain is kept), or `None` if this one is.
+    pub async fn drain(
+        &self,
+        pool: &str,
+        worker: &str,
+        drain: &Drain,
+    ) -> Result<Option<Drain>, QueueError> {
         let json =
             serde_json::to_string(drain).map_err(|e| QueueError::Malformed(e.to_string()))?;
-        let set: bool = self
-            .query(
-                redis::cmd("HSETNX")
-                    .arg(self.keys().drain(pool))
-                    .arg(worker)
-                    .arg(json),
-            )
-            .await?;
-        Ok(set)
+        let key = self.keys().drain(pool);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("HSETNX")
+            .arg(&key)
+            .arg(worker)
+            .arg(json)
+            .cmd("HGET")
+            .arg(&key)
+            .arg(worker);
+        let (set, stored): (bool, Option<String>) = self.pipe(&pipe).await?;
+        Ok(match (set, stored) {
+            (true, _) | (false, None) => None,
+            (false, Some(j)) => Some(decode_drain(&j)),
+        })
     }
 
     /// Ends an operator's drain of `worker`; returns false if it was not drained.
@@ -584,14 +588,7 @@ impl Redis {
             .await?;
         let mut out: Vec<(String, Drain)> = all
             .into_iter()
-            .map(|(w, j)| {
-                let d = serde_json::from_str(&j).unwrap_or(Drain {
-                    by: "?".into(),
-                    reason: j,
-                    at_ms: 0,
-                });
-                (w, d)
-            })
+            .map(|(w, j)| (w, decode_drain(&j)))
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
@@ -623,6 +620,15 @@ impl Redis {
             .ignore();
         self.pipe(&pipe).await
     }
+}
+
+/// A drain entry; one that does not decode still drains (an operator wrote something).
+fn decode_drain(json: &str) -> Drain {
+    serde_json::from_str(json).unwrap_or_else(|_| Drain {
+        by: "?".into(),
+        reason: json.to_owned(),
+        at_ms: 0,
+    })
 }
 
 /// The REPLY script's call for one event.

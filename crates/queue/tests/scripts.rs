@@ -738,14 +738,15 @@ async fn a_drain_reaches_the_worker_through_its_heartbeat_and_outlives_its_death
         reason: "swap".into(),
         at_ms: 7,
     };
-    assert!(r.redis.drain(POOL, "w", &d).await.unwrap());
+    assert_eq!(r.redis.drain(POOL, "w", &d).await.unwrap(), None);
     let later = ssw_protocol::heartbeat::Drain {
         by: "other".into(),
         ..d.clone()
     };
-    assert!(
-        !r.redis.drain(POOL, "w", &later).await.unwrap(),
-        "the first drain is kept"
+    assert_eq!(
+        r.redis.drain(POOL, "w", &later).await.unwrap(),
+        Some(d.clone()),
+        "the first drain is kept, and said"
     );
     assert_eq!(beat(now_ms()).await, Some(d.clone()));
     assert_eq!(

@@ -240,6 +240,22 @@ impl Engine {
         })
     }
 
+    /// Whether `/health` answers 200; else why not.
+    pub async fn health(&self, timeout: Duration) -> Result<(), String> {
+        let r = self
+            .http
+            .get(format!("{}/health", self.base))
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| format!("/health: {}", error_chain(&e)))?;
+        if r.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("/health answered {}", r.status()))
+        }
+    }
+
     /// Reads the engine's `/v1/models`.
     pub async fn served_model(&self, timeout: Duration) -> Result<ServedModel, String> {
         let r = self
@@ -262,14 +278,8 @@ impl Engine {
     /// One probe: `/health`, `/v1/models` when it is due (the engine is up only once its
     /// model is known: requests are sent with its name), then `/metrics` for the load.
     async fn probe(&self, state: &EngineState, timeout: Duration) {
-        let health = self
-            .http
-            .get(format!("{}/health", self.base))
-            .timeout(timeout)
-            .send()
-            .await;
-        match health {
-            Ok(r) if r.status().is_success() => {
+        match self.health(timeout).await {
+            Ok(()) => {
                 if state.model_stale() {
                     match self.served_model(timeout).await {
                         Ok(m) => state.set_model(Some(m)),
@@ -285,12 +295,8 @@ impl Engine {
                 }
                 state.set_up(true, None);
             }
-            Ok(r) => {
-                state.set_up(false, Some(format!("/health answered {}", r.status())));
-                return;
-            }
-            Err(e) => {
-                state.set_up(false, Some(format!("/health: {}", error_chain(&e))));
+            Err(detail) => {
+                state.set_up(false, Some(detail));
                 return;
             }
         }

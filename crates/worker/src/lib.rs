@@ -225,6 +225,28 @@ impl Ctx {
         self.drain.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Publishes a heartbeat and takes in what it says: the operator's drain, if any, and that
+    /// Redis has heard from this worker (it may pull from then on).
+    async fn beat(&self) -> Result<(), QueueError> {
+        let drain = self
+            .redis
+            .heartbeat(&self.status(), ssw_queue::now_ms(), self.cfg.heartbeat_ttl)
+            .await?;
+        let started = drain.is_some() && self.drain().is_none();
+        self.set_drain(drain);
+        if !self.beat_ok.swap(true, Ordering::Relaxed) {
+            self.slot_freed.notify_one();
+        }
+        if started {
+            // The pull loop may wait in Redis for jobs: wake it, so it stops now and the next
+            // heartbeat reports it paused.
+            if let Err(e) = self.redis.wake_self(&self.pool, &self.id).await {
+                tracing::debug!(error = %e, "cannot wake the pull loop");
+            }
+        }
+        Ok(())
+    }
+
     /// Records the drain the last heartbeat read; wakes the pull loop when it ends.
     fn set_drain(&self, drain: Option<Drain>) {
         let mut slot = self.drain.lock().unwrap_or_else(|p| p.into_inner());
@@ -357,16 +379,8 @@ pub async fn run(
     // Live before the first pull: a worker that holds jobs without a heartbeat looks dead, and
     // others would take its jobs over. The heartbeat also says whether an operator's drain
     // holds it (a drain outlives restarts).
-    match ctx
-        .redis
-        .heartbeat(&ctx.status(), ssw_queue::now_ms(), ctx.cfg.heartbeat_ttl)
-        .await
-    {
-        Ok(drain) => {
-            ctx.set_drain(drain);
-            ctx.beat_ok.store(true, Ordering::Relaxed);
-        }
-        Err(e) => tracing::warn!(error = %e, "first heartbeat failed; pulling waits for redis"),
+    if let Err(e) = ctx.beat().await {
+        tracing::warn!(error = %e, "first heartbeat failed; pulling waits for redis");
     }
     let jobs = TaskTracker::new();
     pull_loop(&ctx, &jobs, &shutdown).await;
@@ -750,25 +764,7 @@ async fn heartbeats(ctx: Arc<Ctx>, shutdown: CancellationToken, stopping: Cancel
         }
         last_tick.store(ssw_queue::now_ms(), Ordering::Relaxed);
         telemetry::engine(&ctx);
-        let beat = ctx
-            .redis
-            .heartbeat(&ctx.status(), ssw_queue::now_ms(), ctx.cfg.heartbeat_ttl)
-            .await;
-        if let Ok(drain) = &beat {
-            let started = drain.is_some() && ctx.drain().is_none();
-            ctx.set_drain(drain.clone());
-            if !ctx.beat_ok.swap(true, Ordering::Relaxed) {
-                ctx.slot_freed.notify_one();
-            }
-            if started {
-                // The pull loop may wait in Redis for jobs: wake it, so it stops now and the
-                // next heartbeat reports it paused.
-                if let Err(e) = ctx.redis.wake_self(&ctx.pool, &ctx.id).await {
-                    tracing::debug!(error = %e, "cannot wake the pull loop");
-                }
-            }
-        }
-        match beat.map(|_| ()) {
+        match ctx.beat().await {
             Ok(()) if !notified => {
                 notified = true;
                 let last = last_tick.clone();
