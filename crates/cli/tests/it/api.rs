@@ -416,6 +416,20 @@ async fn api_keys_are_required_when_configured() {
 #[tokio::test]
 async fn readyz_reports_each_pool_and_metrics_count_requests() {
     let p = TestPlatform::start(ssw()).await;
+    // Ready means one serving worker per pool; the second replica's first heartbeat may come a
+    // moment later (its process started later on a loaded machine: seen once in CI).
+    TestPlatform::eventually(
+        std::time::Duration::from_secs(10),
+        "both replicas of each pool live",
+        || async {
+            let text = p.get_text(&p.url("/readyz")).await;
+            let v: Value = serde_json::from_str(&text).unwrap_or_default();
+            v["pools"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().all(|x| x["live_workers"] == 2))
+        },
+    )
+    .await;
     let r = p.http.get(p.url("/readyz")).send().await.unwrap();
     let (status, _, v) = json_of(r).await;
     assert_eq!(status, 200, "{v}");
