@@ -89,7 +89,7 @@
   # Tenants: who shares the platform, known by its API keys (docs/configuration.md, `[tenants]`):
   #   tenants.npc-pipeline = { apiKeysFile = "/run/secrets/npc-keys"; defaultTier = "flex";
   #     maxTier = "default"; requestsPerMinute = 6000; tokensPerMinute = 2000000;
-  #     maxConcurrent = 200; maxQueued = 5000; };
+  #     maxConcurrent = 200; maxQueued = 5000; tokensPerDay = 500000000; };
   # `tenants.default` (no keys file of its own) sets the tiers and limits of gateway.apiKeysFile's
   # keys.
   tenants = { };

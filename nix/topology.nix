@@ -84,6 +84,8 @@ let
     tokensPerMinute = "tokens_per_minute";
     maxConcurrent = "max_concurrent";
     maxQueued = "max_queued";
+    requestsPerDay = "requests_per_day";
+    tokensPerDay = "tokens_per_day";
   };
   routeFields = { variants = "variants"; sticky = "sticky"; salt = "salt"; shadow = "shadow"; guard = "guard"; };
   variantFields = { pool = "pool"; weight = "weight"; name = "name"; };

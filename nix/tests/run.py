@@ -109,11 +109,11 @@ MERGES = [
      {"heavy": 2, "light": 0, "ssw": "priority"}),
     ("tiers and a reserve of a pool, and tenants without their key files, reach the ssw configs",
      '{ pools.heavy = { priorityReserve = 0.25; tiers.flex = { maxQueue = 100; minShare = 0.05; }; }; '
-     'tenants = { npc = { apiKeysFile = "/run/secrets/npc"; maxTier = "default"; maxConcurrent = 50; }; }; }',
+     'tenants = { npc = { apiKeysFile = "/run/secrets/npc"; maxTier = "default"; maxConcurrent = 50; tokensPerDay = 1000000; }; }; }',
      "{ g = t.ssw.gateway.pools.heavy.tiers; r = t.ssw.workers.heavy-0.pools.heavy.priority_reserve; "
      "tenants = t.ssw.gateway.tenants; light = t.ssw.gateway.pools.light ? tiers; worker = t.ssw.workers.heavy-0 ? tenants; }",
      {"g": {"flex": {"max_queue": 100, "min_share": 0.05}}, "r": 0.25,
-      "tenants": {"npc": {"max_tier": "default", "max_concurrent": 50}}, "light": False, "worker": False}),
+      "tenants": {"npc": {"max_tier": "default", "max_concurrent": 50, "tokens_per_day": 1000000}}, "light": False, "worker": False}),
 ]
 
 

@@ -67,6 +67,12 @@ pub struct TenantLimits {
     /// Requests waiting, per pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_queued: Option<u64>,
+    /// Requests per UTC day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_day: Option<u64>,
+    /// Tokens per UTC day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_day: Option<u64>,
 }
 
 fn highest() -> Tier {
@@ -150,6 +156,8 @@ impl Config {
                         tokens_per_minute: t.tokens_per_minute,
                         max_concurrent: t.max_concurrent,
                         max_queued: t.max_queued,
+                        requests_per_day: t.requests_per_day,
+                        tokens_per_day: t.tokens_per_day,
                     };
                     (name.clone(), l)
                 })
@@ -188,6 +196,8 @@ impl Config {
             t.tokens_per_minute = l.tokens_per_minute;
             t.max_concurrent = l.max_concurrent;
             t.max_queued = l.max_queued;
+            t.requests_per_day = l.requests_per_day;
+            t.tokens_per_day = l.tokens_per_day;
         }
         c.validate(Role::Gateway)?;
         Ok(c)

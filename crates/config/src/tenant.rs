@@ -42,6 +42,13 @@ pub struct TenantConfig {
     /// Requests waiting for a worker, per pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_queued: Option<u64>,
+    /// Requests per UTC day, over every gateway (a quota: spent, 429 `insufficient_quota`
+    /// until 00:00 UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_day: Option<u64>,
+    /// Tokens (prompt + completion) per UTC day, over every gateway, counted as per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_day: Option<u64>,
 }
 
 fn highest() -> Tier {
@@ -58,6 +65,8 @@ impl Default for TenantConfig {
             tokens_per_minute: None,
             max_concurrent: None,
             max_queued: None,
+            requests_per_day: None,
+            tokens_per_day: None,
         }
     }
 }
@@ -68,6 +77,8 @@ impl TenantConfig {
         self.requests_per_minute.is_some()
             || self.tokens_per_minute.is_some()
             || self.max_concurrent.is_some()
+            || self.requests_per_day.is_some()
+            || self.tokens_per_day.is_some()
     }
 }
 
@@ -106,6 +117,8 @@ pub(crate) fn validate(tenants: &BTreeMap<String, TenantConfig>) -> Result<(), C
             ("tokens_per_minute", t.tokens_per_minute),
             ("max_concurrent", t.max_concurrent),
             ("max_queued", t.max_queued),
+            ("requests_per_day", t.requests_per_day),
+            ("tokens_per_day", t.tokens_per_day),
         ] {
             if v == Some(0) {
                 return Err(invalid(

@@ -110,6 +110,14 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
+        // A spent quota comes back at 00:00 UTC: the OpenAI SDKs, which retry a 429 on their
+        // own, obey `x-should-retry` (openai-python `_base_client.py`, `_should_retry`).
+        if self.code == ErrorCode::InsufficientQuota {
+            resp.headers_mut().insert(
+                axum::http::HeaderName::from_static("x-should-retry"),
+                HeaderValue::from_static("false"),
+            );
+        }
         if self.close {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));

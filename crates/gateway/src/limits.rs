@@ -42,6 +42,8 @@ pub fn of(t: &TenantConfig) -> TenantLimits {
         requests_per_minute: t.requests_per_minute.unwrap_or(0),
         tokens_per_minute: t.tokens_per_minute.unwrap_or(0),
         max_concurrent: t.max_concurrent.unwrap_or(0),
+        requests_per_day: t.requests_per_day.unwrap_or(0),
+        tokens_per_day: t.tokens_per_day.unwrap_or(0),
     }
 }
 
@@ -55,15 +57,20 @@ pub struct RateHeaders {
     pub decision: RateDecision,
 }
 
-/// OpenAI's duration format for the reset headers (`"1s"`, `"6m0s"`, `"120ms"`).
+/// OpenAI's duration format for the reset headers (`"1s"`, `"6m0s"`, `"120ms"`, `"13h59m2s"`).
 fn reset(d: Duration) -> String {
     let ms = d.as_millis() as u64;
     match ms {
         0..1000 => format!("{ms}ms"),
         1000..60_000 => format!("{}s", ms.div_ceil(1000)),
-        _ => {
+        60_000..3_600_000 => {
             let s = ms.div_ceil(1000);
             format!("{}m{}s", s / 60, s % 60)
+        }
+        // Go's duration format, which OpenAI's values follow.
+        _ => {
+            let s = ms.div_ceil(1000);
+            format!("{}h{}m{}s", s / 3600, s / 60 % 60, s % 60)
         }
     }
 }
@@ -97,20 +104,61 @@ impl RateHeaders {
             set("x-ratelimit-remaining-tokens", d.tokens_left.to_string());
             set("x-ratelimit-reset-tokens", reset(d.tokens_reset));
         }
+        // Daily quotas: OpenAI has no headers for them; ours read like its rate-limit ones.
+        let day = self.limits.requests_per_day > 0 || self.limits.tokens_per_day > 0;
+        if self.limits.requests_per_day > 0 {
+            set(
+                "x-ssw-quota-limit-requests",
+                self.limits.requests_per_day.to_string(),
+            );
+            set(
+                "x-ssw-quota-remaining-requests",
+                d.requests_left_today.to_string(),
+            );
+        }
+        if self.limits.tokens_per_day > 0 {
+            set(
+                "x-ssw-quota-limit-tokens",
+                self.limits.tokens_per_day.to_string(),
+            );
+            set(
+                "x-ssw-quota-remaining-tokens",
+                d.tokens_left_today.to_string(),
+            );
+        }
+        if day {
+            set("x-ssw-quota-reset", reset(d.day_reset));
+        }
     }
 }
 
-/// The 429 for a refused request.
+/// The 429 for a refused request: `rate_limit_exceeded` over a rate limit,
+/// `insufficient_quota` (OpenAI's code for it) when a daily quota is spent.
 pub fn refusal(tenant: &str, limit: Limit, limits: TenantLimits, retry: Duration) -> ApiError {
     let what = match limit {
-        Limit::Requests => format!("{} requests per minute", limits.requests_per_minute),
-        Limit::Tokens => format!("{} tokens per minute", limits.tokens_per_minute),
-        Limit::Concurrent => format!("{} concurrent requests", limits.max_concurrent),
+        Limit::Requests => format!(
+            "its limit of {} requests per minute",
+            limits.requests_per_minute
+        ),
+        Limit::Tokens => format!(
+            "its limit of {} tokens per minute",
+            limits.tokens_per_minute
+        ),
+        Limit::Concurrent => format!("its limit of {} concurrent requests", limits.max_concurrent),
+        Limit::RequestsPerDay => {
+            format!("its quota of {} requests per day", limits.requests_per_day)
+        }
+        Limit::TokensPerDay => format!("its quota of {} tokens per day", limits.tokens_per_day),
     };
     let secs = retry.as_secs_f64().max(0.001);
+    let (code, when) = if limit.is_quota() {
+        (ErrorCode::InsufficientQuota, "it starts again at 00:00 UTC")
+    } else {
+        (ErrorCode::RateLimitExceeded, "retry")
+    };
     ApiError::new(
-        ErrorCode::RateLimitExceeded,
-        format!("tenant `{tenant}` is over its limit of {what}; retry in {secs:.3}s"),
+        code,
+        format!("tenant `{tenant}` is over {what}; {when}, in {secs:.3}s"),
     )
     .retry_after(retry.max(Duration::from_millis(1)))
 }
@@ -171,9 +219,9 @@ pub enum Taken {
     Ask,
 }
 
-/// Whether a limit lets `held` cover `need` (no limit: always).
-fn covers(limit: u64, held: u64, need: u64) -> bool {
-    limit == 0 || held >= need
+/// Whether what is `held` covers `need` (nothing `counted`: always).
+fn covers(counted: bool, held: u64, need: u64) -> bool {
+    !counted || held >= need
 }
 
 impl Local {
@@ -184,12 +232,9 @@ impl Local {
         self.demand.requests += need.requests;
         self.demand.tokens += need.tokens;
         self.demand.slots += need.slots;
-        let covered = covers(
-            limits.requests_per_minute,
-            self.held.requests,
-            need.requests,
-        ) && covers(limits.tokens_per_minute, self.held.tokens, need.tokens)
-            && covers(limits.max_concurrent, self.held.slots, need.slots);
+        let covered = covers(limits.counts_requests(), self.held.requests, need.requests)
+            && covers(limits.counts_tokens(), self.held.tokens, need.tokens)
+            && covers(limits.max_concurrent > 0, self.held.slots, need.slots);
         // Nothing heard from Redis yet: it decides (and reports the levels).
         if covered && self.seen.is_some() {
             self.held.requests -= need.requests.min(self.held.requests);
@@ -201,10 +246,13 @@ impl Local {
             }
         }
         match self.refused {
-            // A token refusal stands for requests at least as large only.
+            // A token refusal (per minute or day) stands for requests at least as large only.
             Some(r)
                 if now_ms < r.until_ms
-                    && (r.decision.refused != Some(Limit::Tokens) || need.tokens >= r.tokens) =>
+                    && (!matches!(
+                        r.decision.refused,
+                        Some(Limit::Tokens | Limit::TokensPerDay)
+                    ) || need.tokens >= r.tokens) =>
             {
                 let view = self.view().unwrap_or(r.decision);
                 Taken::Refused(RateDecision {
@@ -217,28 +265,32 @@ impl Local {
         }
     }
 
-    /// What a request needs of `limits`: one request, its estimate, one slot (0 for a limit
-    /// the tenant does not have).
+    /// What a request needs of `limits`: one request, its estimate, one slot (0 for what the
+    /// tenant has no limit or quota on).
     pub fn need(limits: TenantLimits, estimate: u64) -> Amounts {
         Amounts {
-            requests: u64::from(limits.requests_per_minute > 0),
-            tokens: if limits.tokens_per_minute > 0 {
-                estimate
-            } else {
-                0
-            },
+            requests: u64::from(limits.counts_requests()),
+            tokens: if limits.counts_tokens() { estimate } else { 0 },
             slots: u64::from(limits.max_concurrent > 0),
         }
     }
 
     /// The allowance to ask for ahead, for an expected `demand`: at most [`PREFETCH_SHARE`]
-    /// of each limit.
+    /// of each limit (of the smaller, with a limit per minute and a quota per day).
     fn ahead(limits: TenantLimits, demand: Amounts) -> Amounts {
-        let cap = |d: u64, limit: u64| d.min(limit / PREFETCH_SHARE);
+        let share = |a: u64, b: u64| match (a, b) {
+            (0, b) => b / PREFETCH_SHARE,
+            (a, 0) => a / PREFETCH_SHARE,
+            (a, b) => a.min(b) / PREFETCH_SHARE,
+        };
         Amounts {
-            requests: cap(demand.requests, limits.requests_per_minute),
-            tokens: cap(demand.tokens, limits.tokens_per_minute),
-            slots: cap(demand.slots, limits.max_concurrent),
+            requests: demand
+                .requests
+                .min(share(limits.requests_per_minute, limits.requests_per_day)),
+            tokens: demand
+                .tokens
+                .min(share(limits.tokens_per_minute, limits.tokens_per_day)),
+            slots: demand.slots.min(limits.max_concurrent / PREFETCH_SHARE),
         }
     }
 
@@ -367,6 +419,8 @@ impl Local {
         self.seen.map(|d| RateDecision {
             requests_left: d.requests_left + self.held.requests,
             tokens_left: d.tokens_left + self.held.tokens,
+            requests_left_today: d.requests_left_today + self.held.requests,
+            tokens_left_today: d.tokens_left_today + self.held.tokens,
             ..d
         })
     }
@@ -391,7 +445,7 @@ impl TenantAllowance {
 
     /// A request of this tenant ended: frees its slot (if it took one) and settles its tokens.
     pub fn release(&self, slots: u64, settle: i64) {
-        let settle = if self.limits.tokens_per_minute > 0 {
+        let settle = if self.limits.counts_tokens() {
             settle
         } else {
             0
@@ -553,12 +607,15 @@ mod tests {
         assert_eq!(reset(Duration::from_millis(1200)), "2s");
         assert_eq!(reset(Duration::from_secs(360)), "6m0s");
         assert_eq!(reset(Duration::ZERO), "0ms");
+        assert_eq!(reset(Duration::from_secs(50_342)), "13h59m2s");
     }
 
     const LIMITS: TenantLimits = TenantLimits {
         requests_per_minute: 1000,
         tokens_per_minute: 100_000,
         max_concurrent: 100,
+        requests_per_day: 0,
+        tokens_per_day: 0,
     };
 
     /// Redis's answer granting `granted`, with the buckets at `left` requests.
@@ -571,6 +628,9 @@ mod tests {
             requests_reset: Duration::from_secs(1),
             tokens_left: 50_000,
             tokens_reset: Duration::from_secs(1),
+            requests_left_today: 0,
+            tokens_left_today: 0,
+            day_reset: Duration::ZERO,
         }
     }
 
@@ -658,6 +718,7 @@ mod tests {
             requests_per_minute: 19,
             tokens_per_minute: 0,
             max_concurrent: 2,
+            ..TenantLimits::default()
         };
         let mut l = Local {
             last_demand: amounts(100, 0, 100),
@@ -768,6 +829,54 @@ mod tests {
             .call_for_tick(LIMITS, 11_000, 6_000, Duration::from_secs(5))
             .expect("the lease is renewed");
         assert_eq!((renew.slots_in_use, renew.lease_until_ms), (1, 11_000));
+    }
+
+    #[test]
+    fn a_quota_alone_counts_requests_and_tokens_and_caps_what_is_held_ahead() {
+        let daily = TenantLimits {
+            requests_per_day: 100_000,
+            tokens_per_day: 2_000,
+            ..TenantLimits::default()
+        };
+        assert_eq!(Local::need(daily, 50), amounts(1, 50, 0));
+        // With a limit per minute too, the smaller of the two caps the allowance ahead.
+        let both = TenantLimits {
+            requests_per_minute: 600,
+            ..daily
+        };
+        assert_eq!(
+            Local::ahead(both, amounts(1_000, 1_000, 0)),
+            amounts(30, 100, 0)
+        );
+        let no = refusal(
+            "npc",
+            Limit::TokensPerDay,
+            daily,
+            Duration::from_secs(3_600),
+        );
+        assert_eq!(no.code, ErrorCode::InsufficientQuota);
+        assert_eq!(no.retry_after, Some(Duration::from_secs(3_600)));
+        assert!(
+            no.message.contains("quota of 2000 tokens per day"),
+            "{}",
+            no.message
+        );
+        let mut h = HeaderMap::new();
+        RateHeaders {
+            limits: daily,
+            decision: RateDecision {
+                requests_left_today: 7,
+                day_reset: Duration::from_secs(3_600),
+                ..grant(Amounts::default(), 0)
+            },
+        }
+        .apply(&mut h);
+        assert_eq!(h["x-ssw-quota-remaining-requests"], "7");
+        assert_eq!(h["x-ssw-quota-reset"], "1h0m0s");
+        assert!(
+            !h.contains_key("x-ratelimit-limit-requests"),
+            "no limit per minute"
+        );
     }
 
     #[test]

@@ -68,7 +68,7 @@ pub fn shadow_dropped(route: &str, reason: &'static str) {
         .increment(1);
 }
 
-/// Counts a request a tenant's limit refused (`limit`: requests, tokens, concurrent).
+/// Counts a request a tenant's limit refused (`limit`: requests, tokens, concurrent, requests_day, tokens_day).
 pub fn rate_limited(tenant: &str, limit: &'static str) {
     metrics::counter!(names::GATEWAY_RATE_LIMITED, "tenant" => tenant.to_owned(), "limit" => limit)
         .increment(1);
@@ -85,6 +85,7 @@ fn rejection_reason(code: ErrorCode) -> Option<&'static str> {
     Some(match code {
         ErrorCode::QueueFull => "queue_full",
         ErrorCode::RateLimitExceeded => "rate_limited",
+        ErrorCode::InsufficientQuota => "quota",
         ErrorCode::QueueTimeout => "queue_timeout",
         ErrorCode::QueueUnavailable => "queue_unavailable",
         ErrorCode::QueueMemoryFull => "queue_memory_full",

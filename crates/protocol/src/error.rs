@@ -41,6 +41,9 @@ pub enum ErrorCode {
     /// The tenant is over one of its limits (requests or tokens per minute, concurrent
     /// requests).
     RateLimitExceeded,
+    /// The tenant has spent one of its daily quotas (requests or tokens per UTC day); OpenAI's
+    /// code for a spent quota.
+    InsufficientQuota,
     /// No worker started the job before its deadline.
     QueueTimeout,
     /// Redis cannot be reached.
@@ -62,7 +65,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// All codes, for documentation and metric pre-registration.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         Self::InvalidJson,
         Self::InvalidRequest,
         Self::ModelNotFound,
@@ -78,6 +81,7 @@ impl ErrorCode {
         Self::InvalidApiKey,
         Self::QueueFull,
         Self::RateLimitExceeded,
+        Self::InsufficientQuota,
         Self::QueueTimeout,
         Self::QueueUnavailable,
         Self::UpstreamError,
@@ -106,6 +110,7 @@ impl ErrorCode {
             Self::InvalidApiKey => "invalid_api_key",
             Self::QueueFull => "queue_full",
             Self::RateLimitExceeded => "rate_limit_exceeded",
+            Self::InsufficientQuota => "insufficient_quota",
             Self::QueueTimeout => "queue_timeout",
             Self::QueueUnavailable => "queue_unavailable",
             Self::UpstreamError => "upstream_error",
@@ -128,7 +133,7 @@ impl ErrorCode {
             Self::RequestTimeout | Self::ClientTooSlow => 408,
             Self::RequestTooLarge => 413,
             Self::UnsupportedMediaType => 415,
-            Self::QueueFull | Self::RateLimitExceeded => 429,
+            Self::QueueFull | Self::RateLimitExceeded | Self::InsufficientQuota => 429,
             Self::InternalError => 500,
             Self::UpstreamError | Self::ResponseTooLarge | Self::EngineCrashed => 502,
             Self::QueueTimeout
@@ -154,6 +159,8 @@ impl ErrorCode {
             | Self::EngineRejected => "invalid_request_error",
             Self::MissingApiKey | Self::InvalidApiKey => "authentication_error",
             Self::QueueFull | Self::RateLimitExceeded => "rate_limit_error",
+            // OpenAI answers a spent quota with type and code `insufficient_quota`.
+            Self::InsufficientQuota => "insufficient_quota",
             Self::QueueTimeout
             | Self::QueueUnavailable
             | Self::UpstreamError
@@ -172,6 +179,7 @@ impl ErrorCode {
             self,
             Self::QueueFull
                 | Self::RateLimitExceeded
+                | Self::InsufficientQuota
                 | Self::QueueTimeout
                 | Self::QueueUnavailable
                 | Self::QueueMemoryFull

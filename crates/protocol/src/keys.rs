@@ -146,6 +146,11 @@ impl Keys {
         format!("{}:{{t:{tenant}}}:tpm", self.prefix)
     }
 
+    /// A tenant's use of its daily quotas: the UTC day, requests and tokens used on it.
+    pub fn tenant_day(&self, tenant: &str) -> String {
+        format!("{}:{{t:{tenant}}}:day", self.prefix)
+    }
+
     /// The concurrency slots each gateway instance holds for a tenant.
     pub fn tenant_slots(&self, tenant: &str) -> String {
         format!("{}:{{t:{tenant}}}:slots", self.prefix)

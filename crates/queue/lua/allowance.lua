@@ -7,7 +7,10 @@
 -- the buckets allow, so that a busy tenant costs one call per tick instead of one per request.
 --
 -- Requests and tokens per minute are token buckets (a minute's worth may come at once, then
--- they refill evenly; stored as the level and when it was read). Concurrent requests are
+-- they refill evenly; stored as the level and when it was read). Requests and tokens per day
+-- are quotas counted over the UTC day (the count starts again at 00:00 UTC; give-backs and
+-- settlements apply to it as to the buckets, a give-back from yesterday to today's count,
+-- which never goes below 0). Concurrent requests are
 -- slots held per gateway instance, under a lease the gateway renews: a gateway that dies
 -- frees its slots when the lease runs out. Either every limit allows the need and all are
 -- charged, or none is (what is given back and settled is applied either way). Everything is
@@ -20,6 +23,7 @@
 -- KEYS[2]  P:{t:<tenant>}:tpm          hash {level, ms}: tokens left (may go negative: debt)
 -- KEYS[3]  P:{t:<tenant>}:slots        hash: gateway instance -> slots it holds
 -- KEYS[4]  P:{t:<tenant>}:slot-leases  sorted set: gateway instance -> lease expiry (ms)
+-- KEYS[5]  P:{t:<tenant>}:day          hash {day, requests, tokens}: used on UTC day `day`
 -- ARGV[1]  now, ms
 -- ARGV[2]  requests per minute (0: no limit)
 -- ARGV[3]  tokens per minute (0: no limit)
@@ -34,17 +38,21 @@
 -- ARGV[11] need: tokens (the request's estimate)
 -- ARGV[12] need: slots (0 or 1)
 -- ARGV[13] more: requests, ARGV[14] more: tokens, ARGV[15] more: slots
+-- ARGV[16] requests per day (0: no quota), ARGV[17] tokens per day (0: no quota)
 --
 -- Returns {allowed (1/0; 1 when nothing is needed), the limit that refused ('requests' |
--- 'tokens' | 'concurrent' | ''), retry after (ms), requests granted, tokens granted, slots
--- granted (need included), requests left, ms until requests are full again, tokens left, ms
--- until tokens are full again}; grants are 0 for a limit the tenant does not have.
+-- 'tokens' | 'concurrent' | 'requests_day' | 'tokens_day' | ''), retry after (ms), requests
+-- granted, tokens granted, slots granted (need included), requests left, ms until requests are
+-- full again, tokens left, ms until tokens are full again, requests left today, tokens left
+-- today, ms until the day's quotas start again}; grants are 0 for what the tenant has no limit
+-- or quota on.
 local now = tonumber(ARGV[1])
 local rpm, tpm, max = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local me, lease = ARGV[5], ARGV[6]
 local in_use = tonumber(ARGV[9])
 local need_r, need_t, need_s = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
 local more_r, more_t, more_s = tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
+local rpd, tpd = tonumber(ARGV[16]), tonumber(ARGV[17])
 
 -- A bucket's level now: what it held plus what refilled since and what is given back (at most
 -- full).
@@ -66,6 +74,17 @@ local function floor0(x) return math.max(0, math.floor(x)) end
 
 local r = level(KEYS[1], rpm, tonumber(ARGV[7]))
 local t = level(KEYS[2], tpm, tonumber(ARGV[8]))
+-- Today's quotas: what is left of them, after what is given back.
+local day, day_ms = math.floor(now / 86400000), 86400000 - now % 86400000
+local rd, td = 0, 0
+if rpd > 0 or tpd > 0 then
+  local v = redis.call('HMGET', KEYS[5], 'day', 'requests', 'tokens')
+  local used_r, used_t = 0, 0
+  if v[1] and tonumber(v[1]) == day then used_r, used_t = tonumber(v[2]), tonumber(v[3]) end
+  used_r = math.max(0, used_r - tonumber(ARGV[7]))
+  used_t = math.max(0, used_t - tonumber(ARGV[8]))
+  rd, td = rpd - used_r, tpd - used_t
+end
 -- Slots: held by the other gateways whose lease has not run out, plus this one's in use.
 local held, lapsed = in_use, {}
 if max > 0 then
@@ -82,7 +101,13 @@ end
 local t_need = need_t
 if tpm > 0 and t_need > tpm then t_need = tpm end
 local refused, retry = '', 0
-if rpm > 0 and need_r > 0 and r < need_r then
+-- A day's quota first: when it is spent, the minute's buckets do not say when to come back.
+if rpd > 0 and need_r > 0 and rd < need_r then
+  refused, retry = 'requests_day', day_ms
+-- A request larger than the day's tokens is served on a fresh day, into debt (as per minute).
+elseif tpd > 0 and need_t > 0 and td < math.min(need_t, tpd) then
+  refused, retry = 'tokens_day', day_ms
+elseif rpm > 0 and need_r > 0 and r < need_r then
   refused, retry = 'requests', wait(r, need_r, rpm)
 elseif tpm > 0 and need_t > 0 and t < t_need then
   refused, retry = 'tokens', wait(t, t_need, tpm)
@@ -92,10 +117,17 @@ elseif max > 0 and need_s > 0 and held + need_s > max then
   retry = 1000
 end
 
+-- What may be granted beyond the need: the least any limit or quota on it holds.
+local function beyond(more, need, a, a_on, b, b_on)
+  local room = more
+  if a_on then room = math.min(room, floor0(a - need)) end
+  if b_on then room = math.min(room, floor0(b - need)) end
+  return room
+end
 local g_r, g_t, g_s = 0, 0, 0
 if refused == '' then
-  if rpm > 0 then g_r = need_r + math.min(more_r, floor0(r - need_r)) end
-  if tpm > 0 then g_t = need_t + math.min(more_t, floor0(t - need_t)) end
+  if rpm > 0 or rpd > 0 then g_r = need_r + beyond(more_r, need_r, r, rpm > 0, rd, rpd > 0) end
+  if tpm > 0 or tpd > 0 then g_t = need_t + beyond(more_t, need_t, t, tpm > 0, td, tpd > 0) end
   if max > 0 then g_s = need_s + math.min(more_s, floor0(max - held - need_s)) end
 end
 if rpm > 0 then
@@ -108,6 +140,12 @@ if tpm > 0 then
   redis.call('HSET', KEYS[2], 'level', t, 'ms', now)
   -- A debt outlives the key's two minutes by the time it takes to refill.
   redis.call('PEXPIRE', KEYS[2], 120000 + math.ceil(math.max(0, -t) * 60000 / tpm))
+end
+if rpd > 0 or tpd > 0 then
+  rd, td = rd - g_r, td - g_t
+  -- Kept until the day is over (and a minute longer, for clocks a little apart).
+  redis.call('HSET', KEYS[5], 'day', day, 'requests', rpd - rd, 'tokens', tpd - td)
+  redis.call('PEXPIRE', KEYS[5], day_ms + 60000)
 end
 if max > 0 then
   for _, g in ipairs(lapsed) do redis.call('HDEL', KEYS[3], g) end
@@ -129,4 +167,4 @@ end
 local allowed = 0
 if refused == '' then allowed = 1 end
 return {allowed, refused, retry, g_r, g_t, g_s, floor0(r), wait(r, rpm, math.max(rpm, 1)),
-  floor0(t), wait(t, tpm, math.max(tpm, 1))}
+  floor0(t), wait(t, tpm, math.max(tpm, 1)), floor0(rd), floor0(td), day_ms}

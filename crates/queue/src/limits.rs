@@ -1,5 +1,6 @@
-//! Tenants' rate limits, over every gateway: requests and tokens per minute (token buckets) and
-//! concurrent requests (slots each gateway holds under a lease), in the tenant's own hash slot
+//! Tenants' rate limits, over every gateway: requests and tokens per minute (token buckets),
+//! requests and tokens per UTC day (quotas), and concurrent requests (slots each gateway holds
+//! under a lease), in the tenant's own hash slot
 //! (`{t:<tenant>}`). One script (ALLOWANCE) grants a gateway what a request needs and, for a
 //! busy tenant, an allowance for the next ones; the same script takes back what was not used.
 
@@ -19,6 +20,22 @@ pub struct TenantLimits {
     pub tokens_per_minute: u64,
     /// Requests in flight.
     pub max_concurrent: u64,
+    /// Requests per UTC day.
+    pub requests_per_day: u64,
+    /// Tokens (prompt + completion) per UTC day.
+    pub tokens_per_day: u64,
+}
+
+impl TenantLimits {
+    /// Whether requests are counted (a limit per minute or a quota per day).
+    pub fn counts_requests(&self) -> bool {
+        self.requests_per_minute > 0 || self.requests_per_day > 0
+    }
+
+    /// Whether tokens are counted.
+    pub fn counts_tokens(&self) -> bool {
+        self.tokens_per_minute > 0 || self.tokens_per_day > 0
+    }
 }
 
 /// Which limit refused a request.
@@ -30,6 +47,10 @@ pub enum Limit {
     Tokens,
     /// Concurrent requests.
     Concurrent,
+    /// Requests per UTC day (a quota: `insufficient_quota`).
+    RequestsPerDay,
+    /// Tokens per UTC day (a quota).
+    TokensPerDay,
 }
 
 impl Limit {
@@ -39,7 +60,14 @@ impl Limit {
             Self::Requests => "requests",
             Self::Tokens => "tokens",
             Self::Concurrent => "concurrent",
+            Self::RequestsPerDay => "requests_day",
+            Self::TokensPerDay => "tokens_day",
         }
+    }
+
+    /// Whether it is a daily quota (spent until 00:00 UTC) rather than a rate limit.
+    pub fn is_quota(self) -> bool {
+        matches!(self, Self::RequestsPerDay | Self::TokensPerDay)
     }
 }
 
@@ -92,6 +120,12 @@ pub struct RateDecision {
     pub tokens_left: u64,
     /// Until the token bucket is full again.
     pub tokens_reset: Duration,
+    /// Requests left of today's quota.
+    pub requests_left_today: u64,
+    /// Tokens left of today's quota.
+    pub tokens_left_today: u64,
+    /// Until the day's quotas start again (00:00 UTC).
+    pub day_reset: Duration,
 }
 
 impl Redis {
@@ -110,6 +144,7 @@ impl Redis {
             .key(keys.tenant_tpm(tenant))
             .key(keys.tenant_slots(tenant))
             .key(keys.tenant_slot_leases(tenant))
+            .key(keys.tenant_day(tenant))
             .arg(call.now_ms)
             .arg(limits.requests_per_minute)
             .arg(limits.tokens_per_minute)
@@ -124,7 +159,9 @@ impl Redis {
             .arg(call.need.slots)
             .arg(call.more.requests)
             .arg(call.more.tokens)
-            .arg(call.more.slots);
+            .arg(call.more.slots)
+            .arg(limits.requests_per_day)
+            .arg(limits.tokens_per_day);
         let v: Value = self.script(&inv).await?;
         let parts = resp::array(v)?;
         let int = |i: usize| parts.get(i).and_then(resp::int).unwrap_or(0).max(0) as u64;
@@ -133,6 +170,8 @@ impl Redis {
             Some("requests") => Some(Limit::Requests),
             Some("tokens") => Some(Limit::Tokens),
             Some("concurrent") => Some(Limit::Concurrent),
+            Some("requests_day") => Some(Limit::RequestsPerDay),
+            Some("tokens_day") => Some(Limit::TokensPerDay),
             other => return Err(QueueError::Malformed(format!("allowance reply {other:?}"))),
         };
         Ok(RateDecision {
@@ -147,6 +186,9 @@ impl Redis {
             requests_reset: Duration::from_millis(int(7)),
             tokens_left: int(8),
             tokens_reset: Duration::from_millis(int(9)),
+            requests_left_today: int(10),
+            tokens_left_today: int(11),
+            day_reset: Duration::from_millis(int(12)),
         })
     }
 }

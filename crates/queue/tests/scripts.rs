@@ -1139,7 +1139,7 @@ fn need(
     AllowanceCall {
         slots_in_use: in_use,
         need: Amounts {
-            requests: u64::from(limits.requests_per_minute > 0),
+            requests: u64::from(limits.counts_requests()),
             tokens,
             slots: u64::from(limits.max_concurrent > 0),
         },
@@ -1157,6 +1157,7 @@ async fn allowance_charges_all_or_nothing_and_refills_evenly() {
         requests_per_minute: 2,
         tokens_per_minute: 1000,
         max_concurrent: 0,
+        ..Default::default()
     };
     let ask = |t: &'static str, tokens: u64, at: u64| {
         let redis = r.redis.clone();
@@ -1207,12 +1208,110 @@ async fn allowance_charges_all_or_nothing_and_refills_evenly() {
 }
 
 #[tokio::test]
+async fn daily_quotas_count_over_the_utc_day_and_start_again_at_midnight() {
+    use ssw_queue::limits::{Limit, TenantLimits};
+    let r = rig().await;
+    let limits = TenantLimits {
+        requests_per_minute: 100,
+        requests_per_day: 3,
+        tokens_per_day: 1_000,
+        ..Default::default()
+    };
+    // 10:00 UTC on some day: 14 h until the quotas start again.
+    let midnight = (now_ms() / 86_400_000 + 1) * 86_400_000;
+    let t0 = midnight - 14 * 3_600_000;
+    let mut call = need(limits, 100, 0, t0);
+    call.more.requests = 10;
+    call.more.tokens = 10_000;
+    let d = r.redis.allowance("t", limits, "gw", &call).await.unwrap();
+    assert_eq!(d.refused, None);
+    assert_eq!(
+        (d.granted.requests, d.granted.tokens),
+        (3, 1_000),
+        "ahead: what the day holds, below what the minute's bucket would give"
+    );
+    assert_eq!((d.requests_left_today, d.tokens_left_today), (0, 0));
+    assert_eq!(d.day_reset, Duration::from_secs(14 * 3_600));
+    // The tick gives back 1 request and 650 tokens (the two requests used 250 of 900).
+    let tick = AllowanceCall {
+        requests_back: 1,
+        tokens_back: 650,
+        now_ms: t0 + 100,
+        lease_until_ms: t0 + 5_000,
+        ..AllowanceCall::default()
+    };
+    let d = r.redis.allowance("t", limits, "gw", &tick).await.unwrap();
+    assert_eq!((d.requests_left_today, d.tokens_left_today), (1, 650));
+    let d = r
+        .redis
+        .allowance("t", limits, "gw", &need(limits, 700, 0, t0 + 200))
+        .await
+        .unwrap();
+    assert_eq!(
+        d.refused,
+        Some(Limit::TokensPerDay),
+        "700 of 650 tokens left"
+    );
+    assert_eq!(d.retry_after, Duration::from_millis(14 * 3_600_000 - 200));
+    assert_eq!(d.granted, Amounts::default());
+    let d = r
+        .redis
+        .allowance("t", limits, "gw", &need(limits, 100, 0, t0 + 300))
+        .await
+        .unwrap();
+    assert_eq!((d.refused, d.requests_left_today), (None, 0));
+    // The requests are spent, although the minute's bucket holds 97 more.
+    let d = r
+        .redis
+        .allowance("t", limits, "gw", &need(limits, 1, 0, t0 + 400))
+        .await
+        .unwrap();
+    assert_eq!(d.refused, Some(Limit::RequestsPerDay));
+    assert!(
+        d.requests_left > 90,
+        "the minute allows it: {}",
+        d.requests_left
+    );
+    // Settled usage beyond the estimate counts against today's tokens.
+    let debt = AllowanceCall {
+        tokens_back: -10_000,
+        now_ms: t0 + 500,
+        lease_until_ms: t0 + 5_000,
+        ..AllowanceCall::default()
+    };
+    let d = r.redis.allowance("t", limits, "gw", &debt).await.unwrap();
+    assert_eq!(d.tokens_left_today, 0);
+    // A new UTC day: both quotas are whole again, whatever yesterday owed; a request larger
+    // than the day's tokens is served then (into debt), not refused for ever.
+    let d = r
+        .redis
+        .allowance("t", limits, "gw", &need(limits, 5_000, 0, midnight + 1))
+        .await
+        .unwrap();
+    assert_eq!(d.refused, None);
+    assert_eq!((d.requests_left_today, d.tokens_left_today), (2, 0));
+    assert_eq!(d.day_reset, Duration::from_millis(86_400_000 - 1));
+    // The key lives until the day ends, not longer.
+    let mut c = r.raw.clone();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(r.keys.tenant_day("t"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 86_400_000 - 60_000 && ttl <= 86_400_000 + 60_000,
+        "{ttl}"
+    );
+}
+
+#[tokio::test]
 async fn allowance_grants_ahead_only_what_the_buckets_hold_and_takes_back_what_was_not_used() {
     let r = rig().await;
     let limits = ssw_queue::limits::TenantLimits {
         requests_per_minute: 100,
         tokens_per_minute: 10_000,
         max_concurrent: 10,
+        ..Default::default()
     };
     let t0 = now_ms();
     // One request and 30 more ahead: the buckets hold 99 requests and 9 slots beyond it.
@@ -1296,6 +1395,7 @@ async fn allowance_grants_ahead_only_what_the_buckets_hold_and_takes_back_what_w
         requests_per_minute: 0,
         tokens_per_minute: 7_000,
         max_concurrent: 0,
+        ..Default::default()
     };
     let d = r
         .redis

@@ -47,11 +47,11 @@ metrics! {
     /// Requests answered by the gateway.
     GATEWAY_REQUESTS = "ssw_gateway_requests_total", Counter, ["pool", "route", "variant", "stream", "status", "code"], "Chat-completion requests answered, by pool, streaming or not, HTTP status and code (ok or an error code; 499 client_closed when the client left). Routed requests carry route and variant (empty for a request sent to a pool by name; variant shadow for a route's shadow copies).";
     /// Requests refused before or instead of running.
-    GATEWAY_REJECTIONS = "ssw_gateway_rejections_total", Counter, ["pool", "reason"], "Requests refused, by reason: queue_full, rate_limited, queue_timeout, queue_unavailable, queue_memory_full, model_not_found, auth, bad_request, too_large, request_timeout, server_busy, shutting_down.";
+    GATEWAY_REJECTIONS = "ssw_gateway_rejections_total", Counter, ["pool", "reason"], "Requests refused, by reason: queue_full, rate_limited, quota, queue_timeout, queue_unavailable, queue_memory_full, model_not_found, auth, bad_request, too_large, request_timeout, server_busy, shutting_down.";
     /// Requests that reached a queue lane, by tier and tenant.
     GATEWAY_TIER_REQUESTS = "ssw_gateway_tier_requests_total", Counter, ["pool", "tier", "tenant", "code"], "Requests admitted to a pool's lanes, by pool, service tier, tenant (configured tenants only) and code (ok, or the error code they ended with).";
     /// Requests a tenant's rate limit refused.
-    GATEWAY_RATE_LIMITED = "ssw_gateway_rate_limited_total", Counter, ["tenant", "limit"], "Requests answered 429 rate_limit_exceeded, by tenant and the limit that refused them: requests, tokens (per minute) or concurrent.";
+    GATEWAY_RATE_LIMITED = "ssw_gateway_rate_limited_total", Counter, ["tenant", "limit"], "Requests answered 429 rate_limit_exceeded or insufficient_quota, by tenant and the limit that refused them: requests, tokens (per minute), concurrent, requests_day or tokens_day (quotas).";
     /// Calls to Redis for tenants' rate limits.
     GATEWAY_LIMIT_CALLS = "ssw_gateway_rate_limit_calls_total", Counter, ["tenant", "reason"], "Calls to Redis for a limited tenant's allowance (ALLOWANCE): need (a request the allowance held here did not cover) or tick (the 100 ms settlement). Against ssw_gateway_tier_requests_total, the share of requests that asked Redis.";
     /// Routes sent back to their control by their guard.

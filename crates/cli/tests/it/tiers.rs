@@ -455,7 +455,13 @@ async fn metered(
     let headers = r
         .headers()
         .iter()
-        .filter(|(k, _)| k.as_str().starts_with("x-ratelimit") || k.as_str() == "retry-after")
+        .filter(|(k, _)| {
+            let k = k.as_str();
+            k.starts_with("x-ratelimit")
+                || k.starts_with("x-ssw-quota")
+                || k == "retry-after"
+                || k == "x-should-retry"
+        })
         .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
         .collect();
     let text = r.text().await.unwrap();
@@ -514,6 +520,68 @@ async fn requests_per_minute_hold_over_every_gateway_with_openais_headers() {
             &m,
             "ssw_gateway_rate_limited_total",
             &[("tenant", "metered"), ("limit", "requests")]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    drop(second);
+}
+
+#[tokio::test]
+async fn a_spent_daily_quota_refuses_until_midnight_utc_as_insufficient_quota() {
+    let p = TestPlatform::start_with(ssw(), |s| {
+        tenant(
+            s,
+            "daily",
+            "daily-key",
+            TenantConfig {
+                requests_per_minute: Some(1000),
+                requests_per_day: Some(3),
+                tokens_per_day: Some(100_000),
+                ..TenantConfig::default()
+            },
+        );
+    })
+    .await;
+    let (second, url) = p.add_gateway("second").await;
+    let body = chat_body("light");
+    let mut left = Vec::new();
+    for base in [&p.platform.gateway_url, &url, &p.platform.gateway_url] {
+        let (status, h, v) = metered(&p, base, "daily-key", &body).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(h["x-ssw-quota-limit-requests"], "3");
+        assert_eq!(h["x-ssw-quota-limit-tokens"], "100000");
+        assert_eq!(h["x-ratelimit-limit-requests"], "1000", "the minute's too");
+        left.push(h["x-ssw-quota-remaining-requests"].clone());
+    }
+    assert_eq!(left, ["2", "1", "0"]);
+    let (status, h, v) = metered(&p, &url, "daily-key", &body).await;
+    assert_eq!(
+        (status, &v["error"]["code"], &v["error"]["type"]),
+        (
+            429,
+            &json!("insufficient_quota"),
+            &json!("insufficient_quota")
+        ),
+        "{v}"
+    );
+    assert_eq!(h["x-should-retry"], "false", "SDKs must not retry it");
+    let to_midnight = 86_400 - (ssw_queue::now_ms() / 1000) % 86_400;
+    let retry: u64 = h["retry-after"].parse().unwrap();
+    assert!(retry.abs_diff(to_midnight) <= 2, "{retry} vs {to_midnight}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("quota of 3 requests per day"),
+        "{v}"
+    );
+    let m = p.get_text(&format!("{url}/metrics")).await;
+    assert_eq!(
+        ssw_test_support::metric(
+            &m,
+            "ssw_gateway_rate_limited_total",
+            &[("tenant", "daily"), ("limit", "requests_day")]
         ),
         Some(1.0),
         "{m}"
