@@ -79,6 +79,8 @@
     apiKeysFile = null; # required when `listen` is not loopback, unless allowUnauthenticated
     allowUnauthenticated = false;
     stallTimeout = "30s";
+    # How long /v1/responses answers are kept for previous_response_id ("0s": none).
+    responsesTtl = "1h";
   };
 
   # The key workers present to their engines (`vllm serve` reads VLLM_API_KEY), so nothing else

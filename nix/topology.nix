@@ -400,6 +400,7 @@ let
       ops_listen = opsListen;
       max_body = s.gateway.maxBody;
       stall_timeout = s.gateway.stallTimeout;
+      responses_ttl = s.gateway.responsesTtl;
       allow_unauthenticated = s.gateway.allowUnauthenticated;
     };
   } // l.optionalAttrs (s.tenants != { }) { tenants = sswTenants s; }

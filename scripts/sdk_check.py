@@ -1,5 +1,7 @@
 """Drives a running gateway with the official `openai` SDK: chat, stream with usage, tools
-(streamed and not), completions (streamed and not), and 200 concurrent requests. Exits non-zero on the first problem.
+(streamed and not), completions (streamed and not), responses (streamed and not, with a tool, a
+two-turn conversation whose second turn lands on the other replica, retrieve and delete), and 200
+concurrent requests. Exits non-zero on the first problem.
 
 Usage: python3 scripts/sdk_check.py http://127.0.0.1:8080/v1
 """
@@ -97,6 +99,56 @@ def sync_checks():
         check(e.code == "model_not_found", "unknown model -> NotFoundError model_not_found")
 
 
+def responses_checks():
+    client = openai.OpenAI(base_url=BASE, api_key="unused", max_retries=0)
+    r = client.responses.create(model="light", input="Greet the traveller", max_output_tokens=4)
+    check(r.id.startswith("resp_") and r.status == "incomplete" and r.output_text.startswith("[")
+          and r.usage.output_tokens == 4 and r.service_tier == "default", "responses.create")
+
+    events = []
+    with client.responses.create(model="heavy", input="Report", instructions="Be terse", stream=True) as s:
+        for e in s:
+            events.append(e)
+    types = [e.type for e in events]
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    done = events[-1].response if events else None
+    check(types[:2] == ["response.created", "response.in_progress"] and types[-1] == "response.completed"
+          and [e.sequence_number for e in events] == list(range(len(events)))
+          and done is not None and done.output_text == deltas and done.usage.output_tokens > 0,
+          f"responses.create stream: typed events, deltas add up to the completed response ({types})")
+
+    tools = [{"type": "function", "name": "dock_ship", "description": "Dock a ship at a bay",
+              "parameters": TOOLS[0]["function"]["parameters"]}]
+    r = client.responses.create(model="heavy", input="Dock the freighter", tools=tools, tool_choice="required")
+    call = r.output[0]
+    check(call.type == "function_call" and call.name == "dock_ship" and json.loads(call.arguments),
+          "responses.create with a tool -> function_call item")
+    r2 = client.responses.create(model="heavy", previous_response_id=r.id, tools=tools,
+                                 input=[{"type": "function_call_output", "call_id": call.call_id, "output": "docked at bay 3"}])
+    check(r2.status == "completed" and r2.output_text, "responses.create: the tool's output sent back through previous_response_id")
+
+    raw = client.responses.with_raw_response.create(model="light", input="My name is Vex")
+    first, first_worker = raw.parse(), raw.headers["x-ssw-worker"]
+    landed = None
+    for _ in range(30):
+        raw = client.responses.with_raw_response.create(model="light", input="What is my name?",
+                                                         previous_response_id=first.id)
+        if raw.headers["x-ssw-worker"] != first_worker:
+            landed = raw.parse()
+            break
+    check(landed is not None and landed.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens,
+          f"two-turn conversation: the second turn on another replica ({first_worker} first) carries the first")
+
+    got = client.responses.retrieve(first.id)
+    check(got.id == first.id and got.output_text == first.output_text, "responses.retrieve")
+    client.responses.delete(first.id)
+    try:
+        client.responses.retrieve(first.id)
+        check(False, "a deleted response is gone")
+    except openai.NotFoundError:
+        check(True, "responses.delete, then retrieve -> NotFoundError")
+
+
 async def concurrent_checks(n=200):
     client = openai.AsyncOpenAI(base_url=BASE, api_key="unused", max_retries=0, timeout=60)
 
@@ -119,5 +171,6 @@ async def concurrent_checks(n=200):
 
 
 sync_checks()
+responses_checks()
 asyncio.run(concurrent_checks())
 print(f"sdk: {len(PASSED)} passed, 0 failed")

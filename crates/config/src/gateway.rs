@@ -63,6 +63,10 @@ pub struct GatewayConfig {
     /// run on for at most this long before workers drop them as orphans.
     #[serde(with = "humantime_serde")]
     pub reply_ttl: Duration,
+    /// How long `/v1/responses` answers are kept in Redis for `previous_response_id` and
+    /// `GET /v1/responses/{id}` (0: none is kept).
+    #[serde(with = "humantime_serde")]
+    pub responses_ttl: Duration,
     /// How long in-flight responses may take to finish after SIGTERM.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -107,6 +111,7 @@ impl Default for GatewayConfig {
             reply_buffer: ByteSize::kib(256),
             stall_timeout: Duration::from_secs(30),
             reply_ttl: Duration::from_secs(15),
+            responses_ttl: Duration::from_secs(3600),
             shutdown_timeout: Duration::from_secs(30),
             retry_after: Duration::from_secs(1),
             sample_interval: Duration::from_secs(1),

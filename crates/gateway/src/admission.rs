@@ -42,6 +42,8 @@ pub struct Admitted {
     pub rate: Option<RateHeaders>,
     /// The request's span (request id, job, pool, worker).
     pub span: tracing::Span,
+    /// A Responses request's answer, to be stored when it ends.
+    pub response: Option<crate::responses::Pending>,
 }
 
 /// Why a request was not admitted.
@@ -102,7 +104,7 @@ pub async fn admit(
     // Held until the job is on the queue (or refused): see `state::ADMISSIONS`. The semaphore
     // is never closed.
     let turn = state.admissions.acquire().await.ok();
-    let req = ChatRequest::parse_for(&body, endpoint).map_err(|e| Refusal::new(e.into()))?;
+    let mut req = ChatRequest::parse_for(&body, endpoint).map_err(|e| Refusal::new(e.into()))?;
     let stream = req.stream;
     let routing = state.routing();
     let Routed {
@@ -128,12 +130,24 @@ pub async fn admit(
     let tenant_cfg = routing.tenant(tenant);
     let tier = tier(headers, &req, tenant_cfg).map_err(|e| refused(e, false, None))?;
     let job_id = state.next_job_id();
+    // A Responses request: its id, and `previous_response_id` expanded into its input (whose
+    // bytes count for its token estimate).
+    let (response, expanded) = match endpoint {
+        ssw_protocol::job::Endpoint::Responses => {
+            let (pending, extra) = crate::responses::prepare(state, &Arc::from(tenant), &mut req)
+                .await
+                .map_err(|e| refused(e, false, None))?;
+            (Some(pending), extra)
+        }
+        _ => (None, 0),
+    };
     let mut charged = None;
     if tenant_cfg.is_limited() {
         let limits = crate::limits::of(tenant_cfg);
         // A list of prompts generates for each.
         let max_tokens = req.max_tokens.map(|t| t * req.prompts());
-        let (estimate, prompt_estimate) = crate::limits::estimate(body.len(), max_tokens);
+        let (estimate, prompt_estimate) =
+            crate::limits::estimate(body.len() + expanded, max_tokens);
         let allowance = state.allowances.of(tenant, limits);
         let need = crate::limits::Local::need(limits, estimate);
         match crate::limits::charge(state, &allowance, need).await {
@@ -266,6 +280,7 @@ pub async fn admit(
                 routing_version: routing.number,
                 rate,
                 span,
+                response,
             });
         }
         Ok(full) => {

@@ -9,6 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use ssw_protocol::error::{ErrorCode, ErrorEnvelope};
+use ssw_protocol::job::Endpoint;
 
 /// A client-visible failure.
 #[derive(Debug, Clone)]
@@ -68,6 +69,38 @@ impl ApiError {
     pub fn sse(&self) -> Bytes {
         sse_error(&self.envelope().to_json())
     }
+
+    /// The SSE error event that ends a stream of `endpoint` ([`sse_error_for`]).
+    pub fn sse_for(&self, endpoint: Endpoint) -> Bytes {
+        sse_error_for(endpoint, &self.envelope().to_json())
+    }
+}
+
+/// The SSE error event that ends a stream of `endpoint`: for chat and completions vLLM's (a
+/// `data:` envelope, then `[DONE]`); for the Responses API its `error` event (OpenAI's
+/// `ResponseErrorEvent`: `type`, `code`, `message`, `param`), which also carries the envelope's
+/// `error` object: both official SDKs raise an API error on an event whose data has one, where
+/// a bare `error` event may pass as just another event.
+pub fn sse_error_for(endpoint: Endpoint, envelope_json: &[u8]) -> Bytes {
+    if endpoint != Endpoint::Responses {
+        return sse_error(envelope_json);
+    }
+    let body = serde_json::from_slice::<ErrorEnvelope>(envelope_json)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| {
+            ErrorEnvelope::new(ErrorCode::UpstreamError, "the engine failed").error
+        });
+    let event = serde_json::json!({
+        "type": "error",
+        "code": body.code,
+        "message": body.message,
+        "param": body.param,
+        "error": body,
+    });
+    let mut out = b"event: error\ndata: ".to_vec();
+    out.extend_from_slice(event.to_string().as_bytes());
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
 }
 
 /// An SSE error event for an already-encoded envelope, then `[DONE]`.
@@ -130,5 +163,29 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_responses_stream_ends_with_an_error_event_the_sdks_raise() {
+        let e = ApiError::new(ErrorCode::UpstreamError, "the engine failed mid-answer");
+        let chat = e.sse_for(Endpoint::Chat);
+        assert!(chat.starts_with(b"data: {\"error\""), "{chat:?}");
+        assert!(chat.ends_with(b"data: [DONE]\n\n"));
+        let text = String::from_utf8(e.sse_for(Endpoint::Responses).to_vec()).unwrap();
+        let data = text
+            .strip_prefix("event: error\ndata: ")
+            .and_then(|d| d.strip_suffix("\n\n"))
+            .expect(&text);
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["code"], "upstream_error");
+        assert_eq!(v["message"], "the engine failed mid-answer");
+        assert_eq!(v["error"]["type"], "server_error");
+        assert!(!text.contains("[DONE]"));
     }
 }

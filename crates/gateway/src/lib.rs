@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod reload;
 pub mod replies;
+pub mod responses;
 pub mod routing;
 pub mod server;
 pub mod shadow;

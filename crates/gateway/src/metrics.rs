@@ -61,6 +61,12 @@ pub fn tier_request(pool: &str, tier: Tier, tenant: &str, code: &'static str) {
     .increment(1);
 }
 
+/// Counts what the Responses store did (`outcome`: stored, store_failed, continued,
+/// not_found).
+pub fn responses(outcome: &'static str) {
+    metrics::counter!(names::GATEWAY_RESPONSES, "outcome" => outcome).increment(1);
+}
+
 /// Counts a route's shadow copy that never ran (`reason`: invalid, queue_full,
 /// queue_unavailable, queue_timeout).
 pub fn shadow_dropped(route: &str, reason: &'static str) {

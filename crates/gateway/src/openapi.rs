@@ -7,8 +7,9 @@ use axum::Json;
 use ssw_protocol::error::{ErrorBody, ErrorEnvelope};
 use ssw_protocol::models::{ModelCard, ModelList};
 use ssw_protocol::schema::{
-    ChatCompletion, ChatCompletionRequest, ChatMessage, CompletionRequest, Health, StreamEvent,
-    StreamOptions, TextCompletion,
+    ChatCompletion, ChatCompletionRequest, ChatMessage, CompletionRequest, Health, ResponseDeleted,
+    ResponseObject, ResponsesRequest, StreamEvent, StreamOptions, TextCompletion, ToolChoice,
+    ToolChoiceMode,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -17,15 +18,29 @@ use utoipa::{Modify, OpenApi};
 #[openapi(
     info(
         title = "SSW inference gateway",
-        description = "OpenAI-compatible chat completions and completions, queued per pool. Errors are OpenAI envelopes `{\"error\": {message, type, code, param}}` whose `code` is stable (docs/api.md).",
+        description = "OpenAI-compatible chat completions, completions and responses, queued per pool. Errors are OpenAI envelopes `{\"error\": {message, type, code, param}}` whose `code` is stable (docs/api.md).",
     ),
-    paths(chat_completions, completions, list_models, get_model, healthz),
+    paths(
+        chat_completions,
+        completions,
+        responses,
+        get_response,
+        delete_response,
+        list_models,
+        get_model,
+        healthz
+    ),
     components(schemas(
         ChatCompletionRequest,
         CompletionRequest,
         TextCompletion,
+        ResponsesRequest,
+        ResponseObject,
+        ResponseDeleted,
         ChatMessage,
         StreamOptions,
+        ToolChoice,
+        ToolChoiceMode,
         ChatCompletion,
         ErrorEnvelope,
         ErrorBody,
@@ -97,6 +112,62 @@ fn chat_completions() {}
 #[allow(dead_code)]
 fn completions() {}
 
+/// A response (the Responses API), queued on the pool its `model` names, like a chat
+/// completion; kept by the platform unless `store` is false.
+#[utoipa::path(
+    post,
+    path = "/v1/responses",
+    request_body = ResponsesRequest,
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The response (`stream: false`) or server-sent events (`event: response.created` … `event: response.completed`); a failure mid-stream is a last `event: error`.",
+            content((ResponseObject = "application/json"), (StreamEvent = "text/event-stream"))),
+        (status = 400, description = "`invalid_json`, `invalid_request` (naming `param`), or `engine_rejected` (the engine's own 4xx)", body = ErrorEnvelope),
+        (status = 401, description = "`missing_api_key`, `invalid_api_key`", body = ErrorEnvelope),
+        (status = 404, description = "`model_not_found`, or `not_found` for a `previous_response_id` the tenant has not stored", body = ErrorEnvelope),
+        (status = 408, description = "`request_timeout`: the body did not arrive within `gateway.body_timeout`", body = ErrorEnvelope),
+        (status = 413, description = "`request_too_large`", body = ErrorEnvelope),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorEnvelope),
+        (status = 429, description = "`queue_full`, `rate_limit_exceeded` or `insufficient_quota` (with Retry-After and, for a limited tenant, `x-ratelimit-*` and `x-ssw-quota-*`)", body = ErrorEnvelope),
+        (status = 502, description = "`upstream_error`, `response_too_large`", body = ErrorEnvelope),
+        (status = 503, description = "`queue_timeout`, `queue_unavailable`, `server_busy`, `shutting_down` (with Retry-After)", body = ErrorEnvelope),
+    ),
+)]
+#[allow(dead_code)]
+fn responses() {}
+
+/// A stored response of the caller's tenant.
+#[utoipa::path(
+    get,
+    path = "/v1/responses/{response_id}",
+    params(("response_id" = String, Path, description = "`resp_…`")),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, body = ResponseObject),
+        (status = 401, description = "`missing_api_key`, `invalid_api_key`", body = ErrorEnvelope),
+        (status = 404, description = "`not_found`: never stored, expired, deleted, or another tenant's", body = ErrorEnvelope),
+        (status = 503, description = "`queue_unavailable`", body = ErrorEnvelope),
+    ),
+)]
+#[allow(dead_code)]
+fn get_response() {}
+
+/// Forgets a stored response of the caller's tenant.
+#[utoipa::path(
+    delete,
+    path = "/v1/responses/{response_id}",
+    params(("response_id" = String, Path, description = "`resp_…`")),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, body = ResponseDeleted),
+        (status = 401, description = "`missing_api_key`, `invalid_api_key`", body = ErrorEnvelope),
+        (status = 404, description = "`not_found`", body = ErrorEnvelope),
+        (status = 503, description = "`queue_unavailable`", body = ErrorEnvelope),
+    ),
+)]
+#[allow(dead_code)]
+fn delete_response() {}
+
 /// Every pool as a model card.
 #[utoipa::path(
     get,
@@ -148,6 +219,8 @@ mod tests {
         for path in [
             "/v1/chat/completions",
             "/v1/completions",
+            "/v1/responses",
+            "/v1/responses/{response_id}",
             "/v1/models",
             "/v1/models/{model}",
             "/healthz",

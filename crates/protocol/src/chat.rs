@@ -38,6 +38,9 @@ pub struct ChatRequest<'a> {
     /// `n`.
     pub n: Option<u64>,
     best_of: Option<u64>,
+    /// Fields the platform sets or removes in the engine's body (a Responses request's
+    /// expanded `input`, its `request_id`, `store`), in place of the client's.
+    overrides: Vec<(&'static str, Option<Box<RawValue>>)>,
 }
 
 /// A pool's limits on what a request may ask for.
@@ -223,6 +226,30 @@ fn prompt(raw: &RawValue) -> Result<(), RequestError> {
         _ => false,
     };
     if ok { Ok(()) } else { Err(bad()) }
+}
+
+/// Checks a Responses `input`: a string, or an array of items (objects); the items' shapes are
+/// the engine's to check (vLLM answers a malformed one with its own 400).
+fn input(raw: &RawValue) -> Result<(), RequestError> {
+    let bad = |m: String| RequestError::field("input", m);
+    match raw.get().as_bytes().first() {
+        Some(b'"') => Ok(()),
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_str(raw.get())
+                .map_err(|e| bad(format!("`input` is not an array of items: {e}")))?;
+            match items.iter().position(|i| !i.get().starts_with('{')) {
+                Some(i) => Err(RequestError::field(
+                    &format!("input[{i}]"),
+                    format!("`input[{i}]` must be an object (an input item)"),
+                )),
+                None => Ok(()),
+            }
+        }
+        _ => Err(bad(format!(
+            "`input` must be a string or an array of input items, got {}",
+            kind(raw)
+        ))),
+    }
 }
 
 /// Walks `messages` without keeping it: an array of objects, each with a string `role`.
@@ -549,6 +576,68 @@ impl<'a> ChatRequest<'a> {
                 None => return Err(RequestError::field("prompt", "`prompt` is required")),
                 Some(raw) => prompt(raw)?,
             },
+            Endpoint::Responses => {
+                match get("input") {
+                    None => return Err(RequestError::field("input", "`input` is required")),
+                    Some(raw) => input(raw)?,
+                }
+                for (key, why) in [
+                    (
+                        "background",
+                        "background responses are not supported: stream, or wait for the answer",
+                    ),
+                    (
+                        "conversation",
+                        "conversation objects are not supported: use `previous_response_id`",
+                    ),
+                    ("prompt", "prompt templates are not supported"),
+                ] {
+                    if get(key).is_some_and(|r| !is_null(r) && r.get() != "false") {
+                        return Err(RequestError::field(key, why));
+                    }
+                }
+                if let Some(raw) = get("store") {
+                    boolean("store", raw)?;
+                }
+                // vLLM refuses these shapes with its own 400; refused here, named.
+                if let Some(raw) = get("tools").filter(|r| !is_null(r)) {
+                    let ok = serde_json::from_str::<Vec<Map<String, Value>>>(raw.get()).is_ok_and(
+                        |tools| {
+                            tools
+                                .iter()
+                                .all(|t| t.get("type").is_some_and(Value::is_string))
+                        },
+                    );
+                    if !ok {
+                        return Err(RequestError::field(
+                            "tools",
+                            "`tools` must be an array of tools, each an object with a string `type`",
+                        ));
+                    }
+                }
+                if let Some(raw) = get("tool_choice").filter(|r| !is_null(r))
+                    && !(raw.get().starts_with('{')
+                        || matches!(raw.get(), "\"none\"" | "\"auto\"" | "\"required\""))
+                {
+                    return Err(RequestError::field(
+                        "tool_choice",
+                        "`tool_choice` must be `none`, `auto`, `required` or an object naming a tool",
+                    ));
+                }
+                if let Some(raw) = get("metadata").filter(|r| !is_null(r))
+                    && serde_json::from_str::<Map<String, Value>>(raw.get()).is_err()
+                {
+                    return Err(RequestError::field(
+                        "metadata",
+                        "`metadata` must be an object",
+                    ));
+                }
+                for key in ["instructions", "previous_response_id"] {
+                    if let Some(raw) = get(key) {
+                        string(key, raw)?;
+                    }
+                }
+            }
         }
         let model = match get("model") {
             None => None,
@@ -594,7 +683,9 @@ impl<'a> ChatRequest<'a> {
         } else {
             int("max_tokens")?.flatten()
         };
-        let max_completion_tokens = int("max_completion_tokens")?.flatten();
+        let max_completion_tokens = int("max_completion_tokens")?
+            .flatten()
+            .or(int("max_output_tokens")?.flatten());
         let n = int("n")?.flatten();
         let best_of = int("best_of")?.flatten();
         for k in [
@@ -609,7 +700,7 @@ impl<'a> ChatRequest<'a> {
         }
         match (endpoint, get("logprobs").filter(|r| !is_null(r))) {
             (_, None) => {}
-            (Endpoint::Chat, Some(raw)) => {
+            (Endpoint::Chat | Endpoint::Responses, Some(raw)) => {
                 boolean("logprobs", raw)?;
             }
             // Completions: how many log probabilities per token (OpenAI allows 5, vLLM its
@@ -678,7 +769,20 @@ impl<'a> ChatRequest<'a> {
             max_tokens: max_tokens.or(max_completion_tokens),
             n,
             best_of,
+            overrides: Vec::new(),
         })
+    }
+
+    /// Sets `key` in the engine's body to `value` (`None`: leaves it out), whatever the client
+    /// sent.
+    pub fn set(&mut self, key: &'static str, value: Option<Box<RawValue>>) {
+        self.overrides.retain(|(k, _)| *k != key);
+        self.overrides.push((key, value));
+    }
+
+    /// Whether the client sent `key` (with any value).
+    pub fn has(&self, key: &str) -> bool {
+        self.raw(key).is_some()
     }
 
     /// Applies a pool's limits: extension fields it does not accept, and token and choice
@@ -700,7 +804,7 @@ impl<'a> ChatRequest<'a> {
             }
         }
         if let Some(limit) = limits.max_tokens {
-            for key in ["max_tokens", "max_completion_tokens"] {
+            for key in ["max_tokens", "max_completion_tokens", "max_output_tokens"] {
                 let asked = self
                     .raw(key)
                     .and_then(|r| r.get().parse::<u64>().ok())
@@ -782,7 +886,12 @@ impl<'a> ChatRequest<'a> {
             .iter()
             .map(|(k, v)| k.len() + v.get().len() + 4)
             .sum();
-        let mut out = Vec::with_capacity(size + served_model.len() + 32);
+        let overridden: usize = self
+            .overrides
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.get().len()) + 4)
+            .sum();
+        let mut out = Vec::with_capacity(size + overridden + served_model.len() + 32);
         out.push(b'{');
         let mut first = true;
         let mut sep = |out: &mut Vec<u8>| {
@@ -804,6 +913,13 @@ impl<'a> ChatRequest<'a> {
             {
                 continue;
             }
+            if let Some((_, value)) = self.overrides.iter().find(|(k, _)| k == key) {
+                if let Some(v) = value {
+                    write_key(&mut out, key);
+                    out.extend_from_slice(v.get().as_bytes());
+                }
+                continue;
+            }
             write_key(&mut out, key);
             match defaults.get(key.as_ref()) {
                 Some(Value::Object(d)) if raw.get().starts_with('{') => {
@@ -823,6 +939,7 @@ impl<'a> ChatRequest<'a> {
             // A pool's defaults are written for chat; those another endpoint does not know
             // (`chat_template_kwargs` on completions) stay out of its requests.
             if self.fields.iter().any(|(k, _)| k == key)
+                || self.overrides.iter().any(|(k, _)| k == key)
                 || (self.endpoint != crate::job::Endpoint::Chat
                     && fields::owner_for(key, self.endpoint) == Owner::Unknown)
             {
@@ -830,6 +947,14 @@ impl<'a> ChatRequest<'a> {
             }
             write_key(&mut out, key);
             let _ = serde_json::to_writer(&mut out, default);
+        }
+        for (key, value) in &self.overrides {
+            if let Some(v) = value
+                && !self.fields.iter().any(|(k, _)| k == key)
+            {
+                write_key(&mut out, key);
+                out.extend_from_slice(v.get().as_bytes());
+            }
         }
         if let Some(p) = priority {
             write_key(&mut out, "priority");
@@ -949,10 +1074,11 @@ pub fn with_service_tier_sse(chunk: &[u8], tier: &str) -> Vec<u8> {
 /// Token counts of an answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
 pub struct Usage {
-    /// Prompt tokens.
+    /// Prompt tokens (the Responses API's `input_tokens`).
+    #[serde(alias = "input_tokens")]
     pub prompt_tokens: u64,
-    /// Completion tokens.
-    #[serde(default)]
+    /// Completion tokens (`output_tokens`).
+    #[serde(default, alias = "output_tokens")]
     pub completion_tokens: u64,
 }
 
@@ -965,20 +1091,18 @@ pub fn usage_of_body(body: &[u8]) -> Option<Usage> {
     serde_json::from_slice::<Answer>(body).ok()?.usage
 }
 
-/// The `usage` carried by an SSE chunk (the final chunk with `stream_options.include_usage`),
-/// found without parsing the other events.
+/// The `usage` carried by an SSE chunk (chat's final chunk with
+/// `stream_options.include_usage`, or the `response` of a Responses stream's
+/// `response.completed`), found without parsing the other events. Model output cannot hold the
+/// needle: quotes inside JSON strings are escaped.
 pub fn usage_of_sse(chunk: &[u8]) -> Option<Usage> {
     const NEEDLE: &[u8] = b"\"usage\":{";
     let at = chunk.windows(NEEDLE.len()).rposition(|w| w == NEEDLE)?;
-    let start = chunk[..at]
-        .windows(6)
-        .rposition(|w| w == b"data: ")
-        .map_or(0, |i| i + 6);
-    let end = chunk[at..]
-        .iter()
-        .position(|&b| b == b'\n')
-        .map_or(chunk.len(), |i| at + i);
-    usage_of_body(&chunk[start..end])
+    let object = &chunk[at + NEEDLE.len() - 1..];
+    serde_json::Deserializer::from_slice(object)
+        .into_iter::<Usage>()
+        .next()?
+        .ok()
 }
 
 /// How many SSE events a chunk carries.

@@ -79,6 +79,46 @@ pub const OPENAI_COMPLETIONS: &[&str] = &[
     "user",
 ];
 
+/// The OpenAI API's Responses request fields (platform.openai.com/docs/api-reference/
+/// responses/create), as vLLM's `ResponsesRequest` lists them (vllm/entrypoints/openai/
+/// responses/protocol.py), with `logit_bias`, which it adds. `background`, `conversation` and
+/// `prompt` are known so that they are refused by name (the platform has no background mode,
+/// no conversation objects; vLLM refuses prompt templates).
+pub const OPENAI_RESPONSES: &[&str] = &[
+    "input",
+    "model",
+    "background",
+    "conversation",
+    "include",
+    "instructions",
+    "logit_bias",
+    "max_output_tokens",
+    "max_tool_calls",
+    "metadata",
+    "parallel_tool_calls",
+    "previous_response_id",
+    "prompt",
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    "reasoning",
+    "safety_identifier",
+    "service_tier",
+    "store",
+    "stream",
+    "stream_options",
+    "temperature",
+    "text",
+    "tool_choice",
+    "tools",
+    "top_logprobs",
+    "top_p",
+    "truncation",
+    "user",
+];
+
+/// vLLM extensions its `ResponsesRequest` has besides the platform's own.
+const VLLM_RESPONSES_EXTRAS: &[&str] = &["top_k", "skip_special_tokens"];
+
 /// OpenAI chat fields vLLM's `CompletionRequest` accepts too (structured output).
 const VLLM_COMPLETION_EXTRAS: &[&str] = &["response_format"];
 
@@ -200,10 +240,22 @@ pub fn owner(field: &str) -> Owner {
 
 /// Who owns `field` of a request to `endpoint`: chat's fields for chat; for completions, the
 /// OpenAI completions fields, and vLLM's extensions as for chat (chat-only ones, like
-/// `messages` or `tools`, are unknown there).
+/// `messages` or `tools`, are unknown there); for responses, the Responses fields, the few vLLM
+/// extensions its request has, and the platform's own.
 pub fn owner_for(field: &str, endpoint: crate::job::Endpoint) -> Owner {
     match endpoint {
         crate::job::Endpoint::Chat => owner(field),
+        crate::job::Endpoint::Responses => {
+            if OPENAI_RESPONSES.contains(&field) {
+                Owner::OpenAi
+            } else if PLATFORM_OWNED.contains(&field) {
+                Owner::Platform
+            } else if VLLM_RESPONSES_EXTRAS.contains(&field) {
+                Owner::Vllm
+            } else {
+                Owner::Unknown
+            }
+        }
         crate::job::Endpoint::Completions => {
             if OPENAI_COMPLETIONS.contains(&field) || VLLM_COMPLETION_EXTRAS.contains(&field) {
                 Owner::OpenAi
@@ -253,5 +305,13 @@ mod tests {
             owner_for("prompt", crate::job::Endpoint::Chat),
             Owner::Unknown
         );
+        use crate::job::Endpoint::Responses;
+        assert_eq!(owner_for("input", Responses), Owner::OpenAi);
+        assert_eq!(owner_for("messages", Responses), Owner::Unknown);
+        assert_eq!(owner_for("request_id", Responses), Owner::Platform);
+        assert_eq!(owner_for("top_k", Responses), Owner::Vllm);
+        for f in VLLM_RESPONSES_EXTRAS {
+            assert_eq!(owner(f), Owner::Vllm, "{f}");
+        }
     }
 }

@@ -14,6 +14,8 @@ pub enum Endpoint {
     Chat,
     /// `/v1/completions` (the legacy text completions).
     Completions,
+    /// `/v1/responses` (the Responses API; the platform keeps the stored responses).
+    Responses,
 }
 
 impl Endpoint {
@@ -22,6 +24,7 @@ impl Endpoint {
         match self {
             Self::Chat => "/v1/chat/completions",
             Self::Completions => "/v1/completions",
+            Self::Responses => "/v1/responses",
         }
     }
 
@@ -30,6 +33,7 @@ impl Endpoint {
         match self {
             Self::Chat => "chat",
             Self::Completions => "completions",
+            Self::Responses => "responses",
         }
     }
 
@@ -38,6 +42,7 @@ impl Endpoint {
         match s {
             "chat" => Some(Self::Chat),
             "completions" => Some(Self::Completions),
+            "responses" => Some(Self::Responses),
             _ => None,
         }
     }

@@ -146,6 +146,12 @@ impl Keys {
         format!("{}:{{t:{tenant}}}:tpm", self.prefix)
     }
 
+    /// A stored Responses API response (`/v1/responses`): its tenant, its whole input and the
+    /// response, under a TTL.
+    pub fn response(&self, id: &str) -> String {
+        format!("{}:{{resp:{id}}}", self.prefix)
+    }
+
     /// A tenant's use of its daily quotas: the UTC day, requests and tokens used on it.
     pub fn tenant_day(&self, tenant: &str) -> String {
         format!("{}:{{t:{tenant}}}:day", self.prefix)

@@ -27,6 +27,29 @@ pub enum Stop {
     Many(Vec<String>),
 }
 
+/// A Responses request's `tool_choice`: a mode, or the tool to call.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ToolChoice {
+    /// `none`, `auto` or `required`.
+    Mode(ToolChoiceMode),
+    /// `{"type": "function", "name"}`.
+    #[schema(value_type = Object)]
+    Named(Value),
+}
+
+/// The modes of `tool_choice`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolChoiceMode {
+    /// Call no tool.
+    None,
+    /// The model decides.
+    Auto,
+    /// Call at least one tool.
+    Required,
+}
+
 /// The data of one server-sent event of a streamed answer: a chunk (or a last error) as a JSON
 /// object, or `[DONE]`.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -140,6 +163,80 @@ pub struct CompletionRequest {
     pub user: Option<String>,
 }
 
+/// `POST /v1/responses`: the OpenAI Responses request, as far as the platform serves it (no
+/// background mode, no conversation objects, no prompt templates). Unknown fields are refused.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"model": "light", "input": "Greet the traveller.", "max_output_tokens": 64}))]
+pub struct ResponsesRequest {
+    /// A pool name, served model name or alias (`GET /v1/models`).
+    pub model: String,
+    /// The input: a string (one user message), or an array of input items (messages, function
+    /// calls and their outputs; documented as a string, the form clients use most).
+    #[schema(value_type = String)]
+    pub input: Value,
+    /// A system (developer) message for this response only (not carried to follow-ups).
+    pub instructions: Option<String>,
+    /// A stored response this one continues: its input and output come before `input`.
+    pub previous_response_id: Option<String>,
+    /// Keep the response for `previous_response_id` and `GET /v1/responses/{id}` (default true;
+    /// kept for `gateway.responses_ttl`).
+    pub store: Option<bool>,
+    /// Answer as server-sent events (`event: <type>` and `data: <event>`).
+    pub stream: Option<bool>,
+    /// Most tokens to generate; at most the pool's ceiling.
+    #[schema(minimum = 1)]
+    pub max_output_tokens: Option<u64>,
+    /// Sampling temperature.
+    pub temperature: Option<f64>,
+    /// Nucleus sampling.
+    pub top_p: Option<f64>,
+    /// Function tools (`{"type": "function", "name", "parameters"}`).
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub tools: Option<Vec<Value>>,
+    /// `auto`, `none`, `required`, or `{"type": "function", "name"}`.
+    pub tool_choice: Option<ToolChoice>,
+    /// Up to 16 string pairs, returned with the response.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+    /// The service tier (`auto`, `default`, `flex`, `priority`).
+    pub service_tier: Option<String>,
+    /// An end-user id (logs only).
+    pub user: Option<String>,
+}
+
+/// A response of the Responses API, as the engine produced it.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ResponseObject {
+    /// `resp_…`.
+    pub id: String,
+    /// `response`.
+    pub object: String,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// The served model name.
+    pub model: String,
+    /// `completed`, or `incomplete` (cut by `max_output_tokens`).
+    pub status: String,
+    /// Output items (messages, function calls, reasoning).
+    #[schema(value_type = Vec<Object>)]
+    pub output: Vec<Value>,
+    /// Token counts (`input_tokens`, `output_tokens`, `total_tokens`).
+    #[schema(value_type = Option<Object>)]
+    pub usage: Option<Value>,
+}
+
+/// `DELETE /v1/responses/{id}`'s answer.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ResponseDeleted {
+    /// The response id.
+    pub id: String,
+    /// `response`.
+    pub object: String,
+    /// `true`.
+    pub deleted: bool,
+}
+
 /// A text completion (non-streaming answer), as the engine produced it.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct TextCompletion {
@@ -201,6 +298,11 @@ mod tests {
         let schema = serde_json::to_value(super::CompletionRequest::schema()).unwrap();
         for name in schema["properties"].as_object().unwrap().keys() {
             let owner = owner_for(name, crate::job::Endpoint::Completions);
+            assert_eq!(owner, Owner::OpenAi, "{name}");
+        }
+        let schema = serde_json::to_value(super::ResponsesRequest::schema()).unwrap();
+        for name in schema["properties"].as_object().unwrap().keys() {
+            let owner = owner_for(name, crate::job::Endpoint::Responses);
             assert_eq!(owner, Owner::OpenAi, "{name}");
         }
     }

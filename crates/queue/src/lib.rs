@@ -10,7 +10,8 @@
 //!   reads, pool statistics.
 //! - [`consumer`]: worker side — group set-up, pulling, claiming, reclaiming, replies, requeue,
 //!   finish, cancellation polling, heartbeats.
-//! - [`limits`]: tenants' rate limits (requests and tokens per minute, concurrency).
+//! - [`limits`]: tenants' rate limits (requests and tokens per minute and day, concurrency).
+//! - [`responses`]: the Responses API's stored responses (one key each, under a TTL).
 //! - [`routing`]: routing versions (published compare-and-swap) and gateways' routing status.
 //! - [`resp`]: decoding of raw replies.
 //! - [`scripts`]: the Lua scripts, one file each under `crates/queue/lua/`.
@@ -20,6 +21,7 @@ pub mod consumer;
 pub mod limits;
 pub mod producer;
 pub mod resp;
+pub mod responses;
 pub mod routing;
 pub mod scripts;
 

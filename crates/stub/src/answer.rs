@@ -10,6 +10,8 @@ pub enum Kind {
     Chat,
     /// `/v1/completions`: a prompt, text choices (`text_completion` objects).
     Text,
+    /// `/v1/responses`: input items, a `response` object, typed stream events.
+    Responses,
 }
 
 /// The request as the stub understood it.
@@ -44,6 +46,9 @@ pub struct Plan {
     pub continuous_usage: bool,
     /// Unix seconds.
     pub created: u64,
+    /// A Responses request's echoed settings: `instructions`, `metadata`, `tools`,
+    /// `tool_choice`, `max_output_tokens` (null elsewhere).
+    pub echoed: Value,
 }
 
 /// A vLLM-style error body.
@@ -101,7 +106,25 @@ impl Plan {
     ) -> Result<Self, (u16, Value)> {
         let bad = |m: String| (400, error_body(400, "BadRequestError", &m));
         let no_messages = Vec::new();
+        let items;
         let (messages, prompt_text) = match kind {
+            Kind::Responses => {
+                // vLLM keeps stored responses only with VLLM_ENABLE_RESPONSES_API_STORE, and
+                // answers an id it does not hold with 404 (responses/serving.py,
+                // `_make_not_found_error`): the platform sends none (it expands the input).
+                if let Some(id) = body.get("previous_response_id").and_then(Value::as_str) {
+                    return Err((
+                        404,
+                        error_body(
+                            404,
+                            "invalid_request_error",
+                            &format!("Response with id '{id}' not found."),
+                        ),
+                    ));
+                }
+                items = input_messages(body).map_err(bad)?;
+                (&items, None)
+            }
             Kind::Chat => (
                 body.get("messages")
                     .and_then(Value::as_array)
@@ -145,6 +168,7 @@ impl Plan {
         let max_tokens = body
             .get("max_completion_tokens")
             .or_else(|| body.get("max_tokens"))
+            .or_else(|| body.get("max_output_tokens"))
             .and_then(Value::as_u64)
             .map(|n| n as u32);
         let asked = max_tokens.unwrap_or(output_tokens);
@@ -196,6 +220,22 @@ impl Plan {
             id: match kind {
                 Kind::Chat => format!("chatcmpl-{request_id}"),
                 Kind::Text => format!("cmpl-{request_id}"),
+                // vLLM's response id is the request's `request_id` (ResponsesResponse.
+                // from_request), `resp_<uuid>` when the caller sets none.
+                Kind::Responses => body
+                    .get("request_id")
+                    .and_then(Value::as_str)
+                    .map_or_else(|| format!("resp_{request_id}"), str::to_owned),
+            },
+            echoed: match kind {
+                Kind::Responses => json!({
+                    "instructions": body.get("instructions").cloned().unwrap_or(Value::Null),
+                    "metadata": body.get("metadata").cloned().unwrap_or(Value::Null),
+                    "tools": body.get("tools").cloned().unwrap_or(json!([])),
+                    "tool_choice": body.get("tool_choice").cloned().unwrap_or(json!("auto")),
+                    "max_output_tokens": asked,
+                }),
+                _ => Value::Null,
             },
             reasoning: thinking.then(|| format!("thinking about {request_id}")),
             request_id,
@@ -319,10 +359,164 @@ impl Plan {
         out
     }
 
-    /// The non-streaming body: `chat.completion` or `text_completion`.
+    /// The Responses API's `usage` (vLLM's `ResponseUsage`).
+    fn response_usage(&self) -> Value {
+        let c = self.completion_tokens();
+        json!({"input_tokens": self.prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
+               "output_tokens": c, "output_tokens_details": {"reasoning_tokens": 0},
+               "total_tokens": self.prompt_tokens + c})
+    }
+
+    /// The answer's output item: an assistant message, or the forced function call (OpenAI's
+    /// `ResponseOutputMessage` / `ResponseFunctionToolCall`), `status` as given.
+    fn output_item(&self, status: &str, text: &str, arguments: &str) -> Value {
+        match &self.tool_call {
+            Some((name, _)) => json!({
+                "id": format!("fc_{}", self.request_id), "type": "function_call",
+                "call_id": format!("call_{}", self.request_id), "name": name,
+                "arguments": arguments, "status": status,
+            }),
+            None => {
+                let content = if status == "in_progress" {
+                    json!([])
+                } else {
+                    json!([{"type": "output_text", "text": text, "annotations": [], "logprobs": []}])
+                };
+                json!({"id": format!("msg_{}", self.request_id), "type": "message",
+                       "role": "assistant", "status": status, "content": content})
+            }
+        }
+    }
+
+    /// The `response` object (vLLM's `ResponsesResponse`): `status` and `output` as given.
+    fn response_object(&self, status: &str, output: Value, usage: Value) -> Value {
+        let incomplete = (status == "incomplete").then(|| json!({"reason": "max_output_tokens"}));
+        let e = &self.echoed;
+        json!({
+            "id": self.id, "object": "response", "created_at": self.created, "model": self.model,
+            "status": status, "incomplete_details": incomplete, "error": null,
+            "instructions": e["instructions"], "metadata": e["metadata"], "output": output,
+            "parallel_tool_calls": true, "temperature": 1.0, "top_p": 1.0,
+            "tool_choice": e["tool_choice"], "tools": e["tools"], "background": false,
+            "max_output_tokens": e["max_output_tokens"], "max_tool_calls": null,
+            "previous_response_id": null, "prompt": null, "reasoning": null,
+            "service_tier": "auto", "text": null, "top_logprobs": null, "truncation": "disabled",
+            "usage": usage, "user": null,
+        })
+    }
+
+    /// How the response ended: `incomplete` when `max_output_tokens` cut it.
+    fn response_status(&self) -> &'static str {
+        if self.finish_reason == "length" {
+            "incomplete"
+        } else {
+            "completed"
+        }
+    }
+
+    /// The non-streaming `response`.
+    fn response(&self) -> Value {
+        let (text, args) = (self.tokens.concat(), self.tool_args());
+        let item = self.output_item("completed", &text, &args);
+        self.response_object(self.response_status(), json!([item]), self.response_usage())
+    }
+
+    fn tool_args(&self) -> String {
+        self.tool_call
+            .as_ref()
+            .map(|(_, a)| a.clone())
+            .unwrap_or_default()
+    }
+
+    /// The events of a streamed response, each with whether an engine step passes before it:
+    /// `response.created`, `response.in_progress`, the output item's `added`, its content
+    /// (text: `content_part.added`, one `output_text.delta` per token, `output_text.done`,
+    /// `content_part.done`; a function call: `function_call_arguments.delta`s and `.done`), the
+    /// item's `done`, then `response.completed` with the usage. Event names and shapes: OpenAI's
+    /// streaming reference (platform.openai.com/docs/api-reference/responses-streaming) and
+    /// vLLM's `StreamingResponsesResponse` (responses/protocol.py), which sends each as
+    /// `event: <type>` + `data: <json>` and no `[DONE]` (responses/api_router.py).
+    fn response_events(&self) -> Vec<(bool, Value)> {
+        let mut out: Vec<(bool, Value)> = Vec::new();
+        let mut push = |step: bool, mut e: Value| {
+            e["sequence_number"] = json!(out.len());
+            out.push((step, e));
+        };
+        let item_id = match &self.tool_call {
+            Some(_) => format!("fc_{}", self.request_id),
+            None => format!("msg_{}", self.request_id),
+        };
+        let at = |t: &str| json!({"type": t, "item_id": item_id, "output_index": 0});
+        push(
+            false,
+            json!({"type": "response.created",
+            "response": self.response_object("in_progress", json!([]), Value::Null)}),
+        );
+        push(
+            false,
+            json!({"type": "response.in_progress",
+            "response": self.response_object("in_progress", json!([]), Value::Null)}),
+        );
+        push(
+            false,
+            json!({"type": "response.output_item.added", "output_index": 0,
+            "item": self.output_item("in_progress", "", "")}),
+        );
+        let text = self.tokens.concat();
+        let args = self.tool_args();
+        if self.tool_call.is_some() {
+            let cut = args.len() / 3;
+            for part in [&args[..cut], &args[cut..2 * cut], &args[2 * cut..]] {
+                let mut e = at("response.function_call_arguments.delta");
+                e["delta"] = json!(part);
+                push(true, e);
+            }
+            let mut e = at("response.function_call_arguments.done");
+            e["arguments"] = json!(args);
+            push(false, e);
+        } else {
+            let part = |text: &str| json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []});
+            let mut e = at("response.content_part.added");
+            e["content_index"] = json!(0);
+            e["part"] = part("");
+            push(false, e);
+            for t in &self.tokens {
+                let mut e = at("response.output_text.delta");
+                e["content_index"] = json!(0);
+                e["delta"] = json!(t);
+                e["logprobs"] = json!([]);
+                push(true, e);
+            }
+            let mut e = at("response.output_text.done");
+            e["content_index"] = json!(0);
+            e["text"] = json!(text);
+            e["logprobs"] = json!([]);
+            push(false, e);
+            let mut e = at("response.content_part.done");
+            e["content_index"] = json!(0);
+            e["part"] = part(&text);
+            push(false, e);
+        }
+        let item = self.output_item("completed", &text, &args);
+        push(
+            false,
+            json!({"type": "response.output_item.done", "output_index": 0, "item": item}),
+        );
+        push(
+            false,
+            json!({"type": "response.completed",
+            "response": self.response_object(self.response_status(), json!([item]), self.response_usage())}),
+        );
+        out
+    }
+
+    /// The non-streaming body: `chat.completion`, `text_completion` or `response`.
     pub fn completion(&self) -> Value {
         if self.kind == Kind::Text {
             return self.text_completion();
+        }
+        if self.kind == Kind::Responses {
+            return self.response();
         }
         let content: Option<String> = if self.tool_call.is_some() {
             None
@@ -357,6 +551,9 @@ impl Plan {
     pub fn stream_events(&self) -> Vec<(bool, Value)> {
         if self.kind == Kind::Text {
             return self.text_stream_events();
+        }
+        if self.kind == Kind::Responses {
+            return self.response_events();
         }
         let mut out = Vec::new();
         out.push((
@@ -455,23 +652,53 @@ fn prompt_of(body: &Value) -> Result<(String, u32), String> {
     }
 }
 
-/// The first tool's or the named tool's name, when the request forces a tool call.
+/// The first tool's or the named tool's name, when the request forces a tool call. Chat nests
+/// a function's name (`{"type": "function", "function": {"name"}}`); the Responses API does not
+/// (`{"type": "function", "name"}`), in tools and in `tool_choice` alike.
 fn forced_tool(body: &Value) -> Option<String> {
     let tools = body.get("tools")?.as_array()?;
-    let first = tools
-        .first()?
-        .pointer("/function/name")?
-        .as_str()?
-        .to_owned();
+    let name = |v: &Value| {
+        v.pointer("/function/name")
+            .or_else(|| v.get("name"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let first = name(tools.first()?)?;
     match body.get("tool_choice")? {
         Value::String(s) if s == "required" => Some(first),
-        Value::Object(o) => o
-            .get("function")
-            .and_then(|f| f.get("name"))
-            .and_then(Value::as_str)
-            .map(str::to_owned),
+        o @ Value::Object(_) => name(o),
         _ => None,
     }
+}
+
+/// A Responses request's `input` (and `instructions`) as messages the prompt is counted from:
+/// a string is one user message; items are messages (`content` a string or parts), function
+/// calls (their `arguments`), function call outputs (their `output`), or earlier output
+/// messages (parts of `output_text`).
+fn input_messages(body: &Value) -> Result<Vec<Value>, String> {
+    let mut out = Vec::new();
+    if let Some(i) = body.get("instructions").and_then(Value::as_str) {
+        out.push(json!({"role": "system", "content": i}));
+    }
+    match body.get("input") {
+        Some(Value::String(s)) => out.push(json!({"role": "user", "content": s})),
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let content = match item.get("type").and_then(Value::as_str) {
+                    Some("function_call") => item.get("arguments").cloned(),
+                    Some("function_call_output") => item.get("output").cloned(),
+                    Some("reasoning") => Some(json!("")),
+                    _ => item.get("content").cloned(),
+                };
+                match content {
+                    Some(c) => out.push(json!({"role": "user", "content": c})),
+                    None => return Err(format!("input[{i}]: not an input item the stub knows")),
+                }
+            }
+        }
+        _ => return Err("input: field required".into()),
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -583,6 +810,99 @@ mod tests {
                     && !c["choices"][0]["finish_reason"].is_null())
                 .count(),
             1
+        );
+    }
+}
+
+#[cfg(test)]
+mod responses_tests {
+    use super::*;
+
+    fn plan(body: Value) -> Result<Plan, (u16, Value)> {
+        Plan::of(Kind::Responses, &body, "r1".into(), "m", 3, 4096)
+    }
+
+    #[test]
+    fn a_response_counts_every_input_item_and_reports_its_usage() {
+        let body = json!({"instructions": "be brief", "input": [
+            {"role": "user", "content": "hello there"},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "hi you"}]},
+            {"type": "function_call_output", "call_id": "c", "output": "sunny"},
+        ], "request_id": "resp_abc"});
+        let p = plan(body).unwrap();
+        // (2 + 4) for the instructions, (2 + 4), (2 + 4), (1 + 4).
+        assert_eq!(p.prompt_tokens, 23);
+        let r = p.completion();
+        assert_eq!(r["id"], "resp_abc", "vLLM's id is the request_id");
+        assert_eq!(
+            (r["object"].as_str(), r["status"].as_str()),
+            (Some("response"), Some("completed"))
+        );
+        assert_eq!(r["output"][0]["content"][0]["text"], "[m] r1 t2");
+        assert_eq!(r["usage"]["input_tokens"], 23);
+        assert_eq!(r["usage"]["output_tokens"], 3);
+    }
+
+    #[test]
+    fn streamed_events_are_typed_numbered_and_end_with_the_completed_response() {
+        let p = plan(json!({"input": "hi", "max_output_tokens": 2})).unwrap();
+        let events = p.stream_events();
+        let types: Vec<&str> = events
+            .iter()
+            .map(|(_, e)| e["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.delta",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.completed"
+            ]
+        );
+        for (i, (_, e)) in events.iter().enumerate() {
+            assert_eq!(e["sequence_number"], i);
+        }
+        let done = &events.last().unwrap().1["response"];
+        assert_eq!(done["status"], "incomplete", "max_output_tokens cut it");
+        assert_eq!(done["incomplete_details"]["reason"], "max_output_tokens");
+        assert_eq!(done["usage"]["output_tokens"], 2);
+        assert_eq!(
+            events.iter().filter(|(step, _)| *step).count(),
+            2,
+            "one step per token"
+        );
+    }
+
+    #[test]
+    fn a_forced_function_call_is_an_output_item_and_a_stored_id_is_not_found() {
+        let tools = json!([{"type": "function", "name": "get_weather", "parameters": {}}]);
+        let p =
+            plan(json!({"input": "weather?", "tools": tools, "tool_choice": "required"})).unwrap();
+        let r = p.completion();
+        assert_eq!(r["output"][0]["type"], "function_call");
+        assert_eq!(r["output"][0]["name"], "get_weather");
+        let types: Vec<String> = p
+            .stream_events()
+            .iter()
+            .map(|(_, e)| e["type"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(
+            types.contains(&"response.function_call_arguments.done".to_owned()),
+            "{types:?}"
+        );
+        let (status, err) =
+            plan(json!({"input": "again", "previous_response_id": "resp_x"})).unwrap_err();
+        assert_eq!(status, 404);
+        assert_eq!(
+            err["error"]["message"],
+            "Response with id 'resp_x' not found."
         );
     }
 }

@@ -129,6 +129,7 @@ pub async fn serve(
     let v1 = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/v1/responses", post(responses))
         .route("/v1/models", get(models))
         .layer(axum::middleware::from_fn_with_state(
             stub.clone(),
@@ -355,6 +356,12 @@ async fn completions(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: By
     generate(stub, headers, body, answer::Kind::Text).await
 }
 
+/// `/v1/responses`, as vLLM answers it (without its store: VLLM_ENABLE_RESPONSES_API_STORE is
+/// off by default, and the platform keeps the responses).
+async fn responses(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: Bytes) -> Response {
+    generate(stub, headers, body, answer::Kind::Responses).await
+}
+
 async fn generate(
     stub: Arc<Stub>,
     headers: HeaderMap,
@@ -434,6 +441,7 @@ async fn generate(
     }
     if body
         .get("messages")
+        .or_else(|| body.get("input"))
         .is_some_and(|m| m.to_string().contains(CRASH_MARKER))
     {
         // A poison request: the engine dies under it. The response starts, then the
@@ -499,10 +507,15 @@ async fn generate(
                 first = false;
             }
             let mut out = Vec::with_capacity(256);
+            // The Responses API names each event; it ends without `[DONE]`.
+            let typed = plan.kind == answer::Kind::Responses;
+            if typed && let Some(t) = chunk.get("type").and_then(Value::as_str) {
+                out.extend_from_slice(format!("event: {t}\n").as_bytes());
+            }
             out.extend_from_slice(b"data: ");
             out.extend_from_slice(chunk.to_string().as_bytes());
             out.extend_from_slice(b"\n\n");
-            if events.len() == 0 {
+            if events.len() == 0 && !typed {
                 out.extend_from_slice(b"data: [DONE]\n\n");
             }
             Some((

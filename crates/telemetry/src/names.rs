@@ -56,6 +56,8 @@ metrics! {
     GATEWAY_LIMIT_CALLS = "ssw_gateway_rate_limit_calls_total", Counter, ["tenant", "reason"], "Calls to Redis for a limited tenant's allowance (ALLOWANCE): need (a request the allowance held here did not cover) or tick (the 100 ms settlement). Against ssw_gateway_tier_requests_total, the share of requests that asked Redis.";
     /// Routes sent back to their control by their guard.
     GATEWAY_ROUTE_ROLLBACKS = "ssw_gateway_route_rollbacks_total", Counter, ["route", "variant", "reason"], "Routes sent back to their control by their guard: the variant taken out and why (error_rate or ttft_p95_ratio). The log line and the published version's reason state the evidence.";
+    /// The Responses API's stored responses.
+    GATEWAY_RESPONSES = "ssw_gateway_responses_total", Counter, ["outcome"], "The gateway's store of /v1/responses answers: stored (kept in Redis for gateway.responses_ttl), store_failed (Redis refused it: a later previous_response_id or GET finds nothing), continued (a request's previous_response_id expanded into its input), not_found (a previous_response_id, GET or DELETE that found nothing of the tenant's).";
     /// Shadow copies that never ran.
     GATEWAY_SHADOW_DROPPED = "ssw_gateway_shadow_dropped_total", Counter, ["route", "reason"], "A route's shadow copies that never ran: invalid (the shadow pool refuses the request's parameters), queue_full (its shadow lane or the pool is full: shed first), queue_unavailable, queue_timeout (no worker was free for it within 30 s). Copies that ran are in ssw_gateway_requests_total{variant=\"shadow\"}.";
     /// Routing versions taken or refused.

@@ -8,6 +8,7 @@ mod failures;
 mod faults;
 mod load;
 mod observability;
+mod responses;
 mod rollout;
 mod routes;
 mod tiers;

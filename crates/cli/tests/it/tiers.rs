@@ -39,7 +39,7 @@ async fn one_heavy_replica(
 }
 
 /// A tenant with its own key (written to a file under the temp dir).
-fn tenant(s: &mut PlatformSpec, name: &str, key: &str, cfg: TenantConfig) {
+pub(crate) fn tenant(s: &mut PlatformSpec, name: &str, key: &str, cfg: TenantConfig) {
     let path = std::env::temp_dir().join(format!("ssw-tiers-{}-{name}.keys", std::process::id()));
     std::fs::write(&path, format!("{key}\n")).unwrap();
     s.config.tenants.insert(

@@ -1,5 +1,5 @@
-//! `POST /v1/chat/completions` and `POST /v1/completions`: read the body, admit it, then answer
-//! from the worker's replies.
+//! `POST /v1/chat/completions`, `POST /v1/completions` and `POST /v1/responses`: read the body,
+//! admit it, then answer from the worker's replies.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Extension, Request, State};
@@ -19,9 +19,27 @@ use super::{
     X_SSW_VARIANT, X_SSW_WORKER,
 };
 use crate::admission::{self, Admitted, Refusal};
-use crate::error::{ApiError, json_response, sse_error};
+use crate::error::{ApiError, json_response, sse_error_for};
 use crate::lifecycle::{Next, Ticket};
+use crate::responses::{Pending, Tap};
 use crate::state::AppState;
+
+/// How an answer is written: its endpoint's stream format, and for the Responses API the store
+/// its response goes to.
+struct Answer {
+    endpoint: Endpoint,
+    tier: Tier,
+    keep: Option<(AppState, Pending)>,
+}
+
+impl Answer {
+    /// Stores a Responses answer (the response object the client got), if one is to be kept.
+    async fn keep(&self, response: &[u8]) {
+        if let Some((state, pending)) = &self.keep {
+            crate::responses::keep(state, pending, response).await;
+        }
+    }
+}
 
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
@@ -41,6 +59,17 @@ pub async fn completions(
     req: Request,
 ) -> Response {
     generate(state, rid, tenant, req, Endpoint::Completions).await
+}
+
+/// `POST /v1/responses`: the same lifecycle; the engine's `/v1/responses` answers, the gateway
+/// keeps the response ([`crate::responses`]).
+pub async fn responses(
+    State(state): State<AppState>,
+    Extension(rid): Extension<RequestId>,
+    Extension(tenant): Extension<Tenant>,
+    req: Request,
+) -> Response {
+    generate(state, rid, tenant, req, Endpoint::Responses).await
 }
 
 /// Reads the body, admits it, then answers from the worker's replies.
@@ -74,12 +103,18 @@ async fn generate(
             routing_version,
             rate,
             span,
+            response,
         }) => {
+            let answer = Answer {
+                endpoint,
+                tier,
+                keep: response.map(|p| (state.clone(), p)),
+            };
             let mut resp = async {
                 if stream {
-                    stream_response(ticket, tier).await
+                    stream_response(ticket, answer).await
                 } else {
-                    full_response(ticket, tier).await
+                    full_response(ticket, answer).await
                 }
             }
             .instrument(span)
@@ -132,8 +167,9 @@ fn set_header(resp: &mut Response, name: &axum::http::HeaderName, value: &str) {
 }
 
 /// A complete answer from a worker (`Full` or `Fail`), as an HTTP response (an answer
-/// carrying the `service_tier` that served it); any other event is unexpected here.
-fn worker_response(ticket: &mut Ticket, event: ReplyEvent, tier: Tier) -> Response {
+/// carrying the `service_tier` that served it; a response of the Responses API stored first);
+/// any other event is unexpected here.
+async fn worker_response(ticket: &mut Ticket, event: ReplyEvent, answer: &Answer) -> Response {
     let code = event.error_code();
     let (status, worker, body) = match event {
         ReplyEvent::Full {
@@ -153,7 +189,9 @@ fn worker_response(ticket: &mut Ticket, event: ReplyEvent, tier: Tier) -> Respon
     ticket.finish();
     ticket.record(status, code.map_or("ok", ErrorCode::as_str));
     let body = if status < 300 {
-        with_service_tier(&body, tier.as_str())
+        let body = with_service_tier(&body, answer.tier.as_str());
+        answer.keep(&body).await;
+        body
     } else {
         body
     };
@@ -189,40 +227,63 @@ fn unexpected(ticket: &mut Ticket, what: &str) -> Response {
     )
 }
 
-async fn full_response(mut ticket: Ticket, tier: Tier) -> Response {
+async fn full_response(mut ticket: Ticket, answer: Answer) -> Response {
     match ticket.next().await {
         Next::Event(ev @ (ReplyEvent::Full { .. } | ReplyEvent::Fail { .. })) => {
-            worker_response(&mut ticket, ev, tier)
+            worker_response(&mut ticket, ev, &answer).await
         }
         Next::Event(_) => unexpected(&mut ticket, "stream event for a non-streaming job"),
         Next::Failed(err) => failed(&mut ticket, err),
     }
 }
 
-async fn stream_response(mut ticket: Ticket, tier: Tier) -> Response {
+async fn stream_response(mut ticket: Ticket, answer: Answer) -> Response {
     let (worker, first) = match ticket.next().await {
         Next::Event(ReplyEvent::Head { worker, data, .. }) => (worker, data),
         Next::Event(ev @ (ReplyEvent::Full { .. } | ReplyEvent::Fail { .. })) => {
-            return worker_response(&mut ticket, ev, tier);
+            return worker_response(&mut ticket, ev, &answer).await;
         }
         Next::Event(_) => return unexpected(&mut ticket, "stream data before its head"),
         Next::Failed(err) => return failed(&mut ticket, err),
     };
     let queued = ticket.queued();
+    // A Responses stream's events are typed objects, whose response objects already say the
+    // tier; a stream of its final response is kept.
+    let mut tap = answer.keep.as_ref().map(|_| Tap::default());
+    let typed = answer.endpoint == Endpoint::Responses;
+    let tier = answer.tier.as_str();
+    let pass = move |d: &[u8], tap: &mut Option<Tap>| -> Bytes {
+        if let Some(t) = tap {
+            t.feed(d);
+        }
+        if typed {
+            Bytes::copy_from_slice(d)
+        } else {
+            Bytes::from(with_service_tier_sse(d, tier))
+        }
+    };
     // The head's bytes first, in the same write as the response head.
-    let tier = tier.as_str();
-    let first = (!first.is_empty()).then(|| {
-        Ok::<_, std::convert::Infallible>(Bytes::from(with_service_tier_sse(&first, tier)))
-    });
-    let rest = futures::stream::unfold(Some(ticket), move |ticket| async move {
-        let mut ticket = ticket?;
+    let first =
+        (!first.is_empty()).then(|| Ok::<_, std::convert::Infallible>(pass(&first, &mut tap)));
+    let rest = futures::stream::unfold(Some((ticket, answer, tap)), move |s| async move {
+        let (mut ticket, answer, mut tap) = s?;
         loop {
             return match ticket.next().await {
-                Next::Event(ReplyEvent::Data(d)) => Some((
-                    Ok::<_, std::convert::Infallible>(Bytes::from(with_service_tier_sse(&d, tier))),
-                    Some(ticket),
-                )),
+                Next::Event(ReplyEvent::Data(d)) => {
+                    let out = pass(&d, &mut tap);
+                    Some((
+                        Ok::<_, std::convert::Infallible>(out),
+                        Some((ticket, answer, tap)),
+                    ))
+                }
                 Next::Event(ReplyEvent::End) => {
+                    // Stored before the stream ends: a follow-up sent once the client has
+                    // read it finds it.
+                    if let Some(r) = tap.as_ref().and_then(Tap::response) {
+                        answer
+                            .keep(&with_service_tier(r.get().as_bytes(), answer.tier.as_str()))
+                            .await;
+                    }
                     ticket.finish();
                     ticket.record(200, "ok");
                     None
@@ -230,12 +291,12 @@ async fn stream_response(mut ticket: Ticket, tier: Tier) -> Response {
                 Next::Event(ReplyEvent::Fail { body, code, .. }) => {
                     ticket.finish();
                     ticket.record(200, code.as_str());
-                    Some((Ok(sse_error(&body)), None))
+                    Some((Ok(sse_error_for(answer.endpoint, &body)), None))
                 }
                 Next::Failed(err) => {
                     // Not finished: dropping the ticket cancels the job, whose worker is silent.
                     ticket.record(200, err.code.as_str());
-                    Some((Ok(err.sse()), None))
+                    Some((Ok(err.sse_for(answer.endpoint)), None))
                 }
                 Next::Event(other) => {
                     // Its bytes are model output: name the kind only.
