@@ -6,11 +6,13 @@
 //! handler only reads the body before and writes the answer after.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::HeaderMap;
 use ssw_protocol::chat::{ChatRequest, quote};
 use ssw_protocol::error::ErrorCode;
 use ssw_protocol::job::Job;
+use ssw_protocol::reply::ReplyEvent;
 use ssw_protocol::tier::Tier;
 use ssw_queue::QueueError;
 use ssw_queue::producer::{Enqueued, Lane, QueueLimits};
@@ -415,4 +417,136 @@ fn route(
         )
         .param("model")),
     }
+}
+
+/// How long a fast-lane request (`/tokenize`, `/detokenize`) waits for a worker's answer.
+pub const FAST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A fast-lane request's answer.
+pub struct FastAnswer {
+    /// The pool that answered (or refused) it, if routing got that far.
+    pub pool: Option<Arc<Pool>>,
+    /// The worker that answered it.
+    pub worker: String,
+    /// The answer: (status, body), or why there is none.
+    pub result: Result<(u16, Vec<u8>), ApiError>,
+}
+
+/// Serves a request that generates nothing (`/tokenize`, `/detokenize`) on its pool's fast lane:
+/// validated and routed like any request, then one job pushed where any worker of the pool
+/// takes it beside its generation slots (it never waits behind generation work), answered
+/// within [`FAST_TIMEOUT`]. Tenants' limits and tiers do not apply (nothing is generated); the
+/// lane's bound (1 024 per pool) does.
+pub async fn fast(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: axum::body::Bytes,
+    request_id: String,
+    tenant: &str,
+    endpoint: ssw_protocol::job::Endpoint,
+) -> FastAnswer {
+    let mut answer = FastAnswer {
+        pool: None,
+        worker: String::new(),
+        result: Err(ApiError::new(ErrorCode::InternalError, "internal error")),
+    };
+    if state.is_draining() {
+        answer.result = Err(ApiError::new(
+            ErrorCode::ShuttingDown,
+            "the gateway is shutting down; retry",
+        ));
+        return answer;
+    }
+    let req = match ChatRequest::parse_for(&body, endpoint) {
+        Ok(r) => r,
+        Err(e) => {
+            answer.result = Err(e.into());
+            return answer;
+        }
+    };
+    let routing = state.routing();
+    let pool = match route(&routing, headers, &req) {
+        Ok(r) => r.pool,
+        Err(e) => {
+            answer.result = Err(e);
+            return answer;
+        }
+    };
+    answer.pool = Some(pool.clone());
+    if let Err(e) = req.check(&pool.limits()) {
+        answer.result = Err(e.into());
+        return answer;
+    }
+    let now = ssw_queue::now_ms();
+    let job = Job {
+        id: state.next_job_id(),
+        request_id,
+        reply_to: state.replies.key().to_owned(),
+        enqueued_ms: now,
+        deadline_ms: now + FAST_TIMEOUT.as_millis() as u64,
+        stream: false,
+        attempt: 1,
+        crashes: 0,
+        crashed_on: String::new(),
+        tier: Tier::Default,
+        tenant: tenant.to_owned(),
+        endpoint,
+        body: req.into_engine_body(&pool.served_model, &pool.defaults, None),
+    };
+    drop(body);
+    // Listening before the push: the answer may come at once.
+    let mut rx = state.replies.register(&job.id, pool.name.clone());
+    let pushed = state.redis.fast_push(&pool.name, &job).await;
+    answer.result = match pushed {
+        Ok(true) => match tokio::time::timeout(FAST_TIMEOUT, rx.recv()).await {
+            Ok(Some(crate::replies::Delivery::Event(ReplyEvent::Full {
+                status,
+                worker,
+                body,
+                ..
+            }))) => {
+                answer.worker = worker;
+                Ok((status, body))
+            }
+            Ok(Some(crate::replies::Delivery::Event(ReplyEvent::Fail {
+                status,
+                worker,
+                body,
+                ..
+            }))) => {
+                answer.worker = worker;
+                Ok((status, body))
+            }
+            Ok(_) => Err(ApiError::new(
+                ErrorCode::UpstreamError,
+                "the answer was lost on the way; retry",
+            )),
+            Err(_) => Err(ApiError::new(
+                ErrorCode::QueueTimeout,
+                format!(
+                    "no worker of pool `{}` answered within {}s",
+                    pool.name,
+                    FAST_TIMEOUT.as_secs()
+                ),
+            )
+            .retry_after(state.config.gateway.retry_after)),
+        },
+        Ok(false) => Err(ApiError::new(
+            ErrorCode::QueueFull,
+            format!(
+                "pool `{}` has too many tokenizer requests waiting; retry later",
+                pool.name
+            ),
+        )
+        .retry_after(state.config.gateway.retry_after)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot push a fast-lane job");
+            Err(ApiError::new(
+                ErrorCode::QueueUnavailable,
+                "the queue is unavailable; retry later",
+            ))
+        }
+    };
+    state.replies.unregister(&job.id);
+    answer
 }

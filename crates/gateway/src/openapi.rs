@@ -7,9 +7,9 @@ use axum::Json;
 use ssw_protocol::error::{ErrorBody, ErrorEnvelope};
 use ssw_protocol::models::{ModelCard, ModelList};
 use ssw_protocol::schema::{
-    ChatCompletion, ChatCompletionRequest, ChatMessage, CompletionRequest, Health, ResponseDeleted,
-    ResponseObject, ResponsesRequest, StreamEvent, StreamOptions, TextCompletion, ToolChoice,
-    ToolChoiceMode,
+    ChatCompletion, ChatCompletionRequest, ChatMessage, CompletionRequest, DetokenizeRequest,
+    DetokenizeResponse, Health, ResponseDeleted, ResponseObject, ResponsesRequest, StreamEvent,
+    StreamOptions, TextCompletion, TokenizeRequest, TokenizeResponse, ToolChoice, ToolChoiceMode,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -26,6 +26,8 @@ use utoipa::{Modify, OpenApi};
         responses,
         get_response,
         delete_response,
+        tokenize,
+        detokenize,
         list_models,
         get_model,
         healthz
@@ -37,6 +39,10 @@ use utoipa::{Modify, OpenApi};
         ResponsesRequest,
         ResponseObject,
         ResponseDeleted,
+        TokenizeRequest,
+        TokenizeResponse,
+        DetokenizeRequest,
+        DetokenizeResponse,
         ChatMessage,
         StreamOptions,
         ToolChoice,
@@ -168,6 +174,51 @@ fn get_response() {}
 #[allow(dead_code)]
 fn delete_response() {}
 
+/// The tokens of a prompt or of chat messages, from the pool's engine (its fast lane: never
+/// behind generation work).
+#[utoipa::path(
+    post,
+    path = "/tokenize",
+    request_body = TokenizeRequest,
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, body = TokenizeResponse),
+        (status = 400, description = "`invalid_json`, `invalid_request` (naming `param`), or `engine_rejected`", body = ErrorEnvelope),
+        (status = 401, description = "`missing_api_key`, `invalid_api_key`", body = ErrorEnvelope),
+        (status = 404, description = "`model_not_found`", body = ErrorEnvelope),
+        (status = 408, description = "`request_timeout`", body = ErrorEnvelope),
+        (status = 413, description = "`request_too_large`", body = ErrorEnvelope),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorEnvelope),
+        (status = 429, description = "`queue_full`: the pool's fast lane is full (with Retry-After)", body = ErrorEnvelope),
+        (status = 502, description = "`upstream_error`, `response_too_large`", body = ErrorEnvelope),
+        (status = 503, description = "`queue_timeout` (no worker answered within 10 s), `queue_unavailable`, `server_busy`, `shutting_down`", body = ErrorEnvelope),
+    ),
+)]
+#[allow(dead_code)]
+fn tokenize() {}
+
+/// The text of token ids, from the pool's engine (its fast lane).
+#[utoipa::path(
+    post,
+    path = "/detokenize",
+    request_body = DetokenizeRequest,
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, body = DetokenizeResponse),
+        (status = 400, description = "`invalid_json`, `invalid_request` (naming `param`), or `engine_rejected`", body = ErrorEnvelope),
+        (status = 401, description = "`missing_api_key`, `invalid_api_key`", body = ErrorEnvelope),
+        (status = 404, description = "`model_not_found`", body = ErrorEnvelope),
+        (status = 408, description = "`request_timeout`", body = ErrorEnvelope),
+        (status = 413, description = "`request_too_large`", body = ErrorEnvelope),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorEnvelope),
+        (status = 429, description = "`queue_full`: the pool's fast lane is full (with Retry-After)", body = ErrorEnvelope),
+        (status = 502, description = "`upstream_error`, `response_too_large`", body = ErrorEnvelope),
+        (status = 503, description = "`queue_timeout` (no worker answered within 10 s), `queue_unavailable`, `server_busy`, `shutting_down`", body = ErrorEnvelope),
+    ),
+)]
+#[allow(dead_code)]
+fn detokenize() {}
+
 /// Every pool as a model card.
 #[utoipa::path(
     get,
@@ -221,6 +272,8 @@ mod tests {
             "/v1/completions",
             "/v1/responses",
             "/v1/responses/{response_id}",
+            "/tokenize",
+            "/detokenize",
             "/v1/models",
             "/v1/models/{model}",
             "/healthz",

@@ -576,6 +576,39 @@ impl<'a> ChatRequest<'a> {
                 None => return Err(RequestError::field("prompt", "`prompt` is required")),
                 Some(raw) => prompt(raw)?,
             },
+            Endpoint::Tokenize => {
+                match (get("prompt"), get("messages")) {
+                    (Some(raw), None) => prompt(raw)?,
+                    (None, Some(raw)) => messages(raw)?,
+                    _ => {
+                        return Err(RequestError::field(
+                            "prompt",
+                            "exactly one of `prompt` and `messages` is required",
+                        ));
+                    }
+                }
+                for key in [
+                    "add_special_tokens",
+                    "add_generation_prompt",
+                    "continue_final_message",
+                    "return_token_strs",
+                ] {
+                    if let Some(raw) = get(key) {
+                        boolean(key, raw)?;
+                    }
+                }
+            }
+            Endpoint::Detokenize => {
+                let ok = get("tokens").is_some_and(|raw| {
+                    serde_json::from_str::<Vec<u64>>(raw.get()).is_ok_and(|t| !t.is_empty())
+                });
+                if !ok {
+                    return Err(RequestError::field(
+                        "tokens",
+                        "`tokens` must be a non-empty array of token ids",
+                    ));
+                }
+            }
             Endpoint::Responses => {
                 match get("input") {
                     None => return Err(RequestError::field("input", "`input` is required")),
@@ -700,7 +733,10 @@ impl<'a> ChatRequest<'a> {
         }
         match (endpoint, get("logprobs").filter(|r| !is_null(r))) {
             (_, None) => {}
-            (Endpoint::Chat | Endpoint::Responses, Some(raw)) => {
+            (
+                Endpoint::Chat | Endpoint::Responses | Endpoint::Tokenize | Endpoint::Detokenize,
+                Some(raw),
+            ) => {
                 boolean("logprobs", raw)?;
             }
             // Completions: how many log probabilities per token (OpenAI allows 5, vLLM its

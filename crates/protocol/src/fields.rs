@@ -116,6 +116,25 @@ pub const OPENAI_RESPONSES: &[&str] = &[
     "user",
 ];
 
+/// vLLM's `/tokenize` request fields (`TokenizeCompletionRequest` and `TokenizeChatRequest`,
+/// vllm/entrypoints/openai/protocol.py) and `/detokenize`'s (`DetokenizeRequest`); `chat_template`
+/// stays the platform's.
+pub const VLLM_TOKENIZE: &[&str] = &[
+    "model",
+    "prompt",
+    "messages",
+    "add_special_tokens",
+    "add_generation_prompt",
+    "continue_final_message",
+    "return_token_strs",
+    "tools",
+    "chat_template_kwargs",
+    "mm_processor_kwargs",
+];
+
+/// `/detokenize`'s fields.
+pub const VLLM_DETOKENIZE: &[&str] = &["model", "tokens"];
+
 /// vLLM extensions its `ResponsesRequest` has besides the platform's own.
 const VLLM_RESPONSES_EXTRAS: &[&str] = &["top_k", "skip_special_tokens"];
 
@@ -245,6 +264,20 @@ pub fn owner(field: &str) -> Owner {
 pub fn owner_for(field: &str, endpoint: crate::job::Endpoint) -> Owner {
     match endpoint {
         crate::job::Endpoint::Chat => owner(field),
+        crate::job::Endpoint::Tokenize | crate::job::Endpoint::Detokenize => {
+            let known = if endpoint == crate::job::Endpoint::Tokenize {
+                VLLM_TOKENIZE
+            } else {
+                VLLM_DETOKENIZE
+            };
+            if known.contains(&field) {
+                Owner::OpenAi
+            } else if PLATFORM_OWNED.contains(&field) {
+                Owner::Platform
+            } else {
+                Owner::Unknown
+            }
+        }
         crate::job::Endpoint::Responses => {
             if OPENAI_RESPONSES.contains(&field) {
                 Owner::OpenAi

@@ -16,6 +16,10 @@ pub enum Endpoint {
     Completions,
     /// `/v1/responses` (the Responses API; the platform keeps the stored responses).
     Responses,
+    /// vLLM's `/tokenize`: no generation, served on the pool's fast lane.
+    Tokenize,
+    /// vLLM's `/detokenize`: likewise.
+    Detokenize,
 }
 
 impl Endpoint {
@@ -25,6 +29,8 @@ impl Endpoint {
             Self::Chat => "/v1/chat/completions",
             Self::Completions => "/v1/completions",
             Self::Responses => "/v1/responses",
+            Self::Tokenize => "/tokenize",
+            Self::Detokenize => "/detokenize",
         }
     }
 
@@ -34,7 +40,15 @@ impl Endpoint {
             Self::Chat => "chat",
             Self::Completions => "completions",
             Self::Responses => "responses",
+            Self::Tokenize => "tokenize",
+            Self::Detokenize => "detokenize",
         }
+    }
+
+    /// Whether it generates nothing: the job skips the pool's lanes for its fast lane, which
+    /// every worker serves beside its generation slots.
+    pub fn is_fast(self) -> bool {
+        matches!(self, Self::Tokenize | Self::Detokenize)
     }
 
     /// Parses [`Endpoint::as_str`].
@@ -43,6 +57,8 @@ impl Endpoint {
             "chat" => Some(Self::Chat),
             "completions" => Some(Self::Completions),
             "responses" => Some(Self::Responses),
+            "tokenize" => Some(Self::Tokenize),
+            "detokenize" => Some(Self::Detokenize),
             _ => None,
         }
     }
@@ -181,6 +197,29 @@ impl Job {
             },
             body: take("body").ok_or_else(|| DecodeError("missing field `body`".into()))?,
         })
+    }
+}
+
+impl Job {
+    /// The job as one JSON object of its fields (a fast-lane list element; the body is JSON
+    /// text, so a string).
+    pub fn to_json(&self) -> Vec<u8> {
+        let map: serde_json::Map<String, serde_json::Value> = self
+            .to_fields()
+            .iter()
+            .map(|(k, v)| {
+                let text = String::from_utf8_lossy(v).into_owned();
+                ((*k).to_owned(), serde_json::Value::String(text))
+            })
+            .collect();
+        serde_json::to_vec(&map).unwrap_or_default()
+    }
+
+    /// Decodes [`Job::to_json`].
+    pub fn from_json(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut map: std::collections::HashMap<String, String> = serde_json::from_slice(bytes)
+            .map_err(|e| DecodeError(format!("not a job object: {e}")))?;
+        Self::from_fields(|k| map.remove(k).map(String::into_bytes))
     }
 }
 

@@ -80,6 +80,11 @@ impl Keys {
         format!("{}:{{{pool}}}:jobs", self.prefix)
     }
 
+    /// The pool's fast lane: jobs that generate nothing (`/tokenize`, `/detokenize`).
+    pub fn fast(&self, pool: &str) -> String {
+        format!("{}:{{{pool}}}:fast", self.prefix)
+    }
+
     /// Bytes of job bodies on the pool's stream (what `max_queue_bytes` limits).
     pub fn queued_bytes(&self, pool: &str) -> String {
         format!("{}:{{{pool}}}:queued-bytes", self.prefix)

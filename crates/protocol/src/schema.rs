@@ -205,6 +205,58 @@ pub struct ResponsesRequest {
     pub user: Option<String>,
 }
 
+/// `POST /tokenize` (vLLM's): the tokens of a prompt, or of chat messages as the model's chat
+/// template renders them.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"model": "light", "prompt": "Hail, captain"}))]
+pub struct TokenizeRequest {
+    /// A pool name, served model name or alias.
+    pub model: String,
+    /// The text (or `messages` instead).
+    pub prompt: Option<String>,
+    /// Chat messages (or `prompt` instead).
+    pub messages: Option<Vec<ChatMessage>>,
+    /// Add the tokenizer's special tokens (BOS).
+    pub add_special_tokens: Option<bool>,
+    /// With `messages`: end with the assistant's turn opening.
+    pub add_generation_prompt: Option<bool>,
+    /// Also return each token's text.
+    pub return_token_strs: Option<bool>,
+}
+
+/// `/tokenize`'s answer (vLLM's `TokenizeResponse`).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenizeResponse {
+    /// How many tokens.
+    pub count: u64,
+    /// The engine's context length.
+    pub max_model_len: u64,
+    /// The token ids.
+    pub tokens: Vec<u64>,
+    /// Each token's text, when asked for.
+    pub token_strs: Option<Vec<String>>,
+}
+
+/// `POST /detokenize` (vLLM's): the text of token ids.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"model": "light", "tokens": [39, 607, 11]}))]
+pub struct DetokenizeRequest {
+    /// A pool name, served model name or alias.
+    pub model: String,
+    /// Token ids.
+    #[schema(min_items = 1)]
+    pub tokens: Vec<u64>,
+}
+
+/// `/detokenize`'s answer.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct DetokenizeResponse {
+    /// The text.
+    pub prompt: String,
+}
+
 /// A response of the Responses API, as the engine produced it.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct ResponseObject {

@@ -10,6 +10,7 @@
 //!   reads, pool statistics.
 //! - [`consumer`]: worker side — group set-up, pulling, claiming, reclaiming, replies, requeue,
 //!   finish, cancellation polling, heartbeats.
+//! - [`fast`]: a pool's fast lane, for jobs that generate nothing (tokenizer endpoints).
 //! - [`limits`]: tenants' rate limits (requests and tokens per minute and day, concurrency).
 //! - [`responses`]: the Responses API's stored responses (one key each, under a TTL).
 //! - [`routing`]: routing versions (published compare-and-swap) and gateways' routing status.
@@ -18,6 +19,7 @@
 
 pub mod client;
 pub mod consumer;
+pub mod fast;
 pub mod limits;
 pub mod producer;
 pub mod resp;

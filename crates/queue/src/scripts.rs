@@ -77,3 +77,4 @@ script!(POOL_STATS, "pool_stats.lua");
 script!(REPLY, "reply.lua");
 script!(PUBLISH_ROUTING, "publish_routing.lua");
 script!(LEASE, "lease.lua");
+script!(FAST_PUSH, "fast_push.lua");

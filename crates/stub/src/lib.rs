@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 pub mod answer;
 mod sleep;
 pub mod timing;
+mod tokens;
 
 use answer::{Plan, error_body};
 
@@ -131,6 +132,8 @@ pub async fn serve(
         .route("/v1/completions", post(completions))
         .route("/v1/responses", post(responses))
         .route("/v1/models", get(models))
+        .route("/tokenize", post(tokens::tokenize))
+        .route("/detokenize", post(tokens::detokenize))
         .layer(axum::middleware::from_fn_with_state(
             stub.clone(),
             check_api_key,

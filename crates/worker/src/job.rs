@@ -793,3 +793,68 @@ fn too_large(ctx: &Ctx) -> ReplyEvent {
 pub fn state_ttl(cfg: &ssw_config::WorkerConfig) -> Duration {
     cfg.engine_request_timeout + Duration::from_secs(600)
 }
+
+/// Runs a fast-lane job (`/tokenize`, `/detokenize`): one engine call, its answer (or refusal)
+/// sent back as a complete answer. Nothing is retried or reclaimed: the gateway's deadline
+/// tells its client when no answer comes.
+pub async fn run_fast(ctx: &Ctx, job: Job) {
+    let claimed_ms = ssw_queue::now_ms();
+    if job.deadline_ms <= claimed_ms {
+        tracing::debug!(job = %job.id, "fast job past its deadline; dropped");
+        return;
+    }
+    let model = ctx.engine_state.model().map(|m| m.name);
+    let body = model
+        .as_deref()
+        .and_then(|name| ssw_protocol::chat::with_model(&job.body, name))
+        .unwrap_or_else(|| job.body.clone());
+    let wait = Duration::from_millis(job.deadline_ms - claimed_ms);
+    let sent = ctx
+        .engine
+        .http
+        .post(format!("{}{}", ctx.engine.base, job.endpoint.path()))
+        .header("content-type", "application/json")
+        .header("x-request-id", &job.request_id)
+        .timeout(wait)
+        .body(body)
+        .send()
+        .await;
+    let max = ctx.cfg.max_response_bytes.bytes() as usize;
+    let event = match sent {
+        Err(e) => {
+            tracing::warn!(error = %error_chain(&e), job = %job.id, "fast job: the engine did not answer");
+            fail(ctx, ErrorCode::UpstreamError, "the engine did not answer")
+        }
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            match read_capped(resp, max).await {
+                Ok(Some(body)) if status < 400 => ReplyEvent::Full {
+                    status,
+                    worker: ctx.id.clone(),
+                    claimed_ms,
+                    body,
+                },
+                Ok(Some(body)) if status < 500 => ReplyEvent::Full {
+                    status,
+                    worker: ctx.id.clone(),
+                    claimed_ms,
+                    body: ErrorEnvelope::from_engine(status, &body).to_json(),
+                },
+                Ok(Some(_)) => fail(ctx, ErrorCode::UpstreamError, "the engine failed"),
+                Ok(None) => too_large(ctx),
+                Err(e) => {
+                    tracing::warn!(error = %error_chain(&e), job = %job.id, "fast job: answer cut short");
+                    fail(
+                        ctx,
+                        ErrorCode::UpstreamError,
+                        "the engine's answer was cut short",
+                    )
+                }
+            }
+        }
+    };
+    let reply = Sender::new(&job.id).reply(1, event);
+    if let Err(e) = ctx.redis.send_reply(&job.reply_to, &reply).await {
+        tracing::warn!(error = %e, job = %job.id, "fast job: cannot send the answer");
+    }
+}

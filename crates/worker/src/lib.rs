@@ -374,6 +374,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     bg.spawn(watch_running(ctx.clone(), background.clone()));
+    bg.spawn(fast_lane(ctx.clone(), shutdown.clone()));
     bg.close();
 
     // Live before the first pull: a worker that holds jobs without a heartbeat looks dead, and
@@ -412,6 +413,60 @@ pub async fn run(
     }
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// Fast-lane jobs one worker runs at once (each one short engine call).
+const FAST_CONCURRENCY: usize = 16;
+
+/// Serves the pool's fast lane (`/tokenize`, `/detokenize`) beside the generation slots: pops a
+/// job whenever the engine is up, this worker is not drained and fewer than
+/// [`FAST_CONCURRENCY`] are running, until shutdown.
+async fn fast_lane(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(FAST_CONCURRENCY));
+    let mut conn = None;
+    let mut backoff = Duration::from_millis(100);
+    let block = Duration::from_secs(1);
+    while !shutdown.is_cancelled() {
+        if !ctx.engine_state.is_up() || ctx.drain().is_some() {
+            backoff_sleep(&mut Duration::from_millis(200), &shutdown).await;
+            continue;
+        }
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match ctx.redis.dedicated().await {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    tracing::debug!(error = %e, "fast lane: cannot connect");
+                    backoff_sleep(&mut backoff, &shutdown).await;
+                    continue;
+                }
+            },
+        };
+        let popped = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            p = c.fast_pop(ctx.redis.keys(), &ctx.pool, block) => p,
+        };
+        match popped {
+            Ok(None) => {}
+            Ok(Some(Ok(job))) => {
+                backoff = Duration::from_millis(100);
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    job::run_fast(&ctx, job).await;
+                    drop(permit);
+                });
+            }
+            Ok(Some(Err(e))) => tracing::warn!(error = %e, "fast lane: undecodable job dropped"),
+            Err(e) => {
+                tracing::debug!(error = %e, "fast lane: pop failed; reconnecting");
+                conn = None;
+                backoff_sleep(&mut backoff, &shutdown).await;
+            }
+        }
+    }
 }
 
 async fn backoff_sleep(backoff: &mut Duration, shutdown: &CancellationToken) {

@@ -12,6 +12,7 @@ mod responses;
 mod rollout;
 mod routes;
 mod tiers;
+mod tokenizer;
 
 use std::path::Path;
 

@@ -20,6 +20,7 @@ pub mod body;
 pub mod chat;
 pub mod health;
 pub mod models;
+pub mod tokens;
 
 /// `x-request-id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -50,6 +51,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(chat::completions))
         .route("/v1/responses", post(chat::responses))
+        .route("/tokenize", post(tokens::tokenize))
+        .route("/detokenize", post(tokens::detokenize))
         .route(
             "/v1/responses/{id}",
             get(crate::responses::get).delete(crate::responses::delete),
