@@ -1630,3 +1630,50 @@ async fn lease_is_held_by_one_caller_renewed_by_it_and_free_once_it_lapses() {
         "a's lapsed: b takes it"
     );
 }
+
+#[tokio::test]
+async fn fast_push_bounds_the_lane_and_a_worker_pops_each_job_once() {
+    use ssw_queue::fast::FAST_LANE_MAX;
+    let mut r = rig().await;
+    let mut first = job("fast-0", 10);
+    first.endpoint = ssw_protocol::job::Endpoint::Tokenize;
+    assert!(r.redis.fast_push(POOL, &first).await.unwrap());
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(r.keys.fast(POOL))
+        .query_async(&mut r.raw)
+        .await
+        .unwrap();
+    assert!(ttl > 60_000, "the lane outlives its jobs' deadlines: {ttl}");
+    for i in 1..FAST_LANE_MAX {
+        assert!(
+            r.redis
+                .fast_push(POOL, &job(&format!("fast-{i}"), 10))
+                .await
+                .unwrap()
+        );
+    }
+    assert!(
+        !r.redis
+            .fast_push(POOL, &job("one-too-many", 10))
+            .await
+            .unwrap(),
+        "the lane is full"
+    );
+    let mut conn = r.redis.dedicated().await.unwrap();
+    let popped = conn
+        .fast_pop(r.redis.keys(), POOL, Duration::from_millis(100))
+        .await
+        .unwrap()
+        .expect("a job")
+        .expect("decodable");
+    assert_eq!(popped, first, "first in, first out, every field intact");
+    // Taken once: the next pop gets the next job, and a push fits again.
+    let next = conn
+        .fast_pop(r.redis.keys(), POOL, Duration::from_millis(100))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.id, "fast-1");
+    assert!(r.redis.fast_push(POOL, &job("fits", 10)).await.unwrap());
+}
