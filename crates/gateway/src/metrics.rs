@@ -99,6 +99,7 @@ fn rejection_reason(code: ErrorCode) -> Option<&'static str> {
         ErrorCode::MissingApiKey | ErrorCode::InvalidApiKey => "auth",
         ErrorCode::InvalidJson
         | ErrorCode::InvalidRequest
+        | ErrorCode::PreviousResponseNotFound
         | ErrorCode::UnsupportedMediaType
         | ErrorCode::NotFound
         | ErrorCode::MethodNotAllowed => "bad_request",

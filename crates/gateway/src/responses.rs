@@ -36,6 +36,8 @@ pub struct Pending {
     pub input: Box<RawValue>,
     /// Whether to keep it (`store` is not false and `gateway.responses_ttl` is not 0).
     pub store: bool,
+    /// The stored response it continues (`previous_response_id`).
+    pub previous: Option<String>,
 }
 
 /// What Redis keeps per response.
@@ -128,11 +130,21 @@ pub async fn prepare(
         })?,
     };
     let mut extra = 0;
-    let input = match req.string_field("previous_response_id") {
+    let previous = req.string_field("previous_response_id");
+    let input = match previous.clone() {
         None => raw(&new_items),
         Some(prev) => {
             let Some(stored) = load(state, tenant, &prev).await? else {
-                return Err(not_found(&prev).param("previous_response_id"));
+                crate::metrics::responses("not_found");
+                // OpenAI's answer (vLLM's own store answers 404).
+                return Err(ApiError::new(
+                    ErrorCode::PreviousResponseNotFound,
+                    format!(
+                        "Previous response with id '{}' not found.",
+                        ssw_protocol::chat::quote(&prev)
+                    ),
+                )
+                .param("previous_response_id"));
             };
             let output = serde_json::from_str::<Output>(stored.response.get())
                 .map(|o| o.output)
@@ -161,6 +173,7 @@ pub async fn prepare(
             tenant: tenant.clone(),
             input,
             store,
+            previous,
         },
         extra,
     ))
@@ -196,63 +209,153 @@ pub async fn keep(state: &AppState, pending: &Pending, response: &[u8]) {
     }
 }
 
-/// Watches a Responses stream for its final `response.completed` (or `response.incomplete`)
-/// event and keeps the response it carries. Events may be cut across chunks: the bytes after
-/// the last event boundary wait for the rest.
-#[derive(Default)]
+/// A response object (a non-streaming answer, or the `response` of a stream's event) as the
+/// client gets it: with the tier that served it and the `previous_response_id` it continued
+/// (the engine saw neither: the platform chose the lane and expanded the input). Anything that
+/// is not a JSON object passes unchanged.
+pub fn patch(body: &[u8], tier: &str, previous: Option<&str>) -> Vec<u8> {
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
+    else {
+        return body.to_vec();
+    };
+    patch_object(&mut v, tier, previous);
+    serde_json::to_vec(&v).unwrap_or_else(|_| body.to_vec())
+}
+
+fn patch_object(
+    v: &mut serde_json::Map<String, serde_json::Value>,
+    tier: &str,
+    previous: Option<&str>,
+) {
+    v.insert("service_tier".into(), tier.into());
+    if let Some(p) = previous {
+        v.insert("previous_response_id".into(), p.into());
+    }
+}
+
+/// Rewrites a Responses stream as it passes: complete events only (the bytes of an event cut
+/// across chunks wait for the rest), the `response` of `response.created`, `.in_progress`,
+/// `.completed`, `.incomplete` and `.failed` patched like [`patch`], and the final response
+/// (`response.completed` or `response.incomplete`) kept for the store. Line ends are
+/// normalised to `\n`; every other byte passes as the engine sent it.
 pub struct Tap {
     partial: Vec<u8>,
-    done: Option<Box<RawValue>>,
+    /// How far `partial` has been searched for an event boundary.
+    scanned: usize,
+    tier: &'static str,
+    previous: Option<String>,
+    done: Option<Vec<u8>>,
 }
 
 impl Tap {
-    /// Reads a chunk of the stream.
-    pub fn feed(&mut self, chunk: &[u8]) {
-        self.partial.extend_from_slice(chunk);
-        let mut start = 0;
-        while let Some(end) = find(&self.partial[start..], b"\n\n") {
-            let event = &self.partial[start..start + end];
-            if let Some(r) = final_response(event) {
-                self.done = Some(r);
-            }
-            start += end + 2;
+    /// A tap for a response served at `tier`, continuing `previous`.
+    pub fn new(tier: &'static str, previous: Option<String>) -> Self {
+        Self {
+            partial: Vec::new(),
+            scanned: 0,
+            tier,
+            previous,
+            done: None,
         }
-        self.partial.drain(..start);
     }
 
-    /// The final response, once seen.
-    pub fn response(&self) -> Option<&RawValue> {
-        self.done.as_deref()
+    /// Passes a chunk: returns the complete events it ends.
+    pub fn pass(&mut self, chunk: &[u8]) -> Vec<u8> {
+        for &b in chunk {
+            if b != b'\r' {
+                self.partial.push(b);
+            }
+        }
+        let mut out = Vec::new();
+        let mut start = 0;
+        let mut from = self.scanned.saturating_sub(1).max(start);
+        while let Some(at) = find(&self.partial[from..], b"\n\n") {
+            let end = from + at;
+            self.event(start, end, &mut out);
+            start = end + 2;
+            from = start;
+        }
+        self.partial.drain(..start);
+        self.scanned = self.partial.len();
+        out
     }
+
+    /// The bytes left when the stream ends (a last event without its blank line).
+    pub fn finish(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if !self.partial.iter().all(u8::is_ascii_whitespace) {
+            let end = self.partial.len();
+            self.event(0, end, &mut out);
+        }
+        self.partial.clear();
+        self.scanned = 0;
+        out
+    }
+
+    /// The final response, once seen (patched), taken.
+    pub fn take_final(&mut self) -> Option<Vec<u8>> {
+        self.done.take()
+    }
+
+    /// Writes the event `partial[start..end]` (and its blank line) to `out`, patched.
+    fn event(&mut self, start: usize, end: usize, out: &mut Vec<u8>) {
+        let event = &self.partial[start..end];
+        match rewrite(event, self.tier, self.previous.as_deref()) {
+            Some((e, last)) => {
+                out.extend_from_slice(&e);
+                if last.is_some() {
+                    self.done = last;
+                }
+            }
+            None => out.extend_from_slice(event),
+        }
+        out.extend_from_slice(b"\n\n");
+    }
+}
+
+/// `event` with its response patched, if it carries one, and that response if the event is
+/// the final one.
+fn rewrite(event: &[u8], tier: &str, previous: Option<&str>) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+    const KINDS: [&str; 5] = [
+        "created",
+        "in_progress",
+        "completed",
+        "incomplete",
+        "failed",
+    ];
+    let at = find(event, b"data:")?;
+    let data_start = at + 5 + usize::from(event.get(at + 5) == Some(&b' '));
+    let data_end = find(&event[data_start..], b"\n").map_or(event.len(), |i| data_start + i);
+    let data = &event[data_start..data_end];
+    // Most events are deltas: only those naming a response kind are parsed.
+    if !KINDS
+        .iter()
+        .any(|k| find(data, format!("\"response.{k}\"").as_bytes()).is_some())
+    {
+        return None;
+    }
+    let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(data).ok()?;
+    let kind = v
+        .get("type")?
+        .as_str()?
+        .strip_prefix("response.")?
+        .to_owned();
+    if !KINDS.contains(&kind.as_str()) {
+        return None;
+    }
+    let response = v.get_mut("response")?.as_object_mut()?;
+    patch_object(response, tier, previous);
+    let last = (kind == "completed" || kind == "incomplete")
+        .then(|| serde_json::to_vec(response).ok())
+        .flatten();
+    let mut out = event[..data_start].to_vec();
+    out.extend_from_slice(&serde_json::to_vec(&v).ok()?);
+    out.extend_from_slice(&event[data_end..]);
+    Some((out, last))
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// The `response` of a final event (`response.completed` or `response.incomplete`).
-fn final_response(event: &[u8]) -> Option<Box<RawValue>> {
-    #[derive(Deserialize)]
-    struct Final {
-        #[serde(rename = "type")]
-        kind: String,
-        response: Box<RawValue>,
-    }
-    let at = find(event, b"data: ")?;
-    let line = &event[at + 6..];
-    let line = &line[..find(line, b"\n").unwrap_or(line.len())];
-    // Most events are deltas: skip them without parsing.
-    if find(line, b"\"response.completed\"").is_none()
-        && find(line, b"\"response.incomplete\"").is_none()
-    {
-        return None;
-    }
-    let f: Final = serde_json::from_slice(line).ok()?;
-    matches!(
-        f.kind.as_str(),
-        "response.completed" | "response.incomplete"
-    )
-    .then_some(f.response)
 }
 
 /// `GET /v1/responses/{id}`: the tenant's stored response.
@@ -294,21 +397,61 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_tap_finds_the_final_response_across_cut_chunks() {
+    fn the_tap_patches_response_events_and_keeps_the_final_one_across_cut_chunks() {
         let stream = concat!(
-            "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_a\",\"status\":\"in_progress\"}}\n\n",
-            "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"response.completed\"}\n\n",
-            "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_a\",\"status\":\"completed\",\"output\":[]}}\n\n",
+            "event: response.created\r\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_a\",\"service_tier\":\"auto\",\"status\":\"in_progress\"}}\r\n\r\n",
+            "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"\\\"response.completed\\\"\"}\n\n",
+            "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_a\",\"status\":\"completed\",\"output\":[]}}",
         );
-        for cut in [1, 7, 50, 100, 170, stream.len() - 3] {
-            let mut tap = Tap::default();
-            tap.feed(&stream.as_bytes()[..cut]);
-            assert!(tap.response().is_none() || cut > 170);
-            tap.feed(&stream.as_bytes()[cut..]);
-            let r = tap.response().expect("the completed event").get();
-            assert!(r.contains("\"status\":\"completed\""), "{r}");
-            assert!(tap.partial.is_empty());
+        for cut in [1, 7, 50, 100, 170, 230, stream.len() - 3] {
+            let mut tap = Tap::new("flex", Some("resp_0".into()));
+            let mut out = tap.pass(&stream.as_bytes()[..cut]);
+            out.extend(tap.pass(&stream.as_bytes()[cut..]));
+            assert!(
+                tap.take_final().is_none(),
+                "the last event has no blank line yet"
+            );
+            out.extend(tap.finish());
+            let fin: serde_json::Value =
+                serde_json::from_slice(&tap.take_final().expect("final")).unwrap();
+            assert_eq!(
+                (fin["status"].as_str(), fin["service_tier"].as_str()),
+                (Some("completed"), Some("flex"))
+            );
+            assert_eq!(fin["previous_response_id"], "resp_0");
+            let text = String::from_utf8(out).unwrap();
+            assert!(!text.contains('\r'), "{text}");
+            let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+            assert_eq!(events.len(), 3, "{text}");
+            assert!(
+                events[0].contains("\"service_tier\":\"flex\""),
+                "{}",
+                events[0]
+            );
+            assert!(
+                events[1].ends_with("\"delta\":\"\\\"response.completed\\\"\"}"),
+                "deltas pass untouched: {}",
+                events[1]
+            );
         }
+    }
+
+    #[test]
+    fn a_response_body_says_its_tier_and_what_it_continued() {
+        let b = patch(
+            br#"{"id":"resp_b","service_tier":"auto","previous_response_id":null}"#,
+            "priority",
+            Some("resp_a"),
+        );
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(
+            (
+                v["service_tier"].as_str(),
+                v["previous_response_id"].as_str()
+            ),
+            (Some("priority"), Some("resp_a"))
+        );
+        assert_eq!(patch(b"not json", "default", None), b"not json");
     }
 
     #[test]

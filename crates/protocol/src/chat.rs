@@ -971,16 +971,28 @@ impl<'a> ChatRequest<'a> {
                 _ => out.extend_from_slice(raw.get().as_bytes()),
             }
         }
+        let mut written: Vec<&str> = Vec::new();
         for (key, default) in defaults {
-            // A pool's defaults are written for chat; those another endpoint does not know
+            // A pool's defaults are written for chat: its token ceiling is the Responses API's
+            // `max_output_tokens` there; those another endpoint does not know
             // (`chat_template_kwargs` on completions) stay out of its requests.
+            let key = match key.as_str() {
+                "max_tokens" | "max_completion_tokens"
+                    if self.endpoint == crate::job::Endpoint::Responses =>
+                {
+                    "max_output_tokens"
+                }
+                k => k,
+            };
             if self.fields.iter().any(|(k, _)| k == key)
-                || self.overrides.iter().any(|(k, _)| k == key)
+                || self.overrides.iter().any(|(k, _)| *k == key)
+                || written.contains(&key)
                 || (self.endpoint != crate::job::Endpoint::Chat
                     && fields::owner_for(key, self.endpoint) == Owner::Unknown)
             {
                 continue;
             }
+            written.push(key);
             write_key(&mut out, key);
             let _ = serde_json::to_writer(&mut out, default);
         }
@@ -1166,6 +1178,30 @@ mod tests {
 
     fn err(body: &str) -> RequestError {
         ChatRequest::parse(body.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn a_pools_token_ceiling_default_is_max_output_tokens_for_responses() {
+        use crate::job::Endpoint::Responses;
+        let defaults: Map<String, Value> =
+            serde_json::from_value(json!({"max_tokens": 64, "chat_template_kwargs": {"a": 1}}))
+                .unwrap();
+        let body = br#"{"model":"light","input":"hi"}"#;
+        let out = ChatRequest::parse_for(body, Responses)
+            .unwrap()
+            .into_engine_body("m", &defaults, None);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["max_output_tokens"], 64, "{v}");
+        assert!(
+            v.get("max_tokens").is_none() && v.get("chat_template_kwargs").is_none(),
+            "{v}"
+        );
+        let body = br#"{"model":"light","input":"hi","max_output_tokens":5}"#;
+        let out = ChatRequest::parse_for(body, Responses)
+            .unwrap()
+            .into_engine_body("m", &defaults, None);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["max_output_tokens"], 5, "the client's value wins: {v}");
     }
 
     const M: &str = r#""messages":[{"role":"user","content":"x"}]"#;

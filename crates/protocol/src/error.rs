@@ -15,6 +15,9 @@ pub enum ErrorCode {
     InvalidRequest,
     /// No pool serves the requested model.
     ModelNotFound,
+    /// A Responses request's `previous_response_id` names no response the tenant has stored
+    /// (OpenAI's code and status for it).
+    PreviousResponseNotFound,
     /// The body is larger than the configured limit.
     RequestTooLarge,
     /// The body is not JSON by its `Content-Type`.
@@ -65,10 +68,11 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// All codes, for documentation and metric pre-registration.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         Self::InvalidJson,
         Self::InvalidRequest,
         Self::ModelNotFound,
+        Self::PreviousResponseNotFound,
         Self::RequestTooLarge,
         Self::UnsupportedMediaType,
         Self::RequestTimeout,
@@ -98,6 +102,7 @@ impl ErrorCode {
             Self::InvalidJson => "invalid_json",
             Self::InvalidRequest => "invalid_request",
             Self::ModelNotFound => "model_not_found",
+            Self::PreviousResponseNotFound => "previous_response_not_found",
             Self::RequestTooLarge => "request_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::RequestTimeout => "request_timeout",
@@ -126,7 +131,10 @@ impl ErrorCode {
     /// 400 is its fallback.
     pub const fn status(self) -> u16 {
         match self {
-            Self::InvalidJson | Self::InvalidRequest | Self::EngineRejected => 400,
+            Self::InvalidJson
+            | Self::InvalidRequest
+            | Self::EngineRejected
+            | Self::PreviousResponseNotFound => 400,
             Self::MissingApiKey | Self::InvalidApiKey => 401,
             Self::ModelNotFound | Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
@@ -150,6 +158,7 @@ impl ErrorCode {
             Self::InvalidJson
             | Self::InvalidRequest
             | Self::ModelNotFound
+            | Self::PreviousResponseNotFound
             | Self::RequestTooLarge
             | Self::UnsupportedMediaType
             | Self::RequestTimeout

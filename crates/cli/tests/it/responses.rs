@@ -131,6 +131,7 @@ async fn responses_are_kept_by_the_platform_and_a_follow_up_runs_on_any_replica(
         assert_eq!(items.len(), 3, "{engine}");
         assert_eq!(items[1]["type"], "message");
         assert_eq!(items[1]["role"], "assistant");
+        assert_eq!(v["previous_response_id"], id.as_str(), "{v}");
         if headers["x-ssw-worker"] != first_worker.as_str() {
             other = Some(v);
             break;
@@ -186,7 +187,11 @@ async fn responses_are_kept_by_the_platform_and_a_follow_up_runs_on_any_replica(
     .await;
     assert_eq!(
         (s, v["error"]["code"].as_str(), v["error"]["param"].as_str()),
-        (404, Some("not_found"), Some("previous_response_id")),
+        (
+            400,
+            Some("previous_response_not_found"),
+            Some("previous_response_id")
+        ),
         "{v}"
     );
     // `store: false`: answered, not kept.
@@ -250,6 +255,9 @@ async fn a_streamed_response_is_typed_events_ending_with_the_stored_response() {
     }
     let done = &events.last().unwrap().1["response"];
     assert_eq!(done["status"], "incomplete", "max_output_tokens cut it");
+    // The response objects say the tier that served them (the engine was told none).
+    assert_eq!(events[0].1["response"]["service_tier"], "priority");
+    assert_eq!(done["service_tier"], "priority");
     assert_eq!(done["usage"]["output_tokens"], 3);
     // Stored before the stream ended, with the tier that served it.
     let (s, got) = call(&p, reqwest::Method::GET, done["id"].as_str().unwrap(), None).await;
@@ -312,7 +320,7 @@ async fn stored_responses_belong_to_their_tenant() {
         create(&p, "theirs", Some("castle-key"), &follow)
             .await
             .status(),
-        404
+        400
     );
     assert_eq!(call(&p, reqwest::Method::GET, id, None).await.0, 401);
     assert_eq!(
@@ -461,4 +469,37 @@ async fn responses_share_tiers_queue_bounds_and_cancellation_with_chat() {
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_at_response_completed_can_continue_at_once() {
+    // As the Node SDK's `for await … break` does: read up to `response.completed`, hang up,
+    // continue from it on the spot (on either gateway). The response is stored before the
+    // event that carries it reaches the client.
+    let p = TestPlatform::start(ssw()).await;
+    let (second, url) = p.add_gateway("second").await;
+    for i in 0..10 {
+        let body = json!({"model": "light", "input": "hail", "stream": true});
+        let r = create(&p, &format!("early-{i}"), None, &body).await;
+        let mut chunks = r.bytes_stream();
+        let mut seen = String::new();
+        while !seen.contains("event: response.completed") {
+            let c = chunks.next().await.expect("more events").expect("bytes");
+            seen.push_str(&String::from_utf8_lossy(&c));
+        }
+        drop(chunks);
+        let done = typed_events(seen.split("event: response.completed").next().unwrap());
+        let id = done[0].1["response"]["id"].as_str().unwrap().to_owned();
+        let follow = json!({"model": "light", "input": "and?", "previous_response_id": id});
+        let r = p
+            .http
+            .post(format!("{url}/v1/responses"))
+            .header("content-type", "application/json")
+            .body(follow.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "turn {i}: {}", r.text().await.unwrap());
+    }
+    drop(second);
 }

@@ -5,7 +5,6 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Extension, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use ssw_protocol::error::ErrorCode;
 use ssw_protocol::reply::ReplyEvent;
 use tracing::Instrument;
@@ -188,12 +187,15 @@ async fn worker_response(ticket: &mut Ticket, event: ReplyEvent, answer: &Answer
     };
     ticket.finish();
     ticket.record(status, code.map_or("ok", ErrorCode::as_str));
-    let body = if status < 300 {
-        let body = with_service_tier(&body, answer.tier.as_str());
-        answer.keep(&body).await;
-        body
-    } else {
-        body
+    let body = match (&answer.keep, status < 300) {
+        (Some((_, pending)), true) => {
+            let body =
+                crate::responses::patch(&body, answer.tier.as_str(), pending.previous.as_deref());
+            answer.keep(&body).await;
+            body
+        }
+        (None, true) => with_service_tier(&body, answer.tier.as_str()),
+        (_, false) => body,
     };
     let mut resp = json_response(status, body);
     if code.is_some_and(ErrorCode::retryable) {
@@ -247,67 +249,82 @@ async fn stream_response(mut ticket: Ticket, answer: Answer) -> Response {
         Next::Failed(err) => return failed(&mut ticket, err),
     };
     let queued = ticket.queued();
-    // A Responses stream's events are typed objects, whose response objects already say the
-    // tier; a stream of its final response is kept.
-    let mut tap = answer.keep.as_ref().map(|_| Tap::default());
-    let typed = answer.endpoint == Endpoint::Responses;
+    // A Responses stream passes through a tap (complete events, response objects patched, the
+    // final response stored before the chunk that carries it is sent); other streams get
+    // `service_tier` in each chunk.
     let tier = answer.tier.as_str();
-    let pass = move |d: &[u8], tap: &mut Option<Tap>| -> Bytes {
-        if let Some(t) = tap {
-            t.feed(d);
-        }
-        if typed {
-            Bytes::copy_from_slice(d)
-        } else {
-            Bytes::from(with_service_tier_sse(d, tier))
-        }
-    };
-    // The head's bytes first, in the same write as the response head.
-    let first =
-        (!first.is_empty()).then(|| Ok::<_, std::convert::Infallible>(pass(&first, &mut tap)));
-    let rest = futures::stream::unfold(Some((ticket, answer, tap)), move |s| async move {
-        let (mut ticket, answer, mut tap) = s?;
-        loop {
-            return match ticket.next().await {
-                Next::Event(ReplyEvent::Data(d)) => {
-                    let out = pass(&d, &mut tap);
-                    Some((
-                        Ok::<_, std::convert::Infallible>(out),
-                        Some((ticket, answer, tap)),
-                    ))
-                }
-                Next::Event(ReplyEvent::End) => {
-                    // Stored before the stream ends: a follow-up sent once the client has
-                    // read it finds it.
-                    if let Some(r) = tap.as_ref().and_then(Tap::response) {
-                        answer
-                            .keep(&with_service_tier(r.get().as_bytes(), answer.tier.as_str()))
-                            .await;
+    let tap = answer
+        .keep
+        .as_ref()
+        .map(|(_, p)| Tap::new(tier, p.previous.clone()));
+    let rest = futures::stream::unfold(
+        Some((ticket, answer, tap, Some(first))),
+        move |s| async move {
+            let (mut ticket, answer, mut tap, mut first) = s?;
+            loop {
+                let next = match first.take() {
+                    // The head's bytes first, in the same write as the response head.
+                    Some(d) if d.is_empty() => continue,
+                    Some(d) => Next::Event(ReplyEvent::Data(d)),
+                    None => ticket.next().await,
+                };
+                return match next {
+                    Next::Event(ReplyEvent::Data(d)) => {
+                        let out = match tap.as_mut() {
+                            Some(t) => {
+                                let out = t.pass(&d);
+                                if let Some(r) = t.take_final() {
+                                    // Stored before the client can read it: a follow-up
+                                    // sent once it has finds it.
+                                    answer.keep(&r).await;
+                                }
+                                if out.is_empty() {
+                                    continue;
+                                }
+                                Bytes::from(out)
+                            }
+                            None => Bytes::from(with_service_tier_sse(&d, tier)),
+                        };
+                        Some((
+                            Ok::<_, std::convert::Infallible>(out),
+                            Some((ticket, answer, tap, None)),
+                        ))
                     }
-                    ticket.finish();
-                    ticket.record(200, "ok");
-                    None
-                }
-                Next::Event(ReplyEvent::Fail { body, code, .. }) => {
-                    ticket.finish();
-                    ticket.record(200, code.as_str());
-                    Some((Ok(sse_error_for(answer.endpoint, &body)), None))
-                }
-                Next::Failed(err) => {
-                    // Not finished: dropping the ticket cancels the job, whose worker is silent.
-                    ticket.record(200, err.code.as_str());
-                    Some((Ok(err.sse_for(answer.endpoint)), None))
-                }
-                Next::Event(other) => {
-                    // Its bytes are model output: name the kind only.
-                    tracing::warn!(kind = other.kind(), "ignoring unexpected event mid-stream");
-                    continue;
-                }
-            };
-        }
-    });
-    let body = futures::stream::iter(first).chain(rest);
-    let mut resp = Response::new(Body::from_stream(body));
+                    Next::Event(ReplyEvent::End) => {
+                        let rest = match tap.as_mut() {
+                            Some(t) => {
+                                let out = t.finish();
+                                if let Some(r) = t.take_final() {
+                                    answer.keep(&r).await;
+                                }
+                                out
+                            }
+                            None => Vec::new(),
+                        };
+                        ticket.finish();
+                        ticket.record(200, "ok");
+                        (!rest.is_empty()).then(|| (Ok(Bytes::from(rest)), None))
+                    }
+                    Next::Event(ReplyEvent::Fail { body, code, .. }) => {
+                        ticket.finish();
+                        ticket.record(200, code.as_str());
+                        Some((Ok(sse_error_for(answer.endpoint, &body)), None))
+                    }
+                    Next::Failed(err) => {
+                        // Not finished: dropping the ticket cancels the job, whose worker is silent.
+                        ticket.record(200, err.code.as_str());
+                        Some((Ok(err.sse_for(answer.endpoint)), None))
+                    }
+                    Next::Event(other) => {
+                        // Its bytes are model output: name the kind only.
+                        tracing::warn!(kind = other.kind(), "ignoring unexpected event mid-stream");
+                        continue;
+                    }
+                };
+            }
+        },
+    );
+    let mut resp = Response::new(Body::from_stream(rest));
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
