@@ -181,6 +181,7 @@ pub async fn admit(
             slots: need.slots,
             estimate,
             prompt_estimate,
+            day: crate::limits::utc_day(ssw_queue::now_ms()),
         });
     }
     let arrived = tokio::time::Instant::now();

@@ -70,6 +70,8 @@ pub struct Charged {
     pub estimate: u64,
     /// The prompt's part of it.
     pub prompt_estimate: u64,
+    /// The UTC day it was charged on (its settlement reaches that day's quota only).
+    pub day: u64,
 }
 
 /// A request in flight.
@@ -507,7 +509,7 @@ impl Drop for Ticket {
         self.state.replies.unregister(&self.job);
         if let Some(c) = self.charged.take() {
             let delta = self.usage_delta(&c);
-            c.allowance.release(c.slots, -delta);
+            c.allowance.release(c.slots, -delta, c.day);
         }
         crate::metrics::inflight(&self.pool, -1.0);
         if !self.recorded {

@@ -184,6 +184,12 @@ pub struct Local {
     /// Tokens to give back at the next call: estimates charged minus real usage, over requests
     /// that ended.
     settled: i64,
+    /// The UTC day whose grants `held` holds (the day of the last grant).
+    held_day: u64,
+    /// The part of `settled` of requests charged on UTC day `settled_day` (what a day's quota
+    /// gets back: a request charged yesterday and settled today does not lower today's count).
+    settled_today: i64,
+    settled_day: u64,
     /// Needs seen this tick, and in the last one (what the next allowance is sized to).
     demand: Amounts,
     last_demand: Amounts,
@@ -194,6 +200,14 @@ pub struct Local {
     seen: Option<RateDecision>,
     /// Redis's last refusal, while it stands.
     refused: Option<Refused>,
+}
+
+/// Milliseconds in a day: daily quotas count over the UTC day.
+const DAY_MS: u64 = 86_400_000;
+
+/// The UTC day (days since the epoch) of `ms`.
+pub fn utc_day(ms: u64) -> u64 {
+    ms / DAY_MS
 }
 
 /// A refusal from Redis, repeated here without asking again until `until_ms`.
@@ -316,9 +330,13 @@ impl Local {
         now_ms: u64,
     ) -> AllowanceCall {
         let ahead = Self::ahead(limits, self.expected(need));
+        let day = utc_day(now_ms);
         AllowanceCall {
             requests_back: 0,
             tokens_back: std::mem::take(&mut self.settled),
+            day,
+            requests_back_day: 0,
+            tokens_back_day: self.take_settled_on(day),
             slots_in_use: self.in_use + self.held.slots,
             need,
             // What is still held counts: misses within a tick never pile up beyond the cap.
@@ -354,9 +372,19 @@ impl Local {
             return None;
         }
         let held = std::mem::take(&mut self.held);
+        let day = utc_day(now_ms);
+        // What was granted before midnight goes back to the minute's buckets only.
+        let today = if self.held_day == day {
+            held
+        } else {
+            Amounts::default()
+        };
         Some(AllowanceCall {
             requests_back: held.requests,
             tokens_back: held.tokens as i64 + std::mem::take(&mut self.settled),
+            day,
+            requests_back_day: today.requests,
+            tokens_back_day: today.tokens as i64 + self.take_settled_on(day),
             slots_in_use: self.in_use,
             need: Amounts::default(),
             more,
@@ -378,6 +406,12 @@ impl Local {
         });
         if d.refused.is_none() {
             let (g, n) = (d.granted, call.need);
+            if g.requests > n.requests || g.tokens > n.tokens {
+                // A grant in the tick that crosses midnight makes what is held today's (at most
+                // a tick's allowance of yesterday's is given back to today: the safe side
+                // would be neither, the error is bounded by PREFETCH_SHARE).
+                self.held_day = utc_day(call.now_ms);
+            }
             self.held.requests += g.requests.saturating_sub(n.requests);
             self.held.tokens += g.tokens.saturating_sub(n.tokens);
             self.held.slots += g.slots.saturating_sub(n.slots);
@@ -402,15 +436,40 @@ impl Local {
     /// reports them.
     pub fn failed(&mut self, call: &AllowanceCall) {
         self.settled += call.tokens_back.min(0);
+        if call.tokens_back_day < 0 {
+            self.settle_on(call.day, call.tokens_back_day);
+        }
         self.reported = u64::MAX;
     }
 
-    /// A request that held `slots` ended, having used `estimate - settle` tokens: its slot is
-    /// spare until the next tick, its usage is settled then.
-    pub fn release(&mut self, slots: u64, settle: i64) {
+    /// A request charged on UTC day `day` that held `slots` ended, having used
+    /// `estimate - settle` tokens: its slot is spare until the next tick, its usage is settled
+    /// then (for the day's quota, only if it is still that day).
+    pub fn release(&mut self, slots: u64, settle: i64, day: u64) {
         self.in_use -= slots.min(self.in_use);
         self.held.slots += slots;
         self.settled += settle;
+        self.settle_on(day, settle);
+    }
+
+    /// Adds `settle` to what day `day`'s count gets back (a later day's starts afresh; an
+    /// earlier day's is dropped: that count is over).
+    fn settle_on(&mut self, day: u64, settle: i64) {
+        if day == self.settled_day {
+            self.settled_today += settle;
+        } else if day > self.settled_day {
+            self.settled_day = day;
+            self.settled_today = settle;
+        }
+    }
+
+    /// What day `day`'s count gets back, taken (nothing if that is not the day settled).
+    fn take_settled_on(&mut self, day: u64) -> i64 {
+        if self.settled_day == day {
+            std::mem::take(&mut self.settled_today)
+        } else {
+            0
+        }
     }
 
     /// The buckets as the tenant sees them from here: Redis's levels at the last call plus
@@ -430,8 +489,8 @@ impl Local {
 pub struct TenantAllowance {
     /// The tenant.
     pub name: Arc<str>,
-    /// Its limits.
-    pub limits: TenantLimits,
+    /// Its limits, as the routing settings in force say (they change without a restart).
+    limits: Mutex<TenantLimits>,
     /// One ALLOWANCE call at a time: admissions that miss wait for the call in flight, and
     /// usually find that it brought enough.
     call: tokio::sync::Mutex<()>,
@@ -443,14 +502,20 @@ impl TenantAllowance {
         self.local.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A request of this tenant ended: frees its slot (if it took one) and settles its tokens.
-    pub fn release(&self, slots: u64, settle: i64) {
-        let settle = if self.limits.counts_tokens() {
+    /// Its limits in force.
+    pub fn limits(&self) -> TenantLimits {
+        *self.limits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A request of this tenant charged on UTC day `day` ended: frees its slot (if it took
+    /// one) and settles its tokens.
+    pub fn release(&self, slots: u64, settle: i64, day: u64) {
+        let settle = if self.limits().counts_tokens() {
             settle
         } else {
             0
         };
-        self.local().release(slots, settle);
+        self.local().release(slots, settle, day);
     }
 }
 
@@ -459,15 +524,17 @@ impl TenantAllowance {
 pub struct Allowances(Mutex<HashMap<Arc<str>, Arc<TenantAllowance>>>);
 
 impl Allowances {
-    /// The tenant's allowance (created empty on its first request).
+    /// The tenant's allowance (created empty on its first request), with `limits` in force
+    /// (a routing version may have changed them).
     pub fn of(&self, name: &str, limits: TenantLimits) -> Arc<TenantAllowance> {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(t) = map.get(name) {
+            *t.limits.lock().unwrap_or_else(|p| p.into_inner()) = limits;
             return t.clone();
         }
         let t = Arc::new(TenantAllowance {
             name: name.into(),
-            limits,
+            limits: Mutex::new(limits),
             call: tokio::sync::Mutex::new(()),
             local: Mutex::new(Local::default()),
         });
@@ -491,7 +558,7 @@ pub async fn charge(
 ) -> Result<RateDecision, Result<RateDecision, ssw_queue::QueueError>> {
     match tenant
         .local()
-        .take(tenant.limits, need, ssw_queue::now_ms())
+        .take(tenant.limits(), need, ssw_queue::now_ms())
     {
         Taken::Covered(view) => return Ok(view),
         Taken::Refused(view) => return Err(Ok(view)),
@@ -504,7 +571,7 @@ pub async fn charge(
     {
         let mut local = tenant.local();
         let before = local.demand;
-        let taken = local.take(tenant.limits, need, now);
+        let taken = local.take(tenant.limits(), need, now);
         local.demand = before;
         match taken {
             Taken::Covered(view) => return Ok(view),
@@ -514,7 +581,7 @@ pub async fn charge(
     }
     let call = tenant
         .local()
-        .call_for_need(tenant.limits, need, lease_until(state, now), now);
+        .call_for_need(tenant.limits(), need, lease_until(state, now), now);
     let (refused, view) = ask(state, tenant, &call, "need").await.map_err(Err)?;
     if refused { Err(Ok(view)) } else { Ok(view) }
 }
@@ -530,7 +597,7 @@ async fn ask(
     crate::metrics::limit_call(&tenant.name, reason);
     match state
         .redis
-        .allowance(&tenant.name, tenant.limits, &state.instance, call)
+        .allowance(&tenant.name, tenant.limits(), &state.instance, call)
         .await
     {
         Ok(d) => Ok((d.refused.is_some(), tenant.local().apply(call, d))),
@@ -580,7 +647,7 @@ async fn settle_one(state: &AppState, tenant: &TenantAllowance, renew_every: Dur
     let Some(mut call) =
         tenant
             .local()
-            .call_for_tick(tenant.limits, lease_until(state, now), now, renew_every)
+            .call_for_tick(tenant.limits(), lease_until(state, now), now, renew_every)
     else {
         return;
     };
@@ -661,7 +728,7 @@ mod tests {
         assert_eq!(view.requests_left, 999);
         assert!(matches!(l.take(LIMITS, need, 0), Taken::Ask));
         // Its slot ends: spare until the tick, which gives it back with the settled tokens.
-        l.release(1, 60);
+        l.release(1, 60, 0);
         let tick = l
             .call_for_tick(LIMITS, 5_000, 100, Duration::from_secs(5))
             .expect("something to give back");
@@ -793,7 +860,7 @@ mod tests {
         l.apply(&call, grant(need, 999));
         l.demand = Amounts::default();
         // The request used 400 tokens more than charged.
-        l.release(1, -400);
+        l.release(1, -400, 0);
         let tick = l
             .call_for_tick(LIMITS, 5_000, 100, Duration::from_secs(5))
             .unwrap();
@@ -829,6 +896,46 @@ mod tests {
             .call_for_tick(LIMITS, 11_000, 6_000, Duration::from_secs(5))
             .expect("the lease is renewed");
         assert_eq!((renew.slots_in_use, renew.lease_until_ms), (1, 11_000));
+    }
+
+    #[test]
+    fn what_was_charged_before_midnight_goes_back_to_the_buckets_not_to_the_new_days_quota() {
+        let daily = TenantLimits {
+            requests_per_minute: 1_000,
+            requests_per_day: 100_000,
+            tokens_per_day: 10_000_000,
+            ..TenantLimits::default()
+        };
+        let before = DAY_MS - 50;
+        let mut l = Local {
+            last_demand: amounts(30, 3_000, 0),
+            ..Local::default()
+        };
+        let need = Local::need(daily, 100);
+        l.take(daily, need, before);
+        let call = l.call_for_need(daily, need, 0, before);
+        l.apply(&call, grant(amounts(31, 3_100, 0), 900));
+        l.demand = Amounts::default();
+        // A request charged yesterday ends after midnight, having used 20 of its 100 tokens.
+        l.release(0, 80, utc_day(before));
+        let tick = l
+            .call_for_tick(daily, 0, DAY_MS + 50, Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(
+            (tick.requests_back, tick.tokens_back),
+            (30, 3_080),
+            "the buckets get all"
+        );
+        assert_eq!(tick.day, 1);
+        assert_eq!(
+            (tick.requests_back_day, tick.tokens_back_day),
+            (0, 0),
+            "today's count owes yesterday nothing"
+        );
+        // Today's own grants and settlements do go back to today.
+        l.release(0, 40, 1);
+        let call = l.call_for_need(daily, need, 0, DAY_MS + 60);
+        assert_eq!(call.tokens_back_day, 40);
     }
 
     #[test]

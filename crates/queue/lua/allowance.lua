@@ -8,9 +8,13 @@
 --
 -- Requests and tokens per minute are token buckets (a minute's worth may come at once, then
 -- they refill evenly; stored as the level and when it was read). Requests and tokens per day
--- are quotas counted over the UTC day (the count starts again at 00:00 UTC; give-backs and
--- settlements apply to it as to the buckets, a give-back from yesterday to today's count,
--- which never goes below 0). Concurrent requests are
+-- are quotas counted over the UTC day (the count starts again at 00:00 UTC). Give-backs and
+-- settlements reach a day's count only when the gateway says they belong to that day (ARGV[18]):
+-- an estimate charged before midnight and settled after it does not lower the new day's
+-- count. The day never moves backwards (a gateway whose clock lags at midnight counts on the
+-- day already begun), and nothing of a quota's last quarter is granted ahead, so a refusal
+-- "until midnight" is never caused by an allowance another gateway holds for 100 ms.
+-- Concurrent requests are
 -- slots held per gateway instance, under a lease the gateway renews: a gateway that dies
 -- frees its slots when the lease runs out. Either every limit allows the need and all are
 -- charged, or none is (what is given back and settled is applied either way). Everything is
@@ -39,6 +43,9 @@
 -- ARGV[12] need: slots (0 or 1)
 -- ARGV[13] more: requests, ARGV[14] more: tokens, ARGV[15] more: slots
 -- ARGV[16] requests per day (0: no quota), ARGV[17] tokens per day (0: no quota)
+-- ARGV[18] the UTC day (days since the epoch) the next two belong to
+-- ARGV[19] requests given back to that day's count, ARGV[20] tokens given back to it (negative:
+--          used more than charged)
 --
 -- Returns {allowed (1/0; 1 when nothing is needed), the limit that refused ('requests' |
 -- 'tokens' | 'concurrent' | 'requests_day' | 'tokens_day' | ''), retry after (ms), requests
@@ -74,17 +81,22 @@ local function floor0(x) return math.max(0, math.floor(x)) end
 
 local r = level(KEYS[1], rpm, tonumber(ARGV[7]))
 local t = level(KEYS[2], tpm, tonumber(ARGV[8]))
--- Today's quotas: what is left of them, after what is given back.
-local day, day_ms = math.floor(now / 86400000), 86400000 - now % 86400000
+-- Today's quotas: what is left of them, after what is given back to today.
+local day = math.floor(now / 86400000)
 local rd, td = 0, 0
 if rpd > 0 or tpd > 0 then
   local v = redis.call('HMGET', KEYS[5], 'day', 'requests', 'tokens')
   local used_r, used_t = 0, 0
-  if v[1] and tonumber(v[1]) == day then used_r, used_t = tonumber(v[2]), tonumber(v[3]) end
-  used_r = math.max(0, used_r - tonumber(ARGV[7]))
-  used_t = math.max(0, used_t - tonumber(ARGV[8]))
+  if v[1] and tonumber(v[1]) >= day then
+    day, used_r, used_t = tonumber(v[1]), tonumber(v[2]), tonumber(v[3])
+  end
+  if tonumber(ARGV[18]) == day then
+    used_r = math.max(0, used_r - tonumber(ARGV[19]))
+    used_t = math.max(0, used_t - tonumber(ARGV[20]))
+  end
   rd, td = rpd - used_r, tpd - used_t
 end
+local day_ms = (day + 1) * 86400000 - now
 -- Slots: held by the other gateways whose lease has not run out, plus this one's in use.
 local held, lapsed = in_use, {}
 if max > 0 then
@@ -117,17 +129,18 @@ elseif max > 0 and need_s > 0 and held + need_s > max then
   retry = 1000
 end
 
--- What may be granted beyond the need: the least any limit or quota on it holds.
-local function beyond(more, need, a, a_on, b, b_on)
+-- What may be granted beyond the need: the least any limit holds, and of a day's quota what
+-- lies above its last quarter.
+local function beyond(more, need, a, a_on, b, b_quota)
   local room = more
   if a_on then room = math.min(room, floor0(a - need)) end
-  if b_on then room = math.min(room, floor0(b - need)) end
+  if b_quota > 0 then room = math.min(room, floor0(b - need - math.floor(b_quota / 4))) end
   return room
 end
 local g_r, g_t, g_s = 0, 0, 0
 if refused == '' then
-  if rpm > 0 or rpd > 0 then g_r = need_r + beyond(more_r, need_r, r, rpm > 0, rd, rpd > 0) end
-  if tpm > 0 or tpd > 0 then g_t = need_t + beyond(more_t, need_t, t, tpm > 0, td, tpd > 0) end
+  if rpm > 0 or rpd > 0 then g_r = need_r + beyond(more_r, need_r, r, rpm > 0, rd, rpd) end
+  if tpm > 0 or tpd > 0 then g_t = need_t + beyond(more_t, need_t, t, tpm > 0, td, tpd) end
   if max > 0 then g_s = need_s + math.min(more_s, floor0(max - held - need_s)) end
 end
 if rpm > 0 then

@@ -97,6 +97,13 @@ pub struct AllowanceCall {
     pub need: Amounts,
     /// What the gateway would like to hold beyond it (granted as far as the buckets allow).
     pub more: Amounts,
+    /// The UTC day (days since the epoch) the day give-backs below belong to.
+    pub day: u64,
+    /// Requests given back to `day`'s quota count (allowance granted that day, not used).
+    pub requests_back_day: u64,
+    /// Tokens given back to `day`'s count: allowance granted that day not used, plus estimates
+    /// minus usage of requests charged that day (negative: they used more).
+    pub tokens_back_day: i64,
     /// When this gateway's lease on its slots runs out, ms.
     pub lease_until_ms: u64,
     /// Now, ms.
@@ -161,7 +168,10 @@ impl Redis {
             .arg(call.more.tokens)
             .arg(call.more.slots)
             .arg(limits.requests_per_day)
-            .arg(limits.tokens_per_day);
+            .arg(limits.tokens_per_day)
+            .arg(call.day)
+            .arg(call.requests_back_day)
+            .arg(call.tokens_back_day);
         let v: Value = self.script(&inv).await?;
         let parts = resp::array(v)?;
         let int = |i: usize| parts.get(i).and_then(resp::int).unwrap_or(0).max(0) as u64;

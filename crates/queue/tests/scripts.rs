@@ -1219,6 +1219,7 @@ async fn daily_quotas_count_over_the_utc_day_and_start_again_at_midnight() {
     };
     // 10:00 UTC on some day: 14 h until the quotas start again.
     let midnight = (now_ms() / 86_400_000 + 1) * 86_400_000;
+    let today = midnight / 86_400_000 - 1;
     let t0 = midnight - 14 * 3_600_000;
     let mut call = need(limits, 100, 0, t0);
     call.more.requests = 10;
@@ -1227,30 +1228,33 @@ async fn daily_quotas_count_over_the_utc_day_and_start_again_at_midnight() {
     assert_eq!(d.refused, None);
     assert_eq!(
         (d.granted.requests, d.granted.tokens),
-        (3, 1_000),
-        "ahead: what the day holds, below what the minute's bucket would give"
+        (3, 750),
+        "ahead: what the day holds above its last quarter (and never more than the minute's)"
     );
-    assert_eq!((d.requests_left_today, d.tokens_left_today), (0, 0));
+    assert_eq!((d.requests_left_today, d.tokens_left_today), (0, 250));
     assert_eq!(d.day_reset, Duration::from_secs(14 * 3_600));
-    // The tick gives back 1 request and 650 tokens (the two requests used 250 of 900).
+    // The tick gives back 1 request and 650 tokens, today's.
     let tick = AllowanceCall {
         requests_back: 1,
         tokens_back: 650,
+        day: today,
+        requests_back_day: 1,
+        tokens_back_day: 650,
         now_ms: t0 + 100,
         lease_until_ms: t0 + 5_000,
         ..AllowanceCall::default()
     };
     let d = r.redis.allowance("t", limits, "gw", &tick).await.unwrap();
-    assert_eq!((d.requests_left_today, d.tokens_left_today), (1, 650));
+    assert_eq!((d.requests_left_today, d.tokens_left_today), (1, 900));
     let d = r
         .redis
-        .allowance("t", limits, "gw", &need(limits, 700, 0, t0 + 200))
+        .allowance("t", limits, "gw", &need(limits, 950, 0, t0 + 200))
         .await
         .unwrap();
     assert_eq!(
         d.refused,
         Some(Limit::TokensPerDay),
-        "700 of 650 tokens left"
+        "950 of 900 tokens left"
     );
     assert_eq!(d.retry_after, Duration::from_millis(14 * 3_600_000 - 200));
     assert_eq!(d.granted, Amounts::default());
@@ -1260,7 +1264,7 @@ async fn daily_quotas_count_over_the_utc_day_and_start_again_at_midnight() {
         .await
         .unwrap();
     assert_eq!((d.refused, d.requests_left_today), (None, 0));
-    // The requests are spent, although the minute's bucket holds 97 more.
+    // The requests are spent, although the minute's bucket holds more.
     let d = r
         .redis
         .allowance("t", limits, "gw", &need(limits, 1, 0, t0 + 400))
@@ -1272,15 +1276,44 @@ async fn daily_quotas_count_over_the_utc_day_and_start_again_at_midnight() {
         "the minute allows it: {}",
         d.requests_left
     );
+    // A give-back of yesterday's grants does not reach today's count.
+    let late = AllowanceCall {
+        day: today - 1,
+        requests_back_day: 1,
+        tokens_back_day: 500,
+        now_ms: t0 + 450,
+        lease_until_ms: t0 + 5_000,
+        ..AllowanceCall::default()
+    };
+    let d = r.redis.allowance("t", limits, "gw", &late).await.unwrap();
+    assert_eq!((d.requests_left_today, d.tokens_left_today), (0, 800));
     // Settled usage beyond the estimate counts against today's tokens.
     let debt = AllowanceCall {
         tokens_back: -10_000,
+        day: today,
+        tokens_back_day: -10_000,
         now_ms: t0 + 500,
         lease_until_ms: t0 + 5_000,
         ..AllowanceCall::default()
     };
     let d = r.redis.allowance("t", limits, "gw", &debt).await.unwrap();
     assert_eq!(d.tokens_left_today, 0);
+    // A gateway whose clock lags (still yesterday by it) counts on the day already begun.
+    let d = r
+        .redis
+        .allowance(
+            "t",
+            limits,
+            "gw",
+            &need(limits, 1, 0, midnight - 86_400_000 - 1_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        d.refused,
+        Some(Limit::RequestsPerDay),
+        "yesterday's count is not restarted"
+    );
     // A new UTC day: both quotas are whole again, whatever yesterday owed; a request larger
     // than the day's tokens is served then (into debt), not refused for ever.
     let d = r

@@ -620,3 +620,49 @@ async fn a_slow_variant_is_taken_out_by_the_guard() {
     );
     assert_eq!(rollbacks, Some(1.0));
 }
+
+#[tokio::test]
+async fn a_tenants_new_quota_applied_without_a_restart_is_enforced_at_once() {
+    let p = TestPlatform::start_with(ssw(), |s| {
+        crate::tiers::tenant(
+            s,
+            "npc",
+            "npc-key",
+            ssw_config::TenantConfig {
+                requests_per_minute: Some(1000),
+                ..ssw_config::TenantConfig::default()
+            },
+        );
+    })
+    .await;
+    let send = || async {
+        let r = p
+            .http
+            .post(p.url("/v1/chat/completions"))
+            .bearer_auth("npc-key")
+            .header("content-type", "application/json")
+            .body(ssw_test_support::chat_body("light").to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        (status, v)
+    };
+    // The gateway has met the tenant (and its limits) before the change.
+    assert_eq!(send().await.0, 200);
+    let said = apply(
+        &p,
+        "quota.toml",
+        "[tenants.npc]\nrequests_per_minute = 1000\nrequests_per_day = 1\n",
+    )
+    .await;
+    assert!(said.contains("have version 1 in force"), "{said}");
+    assert_eq!(send().await.0, 200, "the first request of the day's quota");
+    let (status, v) = send().await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (429, Some("insufficient_quota")),
+        "{v}"
+    );
+}
