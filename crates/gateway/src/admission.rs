@@ -145,37 +145,14 @@ pub async fn admit(
     };
     let mut charged = None;
     if tenant_cfg.is_limited() {
-        let limits = crate::limits::of(tenant_cfg);
         // A list of prompts generates for each.
         let max_tokens = req.max_tokens.map(|t| t * req.prompts());
         let (estimate, prompt_estimate) =
             crate::limits::estimate(body.len() + expanded, max_tokens);
-        let allowance = state.allowances.of(tenant, limits);
-        let need = crate::limits::Local::need(limits, estimate);
-        match crate::limits::charge(state, &allowance, need).await {
-            Ok(decision) => rate = Some(RateHeaders { limits, decision }),
-            Err(Ok(decision)) => {
-                rate = Some(RateHeaders { limits, decision });
-                let limit = decision.refused.expect("a refusal names its limit");
-                crate::metrics::rate_limited(tenant, limit.as_str());
-                return Err(refused(
-                    crate::limits::refusal(tenant, limit, limits, decision.retry_after),
-                    false,
-                    rate,
-                ));
-            }
-            Err(Err(e)) => {
-                tracing::warn!(error = %e, %tenant, "cannot check the tenant's limits");
-                return Err(refused(
-                    ApiError::new(
-                        ErrorCode::QueueUnavailable,
-                        "the queue is unavailable; retry later",
-                    ),
-                    false,
-                    None,
-                ));
-            }
-        }
+        let (allowance, need, r) = charge_tenant(state, tenant, tenant_cfg, estimate)
+            .await
+            .map_err(|(e, r)| refused(e, false, r))?;
+        rate = Some(r);
         charged = Some(Charged {
             allowance,
             slots: need.slots,
@@ -367,6 +344,44 @@ struct Routed {
 
 /// The pool a request goes to: the `x-ssw-pool` header wins over `model`; a route picks one of
 /// its variants by the request's sticky key.
+/// Charges one request of a limited tenant, `estimate` tokens (0 for a request that generates
+/// nothing): its allowance, what it took, and the `x-ratelimit-*` view; or the refusal (with
+/// the view, when Redis answered).
+async fn charge_tenant(
+    state: &AppState,
+    tenant: &str,
+    cfg: &ssw_config::TenantConfig,
+    estimate: u64,
+) -> Result<
+    (
+        Arc<crate::limits::TenantAllowance>,
+        ssw_queue::limits::Amounts,
+        RateHeaders,
+    ),
+    (ApiError, Option<RateHeaders>),
+> {
+    let limits = crate::limits::of(cfg);
+    let allowance = state.allowances.of(tenant, limits);
+    let need = crate::limits::Local::need(limits, estimate);
+    match crate::limits::charge(state, &allowance, need).await {
+        Ok(decision) => Ok((allowance, need, RateHeaders { limits, decision })),
+        Err(Ok(decision)) => {
+            let limit = decision.refused.expect("a refusal names its limit");
+            crate::metrics::rate_limited(tenant, limit.as_str());
+            let error = crate::limits::refusal(tenant, limit, limits, decision.retry_after);
+            Err((error, Some(RateHeaders { limits, decision })))
+        }
+        Err(Err(e)) => {
+            tracing::warn!(error = %e, %tenant, "cannot check the tenant's limits");
+            let error = ApiError::new(
+                ErrorCode::QueueUnavailable,
+                "the queue is unavailable; retry later",
+            );
+            Err((error, None))
+        }
+    }
+}
+
 fn route(
     routing: &Version,
     headers: &HeaderMap,
@@ -431,13 +446,26 @@ pub struct FastAnswer {
     pub worker: String,
     /// The answer: (status, body), or why there is none.
     pub result: Result<(u16, Vec<u8>), ApiError>,
+    /// `x-ratelimit-*` for a limited tenant.
+    pub rate: Option<RateHeaders>,
+}
+
+/// Gives a fast request's concurrency slot back when it ends, however it ends.
+struct Release(Option<(Arc<crate::limits::TenantAllowance>, u64)>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if let Some((allowance, slots)) = self.0.take() {
+            allowance.release(slots, 0, crate::limits::utc_day(ssw_queue::now_ms()));
+        }
+    }
 }
 
 /// Serves a request that generates nothing (`/tokenize`, `/detokenize`) on its pool's fast lane:
 /// validated and routed like any request, then one job pushed where any worker of the pool
 /// takes it beside its generation slots (it never waits behind generation work), answered
-/// within [`FAST_TIMEOUT`]. Tenants' limits and tiers do not apply (nothing is generated); the
-/// lane's bound (1 024 per pool) does.
+/// within [`FAST_TIMEOUT`]. A tenant's limits count it as a request (no tokens: nothing is
+/// generated); tiers do not apply; the lane's bound (1 024 per pool) does.
 pub async fn fast(
     state: &AppState,
     headers: &HeaderMap,
@@ -450,6 +478,7 @@ pub async fn fast(
         pool: None,
         worker: String::new(),
         result: Err(ApiError::new(ErrorCode::InternalError, "internal error")),
+        rate: None,
     };
     if state.is_draining() {
         answer.result = Err(ApiError::new(
@@ -478,6 +507,23 @@ pub async fn fast(
         answer.result = Err(e.into());
         return answer;
     }
+    // A limited tenant's requests and concurrency count; it generates no tokens.
+    let tenant_cfg = routing.tenant(tenant);
+    let mut charged = None;
+    if tenant_cfg.is_limited() {
+        match charge_tenant(state, tenant, tenant_cfg, 0).await {
+            Ok((allowance, need, rate)) => {
+                answer.rate = Some(rate);
+                charged = Some((allowance, need.slots));
+            }
+            Err((e, rate)) => {
+                answer.rate = rate;
+                answer.result = Err(e);
+                return answer;
+            }
+        }
+    }
+    let release = Release(charged);
     let now = ssw_queue::now_ms();
     let job = Job {
         id: state.next_job_id(),
@@ -549,5 +595,6 @@ pub async fn fast(
         }
     };
     state.replies.unregister(&job.id);
+    drop(release);
     answer
 }

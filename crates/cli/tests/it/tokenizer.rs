@@ -184,3 +184,47 @@ async fn tokenizer_requests_are_checked_at_the_edge() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_tenants_limits_count_its_tokenizer_requests() {
+    let p = TestPlatform::start_with(ssw(), |s| {
+        crate::tiers::tenant(
+            s,
+            "tools",
+            "tools-key",
+            ssw_config::TenantConfig {
+                requests_per_minute: Some(2),
+                ..ssw_config::TenantConfig::default()
+            },
+        );
+    })
+    .await;
+    let send = || async {
+        let r = p
+            .http
+            .post(p.url("/tokenize"))
+            .bearer_auth("tools-key")
+            .header("content-type", "application/json")
+            .body(json!({"model": "light", "prompt": "count me"}).to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let left = r
+            .headers()
+            .get("x-ratelimit-remaining-requests")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        (status, left, v)
+    };
+    let (s, left, _) = send().await;
+    assert_eq!((s, left.as_deref()), (200, Some("1")));
+    let (s, left, _) = send().await;
+    assert_eq!((s, left.as_deref()), (200, Some("0")));
+    let (s, _, v) = send().await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (429, Some("rate_limit_exceeded")),
+        "{v}"
+    );
+}

@@ -69,5 +69,8 @@ async fn serve(
     {
         resp.headers_mut().insert(X_SSW_WORKER.clone(), v);
     }
+    if let Some(r) = a.rate {
+        r.apply(resp.headers_mut());
+    }
     resp
 }
