@@ -600,7 +600,7 @@ impl<'a> ChatRequest<'a> {
             }
             Endpoint::Detokenize => {
                 let ok = get("tokens").is_some_and(|raw| {
-                    serde_json::from_str::<Vec<u64>>(raw.get()).is_ok_and(|t| !t.is_empty())
+                    serde_json::from_str::<Vec<u32>>(raw.get()).is_ok_and(|t| !t.is_empty())
                 });
                 if !ok {
                     return Err(RequestError::field(

@@ -245,9 +245,9 @@ pub struct TokenizeResponse {
 pub struct DetokenizeRequest {
     /// A pool name, served model name or alias.
     pub model: String,
-    /// Token ids.
+    /// Token ids (a vocabulary index: 32 bits).
     #[schema(min_items = 1)]
-    pub tokens: Vec<u64>,
+    pub tokens: Vec<u32>,
 }
 
 /// `/detokenize`'s answer.

@@ -30,6 +30,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 pub mod answer;
+pub mod lora;
 mod sleep;
 pub mod timing;
 mod tokens;
@@ -61,6 +62,8 @@ struct Stub {
     log: Mutex<VecDeque<(String, Value)>>,
     /// The key `/v1` requests must carry, as `vllm serve --api-key` requires.
     api_key: Option<String>,
+    /// LoRA adapters and their GPU slots.
+    lora: Arc<lora::Lora>,
 }
 
 /// The stub's model: what it answers with, a load in progress, and vLLM's sleep mode state.
@@ -113,6 +116,11 @@ pub async fn serve(
     };
     let stub = Arc::new(Stub {
         api_key,
+        lora: Arc::new(lora::Lora::new(
+            cfg.lora_modules.clone(),
+            cfg.max_loras,
+            cfg.lora_swap_time,
+        )),
         engine: model.map(timing::Engine::start),
         seqs: Arc::new(Semaphore::new(cfg.max_num_seqs as usize)),
         model: Mutex::new(Served {
@@ -132,6 +140,8 @@ pub async fn serve(
         .route("/v1/completions", post(completions))
         .route("/v1/responses", post(responses))
         .route("/v1/models", get(models))
+        .route("/v1/load_lora_adapter", post(load_lora_adapter))
+        .route("/v1/unload_lora_adapter", post(unload_lora_adapter))
         .route("/tokenize", post(tokens::tokenize))
         .route("/detokenize", post(tokens::detokenize))
         .layer(axum::middleware::from_fn_with_state(
@@ -300,6 +310,8 @@ struct InFlight {
     stub: Arc<Stub>,
     done: bool,
     generated: u32,
+    /// The request's LoRA slot, while it runs.
+    _lora: Option<lora::Held>,
 }
 
 impl InFlight {
@@ -359,6 +371,64 @@ async fn completions(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: By
     generate(stub, headers, body, answer::Kind::Text).await
 }
 
+/// `/v1/load_lora_adapter` (vLLM with `VLLM_ALLOW_RUNTIME_LORA_UPDATING`): `{"lora_name",
+/// "lora_path"}`; answers as vLLM's `OpenAIServingModels.load_lora_adapter` does.
+async fn load_lora_adapter(State(stub): State<Arc<Stub>>, body: Bytes) -> Response {
+    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let (Some(name), Some(path)) = (
+        v.get("lora_name").and_then(Value::as_str),
+        v.get("lora_path").and_then(Value::as_str),
+    ) else {
+        return json_resp(
+            400,
+            &error_body(
+                400,
+                "BadRequestError",
+                "Both 'lora_name' and 'lora_path' must be provided.",
+            ),
+        );
+    };
+    if !stub.lora.load(name, path) {
+        return json_resp(
+            400,
+            &error_body(
+                400,
+                "InvalidUserInput",
+                &format!("The lora adapter '{name}' has already been loaded."),
+            ),
+        );
+    }
+    (
+        StatusCode::OK,
+        format!("Success: LoRA adapter '{name}' added successfully."),
+    )
+        .into_response()
+}
+
+/// `/v1/unload_lora_adapter`: `{"lora_name"}`.
+async fn unload_lora_adapter(State(stub): State<Arc<Stub>>, body: Bytes) -> Response {
+    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let name = v
+        .get("lora_name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if !stub.lora.unload(name) {
+        return json_resp(
+            404,
+            &error_body(
+                404,
+                "NotFoundError",
+                &format!("The lora adapter '{name}' cannot be found."),
+            ),
+        );
+    }
+    (
+        StatusCode::OK,
+        format!("Success: LoRA adapter '{name}' removed successfully."),
+    )
+        .into_response()
+}
+
 /// `/v1/responses`, as vLLM answers it (without its store: VLLM_ENABLE_RESPONSES_API_STORE is
 /// off by default, and the platform keeps the responses).
 async fn responses(State(stub): State<Arc<Stub>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -407,11 +477,17 @@ async fn generate(
             &error_body(503, "ServiceUnavailable", "the engine is sleeping"),
         );
     }
+    // A request for a known adapter names it as its model (vLLM answers with that name).
+    let adapter = body
+        .get("model")
+        .and_then(Value::as_str)
+        .filter(|m| *m != served.name && stub.lora.knows(m))
+        .map(str::to_owned);
     let plan = match Plan::of(
         kind,
         &body,
         request_id,
-        &served.name,
+        adapter.as_deref().unwrap_or(&served.name),
         cfg.output_tokens,
         cfg.max_model_len,
     ) {
@@ -461,6 +537,11 @@ async fn generate(
         );
         return resp;
     }
+    // The adapter's slot first: a request whose adapter cannot join the batch waits.
+    let held = match &adapter {
+        Some(a) => Some(stub.lora.acquire(a).await),
+        None => None,
+    };
     let mut pace = match &stub.engine {
         Some(engine) => {
             Pace::Engine(engine.submit(plan.prompt_tokens, plan.completion_tokens(), priority))
@@ -485,6 +566,7 @@ async fn generate(
         stub: stub.clone(),
         done: false,
         generated: 0,
+        _lora: held,
     };
     let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
     if !stream {
@@ -549,17 +631,23 @@ async fn models(State(stub): State<Arc<Stub>>) -> Response {
         return loading(next);
     }
     let m = &served.name;
-    json_resp(
-        200,
-        &json!({"object": "list", "data": [{
-            "id": m, "object": "model", "created": 0, "owned_by": "vllm", "root": m,
-            "parent": null, "max_model_len": stub.cfg.max_model_len, "permission": []
-        }]}),
-    )
+    let mut data = vec![json!({
+        "id": m, "object": "model", "created": 0, "owned_by": "vllm", "root": m,
+        "parent": null, "max_model_len": stub.cfg.max_model_len, "permission": []
+    })];
+    // Adapters follow their base, `parent` naming it (vLLM's `show_available_models`).
+    for (name, path) in stub.lora.adapters() {
+        data.push(json!({
+            "id": name, "object": "model", "created": 0, "owned_by": "vllm", "root": path,
+            "parent": m, "max_model_len": stub.cfg.max_model_len, "permission": []
+        }));
+    }
+    json_resp(200, &json!({"object": "list", "data": data}))
 }
 
 async fn metrics(State(stub): State<Arc<Stub>>) -> Response {
     let c = &stub.counters;
+    let (lora_running, lora_waiting) = stub.lora.info();
     let l = format!("model_name=\"{}\",engine=\"0\"", stub.served().name);
     let (running, waiting, kv) = match &stub.engine {
         Some(e) => {
@@ -593,13 +681,25 @@ async fn metrics(State(stub): State<Arc<Stub>>) -> Response {
          # HELP ssw_stub_request_errors_total Requests the stub refused or failed on purpose.\n\
          # TYPE ssw_stub_request_errors_total counter\nssw_stub_request_errors_total {}\n\
          # HELP ssw_stub_aborted_requests_total Requests whose client disconnected before the answer was complete.\n\
-         # TYPE ssw_stub_aborted_requests_total counter\nssw_stub_aborted_requests_total {}\n",
+         # TYPE ssw_stub_aborted_requests_total counter\nssw_stub_aborted_requests_total {}\n\
+         # HELP vllm:lora_requests_info Running stats on lora requests.\n\
+         # TYPE vllm:lora_requests_info gauge\n\
+         vllm:lora_requests_info{{max_lora=\"{}\",running_lora_adapters=\"{}\",waiting_lora_adapters=\"{}\"}} {}\n\
+         # HELP ssw_stub_lora_swap_ins_total Adapters swapped into a GPU slot.\n\
+         # TYPE ssw_stub_lora_swap_ins_total counter\nssw_stub_lora_swap_ins_total {}\n",
         waiting,
         c.prompt_tokens.load(Ordering::Relaxed),
         c.generation_tokens.load(Ordering::Relaxed),
         c.success.load(Ordering::Relaxed),
         c.errors.load(Ordering::Relaxed),
         c.aborted.load(Ordering::Relaxed),
+        stub.lora.max_loras(),
+        lora_running,
+        lora_waiting,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+        stub.lora.swap_ins(),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -62,7 +62,14 @@ pub struct ServedModel {
 /// Reads the first model card of a `/v1/models` answer (vLLM serves one model per process).
 pub fn parse_models(body: &[u8]) -> Option<ServedModel> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let mut card = v.get("data")?.as_array()?.first()?.as_object()?.clone();
+    // The base model: adapters are listed too, each with its base as `parent`.
+    let mut card = v
+        .get("data")?
+        .as_array()?
+        .iter()
+        .find(|c| c.get("parent").is_none_or(serde_json::Value::is_null))?
+        .as_object()?
+        .clone();
     let name = card.get("id")?.as_str()?.to_owned();
     card.remove("created");
     card.remove("permission");
