@@ -29,7 +29,7 @@ pub mod tenant;
 pub mod worker;
 
 pub use gateway::{GatewayConfig, MAX_THREADS};
-pub use pool::{PoolConfig, default_pools};
+pub use pool::{AdapterConfig, PoolConfig, default_pools};
 pub use redis::{Persistence, RedisConfig};
 pub use route::RouteConfig;
 pub use routing::Routing;

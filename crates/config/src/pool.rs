@@ -66,6 +66,39 @@ pub struct PoolConfig {
     /// from its tier: 0 priority, 1 default, 2 flex).
     #[serde(default)]
     pub scheduling_policy: SchedulingPolicy,
+    /// LoRA adapters served on the pool's base model (`[pools.<p>.adapters.<name>]`): clients
+    /// name one as `model` (or `<pool>:<adapter>`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub adapters: BTreeMap<String, AdapterConfig>,
+    /// vLLM's `--max-loras`: adapters an engine holds in its GPU slots at once (its batch
+    /// mixes at most this many).
+    #[serde(default = "default_max_loras")]
+    pub max_loras: u32,
+    /// How long a job for an adapter its workers' engines do not hold may wait while they take
+    /// jobs for the adapters they hold (adapter-aware pulling's starvation bound).
+    #[serde(default = "default_adapter_wait", with = "humantime_serde")]
+    pub adapter_wait: Duration,
+}
+
+/// A LoRA adapter of a pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterConfig {
+    /// Where the engine loads it from: a local path, or a Hugging Face repository.
+    pub source: String,
+    /// Its LoRA rank (the engines' `--max-lora-rank` is the largest of the pool's).
+    pub rank: u32,
+}
+
+/// The ranks vLLM accepts for `--max-lora-rank` (vllm/config/lora.py, `MaxLoRARanks`).
+pub const LORA_RANKS: &[u32] = &[1, 8, 16, 32, 64, 128, 256, 320, 512];
+
+fn default_max_loras() -> u32 {
+    4
+}
+
+fn default_adapter_wait() -> Duration {
+    Duration::from_secs(2)
 }
 
 /// vLLM's `--scheduling-policy`.
@@ -174,6 +207,9 @@ impl PoolConfig {
         Self {
             served_model: served_model.into(),
             aliases: Vec::new(),
+            adapters: BTreeMap::new(),
+            max_loras: default_max_loras(),
+            adapter_wait: default_adapter_wait(),
             max_queue: default_max_queue(),
             queue_timeout: default_queue_timeout(),
             max_queue_bytes: default_max_queue_bytes(),
@@ -307,6 +343,27 @@ pub(crate) fn validate(pools: &BTreeMap<String, PoolConfig>) -> Result<(), Confi
                 _ => {}
             }
         }
+        if pool.max_loras == 0 {
+            return Err(invalid(at("max_loras"), "must be at least 1"));
+        }
+        for (a, cfg) in &pool.adapters {
+            let at = |f: &str| format!("pools.{name}.adapters.{a}.{f}");
+            if !ssw_protocol::tier::valid_tenant(a) {
+                return Err(invalid(
+                    format!("pools.{name}.adapters.{a}"),
+                    "adapter names use letters, digits, `-`, `_` (at most 64)",
+                ));
+            }
+            if cfg.source.is_empty() {
+                return Err(invalid(at("source"), "must not be empty"));
+            }
+            if !LORA_RANKS.contains(&cfg.rank) {
+                return Err(invalid(
+                    at("rank"),
+                    format!("must be one of vLLM's ranks {LORA_RANKS:?}"),
+                ));
+            }
+        }
         if pool.min_share(Tier::Default) + pool.min_share(Tier::Flex) > 1.0 {
             return Err(invalid(
                 format!("pools.{name}.tiers.default.min_share"),
@@ -334,6 +391,11 @@ pub(crate) fn validate(pools: &BTreeMap<String, PoolConfig>) -> Result<(), Confi
                     .iter()
                     .enumerate()
                     .map(|(i, a)| (a.as_str(), at(&format!("aliases[{i}]")))),
+            )
+            .chain(
+                pool.adapters
+                    .keys()
+                    .map(|a| (a.as_str(), format!("pools.{name}.adapters.{a}"))),
             );
         for (routed, field) in routable {
             if let Some(previous) = names.get(routed)

@@ -111,6 +111,7 @@ pub async fn admit(
     let routing = state.routing();
     let Routed {
         pool,
+        adapter,
         labels,
         guarded,
         shadow,
@@ -192,7 +193,13 @@ pub async fn admit(
         tier,
         tenant: tenant.to_owned(),
         endpoint,
-        body: req.into_engine_body(&pool.served_model, &pool.defaults, priority),
+        adapter: adapter.as_deref().unwrap_or_default().to_owned(),
+        // An adapter's requests name it: the engines serve it under that name.
+        body: req.into_engine_body(
+            adapter.as_deref().unwrap_or(&pool.served_model),
+            &pool.defaults,
+            priority,
+        ),
     };
     drop(body);
     let span = tracing::info_span!(
@@ -334,6 +341,8 @@ fn tier(
 struct Routed {
     /// The pool that serves it.
     pool: Arc<Pool>,
+    /// The LoRA adapter it asks for, if any.
+    adapter: Option<Arc<str>>,
     /// Its route and variant (empty: a pool by name).
     labels: RouteLabels,
     /// Its route has a guard (which counts its outcome).
@@ -400,6 +409,14 @@ fn route(
     match routing.router.resolve(header, req.model.as_deref()) {
         Ok(Target::Pool(pool)) => Ok(Routed {
             pool,
+            adapter: None,
+            labels: RouteLabels::default(),
+            guarded: false,
+            shadow: None,
+        }),
+        Ok(Target::Adapter(pool, adapter)) => Ok(Routed {
+            pool,
+            adapter: Some(adapter),
             labels: RouteLabels::default(),
             guarded: false,
             shadow: None,
@@ -413,6 +430,7 @@ fn route(
             };
             Ok(Routed {
                 pool: variant.pool.clone(),
+                adapter: None,
                 labels,
                 guarded: route.guard.is_some(),
                 shadow: route.shadowed().cloned(),
@@ -538,6 +556,7 @@ pub async fn fast(
         tier: Tier::Default,
         tenant: tenant.to_owned(),
         endpoint,
+        adapter: String::new(),
         body: req.into_engine_body(&pool.served_model, &pool.defaults, None),
     };
     drop(body);

@@ -25,6 +25,8 @@ pub struct Pool {
     pub served_model: String,
     /// Other names routed here.
     pub aliases: Vec<String>,
+    /// Its LoRA adapters, by name.
+    pub adapters: Vec<Arc<str>>,
     /// Backlog limit.
     pub max_queue: u64,
     /// Bytes of job bodies on the stream at which new requests get 429.
@@ -54,6 +56,7 @@ impl Pool {
             name: Arc::from(name),
             served_model: cfg.served_model.clone(),
             aliases: cfg.aliases.clone(),
+            adapters: cfg.adapters.keys().map(|a| Arc::from(a.as_str())).collect(),
             max_queue: cfg.max_queue,
             max_queue_bytes: cfg.max_queue_bytes.bytes(),
             queue_timeout: cfg.queue_timeout,
@@ -205,6 +208,8 @@ fn stable_hash(salt: &[u8], key: &[u8]) -> u64 {
 pub enum Target {
     /// A pool, directly.
     Pool(Arc<Pool>),
+    /// A LoRA adapter of a pool (its name, or `<pool>:<adapter>`).
+    Adapter(Arc<Pool>, Arc<str>),
     /// A route over pools.
     Route(Arc<Route>),
 }
@@ -290,6 +295,11 @@ impl Router {
                 .chain(pool.aliases.iter().map(String::as_str))
             {
                 by_model.insert(name.to_owned(), Target::Pool(pool.clone()));
+            }
+            for adapter in &pool.adapters {
+                let target = Target::Adapter(pool.clone(), adapter.clone());
+                by_model.insert(adapter.to_string(), target.clone());
+                by_model.insert(format!("{}:{adapter}", pool.name), target);
             }
         }
         let routes: Vec<Arc<Route>> = config
@@ -387,6 +397,7 @@ mod tests {
     fn pool_name(t: Target) -> String {
         match t {
             Target::Pool(p) => p.name.to_string(),
+            Target::Adapter(p, a) => format!("{}:{a}", p.name),
             Target::Route(r) => panic!("route {}", r.name),
         }
     }
@@ -394,7 +405,7 @@ mod tests {
     fn route(r: &Router) -> Arc<Route> {
         match r.resolve(None, Some("npc-dialogue")).unwrap() {
             Target::Route(r) => r,
-            Target::Pool(p) => panic!("pool {}", p.name),
+            Target::Pool(p) | Target::Adapter(p, _) => panic!("pool {}", p.name),
         }
     }
 

@@ -65,6 +65,7 @@ pub async fn run(state: AppState, copy: Copy) {
         tier: Tier::Shadow,
         tenant: SHADOW_TENANT.to_owned(),
         endpoint,
+        adapter: String::new(),
         body,
     };
     let span = tracing::info_span!(

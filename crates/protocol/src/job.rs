@@ -95,6 +95,9 @@ pub struct Job {
     pub tenant: String,
     /// The endpoint it came to, which the worker sends it to.
     pub endpoint: Endpoint,
+    /// The LoRA adapter it asks for (empty: the pool's base model); the body's `model` names
+    /// it, and its lane is the adapter's within its tenant's.
+    pub adapter: String,
     /// The engine request body (model rewritten, pool defaults merged).
     pub body: Vec<u8>,
 }
@@ -103,6 +106,16 @@ impl Job {
     /// What the job counts for in the pool's `max_queue_bytes`: its body.
     pub fn size(&self) -> u64 {
         self.body.len() as u64
+    }
+
+    /// Who owns its lane within its tier: its tenant, or `<tenant>/<adapter>` (neither name
+    /// holds a `/`), which is also its member in the tier's ring.
+    pub fn lane_owner(&self) -> std::borrow::Cow<'_, str> {
+        if self.adapter.is_empty() {
+            std::borrow::Cow::Borrowed(&self.tenant)
+        } else {
+            std::borrow::Cow::Owned(format!("{}/{}", self.tenant, self.adapter))
+        }
     }
 }
 
@@ -135,7 +148,7 @@ pub(crate) fn number<T: std::str::FromStr>(
 impl Job {
     /// The stream fields, in order. The body is borrowed: it may be megabytes, and the Redis
     /// command copies it anyway.
-    pub fn to_fields(&self) -> [(&'static str, std::borrow::Cow<'_, [u8]>); 13] {
+    pub fn to_fields(&self) -> [(&'static str, std::borrow::Cow<'_, [u8]>); 14] {
         use std::borrow::Cow::{Borrowed, Owned};
         [
             ("id", Borrowed(self.id.as_bytes())),
@@ -150,6 +163,7 @@ impl Job {
             ("tier", Borrowed(self.tier.as_str().as_bytes())),
             ("tenant", Borrowed(self.tenant.as_bytes())),
             ("ep", Borrowed(self.endpoint.as_str().as_bytes())),
+            ("adapter", Borrowed(self.adapter.as_bytes())),
             ("body", Borrowed(&self.body)),
         ]
     }
@@ -194,6 +208,11 @@ impl Job {
                         .ok_or_else(|| DecodeError(format!("unknown endpoint `{e}`")))?
                 }
                 None => Endpoint::Chat,
+            },
+            // Entries from before adapters: the base model.
+            adapter: match take("adapter") {
+                Some(v) => text("adapter", Some(v))?,
+                None => String::new(),
             },
             body: take("body").ok_or_else(|| DecodeError("missing field `body`".into()))?,
         })
@@ -243,6 +262,7 @@ mod tests {
             tier: Tier::Flex,
             tenant: "studio-a".into(),
             endpoint: Endpoint::Completions,
+            adapter: "vampire-personality".into(),
             body: br#"{"model":"m","messages":[]}"#.to_vec(),
         };
         let mut map: HashMap<&str, Vec<u8>> = job

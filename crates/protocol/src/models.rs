@@ -37,6 +37,9 @@ pub struct ModelCard {
     /// models; absent when Redis cannot be read).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<ReplicaCard>,
+    /// A LoRA adapter's base: its pool (vLLM's `parent`, which names the base model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 /// One replica of a pool on `/v1/models`.

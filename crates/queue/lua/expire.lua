@@ -6,13 +6,13 @@
 -- KEYS[1]  P:{pool}:job:<id>               the job's state
 -- KEYS[2]  P:{pool}:jobs                   the pool's job stream
 -- KEYS[3]  P:{pool}:queued-bytes
--- KEYS[4]  P:{pool}:lane:<tier>:<tenant>   the job's lane
+-- KEYS[4]  P:{pool}:lane:<tier>:<owner>    the job's lane
 -- KEYS[5]  P:{pool}:waiting
 -- ARGV[1]  the job's entry id
 -- ARGV[2]  marker TTL, ms
 -- ARGV[3]  the job's size in bytes
 -- ARGV[4]  its tier
--- ARGV[5]  its tenant
+-- ARGV[5]  its lane's owner (its tenant, or `<tenant>/<adapter>`)
 --
 -- Returns false when it expired the job; else the state (`started:…` or `output:…`).
 local cur = redis.call('GET', KEYS[1])

@@ -13,6 +13,15 @@
 -- share: they are picked only when no job of another tier may be taken, and count among the
 -- jobs below the priority tier.
 --
+-- LoRA adapters (a pool with `adapters`): a tenant's jobs for one adapter are a lane of their
+-- own, owned by `<tenant>/<adapter>` in the tier's ring. Within the tier the scheduler picked,
+-- the owner taken is, in order: one whose adapter has a job that has waited past the bound
+-- (ARGV[10]; the oldest such, among the first 16 owners of the ring); else the first owner of the
+-- ring whose jobs need no swap — the base model, or an adapter resident on this worker's engine
+-- (ARGV[9]); else the ring's head (a swap). An adapter taken counts as resident for the rest of
+-- this PULL while fewer than ARGV[12] are, so one PULL batches jobs of few adapters. Tiers
+-- still come first; within a tier, affinity reorders owners, bounded by the wait.
+--
 -- Lanes are found through the rings; their names are built from ARGV[5], which is the prefix
 -- of KEYS[1] (`P:{pool}:`), so every key touched is in the pool's slot.
 --
@@ -29,6 +38,11 @@
 -- ARGV[7]  minimum share of the flex tier, in thousandths
 -- ARGV[8]  '1' when this PULL follows the worker's BLPOP of a wake-up token in one pipeline
 --          (that token stands for one of the jobs it takes), else '0'
+-- ARGV[9]  the adapters resident on this worker's engine, comma-separated (may be empty)
+-- ARGV[10] how long a job may wait for its adapter's turn, ms (0: the pool has no adapters:
+--          plain round robin)
+-- ARGV[11] now, ms
+-- ARGV[12] the engine's adapter slots (`max_loras`)
 --
 -- After a BLPOP (ARGV[8] '1'), takes one more wake-up token per job it hands out beyond the
 -- first (from `wake:any`, else `wake:priority`): a batch pulled for one token leaves no
@@ -56,17 +70,61 @@ for i = 1, 4 do count[i] = tonumber(w[i] or '0') end
 local credit = {0, tonumber(w[5] or '0'), tonumber(w[6] or '0'), 0}
 local was = {credit[2], credit[3]}
 
--- One entry id of tier t, from the next tenant in its ring (rotated to the back); nil when the
--- tier has none. A tenant whose lane is found empty leaves the ring.
+local wait_ms, now, slots = tonumber(ARGV[10] or '0'), tonumber(ARGV[11] or '0'),
+  tonumber(ARGV[12] or '0')
+local resident, n_resident = {}, 0
+for a in string.gmatch(ARGV[9] or '', '[^,]+') do resident[a] = true; n_resident = n_resident + 1 end
+local function tenant_of(owner) return string.match(owner, '^[^/]*') end
+local function adapter_of(owner) return string.match(owner, '/(.+)$') end
+local function served(a)
+  if a and not resident[a] and n_resident < slots then resident[a] = true; n_resident = n_resident + 1 end
+end
+
+-- The owner of tier t's ring to take from for adapter affinity (nil: the ring's head).
+local function affine(t, ring)
+  local owners = redis.call('LRANGE', ring, 0, 15)
+  local starved, since
+  for _, o in ipairs(owners) do
+    local a = adapter_of(o)
+    if a and not resident[a] then
+      local head = redis.call('ZRANGE', prefix .. 'lane:' .. t .. ':' .. o, 0, 0, 'WITHSCORES')
+      if #head > 0 then
+        local ms = math.floor(tonumber(head[2]) / 1000)
+        if now - ms >= wait_ms and (not since or ms < since) then starved, since = o, ms end
+      end
+    end
+  end
+  if starved then return starved end
+  for _, o in ipairs(owners) do
+    local a = adapter_of(o)
+    if not a or resident[a] then return o end
+  end
+  return nil
+end
+
+-- One entry id of tier t, from the next owner in its ring (rotated to the back; with adapter
+-- affinity, the owner `affine` chooses); nil when the tier has none. An owner whose lane is
+-- found empty leaves the ring.
 local function take(t)
   local ring = prefix .. 'ring:' .. t
   while true do
-    local tenant = redis.call('LMOVE', ring, ring, 'LEFT', 'RIGHT')
-    if not tenant then return nil end
-    local got = redis.call('ZPOPMIN', prefix .. 'lane:' .. t .. ':' .. tenant)
-    if #got > 0 then return got[1], tenant end
-    redis.call('LREM', ring, -1, tenant)
-    redis.call('SREM', prefix .. 'ring-set:' .. t, tenant)
+    local owner
+    local pick = wait_ms > 0 and affine(t, ring)
+    if pick then
+      redis.call('LREM', ring, 1, pick)
+      redis.call('RPUSH', ring, pick)
+      owner = pick
+    else
+      owner = redis.call('LMOVE', ring, ring, 'LEFT', 'RIGHT')
+    end
+    if not owner then return nil end
+    local got = redis.call('ZPOPMIN', prefix .. 'lane:' .. t .. ':' .. owner)
+    if #got > 0 then
+      served(adapter_of(owner))
+      return got[1], tenant_of(owner)
+    end
+    redis.call('LREM', ring, -1, owner)
+    redis.call('SREM', prefix .. 'ring-set:' .. t, owner)
   end
 end
 

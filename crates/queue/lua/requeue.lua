@@ -6,7 +6,7 @@
 -- KEYS[1]  P:{pool}:jobs                   the pool's job stream
 -- KEYS[2]  P:{pool}:job:<id>               the job's state
 -- KEYS[3]  P:{pool}:queued-bytes
--- KEYS[4]  P:{pool}:lane:<tier>:<tenant>   the job's lane
+-- KEYS[4]  P:{pool}:lane:<tier>:<owner>    the job's lane
 -- KEYS[5]  P:{pool}:ring:<tier>
 -- KEYS[6]  P:{pool}:ring-set:<tier>
 -- KEYS[7]  P:{pool}:waiting
@@ -18,7 +18,7 @@
 -- ARGV[5]  the job's size in bytes
 -- ARGV[6]  state TTL, ms
 -- ARGV[7]  its tier
--- ARGV[8]  its tenant
+-- ARGV[8]  its lane's owner (its tenant, or `<tenant>/<adapter>`)
 -- ARGV[9…] the new entry's field, value pairs
 --
 -- Returns {1, new entry id}; {0, 'cancelled'} when the client is gone (entry removed); or

@@ -100,7 +100,7 @@ fn pulled(entries: Vec<resp::Entry>) -> Vec<Pulled> {
 
 /// How a worker may fill its free slots in one pull.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct PullPolicy {
+pub struct PullPolicy<'a> {
     /// Most jobs to take.
     pub most: usize,
     /// Most of them below the priority tier (the other free slots are kept for priority work).
@@ -109,6 +109,28 @@ pub struct PullPolicy {
     pub default_share: f64,
     /// The same for the flex tier.
     pub flex_share: f64,
+    /// Adapter-aware pulling (a pool with LoRA adapters).
+    pub adapters: Adapters<'a>,
+}
+
+/// What PULL knows of LoRA adapters for one worker.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Adapters<'a> {
+    /// Adapters resident on the worker's engine, comma-separated.
+    pub resident: &'a str,
+    /// How long a job may wait for its adapter's turn (zero: no affinity, plain round robin).
+    pub wait: Duration,
+    /// The engine's adapter slots (`max_loras`).
+    pub slots: u32,
+}
+
+impl Adapters<'_> {
+    /// A pool without adapters.
+    pub const NONE: Adapters<'static> = Adapters {
+        resident: "",
+        wait: Duration::ZERO,
+        slots: 0,
+    };
 }
 
 /// A share as PULL takes it: whole thousandths, so credits add up exactly.
@@ -168,7 +190,7 @@ impl Redis {
         &self,
         pool: &str,
         consumer: &str,
-        policy: PullPolicy,
+        policy: PullPolicy<'_>,
         after_wait: bool,
     ) -> ScriptInvocation<'static> {
         let keys = self.keys();
@@ -182,7 +204,11 @@ impl Redis {
             .arg(keys.pool_prefix(pool))
             .arg(thousandths(policy.default_share))
             .arg(thousandths(policy.flex_share))
-            .arg(if after_wait { "1" } else { "0" });
+            .arg(if after_wait { "1" } else { "0" })
+            .arg(policy.adapters.resident)
+            .arg(policy.adapters.wait.as_millis() as u64)
+            .arg(crate::now_ms())
+            .arg(policy.adapters.slots);
         inv
     }
 
@@ -192,7 +218,7 @@ impl Redis {
         &self,
         pool: &str,
         consumer: &str,
-        policy: PullPolicy,
+        policy: PullPolicy<'_>,
     ) -> Result<Vec<Pulled>, QueueError> {
         let v: Value = self
             .script(&self.pull_invocation(pool, consumer, policy, false))
@@ -239,7 +265,7 @@ impl Redis {
         conn: &mut Dedicated,
         pool: &str,
         consumer: &str,
-        policy: PullPolicy,
+        policy: PullPolicy<'_>,
         block: Duration,
     ) -> Result<Vec<Pulled>, QueueError> {
         let mut pipe = redis::pipe();
@@ -466,7 +492,7 @@ impl Redis {
         inv.key(keys.jobs(pool))
             .key(keys.job_state(pool, &job.id))
             .key(keys.queued_bytes(pool))
-            .key(keys.lane(pool, job.tier, &job.tenant))
+            .key(keys.lane(pool, job.tier, &job.lane_owner()))
             .key(keys.ring(pool, job.tier))
             .key(keys.ring_set(pool, job.tier))
             .key(keys.waiting(pool))
@@ -478,7 +504,7 @@ impl Redis {
             .arg(job.size())
             .arg(state_ttl.as_millis() as u64)
             .arg(job.tier.as_str())
-            .arg(&job.tenant);
+            .arg(&*job.lane_owner());
         for (k, v) in job.to_fields() {
             inv.arg(k).arg(&*v);
         }

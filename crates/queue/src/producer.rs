@@ -34,6 +34,8 @@ pub struct Lane {
     pub tier: Tier,
     /// The job's tenant.
     pub tenant: String,
+    /// The lane's owner within the tier: the tenant, or `<tenant>/<adapter>`.
+    pub owner: String,
 }
 
 impl Lane {
@@ -42,6 +44,7 @@ impl Lane {
         Self {
             tier: job.tier,
             tenant: job.tenant.clone(),
+            owner: job.lane_owner().into_owned(),
         }
     }
 }
@@ -130,7 +133,7 @@ impl Redis {
         let mut inv = ENQUEUE.prepare_invoke();
         inv.key(keys.jobs(pool))
             .key(keys.queued_bytes(pool))
-            .key(keys.lane(pool, job.tier, &job.tenant))
+            .key(keys.lane(pool, job.tier, &job.lane_owner()))
             .key(keys.ring(pool, job.tier))
             .key(keys.ring_set(pool, job.tier))
             .key(keys.waiting(pool))
@@ -140,7 +143,7 @@ impl Redis {
             .arg(limits.max_queue_bytes)
             .arg(job.size())
             .arg(job.tier.as_str())
-            .arg(&job.tenant)
+            .arg(&*job.lane_owner())
             .arg(limits.max_tier)
             .arg(limits.max_tenant);
         for (k, v) in job.to_fields() {
@@ -184,13 +187,13 @@ impl Redis {
         inv.key(keys.job_state(pool, job))
             .key(keys.jobs(pool))
             .key(keys.queued_bytes(pool))
-            .key(keys.lane(pool, lane.tier, &lane.tenant))
+            .key(keys.lane(pool, lane.tier, &lane.owner))
             .key(keys.waiting(pool))
             .arg(entry_id)
             .arg(ttl.as_millis() as u64)
             .arg(size)
             .arg(lane.tier.as_str())
-            .arg(&lane.tenant);
+            .arg(&lane.owner);
         let prev: Option<String> = self.script(&inv).await?;
         Ok(prev.as_deref().and_then(JobState::parse))
     }
@@ -210,13 +213,13 @@ impl Redis {
         inv.key(keys.job_state(pool, job))
             .key(keys.jobs(pool))
             .key(keys.queued_bytes(pool))
-            .key(keys.lane(pool, lane.tier, &lane.tenant))
+            .key(keys.lane(pool, lane.tier, &lane.owner))
             .key(keys.waiting(pool))
             .arg(entry_id)
             .arg(ttl.as_millis() as u64)
             .arg(size)
             .arg(lane.tier.as_str())
-            .arg(&lane.tenant);
+            .arg(&lane.owner);
         let cur: Option<String> = self.script(&inv).await?;
         Ok(match cur.as_deref().and_then(JobState::parse) {
             None | Some(JobState::Cancelled | JobState::Queued { .. }) => Expiry::Expired,

@@ -28,12 +28,13 @@ const LIMITS: QueueLimits = QueueLimits {
 };
 
 /// Take anything, shares as configured by default.
-fn any(most: usize) -> PullPolicy {
+fn any(most: usize) -> PullPolicy<'static> {
     PullPolicy {
         most,
         below_priority: most,
         default_share: 0.3,
         flex_share: 0.1,
+        adapters: ssw_queue::consumer::Adapters::NONE,
     }
 }
 
@@ -42,6 +43,7 @@ fn lane() -> Lane {
     Lane {
         tier: Tier::Default,
         tenant: "default".into(),
+        owner: "default".into(),
     }
 }
 
@@ -107,6 +109,7 @@ fn job(id: &str, body_len: usize) -> Job {
         tier: Tier::Default,
         tenant: "default".into(),
         endpoint: Default::default(),
+        adapter: String::new(),
         body: vec![b'x'; body_len],
     }
 }
@@ -1709,4 +1712,42 @@ async fn fast_push_bounds_the_lane_and_a_worker_pops_each_job_once() {
         .unwrap();
     assert_eq!(next.id, "fast-1");
     assert!(r.redis.fast_push(POOL, &job("fits", 10)).await.unwrap());
+}
+
+#[tokio::test]
+async fn pull_prefers_resident_adapters_and_takes_a_starved_one_first() {
+    use ssw_queue::consumer::Adapters;
+    let mut r = rig().await;
+    // b, a, b, a, … for one tenant, and a base-model job last.
+    for i in 0..6 {
+        let mut j = job_for(&format!("j{i}"), Tier::Default, "t");
+        j.adapter = if i % 2 == 0 { "b" } else { "a" }.into();
+        r.enqueue(&j).await;
+    }
+    r.enqueue(&job_for("base", Tier::Default, "t")).await;
+    let policy = |resident, wait_ms| PullPolicy {
+        adapters: Adapters {
+            resident,
+            wait: Duration::from_millis(wait_ms),
+            slots: 1,
+        },
+        ..any(3)
+    };
+    // `a` is resident: its jobs and the base model's (no swap either) first, in ring turns,
+    // although b's came first.
+    let got = ids(&r.redis.pull(POOL, "w", policy("a", 60_000)).await.unwrap());
+    assert_eq!(got, ["j1", "base", "j3"]);
+    // Then the rest of `a`, and only then `b`.
+    let got = ids(&r.redis.pull(POOL, "w", policy("a", 60_000)).await.unwrap());
+    assert_eq!(got, ["j5", "j0", "j2"]);
+    // A job past the bound goes first, though another adapter is resident.
+    let mut late = job_for("late", Tier::Default, "u");
+    late.adapter = "c".into();
+    r.enqueue(&late).await;
+    let mut fresh = job_for("fresh", Tier::Default, "t");
+    fresh.adapter = "b".into();
+    r.enqueue(&fresh).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let got = ids(&r.redis.pull(POOL, "w", policy("b", 20)).await.unwrap());
+    assert_eq!(got[0], "late", "{got:?}");
 }

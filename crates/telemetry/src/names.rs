@@ -131,6 +131,8 @@ metrics! {
 
     /// The engine's model.
     WORKER_ENGINE_MODEL = "ssw_worker_engine_model_info", Gauge, ["pool", "worker", "model", "revision"], "1 for the model the engine serves now (its /v1/models id, and a revision: a hash of its model card); 0 for models it served earlier in this worker's life.";
+    /// Adapter swap-ins a worker caused.
+    WORKER_ADAPTER_SWAPS = "ssw_worker_adapter_swaps_total", Counter, ["pool", "worker", "adapter"], "Jobs a worker sent its engine for a LoRA adapter the engine did not hold (by the worker's bookkeeping of its engine's max_loras slots): a swap-in, by adapter (the pool's configured adapters).";
     /// Operator's drain.
     WORKER_DRAINED = "ssw_worker_drained", Gauge, ["pool", "worker"], "1 while an operator's drain (ssw drain, ssw rollout) keeps the worker from pulling jobs.";
 

@@ -564,12 +564,20 @@ async fn execute(
     verdict: &Verdict,
     sender: &Sender,
 ) -> Outcome {
-    // The engine's own model name: during a rollout the pool's replicas serve two.
+    // The engine's own model name: during a rollout the pool's replicas serve two. A job for
+    // a LoRA adapter names the adapter, which the engine serves under that name.
     let sent_model = ctx.engine_state.model().map(|m| m.name);
-    let body = sent_model
-        .as_deref()
-        .and_then(|name| ssw_protocol::chat::with_model(&job.body, name))
-        .unwrap_or_else(|| job.body.clone());
+    let body = if job.adapter.is_empty() {
+        sent_model
+            .as_deref()
+            .and_then(|name| ssw_protocol::chat::with_model(&job.body, name))
+            .unwrap_or_else(|| job.body.clone())
+    } else {
+        if !ctx.use_adapter(&job.adapter) {
+            crate::telemetry::adapter_swap(ctx, &job.adapter);
+        }
+        job.body.clone()
+    };
     let request = ctx
         .engine
         .http

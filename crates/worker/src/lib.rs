@@ -126,6 +126,15 @@ pub struct Ctx {
     /// The engine model last exported as a metric (name, revision).
     model_exported: Mutex<Option<(String, String)>>,
     started_ms: u64,
+    /// Adapter-aware pulling (the pool has LoRA adapters): how long a job may wait for its
+    /// adapter's turn (zero: no adapters), and the engine's adapter slots.
+    pub adapter_wait: Duration,
+    /// The engine's `max_loras`.
+    pub max_loras: u32,
+    /// The adapters this worker sent its engine most recently, newest last, at most
+    /// `max_loras`: what the engine holds in its slots (it evicts the least recently used;
+    /// this worker is its only client).
+    resident: Mutex<VecDeque<String>>,
 }
 
 /// [`Ctx::pull_blocked`]'s reason while an operator's drain is in force.
@@ -180,8 +189,39 @@ impl Ctx {
             beat_ok: AtomicBool::new(false),
             model_exported: Mutex::new(None),
             started_ms: ssw_queue::now_ms(),
+            adapter_wait: if pool_cfg.adapters.is_empty() {
+                Duration::ZERO
+            } else {
+                pool_cfg.adapter_wait.max(Duration::from_millis(1))
+            },
+            max_loras: pool_cfg.max_loras,
+            resident: Mutex::new(VecDeque::new()),
             cfg,
         })
+    }
+
+    /// A job for `adapter` goes to the engine: it is the most recently used (and swapped in
+    /// if it was not resident). Returns whether it was resident.
+    pub fn use_adapter(&self, adapter: &str) -> bool {
+        let mut r = self.resident.lock().unwrap_or_else(|p| p.into_inner());
+        let was = match r.iter().position(|a| a == adapter) {
+            Some(i) => {
+                r.remove(i);
+                true
+            }
+            None => false,
+        };
+        r.push_back(adapter.to_owned());
+        while r.len() > self.max_loras.max(1) as usize {
+            r.pop_front();
+        }
+        was
+    }
+
+    /// The adapters resident on the engine, comma-separated (PULL's ARGV).
+    pub fn resident_adapters(&self) -> String {
+        let r = self.resident.lock().unwrap_or_else(|p| p.into_inner());
+        r.iter().map(String::as_str).collect::<Vec<_>>().join(",")
     }
 
     /// Whether jobs are being aborted because the drain timed out.
@@ -558,7 +598,13 @@ async fn pull_loop(ctx: &Arc<Ctx>, jobs: &TaskTracker, shutdown: &CancellationTo
         } else {
             // An engine with requests waiting takes priority work only (see `pull_blocked`).
             let backed_up = ctx.engine_backed_up();
+            let resident = ctx.resident_adapters();
             let policy = PullPolicy {
+                adapters: ssw_queue::consumer::Adapters {
+                    resident: &resident,
+                    wait: ctx.adapter_wait,
+                    slots: ctx.max_loras,
+                },
                 most: free,
                 below_priority: if backed_up {
                     0

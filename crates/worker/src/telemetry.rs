@@ -112,6 +112,13 @@ pub fn engine(ctx: &Ctx) {
     }
 }
 
+/// Counts a swap-in of `adapter` this worker caused.
+pub fn adapter_swap(ctx: &Ctx, adapter: &str) {
+    let [pool, worker] = labels(ctx);
+    let l = [pool, worker, ("adapter", adapter.to_owned())];
+    metrics::counter!(names::WORKER_ADAPTER_SWAPS, &l).increment(1);
+}
+
 /// Sets the drained gauge.
 pub fn drained(ctx: &Ctx, drained: bool) {
     metrics::gauge!(names::WORKER_DRAINED, &labels(ctx)).set(if drained { 1.0 } else { 0.0 });

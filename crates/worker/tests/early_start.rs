@@ -150,6 +150,7 @@ impl Rig {
             tier: Tier::Default,
             tenant: "default".into(),
             endpoint: Default::default(),
+            adapter: String::new(),
             body: serde_json::to_vec(&serde_json::json!({
                 "model": StubConfig::default().served_model, "stream": stream,
                 "messages": [{"role": "user", "content": "hi"}],
@@ -177,6 +178,7 @@ impl Rig {
             below_priority: 1,
             default_share: 0.3,
             flex_share: 0.1,
+            adapters: ssw_queue::consumer::Adapters::NONE,
         };
         let mut batch = r.pull(POOL, "w-test", policy).await.unwrap();
         assert_eq!(batch.len(), 1);

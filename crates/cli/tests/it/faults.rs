@@ -846,6 +846,7 @@ async fn a_job_stranded_under_a_live_worker_by_a_lost_pull_reply_still_runs() {
         below_priority: 1,
         default_share: 0.0,
         flex_share: 0.0,
+        adapters: ssw_queue::consumer::Adapters::NONE,
     };
     TestPlatform::eventually(Duration::from_secs(5), "the job enqueued", || async {
         !redis

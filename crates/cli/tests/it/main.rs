@@ -1,6 +1,7 @@
 //! Integration tests: the real `ssw` binary, real `redis-server`, HTTP over loopback.
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+mod adapters;
 mod api;
 mod completions;
 mod edge;

@@ -56,6 +56,23 @@ fn card(state: &AppState, pool: &Pool, replicas: &HashMap<String, Vec<ReplicaCar
         max_model_len: pool.max_model_len,
         variants: Vec::new(),
         replicas: replicas.get(&*pool.name).cloned().unwrap_or_default(),
+        parent: None,
+    }
+}
+
+/// A LoRA adapter's card: `parent` is its pool (as vLLM names the base model).
+fn adapter_card(state: &AppState, pool: &Pool, adapter: &str) -> ModelCard {
+    ModelCard {
+        id: adapter.to_owned(),
+        object: "model".into(),
+        created: state.started_s,
+        owned_by: "ssw".into(),
+        root: adapter.to_owned(),
+        aliases: vec![format!("{}:{adapter}", pool.name)],
+        max_model_len: pool.max_model_len,
+        variants: Vec::new(),
+        replicas: Vec::new(),
+        parent: Some(pool.name.to_string()),
     }
 }
 
@@ -83,6 +100,7 @@ fn route_card(state: &AppState, route: &Route) -> ModelCard {
             })
             .collect(),
         replicas: Vec::new(),
+        parent: None,
     }
 }
 
@@ -95,6 +113,12 @@ pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
         .pools()
         .iter()
         .map(|p| card(&state, p, &replicas));
+    let adapters = routing.router.pools().iter().flat_map(|p| {
+        p.adapters
+            .iter()
+            .map(|a| adapter_card(&state, p, a))
+            .collect::<Vec<_>>()
+    });
     let routes = routing
         .router
         .routes()
@@ -102,7 +126,7 @@ pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
         .map(|r| route_card(&state, r));
     Json(ModelList {
         object: "list".into(),
-        data: pools.chain(routes).collect(),
+        data: pools.chain(adapters).chain(routes).collect(),
     })
 }
 
@@ -118,6 +142,7 @@ pub async fn get(
     match routing.router.by_model(&id) {
         Some(Target::Pool(p)) => Ok(Json(card(&state, p, &replicas))),
         Some(Target::Route(r)) => Ok(Json(route_card(&state, r))),
+        Some(Target::Adapter(p, a)) => Ok(Json(adapter_card(&state, p, a))),
         None => Err(ApiError::new(
             ErrorCode::ModelNotFound,
             format!("model `{}` does not exist", ssw_protocol::chat::quote(&id)),

@@ -1,0 +1,223 @@
+//! LoRA adapters on the real stack: requests routed by an adapter's name, the engine told that
+//! name, `/v1/models` listing adapters under their pool, and adapter-aware pulling (a worker
+//! takes the jobs of the adapters its engine holds first, within a bound).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use ssw_config::{AdapterConfig, StubConfig};
+use ssw_test_support::ssw_up::platform::PlatformSpec;
+use ssw_test_support::{TestPlatform, chat_body, metric, stub_replica};
+
+use crate::failures::slow_stub;
+use crate::ssw;
+
+const ADAPTERS: [&str; 4] = [
+    "vampire-personality",
+    "vampire-dialogue",
+    "zombie-personality",
+    "zombie-dialogue",
+];
+
+/// Heavy with the four adapters on one replica of `max_loras` slots, each answer `ms` long,
+/// adapters waiting at most `wait` for their turn; light as usual.
+fn lora_pool(s: &mut PlatformSpec, max_loras: u32, ms: u64, wait: Duration, slots: u32) {
+    let modules = ADAPTERS
+        .iter()
+        .map(|a| (a.to_string(), format!("/adapters/{a}")))
+        .collect();
+    let heavy = s.config.pools.get_mut("heavy").unwrap();
+    for a in ADAPTERS {
+        heavy.adapters.insert(
+            a.into(),
+            AdapterConfig {
+                source: format!("/adapters/{a}"),
+                rank: 16,
+            },
+        );
+    }
+    heavy.max_loras = max_loras;
+    heavy.adapter_wait = wait;
+    s.replicas = vec![
+        stub_replica(
+            "heavy-0",
+            "heavy",
+            StubConfig {
+                lora_modules: modules,
+                max_loras,
+                lora_swap_time: Duration::from_millis(20),
+                max_num_seqs: slots,
+                ..slow_stub(ms, 1, 1)
+            },
+        ),
+        stub_replica("light-0", "light", slow_stub(5, 1, 4)),
+    ];
+    s.config.worker.max_inflight = slots;
+}
+
+fn body(model: &str, i: usize) -> Value {
+    let mut b = chat_body(model);
+    b["messages"][0]["content"] = json!(format!("line {i}"));
+    b
+}
+
+#[tokio::test]
+async fn an_adapter_is_a_model_of_its_pool_and_the_engine_is_told_its_name() {
+    let p =
+        TestPlatform::start_with(ssw(), |s| lora_pool(s, 2, 5, Duration::from_secs(2), 4)).await;
+    for model in ["vampire-personality", "heavy:zombie-dialogue"] {
+        let r = p
+            .post_with_id(
+                "/v1/chat/completions",
+                &format!("ad-{model}"),
+                &body(model, 0),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-ssw-pool"], "heavy");
+        let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        let adapter = model.trim_start_matches("heavy:");
+        assert_eq!(
+            v["model"], adapter,
+            "the engine answered as the adapter: {v}"
+        );
+        let sent = p
+            .stub_request("heavy-0", &format!("ad-{model}"))
+            .await
+            .unwrap();
+        assert_eq!(sent["model"], adapter);
+    }
+    let r = p.chat(&body("werewolf-personality", 0)).await;
+    assert_eq!(r.status(), 404);
+    let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(v["error"]["code"], "model_not_found");
+    let models: Value = serde_json::from_str(&p.get_text(&p.url("/v1/models")).await).unwrap();
+    let cards = models["data"].as_array().unwrap();
+    for a in ADAPTERS {
+        let card = cards
+            .iter()
+            .find(|c| c["id"] == a)
+            .unwrap_or_else(|| panic!("{a}: {models}"));
+        assert_eq!(card["parent"], "heavy");
+    }
+    assert!(
+        cards
+            .iter()
+            .any(|c| c["id"] == "heavy" && c.get("parent").is_none())
+    );
+}
+
+/// Sends 2 × `per` requests alternating two adapters while the engine is busy, and returns
+/// the swap-ins and how long the last took.
+async fn alternate(p: &TestPlatform, per: usize) -> (f64, Duration) {
+    let t0 = Instant::now();
+    let sends: Vec<_> = (0..2 * per)
+        .map(|i| {
+            let (http, url) = (p.http.clone(), p.url("/v1/chat/completions"));
+            let b = body(ADAPTERS[i % 2], i).to_string();
+            tokio::spawn(async move {
+                let r = http
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(b)
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status().as_u16(), t0.elapsed())
+            })
+        })
+        .collect();
+    let mut last = Duration::ZERO;
+    for s in sends {
+        let (status, at) = s.await.unwrap();
+        assert_eq!(status, 200);
+        last = last.max(at);
+    }
+    (
+        p.stub_metric("heavy-0", "ssw_stub_lora_swap_ins_total")
+            .await,
+        last,
+    )
+}
+
+#[tokio::test]
+async fn a_worker_takes_the_jobs_of_the_adapter_its_engine_holds_first() {
+    // One slot: every change of adapter is a swap. 40 requests alternating two adapters.
+    let aware =
+        TestPlatform::start_with(ssw(), |s| lora_pool(s, 1, 50, Duration::from_secs(30), 2)).await;
+    let (aware_swaps, aware_took) = alternate(&aware, 20).await;
+    drop(aware);
+    // The same with a 1 ms bound: every job is past it at once, oldest first (FIFO).
+    let fifo =
+        TestPlatform::start_with(ssw(), |s| lora_pool(s, 1, 50, Duration::from_millis(1), 2)).await;
+    let (fifo_swaps, fifo_took) = alternate(&fifo, 20).await;
+    eprintln!(
+        "swap-ins: aware {aware_swaps} in {aware_took:?}, fifo {fifo_swaps} in {fifo_took:?}"
+    );
+    assert!(
+        aware_swaps * 3.0 <= fifo_swaps,
+        "aware {aware_swaps} vs fifo {fifo_swaps}"
+    );
+    let url = fifo
+        .platform
+        .worker_metrics
+        .iter()
+        .find(|(id, _)| id.starts_with("heavy"))
+        .map(|(_, u)| u.clone())
+        .expect("heavy-0's metrics");
+    let m = fifo.get_text(&format!("{url}/metrics")).await;
+    let counted = metric(&m, "ssw_worker_adapter_swaps_total", &[]).unwrap_or(0.0);
+    assert!(
+        (counted - fifo_swaps).abs() <= 2.0,
+        "the worker's bookkeeping {counted} vs the engine's {fifo_swaps}"
+    );
+}
+
+#[tokio::test]
+async fn a_job_for_another_adapter_waits_no_longer_than_the_bound() {
+    // The engine holds vampire-personality and is kept busy with it; a zombie job must still
+    // start within the bound (500 ms) plus one answer.
+    let p = TestPlatform::start_with(ssw(), |s| {
+        lora_pool(s, 1, 100, Duration::from_millis(500), 1)
+    })
+    .await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let feeders: Vec<_> = (0..3)
+        .map(|f| {
+            let (http, url, stop) = (p.http.clone(), p.url("/v1/chat/completions"), stop.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let b = body(ADAPTERS[0], f * 1000 + i).to_string();
+                    let _ = http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(b)
+                        .send()
+                        .await;
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let t0 = Instant::now();
+    let r = p.chat(&body(ADAPTERS[2], 0)).await;
+    let took = t0.elapsed();
+    let queued: u64 = r.headers()["x-ssw-queue-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for f in feeders {
+        let _ = f.await;
+    }
+    eprintln!("the zombie job waited {queued} ms in the queue, answered in {took:?}");
+    assert!(
+        queued >= 300,
+        "affinity held it back while vampire jobs waited: {queued} ms"
+    );
+    assert!(queued <= 500 + 300, "past the bound: {queued} ms");
+}
