@@ -234,7 +234,14 @@ def overhead_cpu_split():
 # 10 000 connections plus the load generator's metrics poller (the default cap is 10 000).
 HEADROOM = "[worker]\nmax_inflight = 72\n[gateway]\nmax_connections = 20000\n"
 
-PRESETS = {"heavy": ("a40-qwen2.5-14b-awq", 0.028, 0.001, 0.00035), "light": ("a40-qwen3-8b-awq", 0.016, 0.0006, 0.0002)}
+PRESETS = {"heavy": ("a40-qwen2.5-14b-awq", 0.028, 0.001, 0.00035), "light": ("a40-qwen3-8b-awq", 0.016, 0.0006, 0.0002),
+           "lora": ("a40-qwen2.5-7b-awq", 0.0148, 0.00056, 0.000185)}
+
+BASE7B = "Qwen/Qwen2.5-7B-Instruct-AWQ"
+# The archetype adapters of issue 15: 7 per archetype, Vampire and Zombie first.
+ADAPTERS = [f"{kind}-{trait}" for kind in ("vampire", "zombie")
+            for trait in ("personality", "dialogue-style", "action-policy", "emotional-response", "world-knowledge",
+                          "social-dynamics", "goal-prioritisation")]
 
 
 def capacity(pool, out_tokens, prompt_tokens, seqs=64):
@@ -495,6 +502,44 @@ def admission():
     stop(u)
     stop(s)
     return out
+
+
+def lora():
+    """Archetype adapters: a 7B AWQ base (A40 preset) serving the 14 adapters (7 Vampire, 7 Zombie) on two
+    replicas with `max_loras` 4 and a 50 ms swap-in, Zipf popularity (s = 1: the k-th adapter gets 1/k of the
+    weight), 80 % of the engines' capacity offered, streamed. Adapter-aware pulling (`adapter_wait` 8 s; another with
+    BENCH_ADAPTER_WAIT) against
+    plain FIFO (a 1 ms bound: every job is past it at once and taken oldest first), the same load, each on a
+    fresh platform and fresh engines."""
+    log("10. lora")
+    out_tokens, prompt_words = 64, 32
+    weights = [1 / (k + 1) for k in range(len(ADAPTERS))]
+    mix = ",".join(f"{a}={w / sum(weights):.5f}" for a, w in zip(ADAPTERS, weights))
+    modules = "{" + ",".join(f'{a}="/adapters/{a}"' for a in ADAPTERS) + "}"
+    adapters = "".join(f'[pools.heavy.adapters.{a}]\nsource = "/adapters/{a}"\nrank = 16\n' for a in ADAPTERS)
+    cap_tok = 2 * capacity("lora", out_tokens, prompt_words + 4)
+    cap_req = cap_tok / out_tokens
+    dur = 15 if QUICK else 40
+    runs = {}
+    for name, wait in (("aware", os.environ.get("BENCH_ADAPTER_WAIT", "8s")), ("fifo", "1ms")):
+        stubs = [stub(BASE7B, preset=PRESETS["lora"][0], output_tokens=100000, lora_modules=modules, max_loras=4,
+                      lora_swap_time="50ms") for _ in range(2)]
+        light = stub(LIGHT, preset=PRESETS["light"][0], output_tokens=100000)
+        pools = (f'[pools.heavy]\nserved_model = "{BASE7B}"\nmax_loras = 4\nadapter_wait = "{wait}"\n{adapters}'
+                 f'[pools.light]\nserved_model = "{LIGHT}"\n')
+        u, gurl = up([("heavy", s[1]) for s in stubs] + [("light", light[1])], config=HEADROOM + pools)
+        r = bench(gurl, "--mode", "open", "--rate", cap_req * 0.8, "--duration", f"{dur}s", "--max-tokens", out_tokens,
+                  "--prompt-words", prompt_words, "--mix", mix, "--stream", "--warmup", 0, "--timeout", "900s")
+        swaps = sum(Sampler.metric(None, s[1], "ssw_stub_lora_swap_ins_total") for s in stubs)
+        ok = r["ok"]
+        runs[name] = {"r": r, "swaps": swaps, "per_1000": 1000 * swaps / max(ok, 1)}
+        log(f"   {name}: {ok} ok, {r['output_tokens_per_s']:.0f} tok/s of {cap_tok:.0f}, TTFT p99 "
+            f"{r['ttft_ms']['p99']:.0f} ms, {swaps:.0f} swap-ins ({runs[name]['per_1000']:.0f} per 1000)")
+        stop(u)
+        for s in stubs + [light]:
+            stop(s[0])
+    return {"runs": runs, "cap_tok": cap_tok, "cap_req": cap_req, "dur": dur, "adapters": len(ADAPTERS),
+            "wait": os.environ.get("BENCH_ADAPTER_WAIT", "8s")}
 
 
 def overhead_ab(base):
@@ -869,7 +914,7 @@ def main():
         # One scenario, its figures as JSON on stdout; the report is left alone.
         name = sys.argv[sys.argv.index("--only") + 1]
         scenarios = {f.__name__: f for f in (overhead, overhead_cpu_split, saturation, burst, balance, fanout, edge,
-                                             tiers, tenants, admission, ab_test, rollout)}
+                                             tiers, tenants, admission, ab_test, rollout, lora)}
         if BASE_BIN:
             scenarios["overhead_ab"] = lambda: overhead_ab(BASE_BIN)
         if name not in scenarios:
@@ -899,7 +944,7 @@ def main():
     if BASE_BIN:
         ad["ab"] = overhead_ab(BASE_BIN)
     abt = ab_test()
-    extra = {"rollout": rollout()}
+    extra = {"rollout": rollout(), "lora": lora()}
     # Kept, so the report can be rendered again without running (`--render FILE`).
     saved = os.path.join(tempfile.gettempdir(), "ssw-bench-results.json")
     json.dump({"sections": [ov, split, sat, bu, ba, fo, ed, [ti, te, ad, abt]], "machine": machine(), "extra": extra},

@@ -18,9 +18,11 @@
 -- the owner taken is, in order: one whose adapter has a job that has waited past the bound
 -- (ARGV[10]; the oldest such, among the first 16 owners of the ring); else the first owner of the
 -- ring whose jobs need no swap — the base model, or an adapter resident on this worker's engine
--- (ARGV[9]); else the ring's head (a swap). An adapter taken counts as resident for the rest of
--- this PULL while fewer than ARGV[12] are, so one PULL batches jobs of few adapters. Tiers
--- still come first; within a tier, affinity reorders owners, bounded by the wait.
+-- (ARGV[9]); else the ring's head, if the engine has room to load its adapter (ARGV[12]: slots
+-- free or holding an adapter with nothing running). An adapter taken becomes resident for the
+-- rest of this PULL, using that room. Without room the tier gives this worker nothing more:
+-- its jobs wait for a worker whose engine holds their adapter or has room, or for the bound.
+-- Tiers still come first; within a tier, affinity reorders owners, bounded by the wait.
 --
 -- Lanes are found through the rings; their names are built from ARGV[5], which is the prefix
 -- of KEYS[1] (`P:{pool}:`), so every key touched is in the pool's slot.
@@ -42,7 +44,8 @@
 -- ARGV[10] how long a job may wait for its adapter's turn, ms (0: the pool has no adapters:
 --          plain round robin)
 -- ARGV[11] now, ms
--- ARGV[12] the engine's adapter slots (`max_loras`)
+-- ARGV[12] how many adapters the engine could load now (free slots, and slots whose adapter has
+--          nothing running)
 --
 -- After a BLPOP (ARGV[8] '1'), takes one more wake-up token per job it hands out beyond the
 -- first (from `wake:any`, else `wake:priority`): a batch pulled for one token leaves no
@@ -70,14 +73,22 @@ for i = 1, 4 do count[i] = tonumber(w[i] or '0') end
 local credit = {0, tonumber(w[5] or '0'), tonumber(w[6] or '0'), 0}
 local was = {credit[2], credit[3]}
 
-local wait_ms, now, slots = tonumber(ARGV[10] or '0'), tonumber(ARGV[11] or '0'),
+local wait_ms, now, room = tonumber(ARGV[10] or '0'), tonumber(ARGV[11] or '0'),
   tonumber(ARGV[12] or '0')
-local resident, n_resident = {}, 0
-for a in string.gmatch(ARGV[9] or '', '[^,]+') do resident[a] = true; n_resident = n_resident + 1 end
+local resident = {}
+for a in string.gmatch(ARGV[9] or '', '[^,]+') do resident[a] = true end
 local function tenant_of(owner) return string.match(owner, '^[^/]*') end
 local function adapter_of(owner) return string.match(owner, '/(.+)$') end
-local function served(a)
-  if a and not resident[a] and n_resident < slots then resident[a] = true; n_resident = n_resident + 1 end
+-- An owner whose jobs this engine would have to swap in.
+local function swaps(owner)
+  local a = adapter_of(owner)
+  return wait_ms > 0 and a ~= nil and not resident[a]
+end
+local function served(owner)
+  if swaps(owner) then
+    resident[adapter_of(owner)] = true
+    room = room - 1
+  end
 end
 
 -- The owner of tier t's ring to take from for adapter affinity (nil: the ring's head).
@@ -103,7 +114,9 @@ local function affine(t, ring)
 end
 
 -- One entry id of tier t, from the next owner in its ring (rotated to the back; with adapter
--- affinity, the owner `affine` chooses); nil when the tier has none. An owner whose lane is
+-- affinity, the owner `affine` chooses); nil when the tier has none, and '/blocked' (no tenant's
+-- name) as second
+-- value when it has jobs only for adapters this engine has no room for. An owner whose lane is
 -- found empty leaves the ring.
 local function take(t)
   local ring = prefix .. 'ring:' .. t
@@ -115,12 +128,14 @@ local function take(t)
       redis.call('RPUSH', ring, pick)
       owner = pick
     else
+      owner = redis.call('LINDEX', ring, 0)
+      if owner and swaps(owner) and room <= 0 then return nil, '/blocked' end
       owner = redis.call('LMOVE', ring, ring, 'LEFT', 'RIGHT')
     end
     if not owner then return nil end
     local got = redis.call('ZPOPMIN', prefix .. 'lane:' .. t .. ':' .. owner)
     if #got > 0 then
-      served(adapter_of(owner))
+      served(owner)
       return got[1], tenant_of(owner)
     end
     redis.call('LREM', ring, -1, owner)
@@ -151,7 +166,10 @@ while #ids < most do
   end
   if pick ~= top then credit[pick] = credit[pick] - 1000 end
   local id, tenant = take(tiers[pick])
-  if id then
+  if tenant == '/blocked' then
+    -- Its jobs wait for another worker (or the bound): not a stale count.
+    count[pick] = 0
+  elseif id then
     count[pick] = count[pick] - 1
     taken[pick] = taken[pick] + 1
     of_tenant[tenant] = (of_tenant[tenant] or 0) + 1

@@ -120,8 +120,9 @@ pub struct Adapters<'a> {
     pub resident: &'a str,
     /// How long a job may wait for its adapter's turn (zero: no affinity, plain round robin).
     pub wait: Duration,
-    /// The engine's adapter slots (`max_loras`).
-    pub slots: u32,
+    /// How many more adapters the engine could load now: free slots, and slots whose adapter
+    /// has nothing running.
+    pub room: u32,
 }
 
 impl Adapters<'_> {
@@ -129,7 +130,7 @@ impl Adapters<'_> {
     pub const NONE: Adapters<'static> = Adapters {
         resident: "",
         wait: Duration::ZERO,
-        slots: 0,
+        room: 0,
     };
 }
 
@@ -208,7 +209,7 @@ impl Redis {
             .arg(policy.adapters.resident)
             .arg(policy.adapters.wait.as_millis() as u64)
             .arg(crate::now_ms())
-            .arg(policy.adapters.slots);
+            .arg(policy.adapters.room);
         inv
     }
 

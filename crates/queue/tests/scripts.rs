@@ -1729,7 +1729,7 @@ async fn pull_prefers_resident_adapters_and_takes_a_starved_one_first() {
         adapters: Adapters {
             resident,
             wait: Duration::from_millis(wait_ms),
-            slots: 1,
+            room: 1,
         },
         ..any(3)
     };

@@ -233,12 +233,23 @@ pub fn preset(name: &str) -> Option<Model> {
             kv_tokens: 60_000,
             priority: false,
         }),
+        // Qwen2.5-7B-Instruct-AWQ, the base of the archetype adapters (issue 15), on an A40
+        // beside another replica: the 8B figures scaled by the parameter count (7.6 B against
+        // 8.2 B). The adapters' cost is the stub's `lora_swap_time` and `max_loras`.
+        "a40-qwen2.5-7b-awq" => Some(Model {
+            step_base: Duration::from_micros(14_800),
+            step_per_seq: Duration::from_micros(560),
+            prefill_per_token: Duration::from_micros(185),
+            max_num_seqs: 64,
+            kv_tokens: 64_000,
+            priority: false,
+        }),
         _ => None,
     }
 }
 
 /// Names of the presets.
-pub const PRESETS: &[&str] = &["a40-qwen2.5-14b-awq", "a40-qwen3-8b-awq"];
+pub const PRESETS: &[&str] = &["a40-qwen2.5-14b-awq", "a40-qwen3-8b-awq", "a40-qwen2.5-7b-awq"];
 
 #[cfg(test)]
 mod tests {

@@ -135,6 +135,30 @@ pub struct Ctx {
     /// `max_loras`: what the engine holds in its slots (it evicts the least recently used;
     /// this worker is its only client).
     resident: Mutex<VecDeque<String>>,
+    /// Requests running on the engine per adapter.
+    adapter_running: Mutex<HashMap<String, u32>>,
+}
+
+/// A request running on the engine for an adapter ([`Ctx::adapter_runs`]).
+pub struct AdapterRun {
+    ctx: Arc<Ctx>,
+    adapter: String,
+}
+
+impl Drop for AdapterRun {
+    fn drop(&mut self) {
+        let mut running = self
+            .ctx
+            .adapter_running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = running.get_mut(&self.adapter) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                running.remove(&self.adapter);
+            }
+        }
+    }
 }
 
 /// [`Ctx::pull_blocked`]'s reason while an operator's drain is in force.
@@ -196,6 +220,7 @@ impl Ctx {
             },
             max_loras: pool_cfg.max_loras,
             resident: Mutex::new(VecDeque::new()),
+            adapter_running: Mutex::new(HashMap::new()),
             cfg,
         })
     }
@@ -218,10 +243,34 @@ impl Ctx {
         was
     }
 
-    /// The adapters resident on the engine, comma-separated (PULL's ARGV).
-    pub fn resident_adapters(&self) -> String {
+    /// The adapters resident on the engine, comma-separated, and how many more it could load
+    /// now (free slots, and slots whose adapter has nothing running): PULL's view.
+    pub fn adapter_view(&self) -> (String, u32) {
         let r = self.resident.lock().unwrap_or_else(|p| p.into_inner());
-        r.iter().map(String::as_str).collect::<Vec<_>>().join(",")
+        let running = self
+            .adapter_running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let idle = r
+            .iter()
+            .filter(|a| running.get(*a).is_none_or(|n| *n == 0))
+            .count();
+        let free = (self.max_loras as usize).saturating_sub(r.len());
+        let list = r.iter().map(String::as_str).collect::<Vec<_>>().join(",");
+        (list, (free + idle) as u32)
+    }
+
+    /// A request for `adapter` runs on the engine until the guard drops.
+    pub fn adapter_runs(self: &Arc<Self>, adapter: &str) -> AdapterRun {
+        let mut running = self
+            .adapter_running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *running.entry(adapter.to_owned()).or_default() += 1;
+        AdapterRun {
+            ctx: self.clone(),
+            adapter: adapter.to_owned(),
+        }
     }
 
     /// Whether jobs are being aborted because the drain timed out.
@@ -598,12 +647,12 @@ async fn pull_loop(ctx: &Arc<Ctx>, jobs: &TaskTracker, shutdown: &CancellationTo
         } else {
             // An engine with requests waiting takes priority work only (see `pull_blocked`).
             let backed_up = ctx.engine_backed_up();
-            let resident = ctx.resident_adapters();
+            let (resident, room) = ctx.adapter_view();
             let policy = PullPolicy {
                 adapters: ssw_queue::consumer::Adapters {
                     resident: &resident,
                     wait: ctx.adapter_wait,
-                    slots: ctx.max_loras,
+                    room,
                 },
                 most: free,
                 below_priority: if backed_up {
