@@ -1717,7 +1717,7 @@ async fn fast_push_bounds_the_lane_and_a_worker_pops_each_job_once() {
 #[tokio::test]
 async fn pull_prefers_resident_adapters_and_takes_a_starved_one_first() {
     use ssw_queue::consumer::Adapters;
-    let mut r = rig().await;
+    let r = rig().await;
     // b, a, b, a, … for one tenant, and a base-model job last.
     for i in 0..6 {
         let mut j = job_for(&format!("j{i}"), Tier::Default, "t");
