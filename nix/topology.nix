@@ -31,6 +31,17 @@ let
     # left out take ssw's defaults; docs/configuration.md, `[pools.<p>.tiers.<tier>]`).
     priorityReserve = 0.1;
     tiers = { };
+    # LoRA adapters on the pool's base model: `adapters.vampire-personality = { source =
+    # "/var/lib/ssw/adapters/vampire-personality"; rank = 16; }` (a local path or a Hugging Face
+    # repository). They become vLLM's `--enable-lora --max-loras --max-lora-rank --max-cpu-loras
+    # --lora-modules name=source …`, and models clients name (docs/configuration.md).
+    adapters = { };
+    # Adapters one engine holds in GPU slots (vLLM --max-loras) and in its CPU cache
+    # (--max-cpu-loras; null: every adapter of the pool, at least maxLoras).
+    maxLoras = 4;
+    maxCpuLoras = null;
+    # Adapter-aware pulling's bound (docs/architecture.md).
+    adapterWait = "2s";
     # Stub timing of this pool's replicas (engine = "stub"), over the top-level `stub`.
     stub = { };
   };
@@ -76,6 +87,9 @@ let
 
   # Nix attribute → ssw field, for tiers and tenants; unknown attributes fail evaluation.
   tierFields = { maxQueue = "max_queue"; queueTimeout = "queue_timeout"; minShare = "min_share"; };
+  adapterFields = { source = "source"; rank = "rank"; };
+  # The ranks vLLM accepts for --max-lora-rank (vllm/config/lora.py, MaxLoRARanks).
+  loraRanks = [ 1 8 16 32 64 128 256 320 512 ];
   tenantFields = {
     apiKeysFile = "api_keys_file";
     defaultTier = "default_tier";
@@ -168,6 +182,24 @@ let
             path = "pools.${p}.maxModelLen";
             msg = "must be a positive integer";
           })
+          poolNames
+        ++ map
+          (p: {
+            ok = builtins.isInt s.pools.${p}.maxLoras && s.pools.${p}.maxLoras > 0;
+            path = "pools.${p}.maxLoras";
+            msg = "must be a positive integer";
+          })
+          poolNames
+        ++ l.concatMap
+          (p: l.concatMap
+            (a:
+              let ad = s.pools.${p}.adapters.${a}; at = "pools.${p}.adapters.${a}"; in
+              [
+                { ok = builtins.match "[A-Za-z0-9_-]+" a != null && builtins.stringLength a <= 64; path = at; msg = "adapter names use letters, digits, `-`, `_` (at most 64)"; }
+                { ok = ad ? source && builtins.isString ad.source && ad.source != ""; path = "${at}.source"; msg = "is required: a local path or a Hugging Face repository"; }
+                { ok = ad ? rank && builtins.elem ad.rank loraRanks; path = "${at}.rank"; msg = "must be one of vLLM's ranks ${builtins.toJSON loraRanks}, got ${builtins.toJSON (ad.rank or null)}"; }
+              ] ++ map (k: { ok = false; path = "${at}.${k}"; msg = "unknown setting; known: ${builtins.concatStringsSep ", " (builtins.attrNames adapterFields)}"; }) (unknownIn adapterFields ad))
+            (builtins.attrNames s.pools.${p}.adapters))
           poolNames;
       # A Nix path literal (`./secrets/redis`) would be copied into the world-readable store
       # the moment it is interpolated: secrets are absolute paths as strings, outside it.
@@ -298,8 +330,8 @@ let
     let d = l.duplicates xs; in
     if d == [ ] then true else l.fail path "duplicate ${what} ${builtins.toJSON (builtins.head d)}";
 
-  # Every pool's name, served model and aliases: what `model` may name.
-  routedNames = s: l.concatMap (p: [ p s.pools.${p}.servedModel ] ++ s.pools.${p}.aliases) (builtins.attrNames s.pools);
+  # Every pool's name, served model, aliases and adapters: what `model` may name.
+  routedNames = s: l.concatMap (p: [ p s.pools.${p}.servedModel ] ++ s.pools.${p}.aliases ++ builtins.attrNames s.pools.${p}.adapters) (builtins.attrNames s.pools);
 
   # Every name that routes to a pool must route to one pool only.
   checkRouting = s:
@@ -320,6 +352,24 @@ let
   # {fcfs,priority}; with priority, requests are handled by their `priority` field (lower
   # first), then arrival time.
   ++ (if pool.schedulingPolicy == "priority" then [ "--scheduling-policy" "priority" ] else [ ])
+  # vLLM LoRAConfig (vllm/config/lora.py): --max-loras adapters per batch (GPU slots),
+  # --max-lora-rank the largest rank (buffers are sized for it), --max-cpu-loras at least
+  # --max-loras; --lora-modules name=path (research/next-features-anchors.md §4b).
+  ++ (let
+        names = builtins.attrNames pool.adapters;
+        n = builtins.length names;
+        ranks = map (a: pool.adapters.${a}.rank) names;
+        maxRank = builtins.foldl' (m: r: if r > m then r else m) 0 ranks;
+        cpu = if pool.maxCpuLoras != null then pool.maxCpuLoras
+              else if n > pool.maxLoras then n else pool.maxLoras;
+      in
+      if n == 0 then [ ] else [
+        "--enable-lora"
+        "--max-loras" (toString pool.maxLoras)
+        "--max-lora-rank" (toString maxRank)
+        "--max-cpu-loras" (toString cpu)
+        "--lora-modules"
+      ] ++ map (a: "${a}=${pool.adapters.${a}.source}") names)
   ++ map l.argString pool.extraArgs;
 
   mkReplicas = s:
@@ -370,6 +420,10 @@ let
       priority_reserve = p.priorityReserve;
       defaults = p.requestDefaults;
       max_model_len = p.maxModelLen;
+      max_loras = p.maxLoras;
+      adapter_wait = p.adapterWait;
+    } // l.optionalAttrs (p.adapters != { }) {
+      adapters = builtins.mapAttrs (_: renamed adapterFields) p.adapters;
     } // l.optionalAttrs (p.tiers != { }) {
       tiers = builtins.mapAttrs (_: renamed tierFields) p.tiers;
     })
@@ -435,6 +489,10 @@ let
         ttft = timing.ttft;
         tpot = timing.tpot;
         output_tokens = timing.outputTokens;
+      } // l.optionalAttrs (pool.adapters != { }) {
+        # The stub serves the pool's adapters as vLLM would (--lora-modules, --max-loras).
+        lora_modules = builtins.mapAttrs (_: a: a.source) pool.adapters;
+        max_loras = pool.maxLoras;
       };
     };
 

@@ -113,7 +113,18 @@ MERGES = [
      "{ g = t.ssw.gateway.pools.heavy.tiers; r = t.ssw.workers.heavy-0.pools.heavy.priority_reserve; "
      "tenants = t.ssw.gateway.tenants; light = t.ssw.gateway.pools.light ? tiers; worker = t.ssw.workers.heavy-0 ? tenants; }",
      {"g": {"flex": {"max_queue": 100, "min_share": 0.05}}, "r": 0.25,
-      "tenants": {"npc": {"max_tier": "default", "max_concurrent": 50, "tokens_per_day": 1000000}}, "light": False, "worker": False}),
+      "tenants": {"npc": {"max_tier": "default", "max_concurrent": 50, "tokens_per_day": 1000000}}, "light": False, "worker": False}),    ("a pool's LoRA adapters become vLLM's flags, the ssw configs' adapters and the stub's modules",
+     '{ pools.heavy = { maxLoras = 2; adapterWait = "5s"; adapters = { vampire-personality = { source = "/var/lib/ssw/adapters/vp"; rank = 16; }; '
+     'zombie-dialogue = { source = "org/zombie-dialogue"; rank = 32; }; werewolf-goals = { source = "/a/wg"; rank = 8; }; }; }; }',
+     "let r = builtins.head (builtins.filter (r: r.pool == \"heavy\") t.replicas); a = r.vllmArgs; "
+     "at = f: builtins.elemAt a (1 + (builtins.head (builtins.filter (i: builtins.elemAt a i == f) (builtins.genList (i: i) (builtins.length a))))); in "
+     "{ lora = builtins.elem \"--enable-lora\" a; maxLoras = at \"--max-loras\"; rank = at \"--max-lora-rank\"; cpu = at \"--max-cpu-loras\"; "
+     "modules = builtins.filter (x: builtins.match \".*=.*\" x != null) a; "
+     "ssw = t.ssw.gateway.pools.heavy.adapters.zombie-dialogue; wait = t.ssw.workers.heavy-0.pools.heavy.adapter_wait; "
+     "light = builtins.elem \"--enable-lora\" (builtins.head (builtins.filter (r: r.pool == \"light\") t.replicas)).vllmArgs; }",
+     {"lora": True, "maxLoras": "2", "rank": "32", "cpu": "3",
+      "modules": ["vampire-personality=/var/lib/ssw/adapters/vp", "werewolf-goals=/a/wg", "zombie-dialogue=org/zombie-dialogue"],
+      "ssw": {"source": "org/zombie-dialogue", "rank": 32}, "wait": "5s", "light": False}),
 ]
 
 
@@ -148,6 +159,9 @@ BAD = [
     ("unknown scheduling policy", '{ pools.heavy.schedulingPolicy = "lottery"; }', "pools.heavy.schedulingPolicy: must be \"fcfs\" or \"priority\""),
     ("tenant without keys", '{ tenants.npc.requestsPerMinute = 60; }', "tenants.npc.apiKeysFile: is required"),
     ("tenant with an unknown setting", '{ tenants.npc = { apiKeysFile = "/k"; rpm = 60; }; }', "tenants.npc.rpm: unknown setting"),
+    ("adapter with a rank vLLM refuses", '{ pools.heavy.adapters.vp = { source = "/a"; rank = 12; }; }', "pools.heavy.adapters.vp.rank: must be one of vLLM's ranks"),
+    ("adapter with an unknown setting", '{ pools.heavy.adapters.vp = { source = "/a"; rank = 16; alpha = 32; }; }', "pools.heavy.adapters.vp.alpha: unknown setting"),
+    ("adapter named like a pool", '{ pools.heavy.adapters.light = { source = "/a"; rank = 16; }; }', "duplicate model name"),
     ("tenant with an unknown tier", '{ tenants.npc = { apiKeysFile = "/k"; maxTier = "gold"; }; }', "tenants.npc.maxTier: must be one of priority, default, flex"),
     ("tenant keys in the Nix store", '{ tenants.npc.apiKeysFile = ./run.py; }', "tenants.npc.apiKeysFile: must be an absolute path outside the Nix store"),
     ("default tenant with keys of its own", '{ tenants.default.apiKeysFile = "/k"; }', "tenants.default.apiKeysFile: the default tenant's keys are gateway.apiKeysFile"),
