@@ -72,7 +72,11 @@ pub struct StubConfig {
 }
 
 /// Timing-model presets of `ssw stub` (the A40 replicas of the production layout).
-pub const STUB_PRESETS: &[&str] = &["a40-qwen2.5-14b-awq", "a40-qwen3-8b-awq", "a40-qwen2.5-7b-awq"];
+pub const STUB_PRESETS: &[&str] = &[
+    "a40-qwen2.5-14b-awq",
+    "a40-qwen3-8b-awq",
+    "a40-qwen2.5-7b-awq",
+];
 
 impl Default for StubConfig {
     fn default() -> Self {

@@ -128,8 +128,10 @@ local function take(t)
       redis.call('RPUSH', ring, pick)
       owner = pick
     else
-      owner = redis.call('LINDEX', ring, 0)
-      if owner and swaps(owner) and room <= 0 then return nil, '/blocked' end
+      if wait_ms > 0 then
+        local head = redis.call('LINDEX', ring, 0)
+        if head and swaps(head) and room <= 0 then return nil, '/blocked' end
+      end
       owner = redis.call('LMOVE', ring, ring, 'LEFT', 'RIGHT')
     end
     if not owner then return nil end

@@ -249,7 +249,11 @@ pub fn preset(name: &str) -> Option<Model> {
 }
 
 /// Names of the presets.
-pub const PRESETS: &[&str] = &["a40-qwen2.5-14b-awq", "a40-qwen3-8b-awq", "a40-qwen2.5-7b-awq"];
+pub const PRESETS: &[&str] = &[
+    "a40-qwen2.5-14b-awq",
+    "a40-qwen3-8b-awq",
+    "a40-qwen2.5-7b-awq",
+];
 
 #[cfg(test)]
 mod tests {
