@@ -190,6 +190,14 @@ let
             msg = "must be a positive integer";
           })
           poolNames
+        ++ map
+          (p: let c = s.pools.${p}.maxCpuLoras; in {
+            # vLLM refuses --max-cpu-loras below --max-loras.
+            ok = c == null || (builtins.isInt c && c >= s.pools.${p}.maxLoras);
+            path = "pools.${p}.maxCpuLoras";
+            msg = "must be null or an integer of at least maxLoras (${toString s.pools.${p}.maxLoras}), got ${builtins.toJSON c}";
+          })
+          poolNames
         ++ l.concatMap
           (p: l.concatMap
             (a:

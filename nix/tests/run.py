@@ -160,6 +160,7 @@ BAD = [
     ("tenant without keys", '{ tenants.npc.requestsPerMinute = 60; }', "tenants.npc.apiKeysFile: is required"),
     ("tenant with an unknown setting", '{ tenants.npc = { apiKeysFile = "/k"; rpm = 60; }; }', "tenants.npc.rpm: unknown setting"),
     ("adapter with a rank vLLM refuses", '{ pools.heavy.adapters.vp = { source = "/a"; rank = 12; }; }', "pools.heavy.adapters.vp.rank: must be one of vLLM's ranks"),
+    ("CPU cache smaller than the GPU slots", '{ pools.heavy = { maxLoras = 4; maxCpuLoras = 2; }; }', "pools.heavy.maxCpuLoras: must be null or an integer of at least maxLoras"),
     ("adapter with an unknown setting", '{ pools.heavy.adapters.vp = { source = "/a"; rank = 16; alpha = 32; }; }', "pools.heavy.adapters.vp.alpha: unknown setting"),
     ("adapter named like a pool", '{ pools.heavy.adapters.light = { source = "/a"; rank = 16; }; }', "duplicate model name"),
     ("tenant with an unknown tier", '{ tenants.npc = { apiKeysFile = "/k"; maxTier = "gold"; }; }', "tenants.npc.maxTier: must be one of priority, default, flex"),

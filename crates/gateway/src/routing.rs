@@ -344,11 +344,17 @@ impl Router {
     /// Resolves a request: the `x-ssw-pool` header (a pool name) wins, then `model`.
     pub fn resolve(&self, header: Option<&str>, model: Option<&str>) -> Result<Target, RouteError> {
         if let Some(h) = header {
-            return self
+            let pool = self
                 .by_pool_name
                 .get(h.trim())
-                .map(|p| Target::Pool(p.clone()))
-                .ok_or_else(|| RouteError::Unknown(h.to_owned()));
+                .ok_or_else(|| RouteError::Unknown(h.to_owned()))?;
+            // The header names the pool; `model` may still name one of its adapters.
+            return Ok(match model.and_then(|m| self.by_model(m)) {
+                Some(Target::Adapter(p, a)) if Arc::ptr_eq(p, pool) => {
+                    Target::Adapter(p.clone(), a.clone())
+                }
+                _ => Target::Pool(pool.clone()),
+            });
         }
         match model {
             Some(m) => self
@@ -407,6 +413,32 @@ mod tests {
             Target::Route(r) => r,
             Target::Pool(p) | Target::Adapter(p, _) => panic!("pool {}", p.name),
         }
+    }
+
+    #[test]
+    fn an_adapter_named_with_its_pools_header_is_still_the_adapter() {
+        let mut c = config((90, 10));
+        c.pools.get_mut("heavy").unwrap().adapters.insert(
+            "vampire".into(),
+            ssw_config::AdapterConfig {
+                source: "/a".into(),
+                rank: 16,
+            },
+        );
+        let r = Router::new(&c);
+        assert_eq!(
+            pool_name(r.resolve(Some("heavy"), Some("vampire")).unwrap()),
+            "heavy:vampire"
+        );
+        assert_eq!(
+            pool_name(r.resolve(None, Some("heavy:vampire")).unwrap()),
+            "heavy:vampire"
+        );
+        // Another pool's header: that pool, whatever `model` says.
+        assert_eq!(
+            pool_name(r.resolve(Some("light"), Some("vampire")).unwrap()),
+            "light"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@
 -- own, owned by `<tenant>/<adapter>` in the tier's ring. Within the tier the scheduler picked,
 -- the owner taken is, in order: one whose adapter has a job that has waited past the bound
 -- (ARGV[10]; the oldest such, among the first 16 owners of the ring); else the first owner of the
--- ring whose jobs need no swap — the base model, or an adapter resident on this worker's engine
+-- ring (of its first 256) whose jobs need no swap — the base model, or an adapter resident on this worker's engine
 -- (ARGV[9]); else the ring's head, if the engine has room to load its adapter (ARGV[12]: slots
 -- free or holding an adapter with nothing running). An adapter taken becomes resident for the
 -- rest of this PULL, using that room. Without room the tier gives this worker nothing more:
@@ -93,11 +93,11 @@ end
 
 -- The owner of tier t's ring to take from for adapter affinity (nil: the ring's head).
 local function affine(t, ring)
-  local owners = redis.call('LRANGE', ring, 0, 15)
+  local owners = redis.call('LRANGE', ring, 0, 255)
   local starved, since
-  for _, o in ipairs(owners) do
+  for i, o in ipairs(owners) do
     local a = adapter_of(o)
-    if a and not resident[a] then
+    if i <= 16 and a and not resident[a] then
       local head = redis.call('ZRANGE', prefix .. 'lane:' .. t .. ':' .. o, 0, 0, 'WITHSCORES')
       if #head > 0 then
         local ms = math.floor(tonumber(head[2]) / 1000)
@@ -147,10 +147,13 @@ end
 
 local ids = {}
 local taken, mend, of_tenant = {0, 0, 0, 0}, {false, false, false, false}, {}
+-- Tiers whose jobs are all for adapters this engine has no room for: closed for this PULL, their
+-- count and credit kept.
+local blocked = {false, false, false, false}
 while #ids < most do
   local open = {}
   for i = 1, 4 do
-    open[i] = count[i] > 0 and (i == 1 or below > 0)
+    open[i] = count[i] > 0 and not blocked[i] and (i == 1 or below > 0)
     if count[i] <= 0 then credit[i] = 0 end
   end
   local top
@@ -169,8 +172,10 @@ while #ids < most do
   if pick ~= top then credit[pick] = credit[pick] - 1000 end
   local id, tenant = take(tiers[pick])
   if tenant == '/blocked' then
-    -- Its jobs wait for another worker (or the bound): not a stale count.
-    count[pick] = 0
+    -- Its jobs wait for another worker (or the bound): not a stale count, and the pick it
+    -- was owed stays owed.
+    blocked[pick] = true
+    if pick ~= top then credit[pick] = credit[pick] + 1000 end
   elseif id then
     count[pick] = count[pick] - 1
     taken[pick] = taken[pick] + 1

@@ -1751,3 +1751,57 @@ async fn pull_prefers_resident_adapters_and_takes_a_starved_one_first() {
     let got = ids(&r.redis.pull(POOL, "w", policy("b", 20)).await.unwrap());
     assert_eq!(got[0], "late", "{got:?}");
 }
+
+#[tokio::test]
+async fn a_tier_blocked_on_adapters_keeps_its_jobs_and_its_share_for_another_worker() {
+    use ssw_queue::consumer::Adapters;
+    let mut r = rig().await;
+    for i in 0..3 {
+        let mut j = job_for(&format!("z{i}"), Tier::Flex, "t");
+        j.adapter = "z".into();
+        r.enqueue(&j).await;
+    }
+    for i in 0..3 {
+        r.enqueue(&job_for(&format!("p{i}"), Tier::Priority, "t"))
+            .await;
+    }
+    // This worker's engine holds `a` and has no room: the flex jobs are not for it.
+    let full = PullPolicy {
+        adapters: Adapters {
+            resident: "a",
+            wait: Duration::from_secs(60),
+            room: 0,
+        },
+        // Flex earns a pick every second one: it is picked (and found blocked) in this PULL.
+        flex_share: 0.5,
+        ..any(6)
+    };
+    let got = ids(&r.redis.pull(POOL, "w1", full).await.unwrap());
+    assert_eq!(got, ["p0", "p1", "p2"]);
+    let w: Vec<Option<String>> = redis::cmd("HMGET")
+        .arg(r.keys.waiting(POOL))
+        .arg("flex")
+        .arg("credit:flex")
+        .query_async(&mut r.raw)
+        .await
+        .unwrap();
+    assert_eq!(w[0].as_deref(), Some("3"), "still waiting, counted");
+    assert!(
+        w[1].as_deref()
+            .is_some_and(|c| c.parse::<i64>().unwrap() > 0),
+        "flex keeps the share it earned: {w:?}"
+    );
+    // A worker with room takes them.
+    let room = PullPolicy {
+        adapters: Adapters {
+            resident: "",
+            wait: Duration::from_secs(60),
+            room: 1,
+        },
+        ..any(6)
+    };
+    assert_eq!(
+        ids(&r.redis.pull(POOL, "w2", room).await.unwrap()),
+        ["z0", "z1", "z2"]
+    );
+}

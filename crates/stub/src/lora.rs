@@ -139,9 +139,21 @@ impl Lora {
         self.max_loras
     }
 
-    /// Waits until `adapter` holds a slot for this request (swapping it in if needed).
+    /// Waits until `adapter` holds a slot for this request (swapping it in if needed). A request
+    /// whose client leaves while it waits stops counting as waiting.
     pub async fn acquire(self: &Arc<Self>, adapter: &str) -> Held {
-        let mut counted = false;
+        struct Waiting<'a>(&'a Lora, &'a str, bool);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                if self.2 {
+                    let mut s = self.0.lock();
+                    if let Some(n) = s.waiting.get_mut(self.1) {
+                        *n = n.saturating_sub(1);
+                    }
+                }
+            }
+        }
+        let mut counted = Waiting(self, adapter, false);
         loop {
             let freed = self.freed.notified();
             let swap = {
@@ -175,18 +187,21 @@ impl Lora {
                 };
                 match taken {
                     Some(swap) => {
-                        if counted && let Some(n) = s.waiting.get_mut(adapter) {
+                        if counted.2
+                            && let Some(n) = s.waiting.get_mut(adapter)
+                        {
                             *n = n.saturating_sub(1);
                         }
+                        counted.2 = false;
                         if swap {
                             s.swap_ins += 1;
                         }
                         Some(swap)
                     }
                     None => {
-                        if !counted {
+                        if !counted.2 {
                             *s.waiting.entry(adapter.to_owned()).or_default() += 1;
-                            counted = true;
+                            counted.2 = true;
                         }
                         None
                     }

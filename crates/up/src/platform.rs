@@ -460,6 +460,15 @@ impl Platform {
             if let Some(len) = pool.max_model_len {
                 stub.max_model_len = len;
             }
+            // The pool's adapters, as `--lora-modules` and `--max-loras` give them to vLLM.
+            if !pool.adapters.is_empty() && stub.lora_modules.is_empty() {
+                stub.lora_modules = pool
+                    .adapters
+                    .iter()
+                    .map(|(name, a)| (name.clone(), a.source.clone()))
+                    .collect();
+                stub.max_loras = pool.max_loras;
+            }
         }
         let (listener, url) = bind_loopback()?;
         self.spawn_stub_on(replica, stub, listener, url.clone())?;

@@ -235,14 +235,6 @@ pub async fn run(
         }
         return false;
     }
-    // An adapter's job holds its adapter's slot on the engine while it runs: the worker's view
-    // of what the engine holds, and of the room it has for others, for its next pulls.
-    let _adapter = (!job.adapter.is_empty()).then(|| {
-        if !ctx.use_adapter(&job.adapter) {
-            crate::telemetry::adapter_swap(&ctx, &job.adapter);
-        }
-        ctx.adapter_runs(&job.adapter)
-    });
     let started = tokio::time::Instant::now();
     let mut head_sent = false;
     let race = tokio::select! {

@@ -237,8 +237,21 @@ impl Ctx {
             None => false,
         };
         r.push_back(adapter.to_owned());
+        // The engine evicts the least recently used slot with nothing running (as vLLM's and
+        // the stub's do); a running one only when every slot runs.
+        let running = self
+            .adapter_running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         while r.len() > self.max_loras.max(1) as usize {
-            r.pop_front();
+            let idle = r
+                .iter()
+                .take(r.len() - 1)
+                .position(|a| running.get(a).is_none_or(|n| *n == 0));
+            match idle {
+                Some(i) => r.remove(i),
+                None => r.pop_front(),
+            };
         }
         was
     }
@@ -806,6 +819,15 @@ async fn start_jobs(ctx: &Arc<Ctx>, jobs: &TaskTracker, batch: Vec<Pulled>, recl
             attempt = job.attempt,
             outcome = tracing::field::Empty,
         );
+        // An adapter's job holds its adapter's slot on the engine from now until it ends: the
+        // worker's view of what the engine holds, and of its room, for the very next pull.
+        let adapter = (!job.adapter.is_empty()).then(|| {
+            let run = ctx.adapter_runs(&job.adapter);
+            if !ctx.use_adapter(&job.adapter) {
+                telemetry::adapter_swap(ctx, &job.adapter);
+            }
+            run
+        });
         let c = ctx.clone();
         let pulled = job::Pulled {
             entry_id,
@@ -819,6 +841,7 @@ async fn start_jobs(ctx: &Arc<Ctx>, jobs: &TaskTracker, batch: Vec<Pulled>, recl
             async move {
                 let entry = pulled.entry_id.clone();
                 let engine_used = job::run(c.clone(), pulled, verdict, cancel, stop).await;
+                drop(adapter);
                 c.running().remove(&entry);
                 c.inflight.fetch_sub(1, Ordering::SeqCst);
                 if engine_used {
