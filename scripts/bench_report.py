@@ -510,6 +510,7 @@ against this formula under paused time).
 |---|---|---|---|---|---|---|
 | `a40-qwen2.5-14b-awq` | 28 ms | 1.0 ms | 0.35 ms | 64 | 55 000 | 696 |
 | `a40-qwen3-8b-awq` | 16 ms | 0.6 ms | 0.20 ms | 64 | 60 000 | 1 185 |
+| `a40-qwen2.5-7b-awq` (the archetype adapters' base: the 8B figures × 7.6/8.2) | 14.8 ms | 0.56 ms | 0.185 ms | 64 | 64 000 | 1 264 |
 
 What the figures rest on (all are **estimates** until measured on the production host):
 

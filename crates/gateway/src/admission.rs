@@ -565,21 +565,20 @@ pub async fn fast(
     let pushed = state.redis.fast_push(&pool.name, &job).await;
     answer.result = match pushed {
         Ok(true) => match tokio::time::timeout(FAST_TIMEOUT, rx.recv()).await {
-            Ok(Some(crate::replies::Delivery::Event(ReplyEvent::Full {
-                status,
-                worker,
-                body,
-                ..
-            }))) => {
-                answer.worker = worker;
-                Ok((status, body))
-            }
-            Ok(Some(crate::replies::Delivery::Event(ReplyEvent::Fail {
-                status,
-                worker,
-                body,
-                ..
-            }))) => {
+            Ok(Some(crate::replies::Delivery::Event(
+                ReplyEvent::Full {
+                    status,
+                    worker,
+                    body,
+                    ..
+                }
+                | ReplyEvent::Fail {
+                    status,
+                    worker,
+                    body,
+                    ..
+                },
+            ))) => {
                 answer.worker = worker;
                 Ok((status, body))
             }

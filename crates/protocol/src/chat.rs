@@ -600,7 +600,10 @@ impl<'a> ChatRequest<'a> {
             }
             Endpoint::Detokenize => {
                 let ok = get("tokens").is_some_and(|raw| {
-                    serde_json::from_str::<Vec<u32>>(raw.get()).is_ok_and(|t| !t.is_empty())
+                    serde_json::from_str::<Vec<u32>>(raw.get()).is_ok_and(|t| {
+                        // Vocabulary indices: the document says int32.
+                        !t.is_empty() && t.iter().all(|&id| id <= i32::MAX as u32)
+                    })
                 });
                 if !ok {
                     return Err(RequestError::field(

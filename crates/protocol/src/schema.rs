@@ -245,7 +245,7 @@ pub struct TokenizeResponse {
 pub struct DetokenizeRequest {
     /// A pool name, served model name or alias.
     pub model: String,
-    /// Token ids (a vocabulary index: 32 bits).
+    /// Token ids (vocabulary indices, 0 to 2^31 - 1).
     #[schema(min_items = 1)]
     pub tokens: Vec<u32>,
 }

@@ -279,6 +279,39 @@ impl TestPlatform {
         assert_eq!(r.status(), 200);
     }
 
+    /// Sends `n` requests with `body` to `path`, each on its own task, and returns once
+    /// `pool`'s backlog holds them (a pool without workers keeps them waiting).
+    pub async fn hold_in_queue(
+        &self,
+        path: &str,
+        body: &Value,
+        pool: &str,
+        n: usize,
+    ) -> Vec<tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>> {
+        let held = (0..n)
+            .map(|i| {
+                let (http, url, body) = (self.http.clone(), self.url(path), body.to_string());
+                tokio::spawn(async move {
+                    http.post(url)
+                        .header("content-type", "application/json")
+                        .header("x-request-id", format!("wait-{i}"))
+                        .body(body)
+                        .send()
+                        .await
+                })
+            })
+            .collect();
+        Self::eventually(Duration::from_secs(5), "requests queued", || async {
+            let text = self.get_text(&self.url("/readyz")).await;
+            let v: Value = serde_json::from_str(&text).unwrap_or_default();
+            v["pools"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|x| x["pool"] == pool && x["backlog"] == n))
+        })
+        .await;
+        held
+    }
+
     /// Waits until `cond` holds, polling every 50 ms, or panics with `what` after `timeout`.
     pub async fn eventually<F, Fut>(timeout: Duration, what: &str, cond: F)
     where
@@ -320,6 +353,15 @@ pub fn stub_replica(id: &str, pool: &str, stub: StubConfig) -> ReplicaSpec {
 /// A minimal chat body.
 pub fn chat_body(model: &str) -> Value {
     serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hello there"}]})
+}
+
+/// A response's status, headers and body (JSON, or the text as a JSON string).
+pub async fn json_of(r: reqwest::Response) -> (u16, reqwest::header::HeaderMap, Value) {
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap_or_default();
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, headers, v)
 }
 
 /// The JSON `data:` events of an SSE body, and whether it ended with `[DONE]`.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use ssw_config::TenantConfig;
-use ssw_test_support::{TestPlatform, stub_replica};
+use ssw_test_support::{TestPlatform, json_of, stub_replica};
 
 use crate::failures::slow_stub;
 use crate::ssw;
@@ -30,17 +30,6 @@ async fn create(
         r = r.bearer_auth(k);
     }
     r.send().await.unwrap()
-}
-
-async fn json_of(r: reqwest::Response) -> (u16, reqwest::header::HeaderMap, Value) {
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let text = r.text().await.unwrap();
-    (
-        status,
-        headers,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
 }
 
 async fn call(
@@ -416,27 +405,7 @@ async fn responses_share_tiers_queue_bounds_and_cancellation_with_chat() {
         ("bronze", Some("flex"))
     );
     let body = json!({"model": "light", "input": "x"});
-    let waiting: Vec<_> = (0..2)
-        .map(|i| {
-            let (http, url, body) = (p.http.clone(), p.url("/v1/responses"), body.to_string());
-            tokio::spawn(async move {
-                http.post(url)
-                    .header("content-type", "application/json")
-                    .header("x-request-id", format!("wait-{i}"))
-                    .body(body)
-                    .send()
-                    .await
-            })
-        })
-        .collect();
-    TestPlatform::eventually(Duration::from_secs(5), "2 responses queued", || async {
-        let text = p.get_text(&p.url("/readyz")).await;
-        let v: Value = serde_json::from_str(&text).unwrap_or_default();
-        v["pools"]
-            .as_array()
-            .is_some_and(|ps| ps.iter().any(|x| x["pool"] == "light" && x["backlog"] == 2))
-    })
-    .await;
+    let waiting = p.hold_in_queue("/v1/responses", &body, "light", 2).await;
     let (s, h, v) = json_of(create(&p, "third", None, &body).await).await;
     assert_eq!(
         (s, v["error"]["code"].as_str()),

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use ssw_config::StubConfig;
-use ssw_test_support::{TestPlatform, chat_body, stub_replica};
+use ssw_test_support::{TestPlatform, chat_body, json_of, stub_replica};
 
 use crate::failures::slow_stub;
 use crate::ssw;
@@ -23,14 +23,7 @@ async fn post(
         .send()
         .await
         .unwrap();
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let text = r.text().await.unwrap();
-    (
-        status,
-        headers,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    json_of(r).await
 }
 
 #[tokio::test]
@@ -160,6 +153,12 @@ async fn tokenizer_requests_are_checked_at_the_edge() {
         (
             "/detokenize",
             json!({"model": "light", "tokens": []}),
+            400,
+            Some("tokens"),
+        ),
+        (
+            "/detokenize",
+            json!({"model": "light", "tokens": [2_147_483_648_u64]}),
             400,
             Some("tokens"),
         ),
