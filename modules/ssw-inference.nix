@@ -81,7 +81,7 @@ let
       "${s.volumes.hfCache}:/root/.cache/huggingface"
       "${s.volumes.vllmCache}:/root/.cache/vllm"
     ];
-    environment = { VLLM_CACHE_ROOT = "/root/.cache/vllm"; };
+    environment = { VLLM_CACHE_ROOT = "/root/.cache/vllm"; } // r.engineEnvironment;
     environmentFiles = [ engineEnv ] ++ optional (cfg.hfTokenFile != null) cfg.hfTokenFile;
     devices = [ "nvidia.com/gpu=${toString r.gpu}" ];
     extraOptions = [

@@ -43,7 +43,7 @@ let
       environment = {
         HF_TOKEN = "\${HF_TOKEN:-}";
         VLLM_CACHE_ROOT = "/root/.cache/vllm";
-      };
+      } // r.engineEnvironment;
       volumes = [ "hf-cache:/root/.cache/huggingface" "vllm-cache:/root/.cache/vllm" ];
       ports = [ "127.0.0.1:${toString r.port}:8000" ];
       deploy.resources.reservations.devices = [{

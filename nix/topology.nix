@@ -407,6 +407,11 @@ let
           maxInflight = r.maxInflight or (if pool.maxNumSeqs < s.worker.maxInflight then pool.maxNumSeqs else s.worker.maxInflight);
           startAfter = if pos > 0 then builtins.elemAt sameGpu (pos - 1) else null;
           vllmArgs = vllmArgs pool;
+          # A pool with adapters loads more at runtime (`ssw adapters load`): vLLM serves
+          # /v1/load_lora_adapter only with this set (research/next-features-anchors.md §4b).
+          engineEnvironment = l.optionalAttrs (pool.adapters != { }) {
+            VLLM_ALLOW_RUNTIME_LORA_UPDATING = "True";
+          };
         };
       list = builtins.genList (i: one i (builtins.elemAt names i)) (builtins.length names);
     in

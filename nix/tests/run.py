@@ -121,10 +121,12 @@ MERGES = [
      "{ lora = builtins.elem \"--enable-lora\" a; maxLoras = at \"--max-loras\"; rank = at \"--max-lora-rank\"; cpu = at \"--max-cpu-loras\"; "
      "modules = builtins.filter (x: builtins.match \".*=.*\" x != null) a; "
      "ssw = t.ssw.gateway.pools.heavy.adapters.zombie-dialogue; wait = t.ssw.workers.heavy-0.pools.heavy.adapter_wait; "
-     "light = builtins.elem \"--enable-lora\" (builtins.head (builtins.filter (r: r.pool == \"light\") t.replicas)).vllmArgs; }",
+     "light = builtins.elem \"--enable-lora\" (builtins.head (builtins.filter (r: r.pool == \"light\") t.replicas)).vllmArgs; "
+     "env = r.engineEnvironment; }",
      {"lora": True, "maxLoras": "2", "rank": "32", "cpu": "3",
       "modules": ["vampire-personality=/var/lib/ssw/adapters/vp", "werewolf-goals=/a/wg", "zombie-dialogue=org/zombie-dialogue"],
-      "ssw": {"source": "org/zombie-dialogue", "rank": 32}, "wait": "5s", "light": False}),
+      "ssw": {"source": "org/zombie-dialogue", "rank": 32}, "wait": "5s", "light": False,
+      "env": {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}}),
 ]
 
 

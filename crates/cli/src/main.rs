@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod adapters;
 mod bench;
 mod limits;
 mod listen;
@@ -96,6 +97,8 @@ enum Command {
     Status(status::StatusArgs),
     /// Change routes, aliases, request defaults and tenants' limits without a restart.
     Routes(routes::RoutesArgs),
+    /// List, load or unload a pool's LoRA adapters without a restart.
+    Adapters(adapters::AdaptersArgs),
     /// Stop a worker pulling jobs (it finishes what it runs; kept across its restarts).
     Drain(rollout::DrainArgs),
     /// Let a drained worker pull jobs again.
@@ -342,6 +345,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Up(args) => up::run(args).await,
         Command::Status(args) => status::run(args).await,
         Command::Routes(args) => routes::run(args).await,
+        Command::Adapters(args) => adapters::run(args).await,
         Command::Drain(args) => rollout::drain(args).await,
         Command::Resume(args) => rollout::resume(args).await,
         Command::Rollout(args) => rollout::rollout(*args).await,

@@ -150,7 +150,11 @@ pub fn author() -> String {
 }
 
 /// The statuses of `pool`'s live workers (heartbeat within `worker.heartbeat_ttl`).
-async fn live(redis: &Redis, config: &Config, pool: &str) -> anyhow::Result<Vec<WorkerStatus>> {
+pub(crate) async fn live(
+    redis: &Redis,
+    config: &Config,
+    pool: &str,
+) -> anyhow::Result<Vec<WorkerStatus>> {
     let now = ssw_queue::now_ms();
     let ttl = config.worker.heartbeat_ttl.as_millis() as u64;
     Ok(redis

@@ -166,7 +166,7 @@ pub fn connect(config: &Config) -> anyhow::Result<Redis> {
     Ok(Redis::new(&config.redis, password)?)
 }
 
-async fn publish(
+pub(crate) async fn publish(
     redis: &Redis,
     based_on: u64,
     routing: Routing,
@@ -215,7 +215,7 @@ async fn gateways(redis: &Redis) -> anyhow::Result<Vec<(String, GatewayStatus)>>
 }
 
 /// Waits until every live gateway has `version` in force (or refused it).
-async fn wait_for(redis: &Redis, version: u64, wait: Duration) -> anyhow::Result<()> {
+pub(crate) async fn wait_for(redis: &Redis, version: u64, wait: Duration) -> anyhow::Result<()> {
     if wait.is_zero() {
         return Ok(());
     }

@@ -43,6 +43,10 @@ pub struct PoolRouting {
     pub aliases: Vec<String>,
     /// Request fields merged into every request that does not set them.
     pub defaults: Map<String, Value>,
+    /// Its LoRA adapters (absent: the file's; `ssw adapters load` adds one once every engine
+    /// holds it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapters: Option<BTreeMap<String, crate::AdapterConfig>>,
 }
 
 /// A tenant's reloadable settings (as in `[tenants.<name>]`; an unset limit is no limit).
@@ -141,6 +145,7 @@ impl Config {
                         served_model: Some(p.served_model.clone()),
                         aliases: p.aliases.clone(),
                         defaults: p.defaults.clone(),
+                        adapters: Some(p.adapters.clone()),
                     };
                     (name.clone(), r)
                 })
@@ -182,6 +187,9 @@ impl Config {
             }
             p.aliases = r.aliases.clone();
             p.defaults = r.defaults.clone();
+            if let Some(a) = &r.adapters {
+                p.adapters = a.clone();
+            }
         }
         for (name, l) in &routing.tenants {
             let t = c.tenants.get_mut(name).ok_or_else(|| {
@@ -215,6 +223,7 @@ pub fn restart_fields(old: &Config, new: &Config) -> Vec<String> {
             p.served_model.clear();
             p.aliases.clear();
             p.defaults.clear();
+            p.adapters.clear();
         }
         for t in c.tenants.values_mut() {
             let keys = t.api_keys_file.take();

@@ -221,3 +221,89 @@ async fn a_job_for_another_adapter_waits_no_longer_than_the_bound() {
     );
     assert!(queued <= 500 + 300, "past the bound: {queued} ms");
 }
+
+async fn adapters_cli(p: &TestPlatform, args: &[&str]) -> String {
+    let out = tokio::process::Command::new(ssw())
+        .arg("adapters")
+        .arg("--config")
+        .arg(p.platform.dir().join("gateway.toml"))
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ssw adapters {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn an_adapter_loaded_live_is_routed_without_a_restart_and_nothing_fails() {
+    let p =
+        TestPlatform::start_with(ssw(), |s| lora_pool(s, 2, 20, Duration::from_secs(2), 8)).await;
+    // Traffic on an adapter the pool had from the start, throughout.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..2)
+        .map(|c| {
+            let (http, url, stop) = (p.http.clone(), p.url("/v1/chat/completions"), stop.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed, mut i) = (0, 0, 0);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let b = body(ADAPTERS[0], c * 10_000 + i).to_string();
+                    let r = http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(b)
+                        .send()
+                        .await;
+                    match r {
+                        Ok(r) if r.status() == 200 => ok += 1,
+                        _ => failed += 1,
+                    }
+                    i += 1;
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let new = "werewolf-goal-prioritisation";
+    assert_eq!(p.chat(&body(new, 0)).await.status(), 404, "not routed yet");
+    let said = adapters_cli(
+        &p,
+        &["load", "--pool", "heavy", new, "--source", "/adapters/wgp"],
+    )
+    .await;
+    assert!(
+        said.contains("engine of heavy-0: werewolf-goal-prioritisation loaded"),
+        "{said}"
+    );
+    assert!(said.contains("have version 1 in force"), "{said}");
+    let r = p.chat(&body(new, 1)).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(v["model"], new, "the engine served the new adapter: {v}");
+    let listed = adapters_cli(&p, &["list", "--pool", "heavy"]).await;
+    assert!(
+        listed.lines().filter(|l| l.contains(new)).count() >= 2,
+        "routed and held: {listed}"
+    );
+    let said = adapters_cli(&p, &["unload", "--pool", "heavy", new]).await;
+    assert!(said.contains("unloaded"), "{said}");
+    assert_eq!(
+        p.chat(&body(new, 2)).await.status(),
+        404,
+        "no longer routed"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, 0);
+    for c in clients {
+        let (o, f) = c.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    eprintln!("{ok} requests during the live load and unload, {failed} failed");
+    assert!(ok > 10, "{ok}");
+    assert_eq!(failed, 0);
+}
