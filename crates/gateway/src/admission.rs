@@ -12,7 +12,6 @@ use axum::http::HeaderMap;
 use ssw_protocol::chat::{ChatRequest, quote};
 use ssw_protocol::error::ErrorCode;
 use ssw_protocol::job::Job;
-use ssw_protocol::reply::ReplyEvent;
 use ssw_protocol::tier::Tier;
 use ssw_queue::QueueError;
 use ssw_queue::producer::{Enqueued, Lane, QueueLimits};
@@ -563,29 +562,22 @@ pub async fn fast(
     // Listening before the push: the answer may come at once.
     let mut rx = state.replies.register(&job.id, pool.name.clone());
     let pushed = state.redis.fast_push(&pool.name, &job).await;
+    let lost = || {
+        ApiError::new(
+            ErrorCode::UpstreamError,
+            "the answer was lost on the way; retry",
+        )
+    };
     answer.result = match pushed {
         Ok(true) => match tokio::time::timeout(FAST_TIMEOUT, rx.recv()).await {
-            Ok(Some(crate::replies::Delivery::Event(
-                ReplyEvent::Full {
-                    status,
-                    worker,
-                    body,
-                    ..
+            Ok(Some(crate::replies::Delivery::Event(ev))) => match ev.into_answer() {
+                Ok((status, worker, body)) => {
+                    answer.worker = worker;
+                    Ok((status, body))
                 }
-                | ReplyEvent::Fail {
-                    status,
-                    worker,
-                    body,
-                    ..
-                },
-            ))) => {
-                answer.worker = worker;
-                Ok((status, body))
-            }
-            Ok(_) => Err(ApiError::new(
-                ErrorCode::UpstreamError,
-                "the answer was lost on the way; retry",
-            )),
+                Err(_) => Err(lost()),
+            },
+            Ok(_) => Err(lost()),
             Err(_) => Err(ApiError::new(
                 ErrorCode::QueueTimeout,
                 format!(

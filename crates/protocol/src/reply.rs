@@ -112,6 +112,25 @@ impl ReplyEvent {
             _ => None,
         }
     }
+
+    /// A complete answer's status, worker and body (`Full` or `Fail`); any other event back.
+    pub fn into_answer(self) -> Result<(u16, String, Vec<u8>), Self> {
+        match self {
+            Self::Full {
+                status,
+                worker,
+                body,
+                ..
+            }
+            | Self::Fail {
+                status,
+                worker,
+                body,
+                ..
+            } => Ok((status, worker, body)),
+            other => Err(other),
+        }
+    }
 }
 
 impl Reply {

@@ -259,6 +259,10 @@ impl Ctx {
     /// The adapters resident on the engine, comma-separated, and how many more it could load
     /// now (free slots, and slots whose adapter has nothing running): PULL's view.
     pub fn adapter_view(&self) -> (String, u32) {
+        if self.adapter_wait.is_zero() {
+            // No adapters: PULL ignores the view (nothing to build per pull).
+            return (String::new(), 0);
+        }
         let r = self.resident.lock().unwrap_or_else(|p| p.into_inner());
         let running = self
             .adapter_running

@@ -223,20 +223,9 @@ async fn a_job_for_another_adapter_waits_no_longer_than_the_bound() {
 }
 
 async fn adapters_cli(p: &TestPlatform, args: &[&str]) -> String {
-    let out = tokio::process::Command::new(ssw())
-        .arg("adapters")
-        .arg("--config")
-        .arg(p.platform.dir().join("gateway.toml"))
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ssw adapters {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let config = p.platform.dir().join("gateway.toml");
+    let head = ["adapters", "--config", config.to_str().unwrap()];
+    crate::ssw_ok(head.iter().chain(args)).await
 }
 
 #[tokio::test]

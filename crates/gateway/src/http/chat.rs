@@ -170,20 +170,9 @@ fn set_header(resp: &mut Response, name: &axum::http::HeaderName, value: &str) {
 /// any other event is unexpected here.
 async fn worker_response(ticket: &mut Ticket, event: ReplyEvent, answer: &Answer) -> Response {
     let code = event.error_code();
-    let (status, worker, body) = match event {
-        ReplyEvent::Full {
-            status,
-            worker,
-            body,
-            ..
-        }
-        | ReplyEvent::Fail {
-            status,
-            worker,
-            body,
-            ..
-        } => (status, worker, body),
-        other => return unexpected(ticket, other.kind()),
+    let (status, worker, body) = match event.into_answer() {
+        Ok(answer) => answer,
+        Err(other) => return unexpected(ticket, other.kind()),
     };
     ticket.finish();
     ticket.record(status, code.map_or("ok", ErrorCode::as_str));
