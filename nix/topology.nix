@@ -102,7 +102,7 @@ let
     tokensPerDay = "tokens_per_day";
   };
   routeFields = { variants = "variants"; sticky = "sticky"; salt = "salt"; shadow = "shadow"; guard = "guard"; };
-  variantFields = { pool = "pool"; weight = "weight"; name = "name"; };
+  variantFields = { pool = "pool"; adapter = "adapter"; weight = "weight"; name = "name"; };
   shadowFields = { pool = "pool"; share = "share"; };
   guardFields = {
     maxErrorRate = "max_error_rate";
@@ -301,6 +301,11 @@ let
                 path = "routes.${n}.variants.${toString i}.pool";
                 msg = "unknown pool ${builtins.toJSON (v.pool or null)} (pools: ${builtins.concatStringsSep ", " poolNames})";
               }
+              (let known = if builtins.isAttrs v && builtins.isString (v.pool or null) then builtins.attrNames ((s.pools.${v.pool} or { }).adapters or { }) else [ ]; in {
+                ok = !(builtins.isAttrs v && v ? adapter) || builtins.elem v.adapter known;
+                path = "routes.${n}.variants.${toString i}.adapter";
+                msg = "pool ${builtins.toJSON (v.pool or null)} has no adapter ${builtins.toJSON (v.adapter or null)} (adapters: ${builtins.concatStringsSep ", " known})";
+              })
             ] ++ sub "routes.${n}.variants.${toString i}" variantFields v)
             (if builtins.isList variants then variants else [ ]))
           ++ (if !(r ? shadow) then [ ] else [

@@ -127,6 +127,10 @@ MERGES = [
       "modules": ["vampire-personality=/var/lib/ssw/adapters/vp", "werewolf-goals=/a/wg", "zombie-dialogue=org/zombie-dialogue"],
       "ssw": {"source": "org/zombie-dialogue", "rank": 32}, "wait": "5s", "light": False,
       "env": {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}}),
+    ("a route's variant may be an adapter of its pool",
+     '{ pools.heavy.adapters.vp = { source = "/a"; rank = 16; }; routes.vp-ab.variants = [ { pool = "heavy"; weight = 9; } { pool = "heavy"; adapter = "vp"; weight = 1; } ]; }',
+     "t.ssw.gateway.routes.vp-ab.variants",
+     [{"pool": "heavy", "weight": 9}, {"pool": "heavy", "adapter": "vp", "weight": 1}]),
 ]
 
 
@@ -164,6 +168,7 @@ BAD = [
     ("adapter with a rank vLLM refuses", '{ pools.heavy.adapters.vp = { source = "/a"; rank = 12; }; }', "pools.heavy.adapters.vp.rank: must be one of vLLM's ranks"),
     ("CPU cache smaller than the GPU slots", '{ pools.heavy = { maxLoras = 4; maxCpuLoras = 2; }; }', "pools.heavy.maxCpuLoras: must be null or an integer of at least maxLoras"),
     ("adapter with an unknown setting", '{ pools.heavy.adapters.vp = { source = "/a"; rank = 16; alpha = 32; }; }', "pools.heavy.adapters.vp.alpha: unknown setting"),
+    ("route variant naming an adapter its pool lacks", '{ pools.heavy.adapters.vp = { source = "/a"; rank = 16; }; routes.r.variants = [ { pool = "heavy"; weight = 1; } { pool = "light"; adapter = "vp"; weight = 1; } ]; }', "routes.r.variants.1.adapter: pool \"light\" has no adapter \"vp\""),
     ("adapter named like a pool", '{ pools.heavy.adapters.light = { source = "/a"; rank = 16; }; }', "duplicate model name"),
     ("tenant with an unknown tier", '{ tenants.npc = { apiKeysFile = "/k"; maxTier = "gold"; }; }', "tenants.npc.maxTier: must be one of priority, default, flex"),
     ("tenant keys in the Nix store", '{ tenants.npc.apiKeysFile = ./run.py; }', "tenants.npc.apiKeysFile: must be an absolute path outside the Nix store"),

@@ -48,7 +48,11 @@ pub struct VariantConfig {
     pub pool: String,
     /// Its share, relative to the other variants' weights (0: no new users).
     pub weight: u32,
-    /// Its name in headers, logs and metrics; default the pool's name.
+    /// One of the pool's LoRA adapters, which then serves the variant (an archetype's new
+    /// adapter tried on a share of its NPCs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
+    /// Its name in headers, logs and metrics; default the adapter's name, else the pool's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 }
@@ -56,7 +60,10 @@ pub struct VariantConfig {
 impl VariantConfig {
     /// The variant's name.
     pub fn name(&self) -> &str {
-        self.name.as_deref().unwrap_or(&self.pool)
+        self.name
+            .as_deref()
+            .or(self.adapter.as_deref())
+            .unwrap_or(&self.pool)
     }
 }
 
@@ -224,8 +231,16 @@ pub(crate) fn validate(
         let mut names = std::collections::BTreeSet::new();
         for (i, v) in route.variants.iter().enumerate() {
             let at = |f: &str| format!("routes.{name}.variants[{i}].{f}");
-            if !pools.contains_key(&v.pool) {
+            let Some(pool) = pools.get(&v.pool) else {
                 return Err(invalid(at("pool"), format!("no pool `{}`", v.pool)));
+            };
+            if let Some(a) = &v.adapter
+                && !pool.adapters.contains_key(a)
+            {
+                return Err(invalid(
+                    at("adapter"),
+                    format!("pool `{}` has no adapter `{a}`", v.pool),
+                ));
             }
             if !valid_name(v.name()) || v.name() == "shadow" {
                 return Err(invalid(
@@ -308,6 +323,7 @@ mod tests {
                 .map(|(i, &weight)| VariantConfig {
                     pool: "heavy".into(),
                     weight,
+                    adapter: None,
                     name: Some(format!("v{i}")),
                 })
                 .collect(),

@@ -125,7 +125,7 @@ impl Routing {
             invalid(
                 "(routing document)",
                 format!(
-                    "{e}\n(a routing document holds routes, pools' served models, aliases and defaults, and tenants' tiers and limits; other settings need a restart)"
+                    "{e}\n(a routing document holds routes, pools' served models, aliases, defaults and adapters, and tenants' tiers and limits; other settings need a restart)"
                 ),
             )
         })
@@ -307,6 +307,19 @@ mod tests {
             (None, Some(1000))
         );
         assert!(npc.api_keys_file.is_some(), "keys stay the file's");
+        // A variant may be an adapter the same document gives its pool.
+        let doc = Routing::parse(
+            r#"
+            [pools.heavy.adapters.vampire]
+            source = "/adapters/vampire"
+            rank = 16
+            [routes.vampire-ab]
+            variants = [{ pool = "heavy", weight = 1 }, { pool = "heavy", adapter = "vampire", weight = 1 }]
+            "#,
+        )
+        .unwrap();
+        let c = base().with_routing(&doc).unwrap();
+        assert_eq!(c.routes["vampire-ab"].variants[1].name(), "vampire");
         // The round trip: a config's own routing applies to it unchanged.
         assert_eq!(base().with_routing(&base().routing()).unwrap(), base());
     }
@@ -328,6 +341,10 @@ mod tests {
             ),
             ("[pools.medium]\naliases = []", "pools.medium"),
             ("[tenants.other]\nmax_concurrent = 1", "tenants.other"),
+            (
+                "[routes.r]\nvariants = [{ pool = \"heavy\", adapter = \"vampire\", weight = 1 }]",
+                "routes.r.variants[0].adapter",
+            ),
         ];
         for (text, field) in cases {
             let doc = Routing::parse(text).unwrap();

@@ -429,7 +429,7 @@ fn route(
             };
             Ok(Routed {
                 pool: variant.pool.clone(),
-                adapter: None,
+                adapter: variant.adapter.clone(),
                 labels,
                 guarded: route.guard.is_some(),
                 shadow: route.shadowed().cloned(),

@@ -112,6 +112,8 @@ pub struct Variant {
     pub name: Arc<str>,
     /// The pool serving it.
     pub pool: Arc<Pool>,
+    /// The pool's LoRA adapter serving it, if any.
+    pub adapter: Option<Arc<str>>,
     /// Its weight as configured.
     pub weight: u32,
     /// Its buckets, `[start, end)`.
@@ -130,6 +132,7 @@ impl Route {
                 .map(|(v, range)| Variant {
                     name: Arc::from(v.name()),
                     pool: pools[&v.pool].clone(),
+                    adapter: v.adapter.as_deref().map(Arc::from),
                     weight: v.weight,
                     range,
                 })
@@ -380,6 +383,7 @@ mod tests {
         let variant = |pool: &str, weight| VariantConfig {
             pool: pool.into(),
             weight,
+            adapter: None,
             name: None,
         };
         c.routes.insert(

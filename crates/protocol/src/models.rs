@@ -64,6 +64,9 @@ pub struct VariantCard {
     pub name: String,
     /// The pool serving it.
     pub pool: String,
+    /// The pool's LoRA adapter serving it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
     /// Its weight.
     pub weight: u32,
 }

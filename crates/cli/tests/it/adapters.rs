@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use ssw_config::{AdapterConfig, StubConfig};
+use ssw_config::route::VariantConfig;
+use ssw_config::{AdapterConfig, RouteConfig, StubConfig};
 use ssw_test_support::ssw_up::platform::PlatformSpec;
 use ssw_test_support::{TestPlatform, chat_body, metric, stub_replica};
 
@@ -63,8 +64,30 @@ fn body(model: &str, i: usize) -> Value {
 
 #[tokio::test]
 async fn an_adapter_is_a_model_of_its_pool_and_the_engine_is_told_its_name() {
-    let p =
-        TestPlatform::start_with(ssw(), |s| lora_pool(s, 2, 5, Duration::from_secs(2), 4)).await;
+    let p = TestPlatform::start_with(ssw(), |s| {
+        lora_pool(s, 2, 5, Duration::from_secs(2), 4);
+        // An archetype's new adapter tried on half of its NPCs.
+        let variant = |adapter: &str, name: Option<&str>| VariantConfig {
+            pool: "heavy".into(),
+            adapter: Some(adapter.into()),
+            weight: 1,
+            name: name.map(str::to_owned),
+        };
+        s.config.routes.insert(
+            "vampire-ab".into(),
+            RouteConfig {
+                variants: vec![
+                    variant(ADAPTERS[0], None),
+                    variant(ADAPTERS[1], Some("candidate")),
+                ],
+                sticky: ssw_config::route::default_sticky(),
+                salt: None,
+                shadow: None,
+                guard: None,
+            },
+        );
+    })
+    .await;
     for model in ["vampire-personality", "heavy:zombie-dialogue"] {
         let r = p
             .post_with_id(
@@ -105,6 +128,22 @@ async fn an_adapter_is_a_model_of_its_pool_and_the_engine_is_told_its_name() {
             .iter()
             .any(|c| c["id"] == "heavy" && c.get("parent").is_none())
     );
+    let route = cards.iter().find(|c| c["id"] == "vampire-ab").unwrap();
+    assert_eq!(route["variants"][1]["adapter"], ADAPTERS[1], "{route}");
+    // A route's variant that is an adapter: its users' requests reach the engine as it.
+    let mut served = std::collections::BTreeMap::new();
+    for i in 0..16 {
+        let mut b = body("vampire-ab", i);
+        b["user"] = json!(format!("npc-{i}"));
+        let r = p.chat(&b).await;
+        assert_eq!(r.status(), 200);
+        let variant = r.headers()["x-ssw-variant"].to_str().unwrap().to_owned();
+        let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        let want = if variant == "candidate" { ADAPTERS[1] } else { ADAPTERS[0] };
+        assert_eq!(v["model"], want, "variant {variant}: {v}");
+        *served.entry(variant).or_insert(0) += 1;
+    }
+    assert_eq!(served.len(), 2, "both variants served: {served:?}");
 }
 
 /// Sends 2 × `per` requests alternating two adapters while the engine is busy, and returns

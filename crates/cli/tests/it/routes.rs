@@ -19,6 +19,7 @@ fn route(heavy: u32, light: u32) -> RouteConfig {
     let variant = |pool: &str, weight| VariantConfig {
         pool: pool.into(),
         weight,
+        adapter: None,
         name: None,
     };
     RouteConfig {

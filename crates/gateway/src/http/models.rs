@@ -82,7 +82,10 @@ fn route_card(state: &AppState, route: &Route) -> ModelCard {
         object: "model".into(),
         created: state.started_s,
         owned_by: "ssw".into(),
-        root: route.variants[0].pool.served_model.clone(),
+        root: match &route.variants[0].adapter {
+            Some(a) => a.to_string(),
+            None => route.variants[0].pool.served_model.clone(),
+        },
         aliases: Vec::new(),
         max_model_len: route
             .variants
@@ -96,6 +99,7 @@ fn route_card(state: &AppState, route: &Route) -> ModelCard {
             .map(|v| VariantCard {
                 name: v.name.to_string(),
                 pool: v.pool.name.to_string(),
+                adapter: v.adapter.as_deref().map(str::to_owned),
                 weight: v.weight,
             })
             .collect(),
