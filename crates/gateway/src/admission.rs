@@ -110,7 +110,6 @@ pub async fn admit(
     let routing = state.routing();
     let Routed {
         pool,
-        adapter,
         labels,
         guarded,
         shadow,
@@ -192,10 +191,14 @@ pub async fn admit(
         tier,
         tenant: tenant.to_owned(),
         endpoint,
-        adapter: adapter.as_deref().unwrap_or_default().to_owned(),
+        adapter: labels.adapter.to_string(),
         // An adapter's requests name it: the engines serve it under that name.
         body: req.into_engine_body(
-            adapter.as_deref().unwrap_or(&pool.served_model),
+            if labels.adapter.is_empty() {
+                &pool.served_model
+            } else {
+                &labels.adapter
+            },
             &pool.defaults,
             priority,
         ),
@@ -340,9 +343,8 @@ fn tier(
 struct Routed {
     /// The pool that serves it.
     pool: Arc<Pool>,
-    /// The LoRA adapter it asks for, if any.
-    adapter: Option<Arc<str>>,
-    /// Its route and variant (empty: a pool by name).
+    /// Its route and variant (empty: a pool by name), and the LoRA adapter it asks for
+    /// (empty: none).
     labels: RouteLabels,
     /// Its route has a guard (which counts its outcome).
     guarded: bool,
@@ -408,15 +410,16 @@ fn route(
     match routing.router.resolve(header, req.model.as_deref()) {
         Ok(Target::Pool(pool)) => Ok(Routed {
             pool,
-            adapter: None,
             labels: RouteLabels::default(),
             guarded: false,
             shadow: None,
         }),
         Ok(Target::Adapter(pool, adapter)) => Ok(Routed {
             pool,
-            adapter: Some(adapter),
-            labels: RouteLabels::default(),
+            labels: RouteLabels {
+                adapter,
+                ..RouteLabels::default()
+            },
             guarded: false,
             shadow: None,
         }),
@@ -426,10 +429,10 @@ fn route(
             let labels = RouteLabels {
                 route: route.name.clone(),
                 variant: variant.name.clone(),
+                adapter: variant.adapter.clone().unwrap_or_default(),
             };
             Ok(Routed {
                 pool: variant.pool.clone(),
-                adapter: variant.adapter.clone(),
                 labels,
                 guarded: route.guard.is_some(),
                 shadow: route.shadowed().cloned(),

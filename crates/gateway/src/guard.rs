@@ -381,6 +381,7 @@ mod tests {
         let labels = RouteLabels {
             route: "r".into(),
             variant: "v".into(),
+            adapter: "".into(),
         };
         for i in 0..requests {
             let status = if i < errors { 502 } else { 200 };

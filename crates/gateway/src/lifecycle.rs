@@ -333,7 +333,7 @@ impl Ticket {
         let claimed = |t: &mut Timing, worker: &str, claimed_ms: u64| {
             let queued = Duration::from_millis(claimed_ms.saturating_sub(enqueued_ms));
             t.queued = Some(queued);
-            crate::metrics::queue_wait(pool, tier, queued);
+            crate::metrics::queue_wait(pool, route, tier, queued);
             span.record("worker", worker);
             tracing::debug!(parent: span, queue_ms = queued.as_millis() as u64, "claimed");
         };

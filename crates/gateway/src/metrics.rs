@@ -18,6 +18,9 @@ pub struct RouteLabels {
     pub route: std::sync::Arc<str>,
     /// The variant's name.
     pub variant: std::sync::Arc<str>,
+    /// The LoRA adapter asked for (empty: the pool's base model). Not a label of the route's
+    /// metrics: the adapter metrics' (bounded by the routed adapters).
+    pub adapter: std::sync::Arc<str>,
 }
 
 /// Counts a request answered (`code` is `ok` or an error code).
@@ -38,6 +41,15 @@ pub fn request_done(
         "code" => code,
     )
     .increment(1);
+    if !route.adapter.is_empty() {
+        metrics::counter!(
+            names::GATEWAY_ADAPTER_REQUESTS,
+            "pool" => pool.to_owned(),
+            "adapter" => route.adapter.to_string(),
+            "code" => code,
+        )
+        .increment(1);
+    }
     // A shadow copy refused or shed is no client's refusal (ssw_gateway_shadow_dropped_total).
     if &*route.variant == crate::shadow::SHADOW_VARIANT {
         return;
@@ -143,9 +155,17 @@ fn stream_label(stream: bool) -> &'static str {
 }
 
 /// Time a job waited for a worker.
-pub fn queue_wait(pool: &str, tier: Tier, d: Duration) {
+pub fn queue_wait(pool: &str, route: &RouteLabels, tier: Tier, d: Duration) {
     metrics::histogram!(names::GATEWAY_QUEUE_WAIT, "pool" => pool.to_owned(), "tier" => tier.as_str())
         .record(d.as_secs_f64());
+    if !route.adapter.is_empty() {
+        metrics::histogram!(
+            names::GATEWAY_ADAPTER_QUEUE_WAIT,
+            "pool" => pool.to_owned(),
+            "adapter" => route.adapter.to_string(),
+        )
+        .record(d.as_secs_f64());
+    }
 }
 
 /// Time to first token (streaming) or to the answer (non-streaming).
@@ -193,6 +213,20 @@ pub fn tokens(pool: &str, route: &RouteLabels, usage: Usage) {
     ];
     metrics::counter!(names::GATEWAY_PROMPT_TOKENS, &labels).increment(usage.prompt_tokens);
     metrics::counter!(names::GATEWAY_COMPLETION_TOKENS, &labels).increment(usage.completion_tokens);
+    if !route.adapter.is_empty() {
+        for (kind, n) in [
+            ("prompt", usage.prompt_tokens),
+            ("completion", usage.completion_tokens),
+        ] {
+            metrics::counter!(
+                names::GATEWAY_ADAPTER_TOKENS,
+                "pool" => pool.to_owned(),
+                "adapter" => route.adapter.to_string(),
+                "kind" => kind,
+            )
+            .increment(n);
+        }
+    }
 }
 
 /// Samples every pool's queue and workers every `interval` (one task per gateway, so the cost

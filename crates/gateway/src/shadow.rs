@@ -89,6 +89,7 @@ pub async fn run(state: AppState, copy: Copy) {
     let labels = RouteLabels {
         route: route.clone(),
         variant: SHADOW_VARIANT.into(),
+        adapter: "".into(),
     };
     ticket.routed(labels, false);
     let limits = QueueLimits {

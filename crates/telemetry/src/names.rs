@@ -92,6 +92,12 @@ metrics! {
     GATEWAY_PROMPT_TOKENS = "ssw_gateway_prompt_tokens_total", Counter, ["pool", "route", "variant"], "Prompt tokens, from the engines' usage reports. Routed requests carry route and variant (empty for a request sent to a pool by name; variant shadow for a route's shadow copies).";
     /// Completion tokens.
     GATEWAY_COMPLETION_TOKENS = "ssw_gateway_completion_tokens_total", Counter, ["pool", "route", "variant"], "Completion tokens, from the engines' usage reports (streams need stream_options.include_usage). Routed requests carry route and variant (empty for a request sent to a pool by name; variant shadow for a route's shadow copies).";
+    /// Requests for a LoRA adapter.
+    GATEWAY_ADAPTER_REQUESTS = "ssw_gateway_adapter_requests_total", Counter, ["pool", "adapter", "code"], "Requests for a pool's LoRA adapter (by name, as a route's variant, or with x-ssw-pool), by outcome (code: ok or an error code). Adapters are the routed ones (configuration and routing versions).";
+    /// Tokens of a LoRA adapter's answers.
+    GATEWAY_ADAPTER_TOKENS = "ssw_gateway_adapter_tokens_total", Counter, ["pool", "adapter", "kind"], "Tokens of a LoRA adapter's requests, from the engines' usage reports (kind: prompt or completion).";
+    /// Queue wait of a LoRA adapter's jobs.
+    GATEWAY_ADAPTER_QUEUE_WAIT = "ssw_gateway_adapter_queue_wait_seconds", Histogram, ["pool", "adapter"], "Time a LoRA adapter's job waited in the queue before a worker claimed it (adapter-aware pulling holds back adapters the engines do not hold, up to pools.<p>.adapter_wait).";
 
     /// Jobs waiting.
     QUEUE_BACKLOG = "ssw_queue_backlog", Gauge, ["pool"], "Jobs waiting for a worker (sampled by each gateway).";

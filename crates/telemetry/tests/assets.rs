@@ -160,6 +160,8 @@ fn dashboard_has_the_panels_operators_need() {
         "kv-cache",
         "queue memory",
         "job outcomes",
+        "lora adapters: requests",
+        "lora adapters: queue wait",
     ] {
         assert!(
             titles.iter().any(|t| t.contains(needed)),

@@ -144,6 +144,28 @@ async fn an_adapter_is_a_model_of_its_pool_and_the_engine_is_told_its_name() {
         *served.entry(variant).or_insert(0) += 1;
     }
     assert_eq!(served.len(), 2, "both variants served: {served:?}");
+    // Metrics by adapter: requests however the adapter was named, tokens, queue wait; an
+    // unknown name is no adapter's.
+    let m = p.get_text(&p.url("/metrics")).await;
+    let of = |name: &str, labels: &[(&str, &str)]| metric(&m, name, labels).unwrap_or(0.0);
+    let requests = "ssw_gateway_adapter_requests_total";
+    assert_eq!(of(requests, &[("code", "ok")]), 18.0, "{m}");
+    assert_eq!(of(requests, &[("adapter", "zombie-dialogue"), ("pool", "heavy")]), 1.0);
+    assert_eq!(
+        of(requests, &[("adapter", ADAPTERS[0])]) + of(requests, &[("adapter", ADAPTERS[1])]),
+        17.0
+    );
+    assert_eq!(metric(&m, requests, &[("adapter", "werewolf-personality")]), None);
+    let tokens = |kind| {
+        of(
+            "ssw_gateway_adapter_tokens_total",
+            &[("adapter", "zombie-dialogue"), ("kind", kind)],
+        )
+    };
+    assert!(tokens("prompt") > 0.0 && tokens("completion") > 0.0, "{m}");
+    let waits = "ssw_gateway_adapter_queue_wait_seconds_count";
+    assert_eq!(of(waits, &[("adapter", "zombie-dialogue")]), 1.0);
+    assert_eq!(of(waits, &[]), 18.0);
 }
 
 /// Sends 2 × `per` requests alternating two adapters while the engine is busy, and returns
