@@ -351,7 +351,7 @@ impl EngineClient {
     /// The engine's served model, if it is healthy and says.
     async fn model(&self) -> Result<ssw_worker::engine::ServedModel, String> {
         self.0.health(CALL).await?;
-        self.0.served_model(CALL).await
+        self.0.served_model(CALL).await.map(|(m, _)| m)
     }
 
     /// One POST; an error names `what`, and `on_404` says what a 404 means.

@@ -139,6 +139,30 @@ fn thousandths(share: f64) -> u64 {
     (share.clamp(0.0, 1.0) * 1000.0).round() as u64
 }
 
+/// What one PULL found.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// The jobs it handed this worker.
+    pub jobs: Vec<Pulled>,
+    /// It took nothing because the jobs this worker may take are all for adapters its engine
+    /// has no room for: wait for room (one of its adapters' jobs ending), not for new jobs.
+    pub held_back: bool,
+}
+
+/// Decodes PULL's answer: its entries, or 1 (held back).
+fn batch(v: Value) -> Result<Batch, QueueError> {
+    if v == Value::Int(1) {
+        return Ok(Batch {
+            jobs: Vec::new(),
+            held_back: true,
+        });
+    }
+    Ok(Batch {
+        jobs: pulled(resp::entries(v)?),
+        held_back: false,
+    })
+}
+
 /// One reclaim scan's bounds (RECLAIM).
 #[derive(Debug, Clone, Copy)]
 pub struct ReclaimScan<'a> {
@@ -187,12 +211,14 @@ impl Redis {
         }
     }
 
+    /// `after_wait`: the PULL follows a wait for a token (`Some`), which took tokens of
+    /// `wake:any` (`Some(true)`).
     fn pull_invocation(
         &self,
         pool: &str,
         consumer: &str,
         policy: PullPolicy<'_>,
-        after_wait: bool,
+        after_wait: Option<bool>,
     ) -> ScriptInvocation<'static> {
         let keys = self.keys();
         let mut inv = PULL.prepare_invoke();
@@ -205,11 +231,12 @@ impl Redis {
             .arg(keys.pool_prefix(pool))
             .arg(thousandths(policy.default_share))
             .arg(thousandths(policy.flex_share))
-            .arg(if after_wait { "1" } else { "0" })
+            .arg(if after_wait.is_some() { "1" } else { "0" })
             .arg(policy.adapters.resident)
             .arg(policy.adapters.wait.as_millis() as u64)
             .arg(crate::now_ms())
-            .arg(policy.adapters.room);
+            .arg(policy.adapters.room)
+            .arg(if after_wait == Some(true) { "1" } else { "0" });
         inv
     }
 
@@ -221,10 +248,20 @@ impl Redis {
         consumer: &str,
         policy: PullPolicy<'_>,
     ) -> Result<Vec<Pulled>, QueueError> {
+        Ok(self.pull_batch(pool, consumer, policy).await?.jobs)
+    }
+
+    /// [`Redis::pull`], saying whether jobs were held back for want of adapter room.
+    pub async fn pull_batch(
+        &self,
+        pool: &str,
+        consumer: &str,
+        policy: PullPolicy<'_>,
+    ) -> Result<Batch, QueueError> {
         let v: Value = self
-            .script(&self.pull_invocation(pool, consumer, policy, false))
+            .script(&self.pull_invocation(pool, consumer, policy, None))
             .await?;
-        Ok(pulled(resp::entries(v)?))
+        batch(v)
     }
 
     fn wake_keys(&self, pool: &str, consumer: &str, priority_only: bool) -> Vec<String> {
@@ -257,26 +294,30 @@ impl Redis {
         Ok(!matches!(v, Value::Nil))
     }
 
-    /// [`Redis::wait_for_work`] and then [`Redis::pull`] in one pipeline: the PULL runs in
-    /// Redis the moment the wait ends, so a job that wakes an idle worker costs no further
-    /// round trip. The PULL's script must be loaded (the worker's plain pulls load it); a
-    /// NOSCRIPT error (Redis restarted) is returned like any error.
+    /// [`Redis::wait_for_work`] and then [`Redis::pull_batch`] in one pipeline: the PULL runs
+    /// in Redis the moment the wait ends, so a job that wakes an idle worker costs no further
+    /// round trip. The wait is for priority work and this worker's own wake-ups only when
+    /// `narrow` or when `policy` takes priority work only. The PULL's script must be loaded (the
+    /// worker's plain pulls load it); a NOSCRIPT error (Redis restarted) is returned like any
+    /// error.
     pub async fn wait_then_pull(
         &self,
         conn: &mut Dedicated,
         pool: &str,
         consumer: &str,
         policy: PullPolicy<'_>,
+        narrow: bool,
         block: Duration,
-    ) -> Result<Vec<Pulled>, QueueError> {
+    ) -> Result<Batch, QueueError> {
+        let priority_only = narrow || policy.below_priority == 0;
         let mut pipe = redis::pipe();
         pipe.cmd("BLPOP")
-            .arg(self.wake_keys(pool, consumer, policy.below_priority == 0))
+            .arg(self.wake_keys(pool, consumer, priority_only))
             .arg(block.as_secs_f64())
             .ignore();
-        pipe.invoke_script(&self.pull_invocation(pool, consumer, policy, true));
+        pipe.invoke_script(&self.pull_invocation(pool, consumer, policy, Some(!priority_only)));
         let (v,): (Value,) = conn.blocking_pipe(&pipe, block).await?;
-        Ok(pulled(resp::entries(v)?))
+        batch(v)
     }
 
     /// Wakes this worker's own [`Redis::wait_for_work`] (a slot came free while it waited for

@@ -1560,9 +1560,10 @@ async fn a_pull_after_a_wake_up_takes_a_token_per_extra_job_and_an_empty_pull_wr
     let mut conn = r.redis.dedicated().await.unwrap();
     let got = r
         .redis
-        .wait_then_pull(&mut conn, POOL, "w", any(3), Duration::from_secs(1))
+        .wait_then_pull(&mut conn, POOL, "w", any(3), false, Duration::from_secs(1))
         .await
-        .unwrap();
+        .unwrap()
+        .jobs;
     assert_eq!(got.len(), 3);
     assert_eq!(
         (
@@ -1804,4 +1805,61 @@ async fn a_tier_blocked_on_adapters_keeps_its_jobs_and_its_share_for_another_wor
         ids(&r.redis.pull(POOL, "w2", room).await.unwrap()),
         ["z0", "z1", "z2"]
     );
+}
+
+#[tokio::test]
+async fn a_pull_held_back_for_adapter_room_says_so_and_gives_back_the_token_it_woke_on() {
+    use ssw_queue::consumer::Adapters;
+    let mut r = rig().await;
+    for i in 0..3 {
+        let mut j = job_for(&format!("z{i}"), Tier::Default, "t");
+        j.adapter = "z".into();
+        r.enqueue(&j).await;
+    }
+    let any_tokens = |r: &mut Rig| {
+        let key = r.keys.wake(POOL, "any");
+        let mut c = r.raw.clone();
+        async move { c.llen::<_, u64>(key).await.unwrap() }
+    };
+    assert_eq!(any_tokens(&mut r).await, 3);
+    let full = PullPolicy {
+        adapters: Adapters {
+            resident: "a",
+            wait: Duration::from_secs(60),
+            room: 0,
+        },
+        ..any(4)
+    };
+    let got = r.redis.pull_batch(POOL, "w1", full).await.unwrap();
+    assert!(got.jobs.is_empty() && got.held_back, "{got:?}");
+    // Woken by a job's token it cannot take: the token goes back for a worker that can.
+    let mut conn = r.redis.dedicated().await.unwrap();
+    let got = r
+        .redis
+        .wait_then_pull(&mut conn, POOL, "w1", full, false, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(got.jobs.is_empty() && got.held_back);
+    assert_eq!(any_tokens(&mut r).await, 3, "one token per waiting job still");
+    // Held back, the worker waits for its own wake-up (room), not on new jobs' tokens.
+    let t0 = std::time::Instant::now();
+    let got = r
+        .redis
+        .wait_then_pull(&mut conn, POOL, "w1", full, true, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert!(got.held_back && t0.elapsed() >= Duration::from_millis(150));
+    assert_eq!(any_tokens(&mut r).await, 3, "no token taken, none added");
+    // An empty queue is not held back.
+    let room = PullPolicy {
+        adapters: Adapters {
+            resident: "",
+            wait: Duration::from_secs(60),
+            room: 1,
+        },
+        ..any(4)
+    };
+    assert_eq!(r.redis.pull(POOL, "w2", room).await.unwrap().len(), 3);
+    let got = r.redis.pull_batch(POOL, "w1", full).await.unwrap();
+    assert!(got.jobs.is_empty() && !got.held_back);
 }

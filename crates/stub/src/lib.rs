@@ -687,7 +687,7 @@ async fn metrics(State(stub): State<Arc<Stub>>) -> Response {
          vllm:lora_requests_info{{max_lora=\"{}\",running_lora_adapters=\"{}\",waiting_lora_adapters=\"{}\"}} {}\n\
          # HELP ssw_stub_lora_swap_ins_total Adapters swapped into a GPU slot.\n\
          # TYPE ssw_stub_lora_swap_ins_total counter\nssw_stub_lora_swap_ins_total {}\n",
-        waiting,
+        waiting + stub.lora.waiting(),
         c.prompt_tokens.load(Ordering::Relaxed),
         c.generation_tokens.load(Ordering::Relaxed),
         c.success.load(Ordering::Relaxed),

@@ -116,6 +116,13 @@ impl Lora {
         self.lock().swap_ins
     }
 
+    /// Requests waiting for a slot: vLLM's scheduler keeps them in its waiting queue, so they
+    /// count in `vllm:num_requests_waiting` (vllm/v1/core/sched/scheduler.py: a request that
+    /// would exceed `max_loras` is skipped and put back at the head of `waiting`).
+    pub fn waiting(&self) -> u64 {
+        self.lock().waiting.values().map(|n| u64::from(*n)).sum()
+    }
+
     /// `vllm:lora_requests_info`'s labels: running adapters, waiting adapters.
     pub fn info(&self) -> (String, String) {
         let s = self.lock();
@@ -249,10 +256,12 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!c.is_finished());
         assert_eq!(l.info(), ("a,b".into(), "c".into()));
+        assert_eq!(l.waiting(), 1, "counted in vllm:num_requests_waiting");
         drop(b);
         let c = c.await.unwrap();
         assert_eq!(l.swap_ins(), 3, "c took b's idle slot");
         assert_eq!(l.info().1, "", "nothing waits");
+        assert_eq!(l.waiting(), 0);
         drop((a, a2, c));
         // LRU: a was used before c, so d… here b evicts a.
         let _b = l.acquire("b").await;

@@ -138,7 +138,9 @@ metrics! {
     /// The engine's model.
     WORKER_ENGINE_MODEL = "ssw_worker_engine_model_info", Gauge, ["pool", "worker", "model", "revision"], "1 for the model the engine serves now (its /v1/models id, and a revision: a hash of its model card); 0 for models it served earlier in this worker's life.";
     /// Adapter swap-ins a worker caused.
-    WORKER_ADAPTER_SWAPS = "ssw_worker_adapter_swaps_total", Counter, ["pool", "worker", "adapter"], "Jobs a worker sent its engine for a LoRA adapter the engine did not hold (by the worker's bookkeeping of its engine's max_loras slots): a swap-in, by adapter (the pool's configured adapters).";
+    WORKER_ADAPTER_SWAPS = "ssw_worker_adapter_swaps_total", Counter, ["pool", "worker", "adapter"], "Jobs a worker sent its engine for a LoRA adapter the engine did not hold (by the worker's bookkeeping of its engine's max_loras slots and the engine's vllm:lora_requests_info): a swap-in, by adapter (the pool's routed adapters).";
+    /// Routed adapters a worker loaded on its engine because the engine lacked them.
+    WORKER_ADAPTER_LOADS = "ssw_worker_adapter_loads_total", Counter, ["pool", "worker", "outcome"], "Routed LoRA adapters a worker loaded on its engine because the engine did not list them (an engine restarted after ssw adapters load): outcome loaded or failed (a failed one's requests fail on that engine).";
     /// Operator's drain.
     WORKER_DRAINED = "ssw_worker_drained", Gauge, ["pool", "worker"], "1 while an operator's drain (ssw drain, ssw rollout) keeps the worker from pulling jobs.";
 

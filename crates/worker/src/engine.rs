@@ -1,7 +1,7 @@
 //! The worker's engine: an HTTP client for it, and the probe of its health and load.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use ssw_config::WorkerConfig;
@@ -84,6 +84,59 @@ pub fn parse_models(body: &[u8]) -> Option<ServedModel> {
     })
 }
 
+/// The LoRA adapters an engine's `/v1/models` lists: the cards with a `parent` (vLLM lists
+/// every adapter it can serve, those of `--lora-modules` and those loaded at runtime, with the
+/// base model as parent: vllm/entrypoints/openai/serving_models.py, `show_available_models`).
+pub fn parse_adapters(body: &[u8]) -> Vec<String> {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Vec::new();
+    };
+    v["data"]
+        .as_array()
+        .map(|cards| {
+            cards
+                .iter()
+                .filter(|c| c.get("parent").is_some_and(|p| !p.is_null()))
+                .filter_map(|c| c["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The adapters with requests running on the engine, from `vllm:lora_requests_info`: a gauge
+/// vLLM sets to the current time under labels naming them (`running_lora_adapters`,
+/// comma-separated; vllm/v1/metrics/loggers.py). Each new label set is a new series and old
+/// ones stay, so the newest (largest value) is the current one. `None`: no such metric (LoRA
+/// is off, or the engine is not vLLM).
+pub fn parse_lora_running(text: &str) -> Option<Vec<String>> {
+    let mut newest: Option<(f64, &str)> = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("vllm:lora_requests_info{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once('}') else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let running = labels
+            .split_once("running_lora_adapters=\"")
+            .and_then(|(_, v)| v.split_once('"'))
+            .map_or("", |(v, _)| v);
+        if newest.is_none_or(|(at, _)| value > at) {
+            newest = Some((value, running));
+        }
+    }
+    newest.map(|(_, running)| {
+        running
+            .split(',')
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
+}
+
 /// How often the worker reads its engine's `/v1/models` while the engine stays up (it also
 /// reads it whenever the engine comes up).
 pub const MODEL_REFRESH: Duration = Duration::from_secs(10);
@@ -99,6 +152,15 @@ pub struct EngineState {
     /// Signalled when the engine comes up or its load drops, so the pull loop (its one waiter;
     /// a permit is kept if it is busy) resumes at once.
     pub changed: Notify,
+    /// The pool's routed LoRA adapters (name, source): the engine must hold each before it
+    /// counts as up (one it lost in a restart is loaded again).
+    routed: Mutex<Vec<(String, String)>>,
+    /// `routed` is not empty: adapter-aware pulling is on.
+    has_adapters: AtomicBool,
+    /// The adapters running on the engine at the last probe (`vllm:lora_requests_info`).
+    lora_running: Mutex<Vec<String>>,
+    /// Adapters this worker loaded on its engine because it lacked them: loaded, failed.
+    pub adapter_loads: [AtomicU64; 2],
 }
 
 impl Default for EngineState {
@@ -109,6 +171,10 @@ impl Default for EngineState {
             load: Mutex::new(EngineLoad::default()),
             model: Mutex::new(None),
             changed: Notify::new(),
+            routed: Mutex::new(Vec::new()),
+            has_adapters: AtomicBool::new(false),
+            lora_running: Mutex::new(Vec::new()),
+            adapter_loads: [AtomicU64::new(0), AtomicU64::new(0)],
         }
     }
 }
@@ -122,6 +188,39 @@ impl EngineState {
     /// Why it is down.
     pub fn detail(&self) -> Option<String> {
         self.detail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Sets the pool's routed adapters (name, source).
+    pub fn set_routed(&self, adapters: Vec<(String, String)>) {
+        self.has_adapters
+            .store(!adapters.is_empty(), Ordering::Relaxed);
+        *self.routed.lock().unwrap_or_else(|p| p.into_inner()) = adapters;
+    }
+
+    /// The pool's routed adapters (name, source).
+    pub fn routed(&self) -> Vec<(String, String)> {
+        self.routed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether the pool routes any adapter.
+    pub fn has_adapters(&self) -> bool {
+        self.has_adapters.load(Ordering::Relaxed)
+    }
+
+    /// Records the adapters the engine says run on it.
+    pub fn set_lora_running(&self, adapters: Vec<String>) {
+        *self.lora_running.lock().unwrap_or_else(|p| p.into_inner()) = adapters;
+    }
+
+    /// The adapters running on the engine at the last probe.
+    pub fn lora_running(&self) -> Vec<String> {
+        self.lora_running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -263,8 +362,11 @@ impl Engine {
         }
     }
 
-    /// Reads the engine's `/v1/models`.
-    pub async fn served_model(&self, timeout: Duration) -> Result<ServedModel, String> {
+    /// Reads the engine's `/v1/models`: its model, and the adapters it can serve.
+    pub async fn served_model(
+        &self,
+        timeout: Duration,
+    ) -> Result<(ServedModel, Vec<String>), String> {
         let r = self
             .http
             .get(format!("{}/v1/models", self.base))
@@ -279,7 +381,54 @@ impl Engine {
             .bytes()
             .await
             .map_err(|e| format!("/v1/models: {}", error_chain(&e)))?;
-        parse_models(&body).ok_or_else(|| "/v1/models: no model card in the answer".to_owned())
+        let model = parse_models(&body)
+            .ok_or_else(|| "/v1/models: no model card in the answer".to_owned())?;
+        Ok((model, parse_adapters(&body)))
+    }
+
+    /// Loads each routed adapter the engine does not list (`held`) with vLLM's
+    /// `/v1/load_lora_adapter` (which needs `VLLM_ALLOW_RUNTIME_LORA_UPDATING`): an engine
+    /// restarted after `ssw adapters load` has lost what was loaded live. vLLM answers 400
+    /// "has already been loaded" for a name it holds (vllm/entrypoints/openai/serving_models.py,
+    /// `load_lora_adapter`).
+    pub async fn load_missing(&self, state: &EngineState, held: &[String], timeout: Duration) {
+        for (name, source) in state.routed() {
+            if held.contains(&name) {
+                continue;
+            }
+            let body = serde_json::json!({"lora_name": name, "lora_path": source});
+            let r = self
+                .http
+                .post(format!("{}/v1/load_lora_adapter", self.base))
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .timeout(timeout.max(Duration::from_secs(30)))
+                .send()
+                .await;
+            let outcome = match r {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => {
+                    let status = r.status();
+                    let text = r.text().await.unwrap_or_default();
+                    if text.contains("already been loaded") {
+                        Ok(())
+                    } else {
+                        Err(format!("{status} {text}"))
+                    }
+                }
+                Err(e) => Err(error_chain(&e)),
+            };
+            match outcome {
+                Ok(()) => {
+                    tracing::info!(adapter = %name, %source, "loaded a routed adapter the engine lacked");
+                    state.adapter_loads[0].fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::warn!(adapter = %name, %source, error = %e, "cannot load a routed adapter the engine lacks; its requests will fail on this engine");
+                    state.adapter_loads[1].fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
     }
 
     /// One probe: `/health`, `/v1/models` when it is due (the engine is up only once its
@@ -289,7 +438,14 @@ impl Engine {
             Ok(()) => {
                 if state.model_stale() {
                     match self.served_model(timeout).await {
-                        Ok(m) => state.set_model(Some(m)),
+                        Ok((m, held)) => {
+                            // Before the engine counts as up: no job for an adapter it lost
+                            // is sent to it meanwhile.
+                            if state.has_adapters() {
+                                self.load_missing(state, &held, timeout).await;
+                            }
+                            state.set_model(Some(m));
+                        }
                         // Known already: keep it until the engine goes down.
                         Err(e) if state.model().is_some() => {
                             tracing::debug!(error = %e, "cannot read the engine's model again");
@@ -315,7 +471,12 @@ impl Engine {
             .await;
         match metrics {
             Ok(r) if r.status().is_success() => match r.text().await {
-                Ok(text) => state.set_load(parse_load(&text)),
+                Ok(text) => {
+                    state.set_load(parse_load(&text));
+                    if state.has_adapters() {
+                        state.set_lora_running(parse_lora_running(&text).unwrap_or_default());
+                    }
+                }
                 Err(e) => tracing::debug!(error = %e, "cannot read engine metrics"),
             },
             Ok(r) => tracing::debug!(status = %r.status(), "engine /metrics not available"),
@@ -393,6 +554,30 @@ mod tests {
             "another checkpoint under the same name"
         );
         assert_eq!(parse_models(br#"{"object":"list","data":[]}"#), None);
+    }
+
+    #[test]
+    fn adapters_are_the_cards_with_a_parent_and_the_newest_lora_series_says_what_runs() {
+        let models = br#"{"object":"list","data":[
+            {"id":"Qwen/Q","root":"/m","parent":null},
+            {"id":"vampire","root":"/adapters/v","parent":"Qwen/Q"},
+            {"id":"zombie","root":"org/z","parent":"Qwen/Q"}]}"#;
+        assert_eq!(parse_adapters(models), ["vampire", "zombie"]);
+        assert_eq!(parse_adapters(b"not json"), Vec::<String>::new());
+        // As vLLM exports it: one series per label set ever seen, each set to the time it was
+        // last current.
+        let text = "# HELP vllm:lora_requests_info Running stats on lora requests.\n\
+            # TYPE vllm:lora_requests_info gauge\n\
+            vllm:lora_requests_info{max_lora=\"4\",running_lora_adapters=\"zombie\",waiting_lora_adapters=\"\"} 1.7649e+09\n\
+            vllm:lora_requests_info{max_lora=\"4\",running_lora_adapters=\"vampire,zombie\",waiting_lora_adapters=\"wolf\"} 1.76491e+09\n\
+            vllm:lora_requests_info{max_lora=\"4\",running_lora_adapters=\"\",waiting_lora_adapters=\"\"} 1.76489e+09\n";
+        assert_eq!(
+            parse_lora_running(text),
+            Some(vec!["vampire".to_owned(), "zombie".to_owned()])
+        );
+        let idle = "vllm:lora_requests_info{max_lora=\"4\",running_lora_adapters=\"\",waiting_lora_adapters=\"\"} 5\n";
+        assert_eq!(parse_lora_running(idle), Some(Vec::new()));
+        assert_eq!(parse_lora_running("vllm:num_requests_running 3\n"), None);
     }
 
     #[tokio::test]

@@ -618,12 +618,26 @@ async fn execute(
         // name; any other 404 is the engine's answer, passed on.
         // Compared with the name this request carried: the probe may have read the new one
         // since it was sent.
-        if let Ok(m) = ctx.engine.served_model(Duration::from_secs(5)).await
-            && sent_model.as_ref() != Some(&m.name)
-        {
-            let reason = format!("engine answered 404: it serves {} now", m.name);
-            ctx.engine_state.set_model(Some(m));
-            return retry(reason);
+        if let Ok((m, held)) = ctx.engine.served_model(Duration::from_secs(5)).await {
+            if sent_model.as_ref() != Some(&m.name) {
+                let reason = format!("engine answered 404: it serves {} now", m.name);
+                ctx.engine_state.set_model(Some(m));
+                return retry(reason);
+            }
+            // A routed adapter the engine lost (restarted between two probes): load it again
+            // and run the job again.
+            if !job.adapter.is_empty()
+                && !held.contains(&job.adapter)
+                && ctx.engine_state.routed().iter().any(|(a, _)| *a == job.adapter)
+            {
+                ctx.engine
+                    .load_missing(&ctx.engine_state, &held, Duration::from_secs(30))
+                    .await;
+                return retry(format!(
+                    "engine answered 404: it had lost adapter {}",
+                    job.adapter
+                ));
+            }
         }
     }
     if status >= 400 || !job.stream {

@@ -126,9 +126,11 @@ pub struct Ctx {
     /// The engine model last exported as a metric (name, revision).
     model_exported: Mutex<Option<(String, String)>>,
     started_ms: u64,
-    /// Adapter-aware pulling (the pool has LoRA adapters): how long a job may wait for its
-    /// adapter's turn (zero: no adapters), and the engine's adapter slots.
+    /// Adapter-aware pulling (while the pool routes LoRA adapters): how long a job may wait
+    /// for its adapter's turn.
     pub adapter_wait: Duration,
+    /// The pool's adapters in the configuration file (routing versions may replace them).
+    configured_adapters: std::collections::BTreeMap<String, ssw_config::AdapterConfig>,
     /// The engine's `max_loras`.
     pub max_loras: u32,
     /// The adapters this worker sent its engine most recently, newest last, at most
@@ -199,7 +201,11 @@ impl Ctx {
                 == ssw_config::pool::SchedulingPolicy::Priority,
             redis: Redis::new(&config.redis, password)?,
             engine: Engine::new(&cfg, engine_key.as_deref())?,
-            engine_state: Arc::new(EngineState::default()),
+            engine_state: Arc::new({
+                let state = EngineState::default();
+                state.set_routed(routed(&pool_cfg.adapters));
+                state
+            }),
             state_ttl: job::state_ttl(&cfg),
             running: Mutex::new(HashMap::new()),
             bounced: Mutex::new(VecDeque::new()),
@@ -213,11 +219,8 @@ impl Ctx {
             beat_ok: AtomicBool::new(false),
             model_exported: Mutex::new(None),
             started_ms: ssw_queue::now_ms(),
-            adapter_wait: if pool_cfg.adapters.is_empty() {
-                Duration::ZERO
-            } else {
-                pool_cfg.adapter_wait.max(Duration::from_millis(1))
-            },
+            adapter_wait: pool_cfg.adapter_wait.max(Duration::from_millis(1)),
+            configured_adapters: pool_cfg.adapters.clone(),
             max_loras: pool_cfg.max_loras,
             resident: Mutex::new(VecDeque::new()),
             adapter_running: Mutex::new(HashMap::new()),
@@ -259,11 +262,21 @@ impl Ctx {
     /// The adapters resident on the engine, comma-separated, and how many more it could load
     /// now (free slots, and slots whose adapter has nothing running): PULL's view.
     pub fn adapter_view(&self) -> (String, u32) {
-        if self.adapter_wait.is_zero() {
+        if !self.engine_state.has_adapters() {
             // No adapters: PULL ignores the view (nothing to build per pull).
             return (String::new(), 0);
         }
-        let r = self.resident.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = self.resident.lock().unwrap_or_else(|p| p.into_inner());
+        // Adapters the engine says it runs fill the slots this worker's bookkeeping has not
+        // (a restarted worker's view starts empty while its engine holds adapters). Never
+        // over its own: the engine's figure is up to a probe old.
+        if r.len() < self.max_loras as usize {
+            for a in self.engine_state.lora_running() {
+                if r.len() < self.max_loras as usize && !r.contains(&a) {
+                    r.push_front(a);
+                }
+            }
+        }
         let running = self
             .adapter_running
             .lock()
@@ -469,6 +482,9 @@ pub async fn run(
         bg.spawn(telemetry::serve(listener, background.clone()));
     }
     bg.spawn(telemetry::gpus(ctx.clone(), background.clone()));
+    // The pool's routed adapters before the engine's first probe, which loads those it lacks.
+    let mut routing_seen = 0;
+    sync_adapters(&ctx, &mut routing_seen).await;
     bg.spawn(ctx.engine.clone().monitor(
         ctx.engine_state.clone(),
         ctx.cfg.engine_poll_interval,
@@ -478,6 +494,7 @@ pub async fn run(
         ctx.clone(),
         background.clone(),
         shutdown.clone(),
+        routing_seen,
     ));
     bg.spawn(watch_running(ctx.clone(), background.clone()));
     bg.spawn(fast_lane(ctx.clone(), shutdown.clone()));
@@ -668,7 +685,11 @@ async fn pull_loop(ctx: &Arc<Ctx>, jobs: &TaskTracker, shutdown: &CancellationTo
             let policy = PullPolicy {
                 adapters: ssw_queue::consumer::Adapters {
                     resident: &resident,
-                    wait: ctx.adapter_wait,
+                    wait: if ctx.engine_state.has_adapters() {
+                        ctx.adapter_wait
+                    } else {
+                        Duration::ZERO
+                    },
                     room,
                 },
                 most: free,
@@ -684,16 +705,16 @@ async fn pull_loop(ctx: &Arc<Ctx>, jobs: &TaskTracker, shutdown: &CancellationTo
             // job enqueued since left a wake-up token, so go straight to the wait (pipelined
             // with the next PULL) instead of a PULL that would find nothing.
             let first = if drained {
-                Ok(Vec::new())
+                Ok(ssw_queue::consumer::Batch::default())
             } else {
-                ctx.redis.pull(&ctx.pool, &ctx.id, policy).await
+                ctx.redis.pull_batch(&ctx.pool, &ctx.id, policy).await
             };
             match first {
-                Ok(batch) if !batch.is_empty() => {
-                    drained = batch.len() < policy.most;
-                    Ok((batch, false))
+                Ok(batch) if !batch.jobs.is_empty() => {
+                    drained = batch.jobs.len() < policy.most;
+                    Ok((batch.jobs, false))
                 }
-                Ok(_) => {
+                Ok(batch) => {
                     if conn.is_none() {
                         match ctx.redis.dedicated().await {
                             Ok(c) => conn = Some(c),
@@ -706,8 +727,11 @@ async fn pull_loop(ctx: &Arc<Ctx>, jobs: &TaskTracker, shutdown: &CancellationTo
                     }
                     let Some(c) = conn.as_mut() else { continue };
                     // Nothing this worker may take: wait for a job to arrive (or, with only
-                    // reserved slots free, a priority job or a slot coming free).
-                    let narrow = policy.below_priority == 0;
+                    // reserved slots free, a priority job or a slot coming free; or, with jobs
+                    // held back for want of adapter room, one of its jobs ending: new jobs'
+                    // tokens are for workers that can take them).
+                    let held_back = batch.held_back;
+                    let narrow = policy.below_priority == 0 || held_back;
                     ctx.waiting_narrow.store(narrow, Ordering::SeqCst);
                     // A job that ended before the flag was set did not wake us: if a slot came
                     // free since the policy was made, pull again instead of waiting (a lost
@@ -716,20 +740,22 @@ async fn pull_loop(ctx: &Arc<Ctx>, jobs: &TaskTracker, shutdown: &CancellationTo
                     // narrow wait; one that ended before the flag was set did not).
                     if narrow
                         && (ctx.free_slots() as usize > policy.most
-                            || (backed_up && !ctx.engine_backed_up()))
+                            || (backed_up && !ctx.engine_backed_up())
+                            || (held_back && ctx.adapter_view().1 > policy.adapters.room))
                     {
                         ctx.waiting_narrow.store(false, Ordering::SeqCst);
                         continue;
                     }
                     let waited = tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        r = ctx.redis.wait_then_pull(c, &ctx.pool, &ctx.id, policy, Duration::from_secs(1)) => r,
+                        r = ctx.redis.wait_then_pull(c, &ctx.pool, &ctx.id, policy, held_back, Duration::from_secs(1)) => r,
                     };
                     ctx.waiting_narrow.store(false, Ordering::SeqCst);
                     if let Ok(batch) = &waited {
-                        drained = batch.len() < policy.most;
+                        // Held back: pull again with the room of now, then wait for more.
+                        drained = batch.jobs.len() < policy.most && !batch.held_back;
                     }
-                    waited.map(|batch| (batch, false))
+                    waited.map(|batch| (batch.jobs, false))
                 }
                 Err(e) => Err(e),
             }
@@ -928,7 +954,12 @@ async fn start_jobs(ctx: &Arc<Ctx>, jobs: &TaskTracker, batch: Vec<Pulled>, recl
 /// Publishes heartbeats. After the first one reaches Redis, tells systemd the worker is ready
 /// and feeds its watchdog while this loop keeps ticking: a hung worker gets restarted, while a
 /// Redis outage (which the loop rides out by reconnecting) does not restart it.
-async fn heartbeats(ctx: Arc<Ctx>, shutdown: CancellationToken, stopping: CancellationToken) {
+async fn heartbeats(
+    ctx: Arc<Ctx>,
+    shutdown: CancellationToken,
+    stopping: CancellationToken,
+    mut routing_seen: u64,
+) {
     let mut tick = tokio::time::interval(ctx.cfg.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let last_tick = Arc::new(std::sync::atomic::AtomicU64::new(ssw_queue::now_ms()));
@@ -941,6 +972,7 @@ async fn heartbeats(ctx: Arc<Ctx>, shutdown: CancellationToken, stopping: Cancel
         }
         last_tick.store(ssw_queue::now_ms(), Ordering::Relaxed);
         telemetry::engine(&ctx);
+        sync_adapters(&ctx, &mut routing_seen).await;
         match ctx.beat().await {
             Ok(()) if !notified => {
                 notified = true;
@@ -957,6 +989,66 @@ async fn heartbeats(ctx: Arc<Ctx>, shutdown: CancellationToken, stopping: Cancel
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
         }
     }
+}
+
+/// (name, source) of each adapter.
+fn routed(
+    adapters: &std::collections::BTreeMap<String, ssw_config::AdapterConfig>,
+) -> Vec<(String, String)> {
+    adapters
+        .iter()
+        .map(|(name, a)| (name.clone(), a.source.clone()))
+        .collect()
+}
+
+/// Reads the routing version in force and, when it is not `seen`, the pool's adapters under it
+/// (the configuration file's where it names none): adapter-aware pulling follows them, and the
+/// engine must hold them (`ssw adapters load` adds one without restarting this worker).
+async fn sync_adapters(ctx: &Ctx, seen: &mut u64) {
+    let version = match ctx.redis.routing_version().await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the routing version");
+            return;
+        }
+    };
+    if version == *seen {
+        return;
+    }
+    let adapters = if version == 0 {
+        ctx.configured_adapters.clone()
+    } else {
+        let doc = match ctx.redis.routing_document(version).await {
+            Ok(Some(d)) => d,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the routing document");
+                return;
+            }
+        };
+        match serde_json::from_str::<ssw_config::routing::Published>(&doc) {
+            Ok(p) => p
+                .routing
+                .pools
+                .get(&ctx.pool)
+                .and_then(|p| p.adapters.clone())
+                .unwrap_or_else(|| ctx.configured_adapters.clone()),
+            Err(e) => {
+                tracing::warn!(version, error = %e, "cannot read routing version");
+                return;
+            }
+        }
+    };
+    let routed = routed(&adapters);
+    if routed != ctx.engine_state.routed() {
+        tracing::info!(
+            version,
+            adapters = %adapters.keys().cloned().collect::<Vec<_>>().join(","),
+            "the pool's routed adapters"
+        );
+        ctx.engine_state.set_routed(routed);
+    }
+    *seen = version;
 }
 
 /// Stops running jobs whose client cancelled, whose run was superseded (another worker took the
@@ -1014,5 +1106,52 @@ async fn watch_running(ctx: Arc<Ctx>, shutdown: CancellationToken) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(adapters: &[&str], max_loras: u32) -> Ctx {
+        let mut cfg = ssw_test_support::test_config();
+        cfg.worker.pool = Some("heavy".into());
+        let heavy = cfg.pools.get_mut("heavy").expect("heavy");
+        heavy.max_loras = max_loras;
+        for a in adapters {
+            heavy.adapters.insert(
+                (*a).to_owned(),
+                ssw_config::AdapterConfig {
+                    source: format!("/adapters/{a}"),
+                    rank: 16,
+                },
+            );
+        }
+        Ctx::new(&cfg).expect("a worker context")
+    }
+
+    #[test]
+    fn the_adapter_view_holds_what_the_engine_runs_and_follows_the_routed_adapters() {
+        let c = Arc::new(ctx(&["a", "b", "c"], 2));
+        // A worker restarted beside a busy engine: what the engine runs is resident.
+        c.engine_state.set_lora_running(vec!["c".into()]);
+        assert_eq!(c.adapter_view(), ("c".into(), 2), "c idle here, one slot free");
+        assert!(c.use_adapter("c"), "no swap for what the engine runs");
+        assert!(!c.use_adapter("a"), "a swapped in");
+        assert!(!c.use_adapter("b"), "b swapped in, in c's place (least recently used)");
+        // Its own bookkeeping is full: the engine's (older) figure changes nothing.
+        assert_eq!(c.adapter_view(), ("a,b".into(), 2), "both idle: room 2");
+        let _running = c.adapter_runs("b");
+        assert_eq!(c.adapter_view(), ("a,b".into(), 1));
+
+        // A pool that routes no adapter pulls without a view; once routing names one (`ssw
+        // adapters load`), with it.
+        let plain = ctx(&[], 4);
+        assert_eq!(plain.adapter_view(), (String::new(), 0));
+        plain
+            .engine_state
+            .set_routed(vec![("wolf".into(), "/adapters/wolf".into())]);
+        plain.use_adapter("wolf");
+        assert_eq!(plain.adapter_view(), ("wolf".into(), 4));
     }
 }

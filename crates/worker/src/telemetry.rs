@@ -100,6 +100,13 @@ pub fn engine(ctx: &Ctx) {
         0.0
     });
     model(ctx);
+    if ctx.engine_state.has_adapters() {
+        for (outcome, n) in ["loaded", "failed"].into_iter().zip(&ctx.engine_state.adapter_loads) {
+            let [p, w] = labels(ctx);
+            metrics::counter!(names::WORKER_ADAPTER_LOADS, p.0 => p.1, w.0 => w.1, "outcome" => outcome)
+                .absolute(n.load(std::sync::atomic::Ordering::Relaxed));
+        }
+    }
     let load = ctx.engine_state.load();
     if let Some(v) = load.running {
         metrics::gauge!(names::WORKER_ENGINE_RUNNING, &l).set(v);

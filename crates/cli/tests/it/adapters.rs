@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use ssw_config::route::VariantConfig;
 use ssw_config::{AdapterConfig, RouteConfig, StubConfig};
-use ssw_test_support::ssw_up::platform::PlatformSpec;
+use ssw_test_support::ssw_up::platform::{EngineSpec, PlatformSpec};
 use ssw_test_support::{TestPlatform, chat_body, metric, stub_replica};
 
 use crate::failures::slow_stub;
@@ -219,6 +219,12 @@ async fn a_worker_takes_the_jobs_of_the_adapter_its_engine_holds_first() {
         aware_swaps * 3.0 <= fifo_swaps,
         "aware {aware_swaps} vs fifo {fifo_swaps}"
     );
+    // And sooner: a worker whose pull held the other adapter's jobs back is woken by its own
+    // jobs' ends (the room they leave), not by a timeout (3.1 s instead of 1.1 s).
+    assert!(
+        aware_took < fifo_took,
+        "aware {aware_took:?} vs fifo {fifo_took:?}"
+    );
     let url = fifo
         .platform
         .worker_metrics
@@ -356,4 +362,53 @@ async fn an_adapter_loaded_live_is_routed_without_a_restart_and_nothing_fails() 
     eprintln!("{ok} requests during the live load and unload, {failed} failed");
     assert!(ok > 10, "{ok}");
     assert_eq!(failed, 0);
+}
+
+#[tokio::test]
+async fn adapters_loaded_live_on_a_pool_without_any_are_pulled_by_affinity_and_outlive_an_engine_restart()
+ {
+    let mut p = TestPlatform::start_with(ssw(), |s| {
+        lora_pool(s, 1, 50, Duration::from_secs(30), 2);
+        // No adapter at start, in ssw's configuration or on the engine.
+        s.config.pools.get_mut("heavy").unwrap().adapters.clear();
+        for r in &mut s.replicas {
+            if let EngineSpec::Stub(stub) = &mut r.engine {
+                stub.lora_modules.clear();
+            }
+        }
+    })
+    .await;
+    for a in &ADAPTERS[..2] {
+        let source = format!("/adapters/{a}");
+        adapters_cli(&p, &["load", "--pool", "heavy", a, "--source", &source]).await;
+    }
+    // The worker reads the routing version at its next heartbeat (100 ms here).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // As in the affinity test above: plain FIFO pulling swaps on 38 to 40 of these 40.
+    let (swaps, took) = alternate(&p, 20).await;
+    eprintln!("swap-ins {swaps} in {took:?}");
+    assert!(swaps <= 10.0, "adapter-aware pulling is on: {swaps} swap-ins");
+    // The engine restarts and comes back with only its command line's adapters (none): the
+    // worker loads the routed ones again before its jobs reach it.
+    p.platform.restart_stub("heavy-0").await.unwrap();
+    for (i, a) in ADAPTERS[..2].iter().enumerate() {
+        let r = p.chat(&body(a, 100 + i)).await;
+        assert_eq!(r.status(), 200, "{a} after the engine's restart");
+        let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!(v["model"], *a);
+    }
+    let held = p.stub_get("heavy-0", "/v1/models").await;
+    assert!(ADAPTERS[..2].iter().all(|a| held.contains(a)), "{held}");
+    let url = p
+        .platform
+        .worker_metrics
+        .iter()
+        .find(|(id, _)| id.starts_with("heavy"))
+        .map(|(_, u)| format!("{u}/metrics"))
+        .expect("heavy-0's metrics");
+    TestPlatform::eventually(Duration::from_secs(3), "loads counted", || async {
+        let m = p.get_text(&url).await;
+        metric(&m, "ssw_worker_adapter_loads_total", &[("outcome", "loaded")]) == Some(2.0)
+    })
+    .await;
 }
