@@ -96,11 +96,13 @@ pub async fn serve(
             max_num_seqs: cfg.max_num_seqs,
             kv_tokens: cfg.kv_tokens,
             priority: false,
+            lora_step_overhead: 0.0,
         }),
         None => None,
     };
     let model = model.map(|m| timing::Model {
         priority: cfg.scheduling_policy == SchedulingPolicy::Priority,
+        lora_step_overhead: cfg.lora_step_overhead,
         ..m
     });
     if let Some(m) = &model {
@@ -544,7 +546,12 @@ async fn generate(
     };
     let mut pace = match &stub.engine {
         Some(engine) => {
-            Pace::Engine(engine.submit(plan.prompt_tokens, plan.completion_tokens(), priority))
+            Pace::Engine(engine.submit(
+                plan.prompt_tokens,
+                plan.completion_tokens(),
+                priority,
+                adapter.is_some(),
+            ))
         }
         None => {
             stub.counters.waiting.fetch_add(1, Ordering::Relaxed);

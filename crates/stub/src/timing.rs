@@ -42,6 +42,9 @@ pub struct Model {
     pub kv_tokens: u32,
     /// Order by the request's `priority` (else first come, first served).
     pub priority: bool,
+    /// A step with any LoRA request in the batch takes this much longer (a fraction; the
+    /// stub's `lora_step_overhead`).
+    pub lora_step_overhead: f64,
 }
 
 impl Model {
@@ -71,6 +74,8 @@ struct Seq {
     key: (i64, u64),
     /// Tokens produced so far (a preempted sequence resumes from here).
     produced: u32,
+    /// It runs a LoRA adapter.
+    lora: bool,
     /// One message per produced token; closed when the sequence is done.
     tx: mpsc::UnboundedSender<()>,
 }
@@ -102,10 +107,16 @@ impl Engine {
         &self.model
     }
 
-    /// Submits a sequence of vLLM `priority` (0 unless priority scheduling); the receiver
-    /// yields one `()` per token, then closes. Dropping it aborts the sequence (its slot and KV
-    /// are freed at the next step).
-    pub fn submit(&self, prompt: u32, tokens: u32, priority: i64) -> mpsc::UnboundedReceiver<()> {
+    /// Submits a sequence of vLLM `priority` (0 unless priority scheduling), running a LoRA
+    /// adapter or not; the receiver yields one `()` per token, then closes. Dropping it aborts
+    /// the sequence (its slot and KV are freed at the next step).
+    pub fn submit(
+        &self,
+        prompt: u32,
+        tokens: u32,
+        priority: i64,
+        lora: bool,
+    ) -> mpsc::UnboundedReceiver<()> {
         static ARRIVALS: AtomicU64 = AtomicU64::new(0);
         let (tx, rx) = mpsc::unbounded_channel();
         let arrival = ARRIVALS.fetch_add(1, Ordering::Relaxed);
@@ -115,6 +126,7 @@ impl Engine {
             tokens,
             key,
             produced: 0,
+            lora,
             tx,
         });
         rx
@@ -183,9 +195,12 @@ async fn run(model: Model, mut incoming: mpsc::UnboundedReceiver<Seq>, load: Arc
         if running.is_empty() {
             continue;
         }
-        let step = model.step_base
+        let mut step = model.step_base
             + model.step_per_seq * running.len() as u32
             + model.prefill_per_token * prefill as u32;
+        if model.lora_step_overhead > 0.0 && running.iter().any(|s| s.lora) {
+            step = step.mul_f64(1.0 + model.lora_step_overhead);
+        }
         if !step.is_zero() {
             let now = tokio::time::Instant::now();
             let start = if now <= step_end + SLACK {
@@ -223,6 +238,7 @@ pub fn preset(name: &str) -> Option<Model> {
             max_num_seqs: 64,
             kv_tokens: 55_000,
             priority: false,
+            lora_step_overhead: 0.0,
         }),
         // Qwen3-8B-AWQ on an A40 shared with the heavy model.
         "a40-qwen3-8b-awq" => Some(Model {
@@ -232,6 +248,7 @@ pub fn preset(name: &str) -> Option<Model> {
             max_num_seqs: 64,
             kv_tokens: 60_000,
             priority: false,
+            lora_step_overhead: 0.0,
         }),
         // Qwen2.5-7B-Instruct-AWQ, the base of the archetype adapters (issue 15), on an A40
         // beside another replica: the 8B figures scaled by the parameter count (7.6 B against
@@ -243,6 +260,7 @@ pub fn preset(name: &str) -> Option<Model> {
             max_num_seqs: 64,
             kv_tokens: 64_000,
             priority: false,
+            lora_step_overhead: 0.0,
         }),
         _ => None,
     }
@@ -268,6 +286,7 @@ mod tests {
             max_num_seqs,
             kv_tokens: 1_000_000,
             priority: false,
+            lora_step_overhead: 0.0,
         }
     }
 
@@ -280,12 +299,37 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_batch_with_a_lora_request_steps_slower_whatever_the_number_of_adapters() {
+        let m = Model {
+            lora_step_overhead: 0.09,
+            ..model(10, 500, 4)
+        };
+        let engine = Engine::start(m);
+        let start = Instant::now();
+        // One of four runs an adapter: every step of the batch pays (the kernels run for the
+        // whole batch), 100 steps of 12 ms × 1.09.
+        let seqs: Vec<_> = (0..4).map(|i| engine.submit(1, 100, 0, i == 0)).collect();
+        futures::future::join_all(seqs.into_iter().map(drain)).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(12).mul_f64(1.09) * 100);
+        // Four requests, four adapters or one: the same (Punica's finding).
+        let start = Instant::now();
+        let seqs: Vec<_> = (0..4).map(|_| engine.submit(1, 100, 0, true)).collect();
+        futures::future::join_all(seqs.into_iter().map(drain)).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(12).mul_f64(1.09) * 100);
+        // Without an adapter, the base step.
+        let start = Instant::now();
+        let seqs: Vec<_> = (0..4).map(|_| engine.submit(1, 100, 0, false)).collect();
+        futures::future::join_all(seqs.into_iter().map(drain)).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(1200));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_full_batch_delivers_the_formula_throughput() {
         // 4 slots, step = 10 ms + 4 × 0.5 ms = 12 ms → 4 / 12 ms = 333.3 tokens/s.
         let m = model(10, 500, 4);
         let engine = Engine::start(m);
         let start = Instant::now();
-        let seqs: Vec<_> = (0..8).map(|_| engine.submit(1, 100, 0)).collect();
+        let seqs: Vec<_> = (0..8).map(|_| engine.submit(1, 100, 0, false)).collect();
         let counts = futures::future::join_all(seqs.into_iter().map(drain)).await;
         let elapsed = start.elapsed();
         assert!(counts.iter().all(|&n| n == 100));
@@ -301,7 +345,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn requests_beyond_the_batch_wait_and_are_counted() {
         let engine = Engine::start(model(10, 0, 2));
-        let seqs: Vec<_> = (0..5).map(|_| engine.submit(1, 3, 0)).collect();
+        let seqs: Vec<_> = (0..5).map(|_| engine.submit(1, 3, 0, false)).collect();
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(engine.load.running.load(Ordering::Relaxed), 2);
         assert_eq!(engine.load.waiting.load(Ordering::Relaxed), 3);
@@ -316,9 +360,9 @@ mod tests {
         let mut m = model(10, 0, 8);
         m.kv_tokens = 250; // room for two 100-token sequences
         let engine = Engine::start(m);
-        let _a = engine.submit(50, 50, 0);
-        let _b = engine.submit(50, 50, 0);
-        let _c = engine.submit(50, 50, 0);
+        let _a = engine.submit(50, 50, 0, false);
+        let _b = engine.submit(50, 50, 0, false);
+        let _c = engine.submit(50, 50, 0, false);
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(engine.load.running.load(Ordering::Relaxed), 2);
         assert_eq!(engine.load.waiting.load(Ordering::Relaxed), 1);
@@ -330,7 +374,7 @@ mod tests {
         m.prefill_per_token = Duration::from_micros(100);
         let engine = Engine::start(m);
         let start = Instant::now();
-        let mut rx = engine.submit(1000, 2, 0);
+        let mut rx = engine.submit(1000, 2, 0, false);
         rx.recv().await;
         // First step: 10 ms + 1000 × 0.1 ms of prefill.
         assert_eq!(start.elapsed(), Duration::from_millis(110));
@@ -341,8 +385,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_dropped_client_frees_its_slot() {
         let engine = Engine::start(model(10, 0, 1));
-        let a = engine.submit(1, 1000, 0);
-        let b = engine.submit(1, 2, 0);
+        let a = engine.submit(1, 1000, 0, false);
+        let b = engine.submit(1, 2, 0, false);
         tokio::time::sleep(Duration::from_millis(25)).await;
         drop(a);
         let start = Instant::now();
@@ -360,14 +404,14 @@ mod tests {
         m.priority = true;
         let engine = Engine::start(m);
         // Two low-priority sequences fill the batch; a flex one waits.
-        let low_a = engine.submit(1, 100, 2);
-        let low_b = engine.submit(1, 100, 1);
-        let flex = engine.submit(1, 2, 2);
+        let low_a = engine.submit(1, 100, 2, false);
+        let low_b = engine.submit(1, 100, 1, false);
+        let flex = engine.submit(1, 2, 2, false);
         tokio::time::sleep(Duration::from_millis(25)).await;
         assert_eq!(engine.load.waiting.load(Ordering::Relaxed), 1);
         // A priority arrival takes the place of the last running one (priority 2, first in).
         let start = Instant::now();
-        let mut urgent = engine.submit(1, 2, 0);
+        let mut urgent = engine.submit(1, 2, 0, false);
         urgent.recv().await;
         assert_eq!(
             engine.load.waiting.load(Ordering::Relaxed),
@@ -389,8 +433,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn without_priority_scheduling_arrival_order_rules() {
         let engine = Engine::start(model(10, 0, 1));
-        let first = engine.submit(1, 5, 2);
-        let second = engine.submit(1, 1, 0);
+        let first = engine.submit(1, 5, 2, false);
+        let second = engine.submit(1, 1, 0, false);
         let start = Instant::now();
         assert_eq!(drain(second).await, 1);
         assert!(

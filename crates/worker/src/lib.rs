@@ -972,7 +972,6 @@ async fn heartbeats(
         }
         last_tick.store(ssw_queue::now_ms(), Ordering::Relaxed);
         telemetry::engine(&ctx);
-        sync_adapters(&ctx, &mut routing_seen).await;
         match ctx.beat().await {
             Ok(()) if !notified => {
                 notified = true;
@@ -988,6 +987,8 @@ async fn heartbeats(
             Ok(()) => {}
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
         }
+        // After the beat, which a slow Redis must not delay.
+        sync_adapters(&ctx, &mut routing_seen).await;
     }
 }
 
