@@ -198,8 +198,10 @@ def section10(w, lo):
     w()
     a, f_ = lo["runs"]["aware"], lo["runs"]["fifo"]
     w(f"A 7B AWQ base (`a40-qwen2.5-7b-awq`) serving {lo['adapters']} adapters (7 Vampire + 7 Zombie) on two replicas, "
-      "`max_loras` 4, a swap-in of 50 ms, Zipf popularity (the k-th adapter gets 1/k of the weight), "
-      f"64-token streamed answers at 80 % of the engines' capacity ({0.8 * lo['cap_req']:.1f} req/s) for {lo['dur']} s. "
+      "`max_loras` 4, a swap-in of 50 ms, decode steps 9 % longer with adapters in the batch (the stub's "
+      "`lora_step_overhead`, Punica's figure), Zipf popularity (the k-th adapter gets 1/k of the weight), "
+      f"64-token streamed answers at 80 % of the engines' capacity with adapters ({0.8 * lo['cap_req']:.1f} req/s) "
+      f"for {lo['dur']} s. "
       f"*Aware*: adapter-aware pulling (`adapter_wait` {lo.get('wait', '8s')}). *FIFO*: the same with a 1 ms bound (every job is past "
       "it at once: oldest first). Each run on a fresh platform.")
     w()
@@ -219,11 +221,14 @@ def section10(w, lo):
     w()
     w("**Reading these.** The stub lets a new adapter into a batch only when one of the `max_loras` adapters in it has "
       "no request left (vLLM's `max_loras` is the adapters of one batch), so a rare adapter's request waits inside the "
-      "engine until a popular adapter's slot drains: that wait, not the queue, makes the TTFT p99 of both runs, and "
-      "the engines deliver less than the offered 80 % of their full-batch capacity. Adapter-aware pulling keeps "
+      "engine until a popular adapter's slot drains (and counts in `vllm:num_requests_waiting`, which stops the "
+      "worker pulling more until it clears, as vLLM's scheduler keeps such a request waiting): that wait, in the "
+      "engine or in the queue behind it, makes the TTFT p99 of both runs, and the engines deliver less than the offered 80 % of their "
+      "full-batch capacity. Adapter-aware pulling keeps "
       "such jobs in Redis, where the replica that holds (or has room for) their adapter takes them, and drains a slot "
       "by no longer feeding its least recently used adapter once a job has waited past the bound. The bound trades "
-      "swap-ins for waiting: in 15 s quick runs, 2 s gave 1.3 × fewer swap-ins, 6 s 1.7 ×, 12 s 2.0 ×. With 14 "
+      "swap-ins for waiting: in 15 s quick runs of an earlier build (before held-back pulls woke on their jobs' "
+      "ends and LoRA waiters counted as waiting), 2 s gave 1.3 × fewer swap-ins, 6 s 1.7 ×, 12 s 2.0 ×. With 14 "
       "adapters, `max_loras` 8 (about 0.65 GB of GPU buffers at r = 16 for a 7B base, research §4b) would hold the "
       "Zipf head on every replica.")
     w()
