@@ -40,6 +40,11 @@ let
     # (--max-cpu-loras; null: every adapter of the pool, at least maxLoras).
     maxLoras = 4;
     maxCpuLoras = null;
+    # LoRA on the engines (null: when the pool declares adapters; true: also without any, so
+    # `ssw adapters load` can add the first at runtime), and the largest rank they accept
+    # (vLLM --max-lora-rank; null: the largest adapter's, 16 without adapters).
+    lora = null;
+    maxLoraRank = null;
     # Adapter-aware pulling's bound (docs/architecture.md).
     adapterWait = "2s";
     # Stub timing of this pool's replicas (engine = "stub"), over the top-level `stub`.
@@ -102,6 +107,8 @@ let
     tokensPerDay = "tokens_per_day";
   };
   routeFields = { variants = "variants"; sticky = "sticky"; salt = "salt"; shadow = "shadow"; guard = "guard"; };
+  # Whether a pool's engines run with LoRA (see the pool defaults' `lora`).
+  loraOn = pool: if pool.lora == null then pool.adapters != { } else pool.lora;
   variantFields = { pool = "pool"; adapter = "adapter"; weight = "weight"; name = "name"; };
   shadowFields = { pool = "pool"; share = "share"; };
   guardFields = {
@@ -188,6 +195,23 @@ let
             ok = builtins.isInt s.pools.${p}.maxLoras && s.pools.${p}.maxLoras > 0;
             path = "pools.${p}.maxLoras";
             msg = "must be a positive integer";
+          })
+          poolNames
+        ++ map
+          (p: let v = s.pools.${p}.lora; in {
+            ok = v == null || builtins.isBool v;
+            path = "pools.${p}.lora";
+            msg = "must be null or a boolean, got ${builtins.toJSON v}";
+          })
+          poolNames
+        ++ map
+          (p: let
+            r = s.pools.${p}.maxLoraRank;
+            ranks = map (a: s.pools.${p}.adapters.${a}.rank or 0) (builtins.attrNames s.pools.${p}.adapters);
+          in {
+            ok = r == null || (builtins.elem r loraRanks && builtins.all (x: !(builtins.isInt x) || x <= r) ranks);
+            path = "pools.${p}.maxLoraRank";
+            msg = "must be null or one of vLLM's ranks ${builtins.toJSON loraRanks}, at least every adapter's rank, got ${builtins.toJSON r}";
           })
           poolNames
         ++ map
@@ -375,14 +399,15 @@ let
         maxRank = builtins.foldl' (m: r: if r > m then r else m) 0 ranks;
         cpu = if pool.maxCpuLoras != null then pool.maxCpuLoras
               else if n > pool.maxLoras then n else pool.maxLoras;
+        rank = if pool.maxLoraRank != null then pool.maxLoraRank
+               else if n == 0 then 16 else maxRank;
       in
-      if n == 0 then [ ] else [
+      if !(loraOn pool) then [ ] else [
         "--enable-lora"
         "--max-loras" (toString pool.maxLoras)
-        "--max-lora-rank" (toString maxRank)
+        "--max-lora-rank" (toString rank)
         "--max-cpu-loras" (toString cpu)
-        "--lora-modules"
-      ] ++ map (a: "${a}=${pool.adapters.${a}.source}") names)
+      ] ++ (if n > 0 then [ "--lora-modules" ] ++ map (a: "${a}=${pool.adapters.${a}.source}") names else [ ]))
   ++ map l.argString pool.extraArgs;
 
   mkReplicas = s:
@@ -414,7 +439,7 @@ let
           vllmArgs = vllmArgs pool;
           # A pool with adapters loads more at runtime (`ssw adapters load`): vLLM serves
           # /v1/load_lora_adapter only with this set (research/next-features-anchors.md §4b).
-          engineEnvironment = l.optionalAttrs (pool.adapters != { }) {
+          engineEnvironment = l.optionalAttrs (loraOn pool) {
             VLLM_ALLOW_RUNTIME_LORA_UPDATING = "True";
           };
         };
@@ -507,7 +532,7 @@ let
         ttft = timing.ttft;
         tpot = timing.tpot;
         output_tokens = timing.outputTokens;
-      } // l.optionalAttrs (pool.adapters != { }) {
+      } // l.optionalAttrs (loraOn pool) {
         # The stub serves the pool's adapters as vLLM would (--lora-modules, --max-loras).
         lora_modules = builtins.mapAttrs (_: a: a.source) pool.adapters;
         max_loras = pool.maxLoras;

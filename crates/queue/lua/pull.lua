@@ -46,7 +46,6 @@
 -- ARGV[11] now, ms
 -- ARGV[12] how many adapters the engine could load now (free slots, and slots whose adapter has
 --          nothing running)
--- ARGV[13] '1' when the wait this PULL follows (ARGV[8] '1') took tokens of `wake:any`, else '0'
 --
 -- After a BLPOP (ARGV[8] '1'), takes one more wake-up token per job it hands out beyond the
 -- first (from `wake:any`, else `wake:priority`): a batch pulled for one token leaves no
@@ -64,10 +63,8 @@
 --
 -- Returns the entries as XCLAIM returns them ({id, {field, value, …}}), in pick order; or 1 when
 -- it took nothing because a tier's jobs are all for adapters this engine has no room for (held
--- back). A held-back PULL after a wait on `wake:any` gives the token back: that token stands
--- for a job this worker cannot take and another worker may (kept, the job would wait for a
--- timeout). The worker then waits for one of its own adapters' jobs to end (its room), not on
--- `wake:any`, so it does not take the token again.
+-- back): the worker gives back the token it woke on (it stands for a job another worker may
+-- take) and waits for one of its own jobs to end (its room), on its own list only.
 local tiers = {'priority', 'default', 'flex', 'shadow'}
 local share = {0, tonumber(ARGV[6]), tonumber(ARGV[7]), 0}
 local most, below = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -207,12 +204,8 @@ if credit[2] ~= was[1] or credit[3] ~= was[2] then
   redis.call('HSET', KEYS[2], 'credit:default', credit[2], 'credit:flex', credit[3])
 end
 if #ids == 0 then
-  if not (blocked[1] or blocked[2] or blocked[3] or blocked[4]) then return {} end
-  if ARGV[8] == '1' and ARGV[13] == '1' then
-    local any = prefix .. 'wake:any'
-    if redis.call('RPUSH', any, 1) > 1024 then redis.call('LTRIM', any, 0, 1023) end
-  end
-  return 1
+  if blocked[1] or blocked[2] or blocked[3] or blocked[4] then return 1 end
+  return {}
 end
 local woken = {0, 0}
 if ARGV[8] == '1' then

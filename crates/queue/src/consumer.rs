@@ -139,6 +139,19 @@ fn thousandths(share: f64) -> u64 {
     (share.clamp(0.0, 1.0) * 1000.0).round() as u64
 }
 
+/// Which wake-up tokens a worker waits on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// New jobs of any tier, priority jobs, its own wake-ups.
+    Any,
+    /// Priority jobs and its own wake-ups (only reserved slots free, or its engine has
+    /// requests waiting).
+    Priority,
+    /// Its own wake-ups only (a job of its own ending): its PULL held every job it may take
+    /// back for want of adapter room, and new jobs' tokens are for workers that can take them.
+    Own,
+}
+
 /// What one PULL found.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -211,14 +224,13 @@ impl Redis {
         }
     }
 
-    /// `after_wait`: the PULL follows a wait for a token (`Some`), which took tokens of
-    /// `wake:any` (`Some(true)`).
+    /// `after_wait`: the PULL follows a wait for a token.
     fn pull_invocation(
         &self,
         pool: &str,
         consumer: &str,
         policy: PullPolicy<'_>,
-        after_wait: Option<bool>,
+        after_wait: bool,
     ) -> ScriptInvocation<'static> {
         let keys = self.keys();
         let mut inv = PULL.prepare_invoke();
@@ -231,12 +243,11 @@ impl Redis {
             .arg(keys.pool_prefix(pool))
             .arg(thousandths(policy.default_share))
             .arg(thousandths(policy.flex_share))
-            .arg(if after_wait.is_some() { "1" } else { "0" })
+            .arg(if after_wait { "1" } else { "0" })
             .arg(policy.adapters.resident)
             .arg(policy.adapters.wait.as_millis() as u64)
             .arg(crate::now_ms())
-            .arg(policy.adapters.room)
-            .arg(if after_wait == Some(true) { "1" } else { "0" });
+            .arg(policy.adapters.room);
         inv
     }
 
@@ -259,21 +270,19 @@ impl Redis {
         policy: PullPolicy<'_>,
     ) -> Result<Batch, QueueError> {
         let v: Value = self
-            .script(&self.pull_invocation(pool, consumer, policy, None))
+            .script(&self.pull_invocation(pool, consumer, policy, false))
             .await?;
         batch(v)
     }
 
-    fn wake_keys(&self, pool: &str, consumer: &str, priority_only: bool) -> Vec<String> {
+    fn wake_keys(&self, pool: &str, consumer: &str, wait: Wait) -> Vec<String> {
         let keys = self.keys();
-        let mut out = vec![
-            keys.wake(pool, "priority"),
-            keys.wake(pool, &format!("worker:{consumer}")),
-        ];
-        if !priority_only {
-            out.push(keys.wake(pool, "any"));
+        let own = keys.wake(pool, &format!("worker:{consumer}"));
+        match wait {
+            Wait::Own => vec![own],
+            Wait::Priority => vec![keys.wake(pool, "priority"), own],
+            Wait::Any => vec![keys.wake(pool, "priority"), own, keys.wake(pool, "any")],
         }
-        out
     }
 
     /// Waits up to `block` for a wake-up token: one left by a new job of any tier (unless
@@ -288,7 +297,12 @@ impl Redis {
         block: Duration,
     ) -> Result<bool, QueueError> {
         let mut cmd = redis::cmd("BLPOP");
-        cmd.arg(self.wake_keys(pool, consumer, priority_only))
+        let wait = if priority_only {
+            Wait::Priority
+        } else {
+            Wait::Any
+        };
+        cmd.arg(self.wake_keys(pool, consumer, wait))
             .arg(block.as_secs_f64());
         let v: Value = conn.blocking(&cmd, block).await?;
         Ok(!matches!(v, Value::Nil))
@@ -296,28 +310,40 @@ impl Redis {
 
     /// [`Redis::wait_for_work`] and then [`Redis::pull_batch`] in one pipeline: the PULL runs
     /// in Redis the moment the wait ends, so a job that wakes an idle worker costs no further
-    /// round trip. The wait is for priority work and this worker's own wake-ups only when
-    /// `narrow` or when `policy` takes priority work only. The PULL's script must be loaded (the
-    /// worker's plain pulls load it); a NOSCRIPT error (Redis restarted) is returned like any
-    /// error.
+    /// round trip. `wait` says on which tokens (with `Wait::Any`, priority tokens only when
+    /// `policy` takes priority work only). A PULL that held jobs back gives the token it woke
+    /// on back to its list: it stands for a job another worker may take. The PULL's script must
+    /// be loaded (the worker's plain pulls load it); a NOSCRIPT error (Redis restarted) is
+    /// returned like any error.
     pub async fn wait_then_pull(
         &self,
         conn: &mut Dedicated,
         pool: &str,
         consumer: &str,
         policy: PullPolicy<'_>,
-        narrow: bool,
+        wait: Wait,
         block: Duration,
     ) -> Result<Batch, QueueError> {
-        let priority_only = narrow || policy.below_priority == 0;
+        let wait = match wait {
+            Wait::Any if policy.below_priority == 0 => Wait::Priority,
+            w => w,
+        };
         let mut pipe = redis::pipe();
         pipe.cmd("BLPOP")
-            .arg(self.wake_keys(pool, consumer, priority_only))
-            .arg(block.as_secs_f64())
-            .ignore();
-        pipe.invoke_script(&self.pull_invocation(pool, consumer, policy, Some(!priority_only)));
-        let (v,): (Value,) = conn.blocking_pipe(&pipe, block).await?;
-        batch(v)
+            .arg(self.wake_keys(pool, consumer, wait))
+            .arg(block.as_secs_f64());
+        pipe.invoke_script(&self.pull_invocation(pool, consumer, policy, true));
+        let (popped, v): (Option<(String, String)>, Value) =
+            conn.blocking_pipe(&pipe, block).await?;
+        let got = batch(v)?;
+        if got.held_back
+            && let Some((key, _)) = popped
+            && !key.ends_with(&format!("worker:{consumer}"))
+        {
+            self.query::<i64>(redis::cmd("RPUSH").arg(&key).arg(1))
+                .await?;
+        }
+        Ok(got)
     }
 
     /// Wakes this worker's own [`Redis::wait_for_work`] (a slot came free while it waited for

@@ -12,7 +12,7 @@ use ssw_protocol::job::Job;
 use ssw_protocol::keys::{GROUP, JobState, Keys};
 use ssw_protocol::reply::{Reply, ReplyEvent};
 use ssw_protocol::tier::Tier;
-use ssw_queue::consumer::{Claim, Commit, PullPolicy, Pulled, ReclaimScan, Requeue, Watch};
+use ssw_queue::consumer::{Claim, Commit, PullPolicy, Pulled, ReclaimScan, Requeue, Wait, Watch};
 use ssw_queue::limits::{AllowanceCall, Amounts};
 use ssw_queue::producer::{Enqueued, Expiry, Lane, QueueLimits};
 use ssw_queue::{QueueError, Redis, now_ms};
@@ -1560,7 +1560,14 @@ async fn a_pull_after_a_wake_up_takes_a_token_per_extra_job_and_an_empty_pull_wr
     let mut conn = r.redis.dedicated().await.unwrap();
     let got = r
         .redis
-        .wait_then_pull(&mut conn, POOL, "w", any(3), false, Duration::from_secs(1))
+        .wait_then_pull(
+            &mut conn,
+            POOL,
+            "w",
+            any(3),
+            Wait::Any,
+            Duration::from_secs(1),
+        )
         .await
         .unwrap()
         .jobs;
@@ -1816,12 +1823,20 @@ async fn a_pull_held_back_for_adapter_room_says_so_and_gives_back_the_token_it_w
         j.adapter = "z".into();
         r.enqueue(&j).await;
     }
-    let any_tokens = |r: &mut Rig| {
-        let key = r.keys.wake(POOL, "any");
+    let mut p = job_for("pz", Tier::Priority, "t");
+    p.adapter = "z".into();
+    r.enqueue(&p).await;
+    let tokens = |r: &mut Rig| {
+        let keys = [r.keys.wake(POOL, "any"), r.keys.wake(POOL, "priority")];
         let mut c = r.raw.clone();
-        async move { c.llen::<_, u64>(key).await.unwrap() }
+        async move {
+            (
+                c.llen::<_, u64>(&keys[0]).await.unwrap(),
+                c.llen::<_, u64>(&keys[1]).await.unwrap(),
+            )
+        }
     };
-    assert_eq!(any_tokens(&mut r).await, 3);
+    assert_eq!(tokens(&mut r).await, (3, 1));
     let full = PullPolicy {
         adapters: Adapters {
             resident: "a",
@@ -1832,25 +1847,63 @@ async fn a_pull_held_back_for_adapter_room_says_so_and_gives_back_the_token_it_w
     };
     let got = r.redis.pull_batch(POOL, "w1", full).await.unwrap();
     assert!(got.jobs.is_empty() && got.held_back, "{got:?}");
-    // Woken by a job's token it cannot take: the token goes back for a worker that can.
+    // Woken by a token for a job it cannot take (the priority one's, first in BLPOP's order,
+    // then one of `any`): each goes back to its own list, for a worker that can take it.
     let mut conn = r.redis.dedicated().await.unwrap();
-    let got = r
-        .redis
-        .wait_then_pull(&mut conn, POOL, "w1", full, false, Duration::from_secs(1))
-        .await
-        .unwrap();
-    assert!(got.jobs.is_empty() && got.held_back);
-    assert_eq!(any_tokens(&mut r).await, 3, "one token per waiting job still");
-    // Held back, the worker waits for its own wake-up (room), not on new jobs' tokens.
+    for _ in 0..2 {
+        let got = r
+            .redis
+            .wait_then_pull(
+                &mut conn,
+                POOL,
+                "w1",
+                full,
+                Wait::Any,
+                Duration::from_secs(1),
+            )
+            .await
+            .unwrap();
+        assert!(got.jobs.is_empty() && got.held_back);
+        assert_eq!(
+            tokens(&mut r).await,
+            (3, 1),
+            "one token per waiting job still"
+        );
+    }
+    // Held back, the worker waits on its own list: no token taken, none added; its own
+    // wake-up (a job of its ending) is not given back.
     let t0 = std::time::Instant::now();
     let got = r
         .redis
-        .wait_then_pull(&mut conn, POOL, "w1", full, true, Duration::from_millis(200))
+        .wait_then_pull(
+            &mut conn,
+            POOL,
+            "w1",
+            full,
+            Wait::Own,
+            Duration::from_millis(200),
+        )
         .await
         .unwrap();
     assert!(got.held_back && t0.elapsed() >= Duration::from_millis(150));
-    assert_eq!(any_tokens(&mut r).await, 3, "no token taken, none added");
-    // An empty queue is not held back.
+    r.redis.wake_self(POOL, "w1").await.unwrap();
+    let got = r
+        .redis
+        .wait_then_pull(
+            &mut conn,
+            POOL,
+            "w1",
+            full,
+            Wait::Own,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    assert!(got.held_back);
+    assert_eq!(tokens(&mut r).await, (3, 1));
+    let own: u64 = r.raw.llen(r.keys.wake(POOL, "worker:w1")).await.unwrap();
+    assert_eq!(own, 0);
+    // A worker with room takes them all; an empty queue is not held back.
     let room = PullPolicy {
         adapters: Adapters {
             resident: "",
@@ -1859,7 +1912,7 @@ async fn a_pull_held_back_for_adapter_room_says_so_and_gives_back_the_token_it_w
         },
         ..any(4)
     };
-    assert_eq!(r.redis.pull(POOL, "w2", room).await.unwrap().len(), 3);
+    assert_eq!(r.redis.pull(POOL, "w2", room).await.unwrap().len(), 4);
     let got = r.redis.pull_batch(POOL, "w1", full).await.unwrap();
     assert!(got.jobs.is_empty() && !got.held_back);
 }

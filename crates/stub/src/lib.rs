@@ -545,14 +545,12 @@ async fn generate(
         None => None,
     };
     let mut pace = match &stub.engine {
-        Some(engine) => {
-            Pace::Engine(engine.submit(
-                plan.prompt_tokens,
-                plan.completion_tokens(),
-                priority,
-                adapter.is_some(),
-            ))
-        }
+        Some(engine) => Pace::Engine(engine.submit(
+            plan.prompt_tokens,
+            plan.completion_tokens(),
+            priority,
+            adapter.is_some(),
+        )),
         None => {
             stub.counters.waiting.fetch_add(1, Ordering::Relaxed);
             let _waiting = Waiting(&stub.counters.waiting);

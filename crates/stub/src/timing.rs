@@ -310,12 +310,18 @@ mod tests {
         // whole batch), 100 steps of 12 ms × 1.09.
         let seqs: Vec<_> = (0..4).map(|i| engine.submit(1, 100, 0, i == 0)).collect();
         futures::future::join_all(seqs.into_iter().map(drain)).await;
-        assert_eq!(start.elapsed(), Duration::from_millis(12).mul_f64(1.09) * 100);
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(12).mul_f64(1.09) * 100
+        );
         // Four requests, four adapters or one: the same (Punica's finding).
         let start = Instant::now();
         let seqs: Vec<_> = (0..4).map(|_| engine.submit(1, 100, 0, true)).collect();
         futures::future::join_all(seqs.into_iter().map(drain)).await;
-        assert_eq!(start.elapsed(), Duration::from_millis(12).mul_f64(1.09) * 100);
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(12).mul_f64(1.09) * 100
+        );
         // Without an adapter, the base step.
         let start = Instant::now();
         let seqs: Vec<_> = (0..4).map(|_| engine.submit(1, 100, 0, false)).collect();

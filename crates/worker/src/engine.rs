@@ -161,6 +161,8 @@ pub struct EngineState {
     lora_running: Mutex<Vec<String>>,
     /// Adapters this worker loaded on its engine because it lacked them: loaded, failed.
     pub adapter_loads: [AtomicU64; 2],
+    /// The routed adapters last made sure of on the engine since it came up.
+    reconciled: Mutex<Option<Vec<(String, String)>>>,
 }
 
 impl Default for EngineState {
@@ -175,6 +177,7 @@ impl Default for EngineState {
             has_adapters: AtomicBool::new(false),
             lora_running: Mutex::new(Vec::new()),
             adapter_loads: [AtomicU64::new(0), AtomicU64::new(0)],
+            reconciled: Mutex::new(None),
         }
     }
 }
@@ -206,6 +209,16 @@ impl EngineState {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Whether the engine came up or the routed adapters changed since they were last made
+    /// sure of.
+    fn reconcile_due(&self) -> bool {
+        self.reconciled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            != Some(&self.routed())
     }
 
     /// Whether the pool routes any adapter.
@@ -266,6 +279,7 @@ impl EngineState {
     pub fn set_up(&self, up: bool, detail: Option<String>) {
         if !up {
             self.set_model(None);
+            *self.reconciled.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
         let was = self.up.swap(up, Ordering::Relaxed);
         if was != up {
@@ -317,7 +331,12 @@ pub struct Engine {
     pub base: String,
     /// Shared client (connection pool to the engine).
     pub http: reqwest::Client,
+    /// Held while an adapter loads (the probe and a job's 404 may both want one).
+    loading: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
+
+/// How long loading an adapter may take (a download from Hugging Face included).
+const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Engine {
     /// A client for the configured engine.
@@ -343,6 +362,7 @@ impl Engine {
         Ok(Self {
             base: cfg.engine_url.trim_end_matches('/').to_owned(),
             http,
+            loading: Default::default(),
         })
     }
 
@@ -386,49 +406,66 @@ impl Engine {
         Ok((model, parse_adapters(&body)))
     }
 
-    /// Loads each routed adapter the engine does not list (`held`) with vLLM's
-    /// `/v1/load_lora_adapter` (which needs `VLLM_ALLOW_RUNTIME_LORA_UPDATING`): an engine
-    /// restarted after `ssw adapters load` has lost what was loaded live. vLLM answers 400
-    /// "has already been loaded" for a name it holds (vllm/entrypoints/openai/serving_models.py,
-    /// `load_lora_adapter`).
-    pub async fn load_missing(&self, state: &EngineState, held: &[String], timeout: Duration) {
-        for (name, source) in state.routed() {
-            if held.contains(&name) {
-                continue;
+    /// Loads adapter `name` from `source` with vLLM's `/v1/load_lora_adapter` (which needs
+    /// `VLLM_ALLOW_RUNTIME_LORA_UPDATING`); one load at a time per engine. `Ok(true)`: loaded
+    /// now; `Ok(false)`: the engine held it already (vLLM answers 400 "has already been
+    /// loaded", vllm/entrypoints/openai/serving_models.py, `load_lora_adapter`). Counted in
+    /// `state.adapter_loads` and logged.
+    pub async fn load_adapter(
+        &self,
+        state: &EngineState,
+        name: &str,
+        source: &str,
+    ) -> Result<bool, String> {
+        let _one = self.loading.lock().await;
+        let body = serde_json::json!({"lora_name": name, "lora_path": source});
+        let r = self
+            .http
+            .post(format!("{}/v1/load_lora_adapter", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .timeout(LOAD_TIMEOUT)
+            .send()
+            .await;
+        let outcome = match r {
+            Ok(r) if r.status().is_success() => Ok(true),
+            Ok(r) => {
+                let status = r.status();
+                let text = r.text().await.unwrap_or_default();
+                if text.contains("already been loaded") {
+                    Ok(false)
+                } else {
+                    Err(format!("{status} {}", ssw_protocol::chat::quote(&text)))
+                }
             }
-            let body = serde_json::json!({"lora_name": name, "lora_path": source});
-            let r = self
-                .http
-                .post(format!("{}/v1/load_lora_adapter", self.base))
-                .header("content-type", "application/json")
-                .body(body.to_string())
-                .timeout(timeout.max(Duration::from_secs(30)))
-                .send()
-                .await;
-            let outcome = match r {
-                Ok(r) if r.status().is_success() => Ok(()),
-                Ok(r) => {
-                    let status = r.status();
-                    let text = r.text().await.unwrap_or_default();
-                    if text.contains("already been loaded") {
-                        Ok(())
-                    } else {
-                        Err(format!("{status} {text}"))
-                    }
-                }
-                Err(e) => Err(error_chain(&e)),
-            };
-            match outcome {
-                Ok(()) => {
-                    tracing::info!(adapter = %name, %source, "loaded a routed adapter the engine lacked");
-                    state.adapter_loads[0].fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    tracing::warn!(adapter = %name, %source, error = %e, "cannot load a routed adapter the engine lacks; its requests will fail on this engine");
-                    state.adapter_loads[1].fetch_add(1, Ordering::Relaxed);
-                }
+            Err(e) => Err(error_chain(&e)),
+        };
+        match &outcome {
+            Ok(true) => {
+                tracing::info!(adapter = %name, %source, "loaded a routed adapter the engine lacked");
+                state.adapter_loads[0].fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(adapter = %name, %source, error = %e, "cannot load a routed adapter the engine lacks; its requests fail on this engine");
+                state.adapter_loads[1].fetch_add(1, Ordering::Relaxed);
             }
         }
+        outcome
+    }
+
+    /// Loads each routed adapter the engine does not list (`held`): an engine restarted after
+    /// `ssw adapters load` has lost what was loaded live. Done when the engine comes up and
+    /// when the routed adapters change, not on every read of its models (a source that cannot
+    /// be loaded is tried again with the next change, the engine's next start, or a job's 404).
+    async fn load_missing(&self, state: &EngineState, held: &[String]) {
+        let routed = state.routed();
+        for (name, source) in &routed {
+            if !held.contains(name) {
+                let _ = self.load_adapter(state, name, source).await;
+            }
+        }
+        *state.reconciled.lock().unwrap_or_else(|p| p.into_inner()) = Some(routed);
     }
 
     /// One probe: `/health`, `/v1/models` when it is due (the engine is up only once its
@@ -441,8 +478,8 @@ impl Engine {
                         Ok((m, held)) => {
                             // Before the engine counts as up: no job for an adapter it lost
                             // is sent to it meanwhile.
-                            if state.has_adapters() {
-                                self.load_missing(state, &held, timeout).await;
+                            if state.has_adapters() && state.reconcile_due() {
+                                self.load_missing(state, &held).await;
                             }
                             state.set_model(Some(m));
                         }

@@ -624,19 +624,30 @@ async fn execute(
                 ctx.engine_state.set_model(Some(m));
                 return retry(reason);
             }
-            // A routed adapter the engine lost (restarted between two probes): load it again
-            // and run the job again.
-            if !job.adapter.is_empty()
+            // A routed adapter the engine lost (restarted between two probes): load it and
+            // run the job again; if it cannot be loaded, the engine's 404 stands.
+            let source = ctx
+                .engine_state
+                .routed()
+                .into_iter()
+                .find(|(a, _)| *a == job.adapter)
+                .map(|(_, s)| s);
+            if let Some(source) = source
                 && !held.contains(&job.adapter)
-                && ctx.engine_state.routed().iter().any(|(a, _)| *a == job.adapter)
             {
-                ctx.engine
-                    .load_missing(&ctx.engine_state, &held, Duration::from_secs(30))
-                    .await;
-                return retry(format!(
-                    "engine answered 404: it had lost adapter {}",
-                    job.adapter
-                ));
+                let load = ctx
+                    .engine
+                    .load_adapter(&ctx.engine_state, &job.adapter, &source);
+                match with_keepalive(ctx, job, verdict, sender, load).await {
+                    Err(o) => return o,
+                    Ok(Err(_)) => {}
+                    Ok(Ok(_)) => {
+                        return retry(format!(
+                            "engine answered 404: it had lost adapter {}; loaded again",
+                            job.adapter
+                        ));
+                    }
+                }
             }
         }
     }

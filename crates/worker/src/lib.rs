@@ -20,7 +20,7 @@ use std::time::Duration;
 use ssw_config::{Config, WorkerConfig};
 use ssw_protocol::heartbeat::{Drain, WorkerStatus};
 use ssw_protocol::tier::Tier;
-use ssw_queue::consumer::{PullPolicy, Pulled, ReclaimScan};
+use ssw_queue::consumer::{PullPolicy, Pulled, ReclaimScan, Wait};
 use ssw_queue::{QueueError, Redis};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -732,6 +732,10 @@ async fn pull_loop(ctx: &Arc<Ctx>, jobs: &TaskTracker, shutdown: &CancellationTo
                     // tokens are for workers that can take them).
                     let held_back = batch.held_back;
                     let narrow = policy.below_priority == 0 || held_back;
+                    // Held back, its room is all taken by adapters with requests running: one
+                    // of them ending is its next chance (new jobs go to workers that can take
+                    // them, or wait for this one's next pull).
+                    let wait = if held_back { Wait::Own } else { Wait::Any };
                     ctx.waiting_narrow.store(narrow, Ordering::SeqCst);
                     // A job that ended before the flag was set did not wake us: if a slot came
                     // free since the policy was made, pull again instead of waiting (a lost
@@ -748,7 +752,7 @@ async fn pull_loop(ctx: &Arc<Ctx>, jobs: &TaskTracker, shutdown: &CancellationTo
                     }
                     let waited = tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        r = ctx.redis.wait_then_pull(c, &ctx.pool, &ctx.id, policy, held_back, Duration::from_secs(1)) => r,
+                        r = ctx.redis.wait_then_pull(c, &ctx.pool, &ctx.id, policy, wait, Duration::from_secs(1)) => r,
                     };
                     ctx.waiting_narrow.store(false, Ordering::SeqCst);
                     if let Ok(batch) = &waited {
@@ -1035,7 +1039,9 @@ async fn sync_adapters(ctx: &Ctx, seen: &mut u64) {
                 .and_then(|p| p.adapters.clone())
                 .unwrap_or_else(|| ctx.configured_adapters.clone()),
             Err(e) => {
-                tracing::warn!(version, error = %e, "cannot read routing version");
+                // Not read again until the next version.
+                tracing::warn!(version, error = %e, "cannot read routing version; its adapters are not followed");
+                *seen = version;
                 return;
             }
         }
@@ -1136,10 +1142,17 @@ mod tests {
         let c = Arc::new(ctx(&["a", "b", "c"], 2));
         // A worker restarted beside a busy engine: what the engine runs is resident.
         c.engine_state.set_lora_running(vec!["c".into()]);
-        assert_eq!(c.adapter_view(), ("c".into(), 2), "c idle here, one slot free");
+        assert_eq!(
+            c.adapter_view(),
+            ("c".into(), 2),
+            "c idle here, one slot free"
+        );
         assert!(c.use_adapter("c"), "no swap for what the engine runs");
         assert!(!c.use_adapter("a"), "a swapped in");
-        assert!(!c.use_adapter("b"), "b swapped in, in c's place (least recently used)");
+        assert!(
+            !c.use_adapter("b"),
+            "b swapped in, in c's place (least recently used)"
+        );
         // Its own bookkeeping is full: the engine's (older) figure changes nothing.
         assert_eq!(c.adapter_view(), ("a,b".into(), 2), "both idle: room 2");
         let _running = c.adapter_runs("b");

@@ -101,7 +101,10 @@ pub fn engine(ctx: &Ctx) {
     });
     model(ctx);
     if ctx.engine_state.has_adapters() {
-        for (outcome, n) in ["loaded", "failed"].into_iter().zip(&ctx.engine_state.adapter_loads) {
+        for (outcome, n) in ["loaded", "failed"]
+            .into_iter()
+            .zip(&ctx.engine_state.adapter_loads)
+        {
             let [p, w] = labels(ctx);
             metrics::counter!(names::WORKER_ADAPTER_LOADS, p.0 => p.1, w.0 => w.1, "outcome" => outcome)
                 .absolute(n.load(std::sync::atomic::Ordering::Relaxed));

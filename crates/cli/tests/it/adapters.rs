@@ -139,7 +139,11 @@ async fn an_adapter_is_a_model_of_its_pool_and_the_engine_is_told_its_name() {
         assert_eq!(r.status(), 200);
         let variant = r.headers()["x-ssw-variant"].to_str().unwrap().to_owned();
         let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
-        let want = if variant == "candidate" { ADAPTERS[1] } else { ADAPTERS[0] };
+        let want = if variant == "candidate" {
+            ADAPTERS[1]
+        } else {
+            ADAPTERS[0]
+        };
         assert_eq!(v["model"], want, "variant {variant}: {v}");
         *served.entry(variant).or_insert(0) += 1;
     }
@@ -150,12 +154,21 @@ async fn an_adapter_is_a_model_of_its_pool_and_the_engine_is_told_its_name() {
     let of = |name: &str, labels: &[(&str, &str)]| metric(&m, name, labels).unwrap_or(0.0);
     let requests = "ssw_gateway_adapter_requests_total";
     assert_eq!(of(requests, &[("code", "ok")]), 18.0, "{m}");
-    assert_eq!(of(requests, &[("adapter", "zombie-dialogue"), ("pool", "heavy")]), 1.0);
+    assert_eq!(
+        of(
+            requests,
+            &[("adapter", "zombie-dialogue"), ("pool", "heavy")]
+        ),
+        1.0
+    );
     assert_eq!(
         of(requests, &[("adapter", ADAPTERS[0])]) + of(requests, &[("adapter", ADAPTERS[1])]),
         17.0
     );
-    assert_eq!(metric(&m, requests, &[("adapter", "werewolf-personality")]), None);
+    assert_eq!(
+        metric(&m, requests, &[("adapter", "werewolf-personality")]),
+        None
+    );
     let tokens = |kind| {
         of(
             "ssw_gateway_adapter_tokens_total",
@@ -387,18 +400,10 @@ async fn adapters_loaded_live_on_a_pool_without_any_are_pulled_by_affinity_and_o
     // As in the affinity test above: plain FIFO pulling swaps on 38 to 40 of these 40.
     let (swaps, took) = alternate(&p, 20).await;
     eprintln!("swap-ins {swaps} in {took:?}");
-    assert!(swaps <= 10.0, "adapter-aware pulling is on: {swaps} swap-ins");
-    // The engine restarts and comes back with only its command line's adapters (none): the
-    // worker loads the routed ones again before its jobs reach it.
-    p.platform.restart_stub("heavy-0").await.unwrap();
-    for (i, a) in ADAPTERS[..2].iter().enumerate() {
-        let r = p.chat(&body(a, 100 + i)).await;
-        assert_eq!(r.status(), 200, "{a} after the engine's restart");
-        let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
-        assert_eq!(v["model"], *a);
-    }
-    let held = p.stub_get("heavy-0", "/v1/models").await;
-    assert!(ADAPTERS[..2].iter().all(|a| held.contains(a)), "{held}");
+    assert!(
+        swaps <= 10.0,
+        "adapter-aware pulling is on: {swaps} swap-ins"
+    );
     let url = p
         .platform
         .worker_metrics
@@ -406,9 +411,47 @@ async fn adapters_loaded_live_on_a_pool_without_any_are_pulled_by_affinity_and_o
         .find(|(id, _)| id.starts_with("heavy"))
         .map(|(_, u)| format!("{u}/metrics"))
         .expect("heavy-0's metrics");
+    // The engine loses an adapter while it stays up (nothing the probe notices): the job's 404
+    // has the worker load it, and the job runs again.
+    let stub_url = p.platform.stubs["heavy-0"].1.clone();
+    let r = p
+        .http
+        .post(format!("{stub_url}/v1/unload_lora_adapter"))
+        .header("content-type", "application/json")
+        .body(json!({"lora_name": ADAPTERS[0]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    served(&p, ADAPTERS[0], 100).await;
+    loads(&p, &url, 1.0).await;
+    // The engine restarts and comes back with only its command line's adapters (none): the
+    // worker loads the routed ones again, as it sees the engine come up or on a job's 404.
+    p.platform.restart_stub("heavy-0").await.unwrap();
+    served(&p, ADAPTERS[0], 101).await;
+    served(&p, ADAPTERS[1], 102).await;
+    let held = p.stub_get("heavy-0", "/v1/models").await;
+    assert!(ADAPTERS[..2].iter().all(|a| held.contains(a)), "{held}");
+    loads(&p, &url, 3.0).await;
+}
+
+/// Waits until the worker counts `n` adapters loaded on its engine.
+async fn loads(p: &TestPlatform, url: &str, n: f64) {
     TestPlatform::eventually(Duration::from_secs(3), "loads counted", || async {
-        let m = p.get_text(&url).await;
-        metric(&m, "ssw_worker_adapter_loads_total", &[("outcome", "loaded")]) == Some(2.0)
+        let m = p.get_text(url).await;
+        metric(
+            &m,
+            "ssw_worker_adapter_loads_total",
+            &[("outcome", "loaded")],
+        ) == Some(n)
     })
     .await;
+}
+
+/// One request for adapter `a`, answered by the engine as `a`.
+async fn served(p: &TestPlatform, a: &str, i: usize) {
+    let r = p.chat(&body(a, i)).await;
+    assert_eq!(r.status(), 200, "{a}");
+    let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(v["model"], a);
 }
