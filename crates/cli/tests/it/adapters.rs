@@ -238,14 +238,7 @@ async fn a_worker_takes_the_jobs_of_the_adapter_its_engine_holds_first() {
         aware_took < fifo_took,
         "aware {aware_took:?} vs fifo {fifo_took:?}"
     );
-    let url = fifo
-        .platform
-        .worker_metrics
-        .iter()
-        .find(|(id, _)| id.starts_with("heavy"))
-        .map(|(_, u)| u.clone())
-        .expect("heavy-0's metrics");
-    let m = fifo.get_text(&format!("{url}/metrics")).await;
+    let m = fifo.get_text(&heavy_worker_metrics(&fifo)).await;
     let counted = metric(&m, "ssw_worker_adapter_swaps_total", &[]).unwrap_or(0.0);
     assert!(
         (counted - fifo_swaps).abs() <= 2.0,
@@ -404,13 +397,7 @@ async fn adapters_loaded_live_on_a_pool_without_any_are_pulled_by_affinity_and_o
         swaps <= 10.0,
         "adapter-aware pulling is on: {swaps} swap-ins"
     );
-    let url = p
-        .platform
-        .worker_metrics
-        .iter()
-        .find(|(id, _)| id.starts_with("heavy"))
-        .map(|(_, u)| format!("{u}/metrics"))
-        .expect("heavy-0's metrics");
+    let url = heavy_worker_metrics(&p);
     // The engine loses an adapter while it stays up (nothing the probe notices): the job's 404
     // has the worker load it, and the job runs again.
     let stub_url = p.platform.stubs["heavy-0"].1.clone();
@@ -454,4 +441,14 @@ async fn served(p: &TestPlatform, a: &str, i: usize) {
     assert_eq!(r.status(), 200, "{a}");
     let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
     assert_eq!(v["model"], a);
+}
+
+/// The `/metrics` URL of the heavy pool's worker.
+fn heavy_worker_metrics(p: &TestPlatform) -> String {
+    p.platform
+        .worker_metrics
+        .iter()
+        .find(|(id, _)| id.starts_with("heavy"))
+        .map(|(_, u)| format!("{u}/metrics"))
+        .expect("heavy-0's metrics")
 }
