@@ -122,16 +122,9 @@ pub async fn run(args: AdaptersArgs) -> anyhow::Result<()> {
                     r = r.bearer_auth(k);
                 }
                 let held: Vec<String> = match r.send().await {
-                    Ok(resp) => serde_json::from_str::<serde_json::Value>(
-                        &resp.text().await.unwrap_or_default(),
-                    )
-                    .ok()
-                    .and_then(|v| v["data"].as_array().cloned())
-                    .unwrap_or_default()
-                    .iter()
-                    .filter(|c| !c["parent"].is_null())
-                    .filter_map(|c| c["id"].as_str().map(str::to_owned))
-                    .collect(),
+                    Ok(resp) => {
+                        ssw_worker::engine::parse_adapters(&resp.bytes().await.unwrap_or_default())
+                    }
                     Err(e) => vec![format!("(unreachable: {e})")],
                 };
                 println!("engine of {}: {}", w.worker, held.join(", "));
